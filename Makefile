@@ -1,0 +1,62 @@
+# avlgate — the README's commands. `make demo` and `make test` work on a fresh Debian
+# machine as root: they install what is missing first (.ci/install-deps).
+#
+#   make            Release build (optimised, debug info) in build/, binaries in build/bin/
+#   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, Release suite
+#   make demo       build, then decode the sample packets (the full stack comes with ingest)
+#   make bench      codec micro-benchmarks, medians of 5 repetitions
+#   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
+#   make format     clang-format every C/C++ source in place
+
+JOBS ?= 2
+FUZZ_SECONDS ?= 3600
+CI_FUZZ_SECONDS ?= 60
+CMAKE ?= cmake
+
+.PHONY: all build deps test test-debug test-fuzz test-release demo bench fuzz format clean
+
+all: build
+
+deps:
+	@.ci/install-deps
+
+build: deps
+	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build build -j$(JOBS)
+
+test: deps test-fuzz test-debug test-release
+
+test-debug:
+	$(CMAKE) -S . -B build-debug -DCMAKE_BUILD_TYPE=Debug -DAVLGATE_WERROR=ON
+	$(CMAKE) --build build-debug -j$(JOBS)
+	ctest --test-dir build-debug --output-on-failure
+
+test-fuzz:
+	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz -DAVLGATE_WERROR=ON \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAVLGATE_FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
+	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_codec
+	ctest --test-dir build-fuzz --output-on-failure
+
+test-release:
+	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release -DAVLGATE_WERROR=ON
+	$(CMAKE) --build build -j$(JOBS)
+	ctest --test-dir build --output-on-failure
+
+demo: build
+	@echo "== avlgate decode tests/data/samples.hex (TCP frames) =="
+	build/bin/avlgate decode tests/data/samples.hex
+	@echo "== avlgate decode --udp tests/data/samples_udp.hex (UDP datagrams) =="
+	build/bin/avlgate decode --udp tests/data/samples_udp.hex
+
+bench: build
+	build/bin/avlgate-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+	  --benchmark_min_time=0.2
+
+fuzz:
+	$(MAKE) test-fuzz CI_FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+format:
+	git ls-files '*.c' '*.h' '*.cc' | xargs clang-format -i
+
+clean:
+	rm -rf build build-debug build-fuzz

@@ -36,7 +36,7 @@ enum {
     AVL_TCP_HEADER_BYTES = 8,       /* preamble u32 + data length u32 */
     AVL_TCP_TRAILER_BYTES = 4,      /* CRC field u32 */
     AVL_TCP_OVERHEAD_BYTES = AVL_TCP_HEADER_BYTES + AVL_TCP_TRAILER_BYTES,
-    AVL_DATA_BYTES_MIN = 3,         /* codec id + count 1 + count 2 */
+    AVL_DATA_BYTES_MIN = 3, /* codec id + count 1 + count 2 */
     AVL_HANDSHAKE_BYTES_MAX = 2 + AVL_IMEI_DIGITS_MAX,
     AVL_UDP_HEADER_BYTES_MIN = 8 + 1, /* len, packet id, byte, avl id, imei len, 1 digit */
     AVL_UDP_ACK_BYTES = 7,
@@ -178,27 +178,27 @@ bool avl_imei_valid(uint64_t imei);
 /* One decoded record: fixed size, self-contained except `io`, which points at the record's IO
  * groups inside the packet (the first group count, N1), already bounds-checked. */
 struct avl_record {
-    uint64_t ts_ms;       /* ms since 1970-01-01T00:00:00Z, < AVL_TS_MS_END */
-    int32_t lon_e7;       /* degrees x 1e7, two's complement, as sent */
-    int32_t lat_e7;       /* degrees x 1e7, two's complement, as sent */
-    int16_t altitude_m;   /* signed, as Traccar reads it */
-    uint16_t angle_deg;   /* heading, 0 = north */
-    uint16_t speed_kmh;   /* GNSS speed */
-    uint8_t satellites;   /* 0 = no fix at record time (position is the last fix) */
-    uint8_t priority;     /* 0 low, 1 high, 2 panic; other values are kept as sent */
-    uint16_t event_id;    /* IO id that triggered the record, 0 = periodic */
-    uint8_t generation;   /* Codec 16 generation type; AVL_GENERATION_NONE otherwise */
-    uint8_t codec;        /* enum avl_codec of the packet */
-    uint16_t io_total;    /* N_total, equal to the sum of the group counts */
-    uint32_t io_bytes;    /* bytes of the IO groups at `io` */
-    const uint8_t *io;    /* IO groups in the packet, from N1 to the end of the last group */
+    uint64_t ts_ms;     /* ms since 1970-01-01T00:00:00Z, < AVL_TS_MS_END */
+    int32_t lon_e7;     /* degrees x 1e7, two's complement, as sent */
+    int32_t lat_e7;     /* degrees x 1e7, two's complement, as sent */
+    int16_t altitude_m; /* signed, as Traccar reads it */
+    uint16_t angle_deg; /* heading, 0 = north */
+    uint16_t speed_kmh; /* GNSS speed */
+    uint8_t satellites; /* 0 = no fix at record time (position is the last fix) */
+    uint8_t priority;   /* 0 low, 1 high, 2 panic; other values are kept as sent */
+    uint16_t event_id;  /* IO id that triggered the record, 0 = periodic */
+    uint8_t generation; /* Codec 16 generation type; AVL_GENERATION_NONE otherwise */
+    uint8_t codec;      /* enum avl_codec of the packet */
+    uint16_t io_total;  /* N_total, equal to the sum of the group counts */
+    uint32_t io_bytes;  /* bytes of the IO groups at `io` */
+    const uint8_t *io;  /* IO groups in the packet, from N1 to the end of the last group */
 };
 
 /* The header of a decoded AVL packet. */
 struct avl_packet {
-    uint8_t codec;         /* enum avl_codec: 8, 8E or 16 */
-    uint16_t records_len;  /* N: records written to the caller's array */
-    uint32_t frame_bytes;  /* TCP: whole frame; UDP: whole datagram */
+    uint8_t codec;        /* enum avl_codec: 8, 8E or 16 */
+    uint16_t records_len; /* N: records written to the caller's array */
+    uint32_t frame_bytes; /* TCP: whole frame; UDP: whole datagram */
     /* UDP only (zero for TCP) */
     uint16_t udp_packet_id;
     uint8_t udp_not_usable; /* byte 4, as sent (0x01 in every known capture) */
@@ -238,8 +238,8 @@ struct avl_io_iter {
     const uint8_t *p;
     const uint8_t *end;
     uint8_t codec;
-    uint8_t group;     /* 0..4: N1 N2 N4 N8 NX; 5 = done */
-    uint16_t left;     /* elements left in the current group */
+    uint8_t group; /* 0..4: N1 N2 N4 N8 NX; 5 = done */
+    uint16_t left; /* elements left in the current group */
 };
 void avl_io_iter_init(struct avl_io_iter *it, const struct avl_record *r);
 /* Fills *io with the next element and returns true, or returns false at the end. */
@@ -309,12 +309,12 @@ enum avl_gprs_type {
  * and text are its parts by codec: 13 = ts(4) text, 14 = imei(8 BCD) text, 15 = ts(4)
  * imei(8 BCD) text, 12 = text only. */
 struct avl_gprs_msg {
-    uint8_t type;             /* enum avl_gprs_type */
-    uint32_t size;            /* the message's Size field */
-    const uint8_t *payload;   /* size bytes in the frame */
-    uint32_t ts_s;            /* Codec 13, 15; else 0 */
-    uint64_t imei;            /* Codec 14, 15; else 0 */
-    const uint8_t *text;      /* the text or data part */
+    uint8_t type;           /* enum avl_gprs_type */
+    uint32_t size;          /* the message's Size field */
+    const uint8_t *payload; /* size bytes in the frame */
+    uint32_t ts_s;          /* Codec 13, 15; else 0 */
+    uint64_t imei;          /* Codec 14, 15; else 0 */
+    const uint8_t *text;    /* the text or data part */
     uint32_t text_len;
 };
 

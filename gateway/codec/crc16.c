@@ -20,8 +20,8 @@ uint16_t avl_crc16(uint16_t crc, const uint8_t *p, size_t n)
 #endif
         v ^= crc;
         crc = (uint16_t)(t[7][v & 0xFF] ^ t[6][(v >> 8) & 0xFF] ^ t[5][(v >> 16) & 0xFF] ^
-                         t[4][(v >> 24) & 0xFF] ^ t[3][(v >> 32) & 0xFF] ^
-                         t[2][(v >> 40) & 0xFF] ^ t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56]);
+                         t[4][(v >> 24) & 0xFF] ^ t[3][(v >> 32) & 0xFF] ^ t[2][(v >> 40) & 0xFF] ^
+                         t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56]);
         p += 8;
         n -= 8;
     }

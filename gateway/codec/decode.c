@@ -151,8 +151,8 @@ static int io_walk(struct io_layout lay, const uint8_t **q, const uint8_t *end, 
     return AVL_OK;
 }
 
-static int record_decode(uint8_t codec, struct io_layout lay, const uint8_t **q,
-                         const uint8_t *end, struct avl_record *r)
+static int record_decode(uint8_t codec, struct io_layout lay, const uint8_t **q, const uint8_t *end,
+                         struct avl_record *r)
 {
     const uint8_t *c = *q;
     if ((size_t)(end - c) < RECORD_FIXED_BYTES)
@@ -234,8 +234,7 @@ int avl_decode_body(const uint8_t *p, size_t len, uint16_t *records_len,
 
 /* Checks the framing of a complete TCP frame: preamble, D == len - 12, CRC. On success *data
  * points at the codec id and *data_bytes is D. */
-static int tcp_frame_check(const uint8_t *p, size_t len, const uint8_t **data,
-                           uint32_t *data_bytes)
+static int tcp_frame_check(const uint8_t *p, size_t len, const uint8_t **data, uint32_t *data_bytes)
 {
     if (len < AVL_TCP_HEADER_BYTES)
         return AVL_E_TRUNCATED;

@@ -127,8 +127,7 @@ static void json_fail(struct json_parser *jp, const char *what)
 
 static void json_skip_ws(struct json_parser *jp)
 {
-    while (jp->p < jp->end &&
-           (*jp->p == ' ' || *jp->p == '\t' || *jp->p == '\n' || *jp->p == '\r'))
+    while (jp->p < jp->end && (*jp->p == ' ' || *jp->p == '\t' || *jp->p == '\n' || *jp->p == '\r'))
         jp->p++;
 }
 
@@ -402,9 +401,14 @@ static bool json_value(struct json_parser *jp, struct tu_json *v, int depth)
     case 't':
     case 'f':
     case 'n':
-        if (json_literal(jp, "true") || json_literal(jp, "false")) {
+        if (json_literal(jp, "true")) {
             v->type = TU_JSON_BOOL;
-            v->boolean = jp->p[-1] == 'e' && jp->p[-2] == 'u';
+            v->boolean = true;
+            return true;
+        }
+        if (json_literal(jp, "false")) {
+            v->type = TU_JSON_BOOL;
+            v->boolean = false;
             return true;
         }
         if (json_literal(jp, "null")) {
@@ -474,7 +478,8 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
     unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned mp = m > 2 ? m - 3 : m + 9; /* March = 0 */
+    unsigned doy = (153 * mp + 2) / 5 + d - 1;
     unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     return era * 146097 + (int64_t)doe - 719468;
 }
@@ -493,8 +498,8 @@ static bool fixed_digits(const char *s, int n, unsigned *out)
 bool tu_iso8601_ms(const char *s, size_t len, int64_t *ms)
 {
     unsigned y, mo, d, h, mi, sec, frac = 0;
-    if (len < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
-        s[16] != ':' || s[len - 1] != 'Z')
+    if (len < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' ||
+        s[len - 1] != 'Z')
         return false;
     if (!fixed_digits(s, 4, &y) || !fixed_digits(s + 5, 2, &mo) || !fixed_digits(s + 8, 2, &d) ||
         !fixed_digits(s + 11, 2, &h) || !fixed_digits(s + 14, 2, &mi) ||

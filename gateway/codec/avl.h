@@ -161,7 +161,9 @@ int avl_scan(const uint8_t *p, size_t len, enum avl_scan_mode mode, uint32_t fra
 /* Parses 1..AVL_IMEI_DIGITS_MAX ASCII digits into *imei. Returns 0 or AVL_E_IMEI_LENGTH /
  * AVL_E_IMEI_DIGITS. The canonical IMEI is this number; print it with avl_imei_format(). */
 int avl_imei_parse(const uint8_t *digits, size_t len, uint64_t *imei);
-/* Decodes a complete handshake frame (u16 length + digits, exactly len bytes). Returns 0. */
+/* Decodes a complete handshake frame (u16 length + digits, exactly len bytes). Returns 0,
+ * AVL_E_TRUNCATED (fewer bytes than the length says), AVL_E_TRAILING_BYTES (more),
+ * AVL_E_IMEI_LENGTH or AVL_E_IMEI_DIGITS. */
 int avl_decode_imei(const uint8_t *p, size_t len, uint64_t *imei);
 /* Writes the IMEI zero-padded to 15 digits (more if it has more) and a NUL into out, which
  * holds AVL_IMEI_DIGITS_MAX + 1 bytes or more. Returns the digit count. */
@@ -173,7 +175,9 @@ bool avl_imei_valid(uint64_t imei);
  * AVL records (codecs 8, 8E, 16)
  * ------------------------------------------------------------------------------------------- */
 
-#define AVL_GENERATION_NONE 0xFFu /* generation of a record that is not Codec 16 */
+/* The generation of a record that is not Codec 16. A Codec 16 record may carry 0xFF on the
+ * wire too: tell the two apart by the record's codec, not by this value. */
+#define AVL_GENERATION_NONE 0xFFu
 
 /* One decoded record: fixed size, self-contained except `io`, which points at the record's IO
  * groups inside the packet (the first group count, N1), already bounds-checked. */
@@ -209,7 +213,8 @@ struct avl_packet {
 /* Decodes a complete TCP AVL frame of exactly len bytes (as avl_scan returned it): preamble,
  * data length == len - 12, CRC (and its upper 16 bits), codec, counts, every record, and
  * that the parse ends exactly at count 2. Writes pkt and recs[0 .. N-1]; recs must hold
- * AVL_RECORDS_MAX. Returns 0 or an error. Never reads outside p[0 .. len-1]. */
+ * AVL_RECORDS_MAX. Returns 0 or an error; a data length that says more bytes than len gives
+ * AVL_E_TRUNCATED, fewer gives AVL_E_TRAILING_BYTES. Never reads outside p[0 .. len-1]. */
 int avl_decode_tcp(const uint8_t *p, size_t len, struct avl_packet *pkt,
                    struct avl_record recs[AVL_RECORDS_MAX]);
 
@@ -320,7 +325,8 @@ struct avl_gprs_msg {
 
 #define AVL_GPRS_MSGS_MAX 255
 
-/* Decodes a complete TCP GPRS frame of exactly len bytes: preamble, length, CRC, codec,
+/* Decodes a complete TCP GPRS frame of exactly len bytes (framing errors as for
+ * avl_decode_tcp): preamble, length, CRC, codec,
  * counts, each message's type (valid for its codec), size and fixed fields, and that the
  * messages end exactly at count 2. Writes up to AVL_GPRS_MSGS_MAX messages into msgs and
  * the codec into *codec. Returns the message count (>= 0) or an error. */

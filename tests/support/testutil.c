@@ -470,6 +470,11 @@ const struct tu_json *tu_json_get(const struct tu_json *v, const char *key)
     return NULL;
 }
 
+int64_t tu_round_i64(double x)
+{
+    return x >= 0 ? (int64_t)(x + 0.5) : -(int64_t)(-x + 0.5);
+}
+
 /* ---- calendar ---------------------------------------------------------------------------- */
 
 /* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's algorithm). */

@@ -70,6 +70,10 @@ void tu_json_free(struct tu_json *v);
 /* The member named key of an object, or NULL if v is not an object or has no such key. */
 const struct tu_json *tu_json_get(const struct tu_json *v, const char *key);
 
+/* Rounds to the nearest integer, halves away from zero (llround without libm, which the
+ * test targets do not link). */
+int64_t tu_round_i64(double x);
+
 /* ---- calendar ---------------------------------------------------------------------------- */
 
 /* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" (UTC) into ms since 1970; false if it is not that. */

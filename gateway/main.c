@@ -1,0 +1,53 @@
+/* main.c — the avlgate command line: picks the subcommand and hands it its arguments. Each
+ * subcommand owns its options, output and exit status; this file owns only the top-level
+ * usage. */
+#include <stdio.h>
+#include <string.h>
+
+#include "gateway/cli/decode.h"
+#include "gateway/codec/avl.h"
+
+#ifndef AVLGATE_VERSION
+#error "AVLGATE_VERSION must be defined by the build"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: avlgate <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  decode [--udp] [--frame-bytes-max N] [FILE...]\n"
+               "             decode hex packets (one per line) to JSON, one object per frame\n"
+               "  version    print the version and the codec's limits\n"
+               "  help       this text\n"
+               "\n"
+               "Run 'avlgate decode --help' for the details of decode.\n");
+}
+
+static int version(void)
+{
+    printf("avlgate %s\n", AVLGATE_VERSION);
+    printf("frame_bytes_max default %u, ceiling %u\n", (unsigned)AVL_FRAME_BYTES_MAX_DEFAULT,
+           (unsigned)AVL_FRAME_BYTES_MAX_CEILING);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "decode") == 0)
+        return decode_main(argc - 1, argv + 1, stdin, stdout, stderr);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return version();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "avlgate: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -579,9 +579,9 @@ static void test_byte_at_a_time(void **state)
     /* The stream a device sends: keep-alive, handshake, then every data frame with a
      * keep-alive between some of them. */
     enum { FRAMES_MAX = 64 };
-    struct seen_frame want[FRAMES_MAX];
+    struct seen_frame want[FRAMES_MAX] = {0};
     size_t want_len = 0, stream_len = 0;
-    uint8_t *stream = malloc(16384);
+    uint8_t *stream = calloc(1, 16384);
     size_t picks[2 + 2 * GOOD_FRAMES_LEN], picks_len = 0, data_frames = 0;
     picks[picks_len++] = 0; /* ping */
     picks[picks_len++] = 1; /* handshake */

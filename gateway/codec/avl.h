@@ -238,13 +238,15 @@ struct avl_io {
 };
 
 /* Walks a decoded record's IO groups in wire order: N1, N2, N4, N8, then NX (8E). The record
- * must come from a successful decode and its packet bytes must still be there. */
+ * must come from a successful decode and its packet bytes must still be there. The fields
+ * are the iterator's own: the codec's layout is resolved once, at init. */
 struct avl_io_iter {
-    const uint8_t *p;
-    const uint8_t *end;
-    uint8_t codec;
-    uint8_t group; /* 0..4: N1 N2 N4 N8 NX; 5 = done */
-    uint16_t left; /* elements left in the current group */
+    const uint8_t *p;    /* the next count or element */
+    uint32_t left;       /* elements left in the current group */
+    uint8_t group;       /* 0..3: widths 1, 2, 4, 8; 4: NX; `groups` when done */
+    uint8_t groups;      /* 4, or 5 with the NX group (8E) */
+    uint8_t id_bytes;    /* 1 (codec 8) or 2 */
+    uint8_t count_bytes; /* 1, or 2 (8E) */
 };
 void avl_io_iter_init(struct avl_io_iter *it, const struct avl_record *r);
 /* Fills *io with the next element and returns true, or returns false at the end. */

@@ -333,44 +333,44 @@ int avl_decode_udp_ack(const uint8_t *p, size_t len, uint16_t *packet_id, uint8_
 
 void avl_io_iter_init(struct avl_io_iter *it, const struct avl_record *r)
 {
-    it->p = r->io;
-    it->end = r->io + r->io_bytes;
-    it->codec = r->codec;
-    it->group = 0;
-    it->left = 0;
     struct io_layout lay = io_layout_of(r->codec);
-    it->left = (uint16_t)read_count(it->p, lay.count_bytes);
-    it->p += lay.count_bytes;
+    it->id_bytes = lay.id_bytes;
+    it->count_bytes = lay.count_bytes;
+    it->groups = lay.nx ? 5 : 4;
+    it->group = 0;
+    it->left = read_count(r->io, lay.count_bytes);
+    it->p = r->io + lay.count_bytes;
 }
 
 bool avl_io_next(struct avl_io_iter *it, struct avl_io *io)
 {
-    static const uint8_t widths[4] = {1, 2, 4, 8};
-    struct io_layout lay = io_layout_of(it->codec);
     while (it->left == 0) {
-        it->group++;
-        if (it->group > 4 || (it->group == 4 && !lay.nx)) {
-            it->group = 5;
+        if (it->group >= it->groups - 1) {
+            it->group = it->groups;
             return false;
         }
-        it->left = (uint16_t)read_count(it->p, it->group == 4 ? 2 : lay.count_bytes);
-        it->p += it->group == 4 ? 2 : lay.count_bytes;
+        it->group++;
+        /* The NX count is a u16 like every 8E count. */
+        it->left = read_count(it->p, it->count_bytes);
+        it->p += it->count_bytes;
     }
-    io->id = lay.id_bytes == 1 ? it->p[0] : be16(it->p);
-    it->p += lay.id_bytes;
+    const uint8_t *c = it->p;
+    io->id = it->id_bytes == 1 ? c[0] : be16(c);
+    c += it->id_bytes;
     if (it->group == 4) {
         io->nx = true;
-        io->len = be16(it->p);
+        io->len = be16(c);
         io->value = 0;
-        io->bytes = it->p + 2;
-        it->p += 2 + io->len;
+        io->bytes = c + 2;
+        c += 2 + io->len;
     } else {
         io->nx = false;
-        io->len = widths[it->group];
-        io->value = be_width(it->p, io->len);
-        io->bytes = it->p;
-        it->p += io->len;
+        io->len = (uint16_t)(1u << it->group);
+        io->value = be_width(c, io->len);
+        io->bytes = c;
+        c += io->len;
     }
+    it->p = c;
     it->left--;
     return true;
 }

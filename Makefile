@@ -53,7 +53,10 @@ bench: build
 	  --benchmark_min_time=0.2
 
 fuzz:
-	$(MAKE) test-fuzz CI_FUZZ_SECONDS=$(FUZZ_SECONDS)
+	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_codec
+	tests/fuzz/run_fuzz.sh build-fuzz/bin/fuzz_codec ../shared build-fuzz/fuzz-long $(FUZZ_SECONDS)
 
 format:
 	git ls-files '*.c' '*.h' '*.cc' | xargs clang-format -i

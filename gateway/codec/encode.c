@@ -170,13 +170,10 @@ static void body_write(uint8_t *o, uint8_t codec, const struct avl_record_src *r
     *o = (uint8_t)n;
 }
 
-int avl_encode_tcp(uint8_t *out, size_t cap, uint8_t codec, const struct avl_record_src *recs,
-                   size_t records_len)
+/* Checks that a TCP frame around body data bytes fits the ceiling and cap, and writes its
+ * preamble and length. Returns the frame's length or an error (nothing written then). */
+static int tcp_frame_begin(uint8_t *out, size_t cap, size_t body)
 {
-    size_t body;
-    int err = body_size(codec, recs, records_len, &body);
-    if (err)
-        return err;
     size_t total = body + AVL_TCP_OVERHEAD_BYTES;
     if (total > AVL_FRAME_BYTES_MAX_CEILING)
         return AVL_E_ENCODE_RANGE;
@@ -184,9 +181,28 @@ int avl_encode_tcp(uint8_t *out, size_t cap, uint8_t codec, const struct avl_rec
         return AVL_E_NO_SPACE;
     put_be32(out, 0);
     put_be32(out + 4, (uint32_t)body);
-    body_write(out + AVL_TCP_HEADER_BYTES, codec, recs, records_len);
-    put_be32(out + AVL_TCP_HEADER_BYTES + body, avl_crc16(0, out + AVL_TCP_HEADER_BYTES, body));
     return (int)total;
+}
+
+/* Writes the CRC field once the body data bytes are in place. */
+static void tcp_frame_end(uint8_t *out, size_t body)
+{
+    put_be32(out + AVL_TCP_HEADER_BYTES + body, avl_crc16(0, out + AVL_TCP_HEADER_BYTES, body));
+}
+
+int avl_encode_tcp(uint8_t *out, size_t cap, uint8_t codec, const struct avl_record_src *recs,
+                   size_t records_len)
+{
+    size_t body;
+    int err = body_size(codec, recs, records_len, &body);
+    if (err)
+        return err;
+    int total = tcp_frame_begin(out, cap, body);
+    if (total < 0)
+        return total;
+    body_write(out + AVL_TCP_HEADER_BYTES, codec, recs, records_len);
+    tcp_frame_end(out, body);
+    return total;
 }
 
 int avl_encode_udp(uint8_t *out, size_t cap, uint16_t packet_id, uint8_t avl_packet_id,
@@ -280,14 +296,9 @@ int avl_encode_gprs(uint8_t *out, size_t cap, uint8_t codec, const struct avl_gp
         if (body > AVL_FRAME_BYTES_MAX_CEILING)
             return AVL_E_ENCODE_RANGE;
     }
-    size_t total = body + AVL_TCP_OVERHEAD_BYTES;
-    if (total > AVL_FRAME_BYTES_MAX_CEILING)
-        return AVL_E_ENCODE_RANGE;
-    if (cap < total)
-        return AVL_E_NO_SPACE;
-
-    put_be32(out, 0);
-    put_be32(out + 4, (uint32_t)body);
+    int total = tcp_frame_begin(out, cap, body);
+    if (total < 0)
+        return total;
     uint8_t *o = out + AVL_TCP_HEADER_BYTES;
     *o++ = codec;
     *o++ = (uint8_t)msgs_len;
@@ -309,8 +320,8 @@ int avl_encode_gprs(uint8_t *out, size_t cap, uint8_t codec, const struct avl_gp
         o += m->text_len;
     }
     *o = (uint8_t)msgs_len;
-    put_be32(out + AVL_TCP_HEADER_BYTES + body, avl_crc16(0, out + AVL_TCP_HEADER_BYTES, body));
-    return (int)total;
+    tcp_frame_end(out, body);
+    return total;
 }
 
 int avl_encode_command(uint8_t *out, size_t cap, const uint8_t *text, uint32_t text_len)

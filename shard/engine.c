@@ -1,0 +1,1101 @@
+/* engine.c — one shard's io_uring loop: accept, receive, reassemble, send, time out, close,
+ * hand off. See engine.h for the contract with the application.
+ *
+ * Owns: the ring, the listener, the connection table (index = fixed file slot), the provided
+ * buffer ring and its memory, the reassembly pool, the paused list. Everything is touched by
+ * the shard's own thread only, except `stopping`, which engine_stop() sets from anywhere.
+ *
+ * Invariants:
+ * - A slot is CONN_FREE, CONN_OPEN or CONN_CLOSING. It leaves CONN_CLOSING only when the
+ *   close_direct of its descriptor completed, and only then does its generation change, so
+ *   every completion carries the generation of the connection it was issued for (asserted).
+ * - conn.ops counts the requests in flight for the slot; close_direct is issued at zero.
+ * - Every completion that carries a provided buffer gives it back in the same loop turn.
+ * - A connection holds a reassembly buffer only while it has unconsumed bytes. */
+#include "shard/engine.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shard/uring.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * user_data: op (8 bits) | generation (24 bits) | slot (32 bits); or op | 56-bit payload.
+ * ------------------------------------------------------------------------------------------- */
+
+enum op {
+    OP_ACCEPT = 1,
+    OP_RECV,
+    OP_SEND,
+    OP_CANCEL,
+    OP_CLOSE,
+    OP_POLL,         /* payload: the application's tag */
+    OP_HANDOFF_OUT,  /* this ring's MSG_RING request */
+    OP_HANDOFF_IN,   /* payload: the key; res: the slot the descriptor got here */
+    OP_CANCEL_RECV,  /* pause: cancel the multishot recv only */
+    OP_CANCEL_OTHER, /* cancels not tied to a connection (the accept) */
+};
+
+#define GEN_MASK     0xFFFFFFu
+#define PAYLOAD_MASK ((UINT64_C(1) << 56) - 1)
+
+static uint64_t ud_conn(enum op op, uint32_t gen, uint32_t slot)
+{
+    return (uint64_t)op << 56 | (uint64_t)(gen & GEN_MASK) << 32 | slot;
+}
+
+static uint64_t ud_payload(enum op op, uint64_t payload)
+{
+    return (uint64_t)op << 56 | (payload & PAYLOAD_MASK);
+}
+
+static enum op ud_op(uint64_t ud)
+{
+    return (enum op)(ud >> 56);
+}
+
+static uint32_t ud_gen(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & GEN_MASK;
+}
+
+static uint32_t ud_slot(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * State
+ * ------------------------------------------------------------------------------------------- */
+
+enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
+
+enum conn_flag {
+    CF_RECV = 1 << 0,     /* a multishot recv is armed */
+    CF_SEND = 1 << 1,     /* a send is in flight */
+    CF_PAUSED = 1 << 2,   /* on the paused list, not reading */
+    CF_CLOSE = 1 << 3,    /* close_direct issued */
+    CF_HANDOFF = 1 << 4,  /* closing because it is being handed off */
+    CF_MSGRING = 1 << 5,  /* the MSG_RING for the handoff was issued */
+    CF_CANCELED = 1 << 6, /* a cancel of everything was issued */
+    CF_REARM = 1 << 7,    /* on the re-arm list (recv ended with -ENOBUFS) */
+};
+
+struct conn {
+    uint32_t gen;
+    uint8_t state;
+    uint8_t flags;
+    uint8_t reason;      /* enum engine_close_reason, while closing */
+    uint8_t handoff_to;  /* target shard while handing off */
+    uint16_t ops;        /* requests in flight */
+    uint8_t out_len;     /* bytes queued in out[], including those being sent */
+    uint8_t out_sending; /* bytes at out[0..] of the send in flight */
+    uint32_t reasm;      /* reassembly buffer index + 1; 0 = none */
+    uint32_t reasm_len;
+    uint32_t need;          /* bytes the pending frame needs in all */
+    uint32_t active_s;      /* last receive, engine seconds */
+    uint32_t frame_since_s; /* when the pending partial frame started */
+    uint32_t list_next;     /* paused / re-arm list link: slot + 1, 0 = end */
+    uint64_t handoff_key;
+    uint8_t out[ENGINE_SEND_BYTES_MAX];
+};
+
+struct cqe_copy {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+};
+
+enum {
+    CQE_BATCH = 256,
+    BGID = 0,
+    WAIT_MS_MAX = 100,
+    SWEEP_MS = 1000,
+};
+
+struct engine {
+    struct io_uring ring;
+    struct engine_config cfg;
+    int listen_fd;
+    bool accept_armed;
+    atomic_bool stopping;
+    bool stop_started;
+
+    struct conn *conns;
+    uint32_t conns_open;
+
+    struct io_uring_buf_ring *br;
+    size_t br_bytes;
+    uint8_t *bufs;
+    size_t bufs_bytes;
+    uint32_t br_mask;
+    uint32_t br_pending; /* buffers added since the last advance */
+
+    uint8_t *reasm_mem;
+    size_t reasm_mem_bytes;
+    uint32_t reasm_cap; /* bytes per reassembly buffer */
+    uint32_t *reasm_free;
+    uint32_t reasm_free_len;
+
+    uint32_t paused_head, paused_tail; /* slot + 1 */
+    uint32_t rearm_head;               /* slot + 1 */
+
+    int peers[256];
+    unsigned peers_len;
+
+    uint64_t now_ns;
+    uint64_t next_sweep_ns;
+    uint64_t app_deadline_ns;
+    struct cqe_copy cqes[CQE_BATCH];
+
+    struct engine_stats stats;
+};
+
+static const char *const close_reason_names[ENGINE_CLOSE_REASONS] = {
+    [ENGINE_CLOSE_APP] = "app",
+    [ENGINE_CLOSE_PEER] = "peer",
+    [ENGINE_CLOSE_ERROR] = "error",
+    [ENGINE_CLOSE_IDLE] = "idle_timeout",
+    [ENGINE_CLOSE_FRAME_TIMEOUT] = "frame_timeout",
+    [ENGINE_CLOSE_FRAME_TOO_BIG] = "frame_too_big",
+    [ENGINE_CLOSE_NO_REASM] = "no_reassembly_buffer",
+    [ENGINE_CLOSE_SEND_OVERFLOW] = "send_overflow",
+    [ENGINE_CLOSE_PAUSE_OVERFLOW] = "pause_overflow",
+    [ENGINE_CLOSE_HANDED_OFF] = "handed_off",
+    [ENGINE_CLOSE_SHUTDOWN] = "shutdown",
+};
+
+const char *engine_close_reason_name(enum engine_close_reason r)
+{
+    return (unsigned)r < ENGINE_CLOSE_REASONS ? close_reason_names[r] : "unknown";
+}
+
+uint64_t engine_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint32_t now_s(const struct engine *e)
+{
+    return (uint32_t)(e->now_ns / 1000000000u);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Submission helpers
+ * ------------------------------------------------------------------------------------------- */
+
+static struct io_uring_sqe *get_sqe(struct engine *e)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    if (!sqe) {
+        /* The SQ is full: hand what we have to the kernel and take the next entry. */
+        int ret = io_uring_submit(&e->ring);
+        assert(ret >= 0 || ret == -EBUSY || ret == -EINTR);
+        (void)ret;
+        sqe = io_uring_get_sqe(&e->ring);
+    }
+    assert(sqe);
+    return sqe;
+}
+
+static void arm_accept(struct engine *e)
+{
+    assert(!e->accept_armed && e->listen_fd >= 0);
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_multishot_accept_direct(sqe, e->listen_fd, NULL, NULL, 0);
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_ACCEPT, 0));
+    e->accept_armed = true;
+}
+
+static void arm_recv(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)));
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_recv_multishot(sqe, (int)slot, NULL, 0, 0);
+    sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_RECV, c->gen, slot));
+    c->flags |= CF_RECV;
+    c->ops++;
+}
+
+static void submit_send(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(!(c->flags & CF_SEND) && c->out_len > 0);
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_send(sqe, (int)slot, c->out, c->out_len, MSG_NOSIGNAL);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_SEND, c->gen, slot));
+    c->out_sending = c->out_len;
+    c->flags |= CF_SEND;
+    c->ops++;
+    e->stats.sends++;
+}
+
+static void submit_close(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_CLOSING && c->ops == 0 && !(c->flags & CF_CLOSE));
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_close_direct(sqe, slot);
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_CLOSE, c->gen, slot));
+    c->flags |= CF_CLOSE;
+    c->ops++;
+}
+
+static void submit_handoff(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_CLOSING && c->ops == 0 && (c->flags & CF_HANDOFF));
+    struct io_uring_sqe *sqe = get_sqe(e);
+    shard_prep_msg_ring_fd(sqe, e->peers[c->handoff_to], (int)slot, IORING_FILE_INDEX_ALLOC,
+                           ud_payload(OP_HANDOFF_IN, c->handoff_key), 0);
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_HANDOFF_OUT, c->gen, slot));
+    c->flags |= CF_MSGRING;
+    c->ops++;
+}
+
+/* The next step of a closing connection once nothing else is in flight for it. */
+static void closing_step(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_CLOSING || c->ops != 0 || (c->flags & CF_CLOSE))
+        return;
+    if ((c->flags & CF_HANDOFF) && !(c->flags & CF_MSGRING))
+        submit_handoff(e, slot);
+    else
+        submit_close(e, slot);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Reassembly pool and lists
+ * ------------------------------------------------------------------------------------------- */
+
+static uint8_t *reasm_buf(struct engine *e, const struct conn *c)
+{
+    assert(c->reasm);
+    return e->reasm_mem + (size_t)(c->reasm - 1) * e->reasm_cap;
+}
+
+static bool reasm_take(struct engine *e, struct conn *c)
+{
+    assert(!c->reasm);
+    if (e->reasm_free_len == 0)
+        return false;
+    c->reasm = e->reasm_free[--e->reasm_free_len] + 1;
+    c->reasm_len = 0;
+    c->frame_since_s = now_s(e);
+    uint64_t used = e->cfg.reasm_bufs - e->reasm_free_len;
+    if (used > e->stats.reasm_used_max)
+        e->stats.reasm_used_max = used;
+    return true;
+}
+
+static void reasm_give(struct engine *e, struct conn *c)
+{
+    if (!c->reasm)
+        return;
+    /* LIFO, so the buffers in use stay the few whose pages are already resident. */
+    e->reasm_free[e->reasm_free_len++] = c->reasm - 1;
+    c->reasm = 0;
+    c->reasm_len = 0;
+    c->need = 0;
+}
+
+static void paused_push(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(!(c->flags & CF_PAUSED));
+    c->flags |= CF_PAUSED;
+    c->list_next = 0;
+    if (e->paused_tail)
+        e->conns[e->paused_tail - 1].list_next = slot + 1;
+    else
+        e->paused_head = slot + 1;
+    e->paused_tail = slot + 1;
+    e->stats.pauses++;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Closing
+ * ------------------------------------------------------------------------------------------- */
+
+static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason reason)
+{
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN)
+        return;
+    c->state = CONN_CLOSING;
+    c->reason = (uint8_t)reason;
+    e->stats.closed[reason]++;
+    e->cfg.ops->on_close(e->cfg.app, e, slot, c->gen, reason);
+    if (c->ops > 0 && !(c->flags & CF_CANCELED)) {
+        /* Everything on the descriptor: the recv, and a send the peer may never drain. */
+        c->flags |= CF_CANCELED;
+        struct io_uring_sqe *sqe = get_sqe(e);
+        shard_prep_cancel_fixed(sqe, (int)slot, ud_conn(OP_CANCEL, c->gen, slot));
+        c->ops++;
+        return;
+    }
+    closing_step(e, slot);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Data delivery
+ * ------------------------------------------------------------------------------------------- */
+
+/* Offers the connection's kept bytes and then p[0 .. len-1] (just received) to the
+ * application, reassembling across receives, until everything is consumed, a frame is still
+ * incomplete, the application pauses, or the connection closes. */
+static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size_t len)
+{
+    struct conn *c = &e->conns[slot];
+    const struct engine_ops *ops = e->cfg.ops;
+    while (c->state == CONN_OPEN) {
+        enum engine_verdict v = ENGINE_CONTINUE;
+        uint32_t need = 0;
+        if (c->reasm) {
+            uint8_t *buf = reasm_buf(e, c);
+            if (len > 0) {
+                /* Top up to the frame's end only, unless paused (then keep everything). */
+                size_t take = len;
+                if (!(c->flags & CF_PAUSED) && c->need > c->reasm_len &&
+                    c->need - c->reasm_len < take)
+                    take = c->need - c->reasm_len;
+                if (take > e->reasm_cap - c->reasm_len) {
+                    /* A paused peer keeps at most a frame and two receive buffers: a device
+                     * waits for its ACK, so only a pipelining peer gets here. */
+                    conn_close(e, slot,
+                               (c->flags & CF_PAUSED) ? ENGINE_CLOSE_PAUSE_OVERFLOW
+                                                      : ENGINE_CLOSE_FRAME_TOO_BIG);
+                    return;
+                }
+                memcpy(buf + c->reasm_len, p, take);
+                c->reasm_len += (uint32_t)take;
+                p += take;
+                len -= take;
+            }
+            if ((c->flags & CF_PAUSED) || c->reasm_len < c->need)
+                return;
+            size_t used = ops->on_data(e->cfg.app, e, slot, c->gen, buf, c->reasm_len, &v, &need);
+            assert(used <= c->reasm_len);
+            if (c->state != CONN_OPEN)
+                return;
+            if (v == ENGINE_CLOSE) {
+                conn_close(e, slot, ENGINE_CLOSE_APP);
+                return;
+            }
+            memmove(buf, buf + used, c->reasm_len - used);
+            c->reasm_len -= (uint32_t)used;
+            if (v == ENGINE_PAUSE) {
+                c->need = 0;
+                paused_push(e, slot);
+                continue; /* keeps the rest of p, if it fits */
+            }
+            if (c->reasm_len == 0) {
+                reasm_give(e, c);
+                continue;
+            }
+            assert(need > c->reasm_len);
+            if (need > e->reasm_cap) {
+                conn_close(e, slot, ENGINE_CLOSE_FRAME_TOO_BIG);
+                return;
+            }
+            if (used > 0)
+                c->frame_since_s = now_s(e);
+            c->need = need;
+            if (len == 0)
+                return;
+            continue;
+        }
+
+        if (len == 0)
+            return;
+        size_t used = ops->on_data(e->cfg.app, e, slot, c->gen, p, len, &v, &need);
+        assert(used <= len);
+        if (c->state != CONN_OPEN)
+            return;
+        if (v == ENGINE_CLOSE) {
+            conn_close(e, slot, ENGINE_CLOSE_APP);
+            return;
+        }
+        p += used;
+        len -= used;
+        if (len == 0 && v != ENGINE_PAUSE)
+            return;
+        if (v == ENGINE_CONTINUE) {
+            assert(need > len);
+            if (need > e->reasm_cap) {
+                conn_close(e, slot, ENGINE_CLOSE_FRAME_TOO_BIG);
+                return;
+            }
+        }
+        if (len > 0 && !reasm_take(e, c)) {
+            conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+            return;
+        }
+        if (v == ENGINE_PAUSE) {
+            paused_push(e, slot);
+            if (len == 0)
+                return;
+            continue; /* copies p into the new buffer */
+        }
+        c->need = need;
+    }
+}
+
+static void return_buffer(struct engine *e, uint32_t bid)
+{
+    io_uring_buf_ring_add(e->br, e->bufs + (size_t)bid * e->cfg.buf_bytes, e->cfg.buf_bytes,
+                          (unsigned short)bid, (int)e->br_mask, (int)e->br_pending);
+    e->br_pending++;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Completion handlers
+ * ------------------------------------------------------------------------------------------- */
+
+static void conn_opened(struct engine *e, uint32_t slot, int from_shard, uint64_t key)
+{
+    assert(slot < e->cfg.conns_max);
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_FREE && c->ops == 0);
+    uint32_t gen = c->gen;
+    memset(c, 0, sizeof *c);
+    c->gen = gen;
+    c->state = CONN_OPEN;
+    c->active_s = now_s(e);
+    e->conns_open++;
+    e->cfg.ops->on_open(e->cfg.app, e, slot, gen, from_shard, key);
+    if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))
+        arm_recv(e, slot);
+}
+
+static void on_accept(struct engine *e, const struct cqe_copy *q)
+{
+    if (!(q->flags & IORING_CQE_F_MORE))
+        e->accept_armed = false;
+    if (q->res < 0) {
+        /* -ENFILE: the fixed table is full and the kernel dropped the connection. */
+        if (q->res != -ECANCELED)
+            e->stats.accept_errors++;
+    } else {
+        e->stats.accepted++;
+        conn_opened(e, (uint32_t)q->res, -1, 0);
+    }
+    if (!e->accept_armed && !e->stop_started && e->listen_fd >= 0)
+        arm_accept(e);
+}
+
+static void on_recv(struct engine *e, const struct cqe_copy *q)
+{
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(slot < e->cfg.conns_max && c->gen == ud_gen(q->user_data) && c->state != CONN_FREE);
+    bool more = q->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        c->flags &= (uint8_t)~CF_RECV;
+        c->ops--;
+    }
+    e->stats.recv_completions++;
+    if (q->flags & IORING_CQE_F_BUFFER) {
+        uint32_t bid = q->flags >> IORING_CQE_BUFFER_SHIFT;
+        if (q->res > 0 && c->state == CONN_OPEN) {
+            e->stats.recv_bytes += (uint64_t)q->res;
+            c->active_s = now_s(e);
+            conn_deliver(e, slot, e->bufs + (size_t)bid * e->cfg.buf_bytes, (size_t)q->res);
+        }
+        return_buffer(e, bid);
+    }
+    if (c->state == CONN_CLOSING) {
+        closing_step(e, slot);
+        return;
+    }
+    if (q->res == 0) {
+        conn_close(e, slot, ENGINE_CLOSE_PEER);
+    } else if (q->res == -ENOBUFS) {
+        /* Every buffer was taken: re-arm once this turn's buffers are back. */
+        e->stats.recv_enobufs++;
+        if (!more && !(c->flags & (CF_REARM | CF_PAUSED))) {
+            c->flags |= CF_REARM;
+            c->list_next = e->rearm_head;
+            e->rearm_head = slot + 1;
+        }
+    } else if (q->res < 0 && q->res != -ECANCELED) {
+        conn_close(e, slot, ENGINE_CLOSE_ERROR);
+    } else if (!more && c->state == CONN_OPEN && !(c->flags & (CF_PAUSED | CF_REARM))) {
+        arm_recv(e, slot); /* a multishot recv may end at any time: re-arm */
+    }
+}
+
+static void on_send(struct engine *e, const struct cqe_copy *q)
+{
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(c->gen == ud_gen(q->user_data) && (c->flags & CF_SEND));
+    c->flags &= (uint8_t)~CF_SEND;
+    c->ops--;
+    if (c->state == CONN_CLOSING) {
+        closing_step(e, slot);
+        return;
+    }
+    if (q->res < 0) {
+        conn_close(e, slot, ENGINE_CLOSE_ERROR);
+        return;
+    }
+    size_t sent = (size_t)q->res;
+    assert(sent <= c->out_sending);
+    e->stats.send_bytes += sent;
+    memmove(c->out, c->out + sent, c->out_len - sent);
+    c->out_len = (uint8_t)(c->out_len - sent);
+    c->out_sending = 0;
+    if (c->out_len > 0)
+        submit_send(e, slot);
+}
+
+static void on_conn_done(struct engine *e, const struct cqe_copy *q)
+{
+    /* The cancel or the MSG_RING of a closing connection completed. */
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(c->gen == ud_gen(q->user_data) && c->state == CONN_CLOSING && c->ops > 0);
+    c->ops--;
+    if (ud_op(q->user_data) == OP_HANDOFF_OUT) {
+        if (q->res < 0)
+            e->stats.handoff_errors++;
+        else
+            e->stats.handed_out++;
+    }
+    closing_step(e, slot);
+}
+
+static void on_close_done(struct engine *e, const struct cqe_copy *q)
+{
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(c->gen == ud_gen(q->user_data) && c->state == CONN_CLOSING && c->ops == 1);
+    reasm_give(e, c);
+    c->ops = 0;
+    c->flags = 0;
+    c->out_len = 0;
+    c->state = CONN_FREE;
+    c->gen = (c->gen + 1) & GEN_MASK;
+    assert(e->conns_open > 0);
+    e->conns_open--;
+}
+
+static void on_cancel_recv(struct engine *e, const struct cqe_copy *q)
+{
+    /* The pause's cancel of the multishot recv: the recv's own last completion follows (or
+     * came first) and clears CF_RECV; nothing else to do here. */
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(c->gen == ud_gen(q->user_data) && c->ops > 0);
+    c->ops--;
+    if (c->state == CONN_CLOSING)
+        closing_step(e, slot);
+}
+
+static void on_handoff_in(struct engine *e, const struct cqe_copy *q)
+{
+    if (q->res < 0) {
+        e->stats.handoff_errors++;
+        return;
+    }
+    e->stats.handed_in++;
+    conn_opened(e, (uint32_t)q->res, 0, q->user_data & PAYLOAD_MASK);
+}
+
+static void dispatch(struct engine *e, const struct cqe_copy *q)
+{
+    switch (ud_op(q->user_data)) {
+    case OP_ACCEPT:
+        on_accept(e, q);
+        break;
+    case OP_RECV:
+        on_recv(e, q);
+        break;
+    case OP_SEND:
+        on_send(e, q);
+        break;
+    case OP_CANCEL:
+    case OP_HANDOFF_OUT:
+        on_conn_done(e, q);
+        break;
+    case OP_CLOSE:
+        on_close_done(e, q);
+        break;
+    case OP_CANCEL_RECV:
+        on_cancel_recv(e, q);
+        break;
+    case OP_POLL:
+        e->cfg.ops->on_poll(e->cfg.app, e, q->user_data & PAYLOAD_MASK, q->res);
+        break;
+    case OP_HANDOFF_IN:
+        on_handoff_in(e, q);
+        break;
+    case OP_CANCEL_OTHER:
+        break;
+    default:
+        assert(!"unknown op in user_data");
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Timers, re-arming, pausing
+ * ------------------------------------------------------------------------------------------- */
+
+static void sweep(struct engine *e)
+{
+    uint32_t s = now_s(e);
+    uint32_t idle_s = e->cfg.idle_timeout_ms / 1000, frame_s = e->cfg.frame_timeout_ms / 1000;
+    for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++) {
+        struct conn *c = &e->conns[slot];
+        if (c->state != CONN_OPEN)
+            continue;
+        if (frame_s && c->reasm && !(c->flags & CF_PAUSED) && s - c->frame_since_s >= frame_s)
+            conn_close(e, slot, ENGINE_CLOSE_FRAME_TIMEOUT);
+        else if (idle_s && !(c->flags & CF_PAUSED) && s - c->active_s >= idle_s)
+            conn_close(e, slot, ENGINE_CLOSE_IDLE);
+    }
+}
+
+static void rearm_all(struct engine *e)
+{
+    while (e->rearm_head) {
+        uint32_t slot = e->rearm_head - 1;
+        struct conn *c = &e->conns[slot];
+        e->rearm_head = c->list_next;
+        c->flags &= (uint8_t)~CF_REARM;
+        if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))
+            arm_recv(e, slot);
+    }
+}
+
+/* Stops reading the connections that paused this turn: cancel their multishot recv. */
+static void cancel_paused_recvs(struct engine *e)
+{
+    for (uint32_t at = e->paused_head; at; at = e->conns[at - 1].list_next) {
+        uint32_t slot = at - 1;
+        struct conn *c = &e->conns[slot];
+        if (c->state != CONN_OPEN || !(c->flags & CF_RECV) || (c->flags & CF_CANCELED))
+            continue;
+        c->flags |= CF_CANCELED;
+        struct io_uring_sqe *sqe = get_sqe(e);
+        io_uring_prep_cancel64(sqe, ud_conn(OP_RECV, c->gen, slot), 0);
+        io_uring_sqe_set_data64(sqe, ud_conn(OP_CANCEL_RECV, c->gen, slot));
+        c->ops++;
+    }
+}
+
+void engine_resume(struct engine *e)
+{
+    while (e->paused_head) {
+        uint32_t slot = e->paused_head - 1;
+        struct conn *c = &e->conns[slot];
+        e->paused_head = c->list_next;
+        if (!e->paused_head)
+            e->paused_tail = 0;
+        c->flags &= (uint8_t)~CF_PAUSED;
+        if (c->state != CONN_OPEN)
+            continue;
+        e->stats.resumes++;
+        c->need = 0;
+        conn_deliver(e, slot, NULL, 0);
+        if (c->flags & CF_PAUSED)
+            return; /* the application is full again; the rest wait in order */
+        if (c->state == CONN_OPEN && !(c->flags & CF_RECV)) {
+            /* A cancel issued for the pause may still be in flight: it finds no recv. */
+            c->flags &= (uint8_t)~CF_CANCELED;
+            arm_recv(e, slot);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Public calls
+ * ------------------------------------------------------------------------------------------- */
+
+int engine_send(struct engine *e, uint32_t slot, uint32_t gen, const void *p, size_t len)
+{
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    if (len > sizeof c->out - c->out_len) {
+        conn_close(e, slot, ENGINE_CLOSE_SEND_OVERFLOW);
+        return -ENOBUFS;
+    }
+    memcpy(c->out + c->out_len, p, len);
+    c->out_len = (uint8_t)(c->out_len + len);
+    if (!(c->flags & CF_SEND))
+        submit_send(e, slot);
+    return 0;
+}
+
+int engine_close(struct engine *e, uint32_t slot, uint32_t gen)
+{
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    conn_close(e, slot, ENGINE_CLOSE_APP);
+    return 0;
+}
+
+int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key)
+{
+    if (key > PAYLOAD_MASK || to >= e->peers_len || to == e->cfg.shard)
+        return -EINVAL;
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    c->flags |= CF_HANDOFF;
+    c->handoff_to = (uint8_t)to;
+    c->handoff_key = key;
+    reasm_give(e, c);
+    conn_close(e, slot, ENGINE_CLOSE_HANDED_OFF);
+    return 0;
+}
+
+int engine_poll(struct engine *e, int fd, short events, uint64_t tag)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, (unsigned)events);
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_POLL, tag));
+    return 0;
+}
+
+unsigned engine_shard(const struct engine *e)
+{
+    return e->cfg.shard;
+}
+
+uint64_t engine_now_ns(const struct engine *e)
+{
+    return e->now_ns;
+}
+
+const struct engine_stats *engine_stats(const struct engine *e)
+{
+    return &e->stats;
+}
+
+uint32_t engine_conns_open(const struct engine *e)
+{
+    return e->conns_open;
+}
+
+int engine_ring_fd(const struct engine *e)
+{
+    return e->ring.ring_fd;
+}
+
+void engine_set_peers(struct engine *e, const int *ring_fds, unsigned shards)
+{
+    assert(shards <= sizeof e->peers / sizeof e->peers[0]);
+    memcpy(e->peers, ring_fds, shards * sizeof *ring_fds);
+    e->peers_len = shards;
+}
+
+void engine_stop(struct engine *e)
+{
+    atomic_store(&e->stopping, true);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The loop
+ * ------------------------------------------------------------------------------------------- */
+
+static void begin_stop(struct engine *e)
+{
+    e->stop_started = true;
+    if (e->accept_armed) {
+        struct io_uring_sqe *sqe = get_sqe(e);
+        io_uring_prep_cancel64(sqe, ud_payload(OP_ACCEPT, 0), 0);
+        io_uring_sqe_set_data64(sqe, ud_payload(OP_CANCEL_OTHER, 0));
+    }
+    for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++)
+        conn_close(e, slot, ENGINE_CLOSE_SHUTDOWN);
+}
+
+int engine_run(struct engine *e)
+{
+    if (e->listen_fd >= 0)
+        arm_accept(e);
+    e->now_ns = engine_clock_ns();
+    e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
+    for (;;) {
+        if (atomic_load_explicit(&e->stopping, memory_order_relaxed) && !e->stop_started)
+            begin_stop(e);
+        if (e->stop_started && e->conns_open == 0 && !e->accept_armed)
+            break;
+
+        uint64_t now = engine_clock_ns();
+        uint64_t wake = now + WAIT_MS_MAX * 1000000ull;
+        if (e->app_deadline_ns && e->app_deadline_ns < wake)
+            wake = e->app_deadline_ns;
+        if (e->next_sweep_ns < wake)
+            wake = e->next_sweep_ns;
+        uint64_t wait_ns = wake > now ? wake - now : 0;
+        struct __kernel_timespec ts = {.tv_sec = (long long)(wait_ns / 1000000000u),
+                                       .tv_nsec = (long long)(wait_ns % 1000000000u)};
+        struct io_uring_cqe *cqe;
+        int ret = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, &ts, NULL);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
+            return ret;
+
+        /* Copy the completions out of the CQ first, then handle them: handlers submit. */
+        unsigned n = 0;
+        while (n < CQE_BATCH) {
+            struct io_uring_cqe *batch[CQE_BATCH];
+            unsigned got = io_uring_peek_batch_cqe(&e->ring, batch, CQE_BATCH - n);
+            if (got == 0)
+                break;
+            for (unsigned i = 0; i < got; i++)
+                e->cqes[n + i] =
+                    (struct cqe_copy){batch[i]->user_data, batch[i]->res, batch[i]->flags};
+            io_uring_cq_advance(&e->ring, got);
+            n += got;
+        }
+        e->now_ns = engine_clock_ns();
+        e->stats.cqes += n;
+        e->stats.loops++;
+        for (unsigned i = 0; i < n; i++)
+            dispatch(e, &e->cqes[i]);
+
+        if (e->br_pending) {
+            io_uring_buf_ring_advance(e->br, (int)e->br_pending);
+            e->br_pending = 0;
+        }
+        rearm_all(e);
+        if (e->now_ns >= e->next_sweep_ns) {
+            sweep(e);
+            e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
+        }
+        e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
+        cancel_paused_recvs(e);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------------------------- */
+
+static int ring_setup(struct engine *e, char *err, size_t err_cap)
+{
+    static const unsigned attempts[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int ret = -EINVAL;
+    for (size_t i = 0; i < sizeof attempts / sizeof attempts[0]; i++) {
+        struct io_uring_params p = {0};
+        p.flags = attempts[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+        p.cq_entries = e->cfg.sq_entries * 4;
+        ret = io_uring_queue_init_params(e->cfg.sq_entries, &e->ring, &p);
+        if (ret == 0)
+            return 0;
+        if (ret != -EINVAL)
+            break;
+    }
+    snprintf(err, err_cap, "io_uring_queue_init: %s", strerror(-ret));
+    return ret;
+}
+
+static int listener_open(struct engine *e, char *err, size_t err_cap)
+{
+    const struct engine_config *cfg = &e->cfg;
+    int fd = socket(cfg->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+        goto fail;
+    if (bind(fd, (const struct sockaddr *)&cfg->addr, cfg->addr_len) < 0)
+        goto fail;
+    if (listen(fd, cfg->backlog > 0 ? cfg->backlog : 4096) < 0)
+        goto fail;
+    e->listen_fd = fd;
+    return 0;
+fail:;
+    int saved = errno;
+    snprintf(err, err_cap, "listener of shard %u: %s", cfg->shard, strerror(saved));
+    if (fd >= 0)
+        close(fd);
+    return -saved;
+}
+
+static void *map_bytes(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int buffers_setup(struct engine *e, char *err, size_t err_cap)
+{
+    const struct engine_config *cfg = &e->cfg;
+    e->br_bytes = (size_t)cfg->bufs * sizeof(struct io_uring_buf);
+    e->br = map_bytes(e->br_bytes);
+    e->bufs_bytes = (size_t)cfg->bufs * cfg->buf_bytes;
+    e->bufs = map_bytes(e->bufs_bytes);
+    if (!e->br || !e->bufs) {
+        snprintf(err, err_cap, "buffer ring memory (%u x %u bytes): %s", cfg->bufs, cfg->buf_bytes,
+                 strerror(errno));
+        return -ENOMEM;
+    }
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uint64_t)(uintptr_t)e->br, .ring_entries = cfg->bufs, .bgid = BGID};
+    int ret = io_uring_register_buf_ring(&e->ring, &reg, 0);
+    if (ret < 0) {
+        snprintf(err, err_cap, "io_uring_register_buf_ring: %s", strerror(-ret));
+        return ret;
+    }
+    io_uring_buf_ring_init(e->br);
+    e->br_mask = (uint32_t)io_uring_buf_ring_mask(cfg->bufs);
+    for (uint32_t bid = 0; bid < cfg->bufs; bid++)
+        return_buffer(e, bid);
+    io_uring_buf_ring_advance(e->br, (int)e->br_pending);
+    e->br_pending = 0;
+
+    e->reasm_cap = cfg->frame_bytes_max + 2 * cfg->buf_bytes;
+    e->reasm_mem_bytes = (size_t)cfg->reasm_bufs * e->reasm_cap;
+    e->reasm_mem = cfg->reasm_bufs ? map_bytes(e->reasm_mem_bytes) : NULL;
+    e->reasm_free = calloc(cfg->reasm_bufs ? cfg->reasm_bufs : 1, sizeof *e->reasm_free);
+    if ((cfg->reasm_bufs && !e->reasm_mem) || !e->reasm_free) {
+        snprintf(err, err_cap, "reassembly pool (%u x %u bytes): %s", cfg->reasm_bufs, e->reasm_cap,
+                 strerror(errno));
+        return -ENOMEM;
+    }
+    /* Pushed in reverse so that buffer 0 is handed out first. */
+    for (uint32_t i = 0; i < cfg->reasm_bufs; i++)
+        e->reasm_free[i] = cfg->reasm_bufs - 1 - i;
+    e->reasm_free_len = cfg->reasm_bufs;
+    return 0;
+}
+
+static int check_config(const struct engine_config *cfg, char *err, size_t err_cap)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && cfg->conns_max > rl.rlim_cur) {
+        snprintf(err, err_cap,
+                 "conns_max %u is above RLIMIT_NOFILE %llu: the kernel caps each ring's fixed "
+                 "file table at it (raise LimitNOFILE / ulimit -n, or add shards)",
+                 cfg->conns_max, (unsigned long long)rl.rlim_cur);
+        return -EINVAL;
+    }
+    if (cfg->bufs == 0 || (cfg->bufs & (cfg->bufs - 1)) || cfg->bufs > 32768) {
+        snprintf(err, err_cap, "bufs %u must be a power of two up to 32768", cfg->bufs);
+        return -EINVAL;
+    }
+    if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
+        cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards) {
+        snprintf(err, err_cap, "engine configuration out of range");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int engine_init(struct engine **out, const struct engine_config *cfg, char *err, size_t err_cap)
+{
+    int ret = check_config(cfg, err, err_cap);
+    if (ret)
+        return ret;
+    struct engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, err_cap, "engine: out of memory");
+        return -ENOMEM;
+    }
+    e->cfg = *cfg;
+    e->listen_fd = -1;
+    e->ring.ring_fd = -1;
+
+    if (cfg->pin) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cfg->shard, &set);
+        ret = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        if (ret) {
+            snprintf(err, err_cap, "pinning shard %u to CPU %u: %s", cfg->shard, cfg->shard,
+                     strerror(ret));
+            ret = -ret;
+            goto err;
+        }
+    }
+    /* The connection table: touched pages only as slots are used. */
+    e->conns = map_bytes((size_t)cfg->conns_max * sizeof *e->conns);
+    if (!e->conns) {
+        snprintf(err, err_cap, "connection table (%u slots): %s", cfg->conns_max, strerror(errno));
+        ret = -ENOMEM;
+        goto err;
+    }
+    ret = ring_setup(e, err, err_cap);
+    if (ret)
+        goto err;
+    ret = io_uring_register_files_sparse(&e->ring, cfg->conns_max);
+    if (ret < 0) {
+        snprintf(err, err_cap, "io_uring_register_files_sparse(%u): %s", cfg->conns_max,
+                 strerror(-ret));
+        goto err;
+    }
+    ret = buffers_setup(e, err, err_cap);
+    if (ret)
+        goto err;
+    if (cfg->listen) {
+        ret = listener_open(e, err, err_cap);
+        if (ret)
+            goto err;
+    }
+    *out = e;
+    return 0;
+err:
+    engine_free(e);
+    return ret;
+}
+
+void engine_free(struct engine *e)
+{
+    if (!e)
+        return;
+    if (e->listen_fd >= 0)
+        close(e->listen_fd);
+    if (e->ring.ring_fd >= 0)
+        io_uring_queue_exit(&e->ring);
+    if (e->br)
+        munmap(e->br, e->br_bytes);
+    if (e->bufs)
+        munmap(e->bufs, e->bufs_bytes);
+    if (e->reasm_mem)
+        munmap(e->reasm_mem, e->reasm_mem_bytes);
+    if (e->conns)
+        munmap(e->conns, (size_t)e->cfg.conns_max * sizeof *e->conns);
+    free(e->reasm_free);
+    free(e);
+}

@@ -1,0 +1,164 @@
+/* engine.h — one shard's io_uring engine: sockets and bytes, not Teltonika.
+ *
+ * A shard is one thread with one io_uring. The engine owns, per shard: a SO_REUSEPORT
+ * listener with multishot accept into direct descriptors (device sockets live in the ring's
+ * fixed file table, not in the process fd table); multishot recv from a provided buffer ring;
+ * a connection table indexed by fixed file slot, with a generation per slot; a reassembly
+ * pool for frames split across receives; small sends (one in flight per connection); idle
+ * and frame timers; readiness polls for the application's own sockets (PostgreSQL, Redis);
+ * and socket handoff to another shard with IORING_OP_MSG_RING.
+ *
+ * The application (the gateway, loadgen) is called through one table of operations, from
+ * the shard's thread only, after each batch of completions has been copied out of the CQ.
+ * All memory is sized in engine_init() from the configuration; the loop does not allocate.
+ *
+ * Connections are named by (slot, gen). A slot is reused only after every request on it has
+ * completed and its descriptor is closed; its generation changes then, so a stale handle is
+ * refused (-ESTALE) instead of touching a newer connection. */
+#ifndef AVLGATE_SHARD_ENGINE_H
+#define AVLGATE_SHARD_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct engine;
+
+/* What on_data tells the engine about the bytes it was given. */
+enum engine_verdict {
+    ENGINE_CONTINUE, /* consumed what it could; the rest is an incomplete frame (see *need) */
+    ENGINE_PAUSE,    /* the application is full: keep the rest, stop reading, wait for resume */
+    ENGINE_CLOSE,    /* close the connection (the application counted why) */
+};
+
+/* Why a connection closed, as on_close reports it. */
+enum engine_close_reason {
+    ENGINE_CLOSE_APP = 0,        /* the application asked (engine_close or ENGINE_CLOSE) */
+    ENGINE_CLOSE_PEER,           /* the peer closed (recv returned 0) */
+    ENGINE_CLOSE_ERROR,          /* a socket error (reset, ...) */
+    ENGINE_CLOSE_IDLE,           /* nothing received for idle_timeout_ms */
+    ENGINE_CLOSE_FRAME_TIMEOUT,  /* an incomplete frame waited longer than frame_timeout_ms */
+    ENGINE_CLOSE_FRAME_TOO_BIG,  /* the frame needs more bytes than the reassembly buffer */
+    ENGINE_CLOSE_NO_REASM,       /* no reassembly buffer free: load shed on purpose */
+    ENGINE_CLOSE_SEND_OVERFLOW,  /* more pending output than the connection can hold */
+    ENGINE_CLOSE_PAUSE_OVERFLOW, /* kept sending while paused, past what it may keep */
+    ENGINE_CLOSE_HANDED_OFF,     /* passed to another shard (not a failure) */
+    ENGINE_CLOSE_SHUTDOWN,       /* the engine is stopping */
+    ENGINE_CLOSE_REASONS,
+};
+const char *engine_close_reason_name(enum engine_close_reason r);
+
+struct engine_ops {
+    /* A connection arrived: accepted here (handoff_key == 0, from_shard == -1) or handed
+     * over by another shard (its key, its shard). Receiving starts after this returns. */
+    void (*on_open)(void *app, struct engine *e, uint32_t slot, uint32_t gen, int from_shard,
+                    uint64_t handoff_key);
+    /* Bytes arrived: p[0 .. len-1] is everything not yet consumed, in order. Returns how many
+     * bytes it consumed and sets *verdict; with ENGINE_CONTINUE and bytes left over, *need is
+     * the least total of unconsumed bytes that could complete the next frame (the engine
+     * reassembles until then). p is valid only during the call. */
+    size_t (*on_data)(void *app, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
+                      size_t len, enum engine_verdict *verdict, uint32_t *need);
+    /* The connection is closing; no on_data follows. Called once per connection. */
+    void (*on_close)(void *app, struct engine *e, uint32_t slot, uint32_t gen,
+                     enum engine_close_reason reason);
+    /* A poll registered with engine_poll fired (revents, or -errno). One-shot. */
+    void (*on_poll)(void *app, struct engine *e, uint64_t tag, int revents);
+    /* Called after every batch of completions; returns the CLOCK_MONOTONIC ns by which it
+     * wants to be called again (0: no wish; the engine wakes at least every 100 ms). */
+    uint64_t (*on_tick)(void *app, struct engine *e, uint64_t now_ns);
+};
+
+struct engine_config {
+    unsigned shard;  /* this shard's index */
+    unsigned shards; /* shards in the process */
+    /* Listen address; with listen == false the engine accepts nothing (loadgen, tests that
+     * only dial out use engine_connect... later) */
+    bool listen;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    int backlog;
+
+    uint32_t conns_max;        /* fixed file table size: at most RLIMIT_NOFILE */
+    uint32_t bufs;             /* provided receive buffers, a power of two, <= 32768 */
+    uint32_t buf_bytes;        /* bytes per receive buffer */
+    uint32_t reasm_bufs;       /* reassembly buffers (each frame_bytes_max + buf_bytes) */
+    uint32_t frame_bytes_max;  /* largest frame the application accepts */
+    uint32_t idle_timeout_ms;  /* 0: none */
+    uint32_t frame_timeout_ms; /* 0: none */
+    uint32_t sq_entries;       /* SQ size; the CQ is 4 times larger (multishot floods it) */
+    bool pin;                  /* pin the calling thread to CPU `shard` */
+
+    const struct engine_ops *ops;
+    void *app;
+};
+
+/* Per-shard counters, on their own cache line, written by the shard only. */
+struct engine_stats {
+    uint64_t accepted, accept_errors, handed_in, handed_out, handoff_errors;
+    uint64_t closed[ENGINE_CLOSE_REASONS];
+    uint64_t recv_bytes, recv_completions, recv_enobufs, sends, send_bytes;
+    uint64_t reasm_used_max, pauses, resumes;
+    uint64_t cqes, loops;
+} __attribute__((aligned(64)));
+
+/* Creates the ring (SINGLE_ISSUER | DEFER_TASKRUN, falling back to COOP_TASKRUN, then to
+ * none), registers the fixed file table and the buffer ring, and opens the listener. Must be
+ * called on the thread that will run the loop. Returns 0 or -errno with a message in err. */
+int engine_init(struct engine **out, const struct engine_config *cfg, char *err, size_t err_cap);
+/* The ring's descriptor, for other shards' engine_set_peers. */
+int engine_ring_fd(const struct engine *e);
+/* The ring descriptors of every shard (index = shard), for handoff. Call before engine_run. */
+void engine_set_peers(struct engine *e, const int *ring_fds, unsigned shards);
+
+/* Runs the loop until engine_stop (from any thread) and until every connection is closed.
+ * Returns 0 or -errno on a fatal ring error. */
+int engine_run(struct engine *e);
+/* Asks the loop to stop: it closes the listener and every connection (ENGINE_CLOSE_SHUTDOWN)
+ * and returns. Safe from any thread and from signal-free contexts; takes effect within
+ * 100 ms. */
+void engine_stop(struct engine *e);
+/* Frees everything; the loop must have returned. */
+void engine_free(struct engine *e);
+
+/* Queues len (<= ENGINE_SEND_BYTES_MAX) bytes for the connection; they are sent in order
+ * after any earlier ones. Returns 0, -ESTALE (not this connection any more), or -ENOBUFS
+ * (its output is full: the connection is closed with ENGINE_CLOSE_SEND_OVERFLOW). */
+#define ENGINE_SEND_BYTES_MAX 32
+int engine_send(struct engine *e, uint32_t slot, uint32_t gen, const void *p, size_t len);
+/* Closes the connection (on_close follows with ENGINE_CLOSE_APP). -ESTALE if already gone. */
+int engine_close(struct engine *e, uint32_t slot, uint32_t gen);
+/* Passes the connection to shard `to` with a 56-bit key; the other shard's on_open gets it.
+ * This shard stops reading it at once; its on_close(ENGINE_CLOSE_HANDED_OFF) follows when
+ * the descriptor left. Bytes already received and not consumed are dropped: hand off only
+ * between frames. Returns 0, -ESTALE, or -EINVAL (key above 2^56 or bad shard). */
+int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key);
+/* Resumes every connection paused by ENGINE_PAUSE: their kept bytes are offered to on_data
+ * again (in pause order) until the application pauses again. */
+void engine_resume(struct engine *e);
+
+/* One-shot readiness poll of an ordinary descriptor (not a device socket); on_poll gets tag.
+ * Returns 0 or -EBUSY when no SQE is free (the caller retries on the next tick). */
+int engine_poll(struct engine *e, int fd, short events, uint64_t tag);
+
+/* The shard's index, the time the current batch of completions was reaped (CLOCK_MONOTONIC
+ * ns), and its counters. */
+unsigned engine_shard(const struct engine *e);
+uint64_t engine_now_ns(const struct engine *e);
+const struct engine_stats *engine_stats(const struct engine *e);
+/* Connections open now. */
+uint32_t engine_conns_open(const struct engine *e);
+
+/* CLOCK_MONOTONIC in ns. */
+uint64_t engine_clock_ns(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AVLGATE_SHARD_ENGINE_H */

@@ -1,0 +1,599 @@
+/* test_engine.c — the io_uring engine over real loopback sockets, with a toy protocol.
+ *
+ * Frames are one length byte L then L bytes. The application answers only an empty frame
+ * (L = 0, a "ping") with one zero byte, so a client knows everything it sent before the ping
+ * was consumed; payload order is checked with a running hash. Blocking client sockets in the test
+ * thread talk to engines running on their own threads. Covers: whole, fragmented (one byte at a
+ * time) and coalesced frames; pause/resume backpressure without loss or reordering; idle and frame
+ * timeouts; a frame larger than the reassembly buffer; handoff of a connection between two shards
+ * with IORING_OP_MSG_RING; many connections; stop. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shard/engine.h"
+#include "tests/support/testutil.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+/* cmocka's assertions longjmp and must stay on the test thread; engine-thread checks abort. */
+#define ECHECK(c)                                                                                  \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "engine-thread check failed: %s (%s:%d)\n", #c, __FILE__, __LINE__);   \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+struct app {
+    unsigned shard;
+    atomic_uint frames;         /* frames consumed */
+    atomic_uint opens, closes;  /* connections */
+    atomic_uint handed_in;      /* on_open with from_shard >= 0 */
+    atomic_uint last_reason;    /* last close reason */
+    atomic_uint_fast64_t bytes; /* payload bytes consumed */
+    uint32_t checksum;          /* running hash of consumed payload, order-sensitive */
+    atomic_uint checksum_pub;
+    /* Backpressure: consume at most `budget` frames, then pause until the test refills. */
+    atomic_int budget;         /* < 0: unlimited */
+    atomic_bool resume_wanted; /* the test asks the engine thread to resume */
+    /* Handoff: on the first frame of an accepted connection, hand it to this shard. */
+    int handoff_to; /* -1: never */
+    struct engine *e;
+};
+
+static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
+                      size_t len, enum engine_verdict *verdict, uint32_t *need)
+{
+    struct app *a = user;
+    size_t used = 0;
+    *verdict = ENGINE_CONTINUE;
+    while (used < len) {
+        if (p[used] == 0xEE) { /* a poison length byte: close at once */
+            *verdict = ENGINE_CLOSE;
+            return used;
+        }
+        size_t frame = 1 + (size_t)p[used];
+        if (len - used < frame) {
+            *need = (uint32_t)frame;
+            return used;
+        }
+        int budget = atomic_load(&a->budget);
+        if (budget == 0) {
+            *verdict = ENGINE_PAUSE;
+            return used;
+        }
+        if (budget > 0)
+            atomic_fetch_sub(&a->budget, 1);
+        for (size_t i = 1; i < frame; i++)
+            a->checksum = a->checksum * 31 + p[used + i];
+        atomic_store(&a->checksum_pub, a->checksum);
+        if (p[used] == 0) {
+            uint8_t pong = 0;
+            ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
+        }
+        atomic_fetch_add(&a->frames, 1);
+        atomic_fetch_add(&a->bytes, frame - 1);
+        used += frame;
+    }
+    return used;
+}
+
+static void on_open(void *user, struct engine *e, uint32_t slot, uint32_t gen, int from_shard,
+                    uint64_t key)
+{
+    struct app *a = user;
+    atomic_fetch_add(&a->opens, 1);
+    if (from_shard >= 0) {
+        /* The new owner greets, as the gateway answers the handshake after a handoff. */
+        ECHECK(key == 0xABCDEF1234ull);
+        atomic_fetch_add(&a->handed_in, 1);
+        uint8_t hello = 0;
+        ECHECK(engine_send(e, slot, gen, &hello, 1) == 0);
+    }
+}
+
+static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                     enum engine_close_reason reason)
+{
+    struct app *a = user;
+    (void)e;
+    (void)slot;
+    (void)gen;
+    atomic_store(&a->last_reason, (unsigned)reason);
+    atomic_fetch_add(&a->closes, 1);
+}
+
+static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
+{
+    (void)user;
+    (void)e;
+    (void)tag;
+    (void)revents;
+}
+
+static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
+{
+    struct app *a = user;
+    (void)now_ns;
+    if (atomic_exchange(&a->resume_wanted, false))
+        engine_resume(e);
+    return 0;
+}
+
+static const struct engine_ops test_ops = {.on_open = on_open,
+                                           .on_data = on_data,
+                                           .on_close = on_close,
+                                           .on_poll = on_poll,
+                                           .on_tick = on_tick};
+
+/* A handoff app: on_data hands the connection off instead of consuming its first frame,
+ * when this shard is not the "owner" (shard 1). */
+static size_t on_data_handoff(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                              const uint8_t *p, size_t len, enum engine_verdict *verdict,
+                              uint32_t *need)
+{
+    struct app *a = user;
+    if (a->handoff_to >= 0) {
+        /* Hand off only between frames: the first frame is a one-byte "hello" (L = 0). */
+        ECHECK(len >= 1 && p[0] == 0);
+        ECHECK(engine_handoff(e, slot, gen, (unsigned)a->handoff_to, 0xABCDEF1234ull) == 0);
+        *verdict = ENGINE_CONTINUE;
+        return len;
+    }
+    return on_data(user, e, slot, gen, p, len, verdict, need);
+}
+
+static const struct engine_ops handoff_ops = {.on_open = on_open,
+                                              .on_data = on_data_handoff,
+                                              .on_close = on_close,
+                                              .on_poll = on_poll,
+                                              .on_tick = on_tick};
+
+/* ---------------------------------------------------------------------------------------------
+ * Harness
+ * ------------------------------------------------------------------------------------------- */
+
+struct shard_thread {
+    pthread_t t;
+    struct engine *e;
+    struct engine_config cfg;
+    struct app app;
+    pthread_barrier_t *ready, *go;
+    char err[256];
+    int rc;
+};
+
+/* The ring is created on the thread that runs it (SINGLE_ISSUER); the harness waits for
+ * every shard's ring, tells each the others' ring descriptors, then lets them run. */
+static void *run_engine(void *arg)
+{
+    struct shard_thread *st = arg;
+    st->rc = engine_init(&st->e, &st->cfg, st->err, sizeof st->err);
+    pthread_barrier_wait(st->ready);
+    pthread_barrier_wait(st->go);
+    if (st->rc == 0)
+        st->rc = engine_run(st->e);
+    return NULL;
+}
+
+static uint16_t free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t l = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static struct engine_config base_config(uint16_t port, unsigned shard, unsigned shards,
+                                        const struct engine_ops *ops, void *app)
+{
+    struct engine_config c = {0};
+    struct sockaddr_in *sin = (struct sockaddr_in *)&c.addr;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.addr_len = sizeof *sin;
+    c.listen = true;
+    c.shard = shard;
+    c.shards = shards;
+    c.conns_max = 1024;
+    c.bufs = 64;
+    c.buf_bytes = 512;
+    c.reasm_bufs = 600;
+    c.frame_bytes_max = 256;
+    c.sq_entries = 256;
+    c.ops = ops;
+    c.app = app;
+    return c;
+}
+
+static void start_shards(struct shard_thread *st, unsigned n, struct engine_config *cfgs)
+{
+    static pthread_barrier_t ready, go;
+    pthread_barrier_init(&ready, NULL, n + 1);
+    pthread_barrier_init(&go, NULL, n + 1);
+    for (unsigned i = 0; i < n; i++) {
+        st[i].cfg = cfgs[i];
+        st[i].ready = &ready;
+        st[i].go = &go;
+        assert_int_equal(pthread_create(&st[i].t, NULL, run_engine, &st[i]), 0);
+    }
+    pthread_barrier_wait(&ready);
+    int fds[8];
+    for (unsigned i = 0; i < n; i++) {
+        if (st[i].rc)
+            fail_msg("engine_init: %s", st[i].err);
+        st[i].app.e = st[i].e;
+        fds[i] = engine_ring_fd(st[i].e);
+    }
+    for (unsigned i = 0; i < n; i++)
+        engine_set_peers(st[i].e, fds, n);
+    pthread_barrier_wait(&go);
+}
+
+static void stop_shards(struct shard_thread *st, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        engine_stop(st[i].e);
+    for (unsigned i = 0; i < n; i++) {
+        pthread_join(st[i].t, NULL);
+        assert_int_equal(st[i].rc, 0);
+        assert_int_equal(engine_conns_open(st[i].e), 0);
+        engine_free(st[i].e);
+    }
+}
+
+static int dial(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void send_all(int fd, const uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void recv_exact(int fd, uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = recv(fd, p, len, 0);
+        if (n <= 0)
+            fail_msg("recv: %zd (%s), %zu bytes still expected", n, strerror(errno), len);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Sends an empty frame and waits for its answer: everything sent before was consumed. */
+static void ping(int fd)
+{
+    uint8_t z = 0, r = 1;
+    send_all(fd, &z, 1);
+    recv_exact(fd, &r, 1);
+    assert_int_equal(r, 0);
+}
+
+/* Waits up to timeout_ms for the peer to close; returns true if it did. */
+static bool wait_eof(int fd, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (engine_clock_ns() < end) {
+        if (poll(&pfd, 1, 50) > 0) {
+            uint8_t b[64];
+            ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno == ECONNRESET))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void wait_until(atomic_uint *v, unsigned want, int timeout_ms)
+{
+    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (atomic_load(v) < want) {
+        if (engine_clock_ns() > end)
+            fail_msg("timed out waiting for %u (have %u)", want, atomic_load(v));
+        usleep(1000);
+    }
+}
+
+/* A stream of frames with lengths and contents from a seeded generator. */
+static size_t make_frames(uint8_t *out, size_t cap, unsigned frames, uint64_t seed,
+                          uint8_t *lens_out)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < frames; i++) {
+        uint8_t l = (uint8_t)(1 + tu_rand_u64(&seed) % 200); /* 0 is the ping */
+        assert_true(n + 1 + l <= cap);
+        out[n++] = l;
+        for (unsigned k = 0; k < l; k++)
+            out[n++] = (uint8_t)tu_rand_u64(&seed);
+        lens_out[i] = l;
+    }
+    return n;
+}
+
+/* The application's running payload hash over `passes` deliveries of the stream. */
+static uint32_t checksum_of(const uint8_t *p, size_t len, int passes)
+{
+    uint32_t h = 0;
+    for (int pass = 0; pass < passes; pass++) {
+        for (size_t i = 0; i < len;) {
+            size_t l = p[i++];
+            for (size_t k = 0; k < l; k++)
+                h = h * 31 + p[i + k];
+            i += l;
+        }
+    }
+    return h;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Tests
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_whole_fragmented_coalesced(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+
+    enum { FRAMES = 400 };
+    static uint8_t stream[FRAMES * 202 + 1];
+    uint8_t lens[FRAMES];
+    size_t n = make_frames(stream, sizeof stream, FRAMES, 7, lens);
+    int fd = dial(port);
+    /* Coalesced: everything at once (frames straddle the 512-byte receive buffers). */
+    send_all(fd, stream, n);
+    ping(fd);
+    assert_int_equal(atomic_load(&st[0].app.frames), FRAMES + 1);
+    /* Fragmented: one byte per send. */
+    for (size_t i = 0; i < n; i++)
+        send_all(fd, stream + i, 1);
+    ping(fd);
+    assert_int_equal(atomic_load(&st[0].app.frames), 2 * FRAMES + 2);
+    /* The payload arrived in order, twice over. */
+    assert_int_equal(atomic_load(&st[0].app.checksum_pub), checksum_of(stream, n, 2));
+    close(fd);
+    wait_until(&st[0].app.closes, 1, 5000);
+    assert_int_equal(atomic_load(&st[0].app.last_reason), ENGINE_CLOSE_PEER);
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_true(s->reasm_used_max >= 1);
+    stop_shards(st, 1);
+}
+
+/* Clients behave like trackers: one frame in flight, the next only after the answer. The
+ * application pauses whenever its budget runs out; the test refills it slowly, as a database
+ * that drains slowly would. Nothing is lost or reordered, and the connections survive. */
+static void test_pause_resume_keeps_order(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, 10);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+
+    enum { CLIENTS = 8, FRAMES = 60 };
+    static uint8_t streams[CLIENTS][FRAMES * 202];
+    uint8_t lens[CLIENTS][FRAMES];
+    size_t at[CLIENTS] = {0}, sent[CLIENTS] = {0};
+    bool waiting[CLIENTS] = {0};
+    uint64_t payload = 0;
+    int fds[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        size_t n = make_frames(streams[c], sizeof streams[c], FRAMES, 100 + (uint64_t)c, lens[c]);
+        payload += n - FRAMES;
+        fds[c] = dial(port);
+    }
+    unsigned done = 0;
+    uint64_t end = engine_clock_ns() + 30000000000ull;
+    while (done < CLIENTS) {
+        if (engine_clock_ns() > end)
+            fail_msg("stuck at %u frames (pauses %lu, resumes %lu, budget %d)",
+                     atomic_load(&st[0].app.frames), (unsigned long)engine_stats(st[0].e)->pauses,
+                     (unsigned long)engine_stats(st[0].e)->resumes, atomic_load(&st[0].app.budget));
+        for (int c = 0; c < CLIENTS; c++) {
+            if (!waiting[c] && sent[c] < FRAMES) {
+                /* One frame and a ping, in one segment. */
+                size_t l = 1 + (size_t)streams[c][at[c]];
+                uint8_t msg[203];
+                memcpy(msg, streams[c] + at[c], l);
+                msg[l] = 0;
+                send_all(fds[c], msg, l + 1);
+                at[c] += l;
+                sent[c]++;
+                waiting[c] = true;
+            }
+            uint8_t r;
+            if (waiting[c] && recv(fds[c], &r, 1, MSG_DONTWAIT) == 1) {
+                assert_int_equal(r, 0);
+                waiting[c] = false;
+                if (sent[c] == FRAMES)
+                    done++;
+            }
+        }
+        if (atomic_load(&st[0].app.budget) == 0) {
+            atomic_store(&st[0].app.budget, 5);
+            atomic_store(&st[0].app.resume_wanted, true);
+        }
+        usleep(500);
+    }
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_true(s->pauses > 0);
+    assert_true(s->resumes > 0);
+    assert_int_equal(atomic_load(&st[0].app.frames), 2 * CLIENTS * FRAMES);
+    assert_int_equal(atomic_load(&st[0].app.bytes), payload);
+    assert_int_equal(engine_conns_open(st[0].e), CLIENTS);
+    for (int c = 0; c < CLIENTS; c++)
+        close(fds[c]);
+    stop_shards(st, 1);
+}
+
+static void test_timeouts_and_limits(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    cfg.idle_timeout_ms = 1000;
+    cfg.frame_timeout_ms = 1000;
+    cfg.frame_bytes_max = 100; /* reassembly holds 100 + 2 x 512 bytes */
+    start_shards(st, 1, &cfg);
+
+    /* Idle: never sends. */
+    int idle = dial(port);
+    /* Incomplete frame: says 50 bytes, sends 3. */
+    int partial = dial(port);
+    uint8_t head[4] = {50, 1, 2, 3};
+    send_all(partial, head, sizeof head);
+    assert_true(wait_eof(idle, 4000));
+    assert_true(wait_eof(partial, 4000));
+    wait_until(&st[0].app.closes, 2, 2000);
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_int_equal(s->closed[ENGINE_CLOSE_IDLE], 1);
+    assert_int_equal(s->closed[ENGINE_CLOSE_FRAME_TIMEOUT], 1);
+    close(idle);
+    close(partial);
+
+    /* The application closes on a poison frame; the ping before it is answered. */
+    int fd = dial(port);
+    uint8_t poison[4] = {1, 9, 0, 0xEE};
+    send_all(fd, poison, sizeof poison);
+    uint8_t r = 1;
+    recv_exact(fd, &r, 1);
+    assert_int_equal(r, 0);
+    assert_true(wait_eof(fd, 4000));
+    close(fd);
+    wait_until(&st[0].app.closes, 3, 2000);
+    assert_int_equal(atomic_load(&st[0].app.last_reason), ENGINE_CLOSE_APP);
+    stop_shards(st, 1);
+}
+
+static void test_handoff_between_shards(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[2] = {0};
+    struct engine_config cfgs[2];
+    for (unsigned i = 0; i < 2; i++) {
+        atomic_store(&st[i].app.budget, -1);
+        st[i].app.handoff_to = -1;
+        cfgs[i] = base_config(port, i, 2, &handoff_ops, &st[i].app);
+    }
+    /* Shard 0 hands everything to shard 1; shard 1 serves. Connections accepted by shard 1
+     * are served there directly. */
+    st[0].app.handoff_to = 1;
+    start_shards(st, 2, cfgs);
+
+    enum { CLIENTS = 64 };
+    int fds[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        fds[c] = dial(port);
+        uint8_t hello = 0;
+        send_all(fds[c], &hello, 1);
+    }
+    /* Every connection ends up on shard 1: frames answered there. */
+    for (int c = 0; c < CLIENTS; c++) {
+        uint8_t r;
+        recv_exact(fds[c], &r, 1); /* the greeting, or the hello's answer: both 0 */
+        assert_int_equal(r, 0);
+    }
+    /* Shard 0 counts its handoff when its own MSG_RING completion is reaped, which may come
+     * a moment after shard 1 already served the connection. */
+    const struct engine_stats *s0 = engine_stats(st[0].e);
+    for (int i = 0; i < 2000 &&
+                    *(volatile const uint64_t *)&s0->handed_out < atomic_load(&st[1].app.handed_in);
+         i++)
+        usleep(1000);
+    assert_int_equal(s0->handoff_errors, 0);
+    assert_int_equal(s0->handed_out, atomic_load(&st[1].app.handed_in));
+    for (int c = 0; c < CLIENTS; c++) {
+        uint8_t frame[4] = {3, 'a', 'b', (uint8_t)c};
+        send_all(fds[c], frame, sizeof frame);
+        ping(fds[c]);
+    }
+    assert_int_equal(atomic_load(&st[0].app.frames), 0);
+    assert_true(atomic_load(&st[1].app.frames) >= 2 * CLIENTS);
+    assert_int_equal(atomic_load(&st[1].app.opens), CLIENTS);
+    assert_int_equal(atomic_load(&st[0].app.opens) + atomic_load(&st[1].app.opens) -
+                         atomic_load(&st[1].app.handed_in),
+                     CLIENTS);
+    for (int c = 0; c < CLIENTS; c++)
+        close(fds[c]);
+    stop_shards(st, 2);
+}
+
+static void test_many_connections_and_stop(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+    enum { CLIENTS = 500 };
+    static int fds[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        fds[c] = dial(port);
+        uint8_t frame[2] = {1, (uint8_t)c};
+        send_all(fds[c], frame, 2);
+    }
+    for (int c = 0; c < CLIENTS; c++)
+        ping(fds[c]);
+    assert_int_equal(engine_conns_open(st[0].e), CLIENTS);
+    /* Stop closes every connection; the clients see EOF. */
+    stop_shards(st, 1);
+    for (int c = 0; c < CLIENTS; c++) {
+        assert_true(wait_eof(fds[c], 2000));
+        close(fds[c]);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_whole_fragmented_coalesced),
+        cmocka_unit_test(test_pause_resume_keeps_order),
+        cmocka_unit_test(test_timeouts_and_limits),
+        cmocka_unit_test(test_handoff_between_shards),
+        cmocka_unit_test(test_many_connections_and_stop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -53,7 +53,8 @@ enum {
  * src/include/datatype/timestamp.h: 9223371331200000000 us after 2000-01-01). In ms after
  * 1970 that is (9223371331200000000 + 946684800000000) / 1000. A record at or past it is
  * rejected at decode (AVL_E_TS_OUT_OF_RANGE). The wire timestamp is unsigned, so every value
- * below it, including 0 (a tracker before its first fix), is kept. */
+ * below it, including 0 (a tracker before its first fix), is kept. Convert to PostgreSQL's
+ * epoch as (ts_ms - 946684800000) * 1000: ts_ms * 1000 alone overflows int64 near the end. */
 #define AVL_TS_MS_END UINT64_C(9224318016000000)
 
 /* ---------------------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ enum avl_err {
     AVL_E_RECORD_OVERRUN = -9,     /* a record's fixed part runs past count 2 */
     AVL_E_IO_OVERRUN = -10,        /* an IO group count or NX length runs past count 2 */
     AVL_E_IO_TOTAL_MISMATCH = -11, /* IO N_total != sum of the group counts */
-    AVL_E_TRAILING_BYTES = -12,    /* the records (or messages) end before count 2 */
+    AVL_E_TRAILING_BYTES = -12,    /* bytes left over: records or messages end before count 2,
+                                      or the input is longer than the frame it holds */
     AVL_E_TS_OUT_OF_RANGE = -13,   /* timestamp not representable as timestamptz */
     AVL_E_IMEI_LENGTH = -14,       /* IMEI length 0 or above AVL_IMEI_DIGITS_MAX */
     AVL_E_IMEI_DIGITS = -15,       /* IMEI byte that is not an ASCII digit */
@@ -89,7 +91,9 @@ enum avl_err {
     AVL_E_ERR_MIN = -24,
 };
 
-/* The error's name, e.g. "crc_mismatch" for AVL_E_CRC_MISMATCH; "ok" for AVL_OK and values
+/* The error's name, e.g. "crc_mismatch" for AVL_E_CRC_MISMATCH (two differ from their enum
+ * spelling: AVL_E_UDP_LENGTH is "udp_length_mismatch", AVL_E_NOT_AVL "wrong_frame_kind");
+ * "ok" for AVL_OK and values
  * >= 0, "need_more" for AVL_NEED_MORE, "unknown_error" outside the enum. Static storage. */
 const char *avl_strerror(int err);
 
@@ -166,7 +170,8 @@ int avl_imei_parse(const uint8_t *digits, size_t len, uint64_t *imei);
  * AVL_E_IMEI_LENGTH or AVL_E_IMEI_DIGITS. */
 int avl_decode_imei(const uint8_t *p, size_t len, uint64_t *imei);
 /* Writes the IMEI zero-padded to 15 digits (more if it has more) and a NUL into out, which
- * holds AVL_IMEI_DIGITS_MAX + 1 bytes or more. Returns the digit count. */
+ * holds AVL_IMEI_DIGITS_MAX + 1 bytes or more. Returns the digit count. imei must satisfy
+ * avl_imei_valid() (asserted). */
 int avl_imei_format(uint64_t imei, char out[AVL_IMEI_DIGITS_MAX + 1]);
 /* True if imei has at most AVL_IMEI_DIGITS_MAX digits. */
 bool avl_imei_valid(uint64_t imei);
@@ -284,7 +289,10 @@ struct avl_record_src {
 int avl_encode_tcp(uint8_t *out, size_t cap, uint8_t codec, const struct avl_record_src *recs,
                    size_t records_len);
 
-/* Encodes a UDP datagram (header + body, no CRC) with the IMEI in canonical digits. */
+/* Encodes a UDP datagram (header + body, no CRC) with the IMEI in canonical digits and byte 4
+ * (the "not usable" byte) as 0x01, as every known capture has it; a datagram with another
+ * byte 4 or a non-canonical IMEI length therefore does not re-encode byte for byte. Errors
+ * as avl_encode_tcp, and AVL_E_ENCODE_RANGE for an IMEI above 17 digits. */
 int avl_encode_udp(uint8_t *out, size_t cap, uint16_t packet_id, uint8_t avl_packet_id,
                    uint64_t imei, uint8_t codec, const struct avl_record_src *recs,
                    size_t records_len);

@@ -9,6 +9,8 @@
 
 #include "gateway/codec/crc16_tables.h"
 
+_Static_assert(AVL_CRC16_SLICES == 8, "the loop below folds eight bytes per step");
+
 uint16_t avl_crc16(uint16_t crc, const uint8_t *p, size_t n)
 {
     const uint16_t(*t)[256] = avl_crc16_table;

@@ -8,6 +8,8 @@
 #include "gateway/codec/avl.h"
 #include "gateway/codec/internal.h"
 
+#include <assert.h>
+
 /* ---------------------------------------------------------------------------------------------
  * IMEI
  * ------------------------------------------------------------------------------------------- */
@@ -47,6 +49,7 @@ bool avl_imei_valid(uint64_t imei)
 
 int avl_imei_format(uint64_t imei, char out[AVL_IMEI_DIGITS_MAX + 1])
 {
+    assert(avl_imei_valid(imei));
     char tmp[20];
     int n = 0;
     do {
@@ -55,10 +58,6 @@ int avl_imei_format(uint64_t imei, char out[AVL_IMEI_DIGITS_MAX + 1])
     } while (imei != 0 && n < (int)sizeof tmp);
     while (n < AVL_IMEI_CANONICAL_DIGITS)
         tmp[n++] = '0';
-    /* An IMEI above 17 digits cannot come from a decoder; keep the lowest 17 if a caller
-     * passes one, rather than write past out. */
-    if (n > AVL_IMEI_DIGITS_MAX)
-        n = AVL_IMEI_DIGITS_MAX;
     for (int i = 0; i < n; i++)
         out[i] = tmp[n - 1 - i];
     out[n] = '\0';
@@ -82,10 +81,6 @@ static int imei_bcd_parse(const uint8_t *p, uint64_t *imei)
 /* ---------------------------------------------------------------------------------------------
  * AVL body: codec | N1 | records | N2
  * ------------------------------------------------------------------------------------------- */
-
-enum {
-    RECORD_FIXED_BYTES = 24, /* ts 8, priority 1, lon 4, lat 4, alt 2, angle 2, sats 1, speed 2 */
-};
 
 /* The shape of a codec's IO element. */
 struct io_layout {
@@ -155,7 +150,7 @@ static int record_decode(uint8_t codec, struct io_layout lay, const uint8_t **q,
                          struct avl_record *r)
 {
     const uint8_t *c = *q;
-    if ((size_t)(end - c) < RECORD_FIXED_BYTES)
+    if ((size_t)(end - c) < AVL_RECORD_FIXED_BYTES)
         return AVL_E_RECORD_OVERRUN;
     r->ts_ms = be64(c);
     if (r->ts_ms >= AVL_TS_MS_END)
@@ -168,7 +163,7 @@ static int record_decode(uint8_t codec, struct io_layout lay, const uint8_t **q,
     r->satellites = c[21];
     r->speed_kmh = be16(c + 22);
     r->codec = codec;
-    c += RECORD_FIXED_BYTES;
+    c += AVL_RECORD_FIXED_BYTES;
 
     if ((size_t)(end - c) < lay.head_bytes)
         return AVL_E_IO_OVERRUN;
@@ -243,6 +238,9 @@ static int tcp_frame_check(const uint8_t *p, size_t len, const uint8_t **data, u
     uint32_t d = be32(p + 4);
     if (d < AVL_DATA_BYTES_MIN)
         return AVL_E_LENGTH_TOO_SMALL;
+    /* The scanner's ceiling holds here too, so a decoded frame always re-encodes. */
+    if ((uint64_t)d + AVL_TCP_OVERHEAD_BYTES > AVL_FRAME_BYTES_MAX_CEILING)
+        return AVL_E_FRAME_TOO_LARGE;
     if ((uint64_t)d + AVL_TCP_OVERHEAD_BYTES > len)
         return AVL_E_TRUNCATED;
     if ((uint64_t)d + AVL_TCP_OVERHEAD_BYTES < len)

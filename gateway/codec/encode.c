@@ -42,7 +42,7 @@ static int record_size(uint8_t codec, const struct avl_record_src *s, size_t *by
         return AVL_E_ENCODE_RANGE;
 
     uint32_t counts[GROUPS] = {0};
-    size_t size = 24 + (c8 ? 2 : 4) + 4 * count_bytes + (c8e ? 2 : 0);
+    size_t size = AVL_RECORD_FIXED_BYTES + (c8 ? 2 : 4) + 4 * count_bytes + (c8e ? 2 : 0);
     for (uint16_t i = 0; i < s->io_len; i++) {
         const struct avl_io_elem *e = &s->io[i];
         int g = group_of(e->width);
@@ -112,7 +112,7 @@ static uint8_t *record_write(uint8_t *o, uint8_t codec, const struct avl_record_
     put_be16(o + 19, r->angle_deg);
     o[21] = r->satellites;
     put_be16(o + 22, r->speed_kmh);
-    o += 24;
+    o += AVL_RECORD_FIXED_BYTES;
 
     uint32_t counts[GROUPS] = {0};
     for (uint16_t i = 0; i < s->io_len; i++)

@@ -8,6 +8,21 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The loads below swap unconditionally, and the encoders' size sums assume a 64-bit size_t
+ * (an 8E record can describe over 4 GiB of NX elements before the per-record ceiling
+ * check). Both hold on every machine avlgate targets; say so where it would break. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the codec assumes a little-endian host");
+_Static_assert(SIZE_MAX > UINT32_MAX, "the codec assumes a 64-bit size_t");
+
+enum {
+    AVL_RECORD_FIXED_BYTES = 24, /* ts 8, priority 1, lon 4, lat 4, alt 2, angle 2, sats 1,
+                                    speed 2 */
+};
+
 /* True if a GPRS message of this type may travel in a frame of this codec. */
 bool avl_gprs_type_valid(uint8_t codec, uint8_t type);
 /* Bytes of fixed fields in front of a GPRS message's text: timestamp and/or packed IMEI. */
@@ -85,4 +100,8 @@ static inline void put_be_width(uint8_t *p, unsigned width, uint64_t v)
     }
 }
 
+#ifdef __cplusplus
+}
 #endif
+
+#endif /* AVLGATE_GATEWAY_CODEC_INTERNAL_H */

@@ -9,8 +9,12 @@
 #include "gateway/codec/avl.h"
 #include "gateway/codec/internal.h"
 
+#include <assert.h>
+
 static uint32_t frame_limit(uint32_t frame_bytes_max)
 {
+    /* Below the smallest frame nothing could ever pass: a caller's mistake. */
+    assert(frame_bytes_max == 0 || frame_bytes_max >= AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN);
     if (frame_bytes_max == 0)
         return AVL_FRAME_BYTES_MAX_DEFAULT;
     if (frame_bytes_max > AVL_FRAME_BYTES_MAX_CEILING)
@@ -36,7 +40,7 @@ static int scan_imei(const uint8_t *p, size_t len, struct avl_frame *f)
     if (p[0] != 0)
         return AVL_E_IMEI_LENGTH;
     if (len < 2)
-        return need(f, 2 + 1);
+        return need(f, 2 + 1); /* length + one digit */
     uint16_t digits = be16(p);
     if (digits == 0 || digits > AVL_IMEI_DIGITS_MAX)
         return AVL_E_IMEI_LENGTH;
@@ -59,8 +63,15 @@ static int scan_data(const uint8_t *p, size_t len, uint32_t limit, struct avl_fr
     for (size_t i = 0; i < preamble_seen; i++)
         if (p[i] != 0)
             return AVL_E_BAD_PREAMBLE;
-    if (len < AVL_TCP_HEADER_BYTES)
+    if (len < AVL_TCP_HEADER_BYTES) {
+        /* The visible high bytes of the length already bound it from below. */
+        uint64_t data_min = 0;
+        for (size_t i = 4; i < len; i++)
+            data_min |= (uint64_t)p[i] << (8 * (7 - i));
+        if (data_min + AVL_TCP_OVERHEAD_BYTES > limit)
+            return AVL_E_FRAME_TOO_LARGE;
         return need(f, AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN);
+    }
     uint32_t data_bytes = be32(p + 4);
     if (data_bytes < AVL_DATA_BYTES_MIN)
         return AVL_E_LENGTH_TOO_SMALL;
@@ -103,10 +114,11 @@ int avl_scan(const uint8_t *p, size_t len, enum avl_scan_mode mode, uint32_t fra
         if (p[0] != 0)
             return scan_imei(p, len, f);
         if (len < 2)
-            return need(f, 2 + 1);
+            return need(f, 2 + 1); /* length + one digit */
         if (p[1] != 0)
             return scan_imei(p, len, f);
         return scan_data(p, len, frame_limit(frame_bytes_max), f);
     }
+    assert(!"avl_scan: unknown mode");
     return AVL_E_BAD_PREAMBLE;
 }

@@ -2,7 +2,8 @@
 # machine as root: they install what is missing first (.ci/install-deps).
 #
 #   make            Release build (optimised, debug info) in build/, binaries in build/bin/
-#   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, Release suite
+#   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, TSan ring tests,
+#                   Release suite
 #   make demo       build, then decode the sample packets (the full stack comes with ingest)
 #   make bench      codec micro-benchmarks, medians of 5 repetitions
 #   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
@@ -13,7 +14,7 @@ FUZZ_SECONDS ?= 3600
 CI_FUZZ_SECONDS ?= 60
 CMAKE ?= cmake
 
-.PHONY: all build deps test test-debug test-fuzz test-release demo bench fuzz format clean
+.PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench fuzz format clean
 
 all: build
 
@@ -24,7 +25,7 @@ build: deps
 	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release
 	$(CMAKE) --build build -j$(JOBS)
 
-test: deps test-fuzz test-debug test-release
+test: deps test-fuzz test-tsan test-debug test-release
 
 test-debug:
 	$(CMAKE) -S . -B build-debug -DCMAKE_BUILD_TYPE=Debug -DAVLGATE_WERROR=ON
@@ -36,6 +37,12 @@ test-fuzz:
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAVLGATE_FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_codec
 	ctest --test-dir build-fuzz --output-on-failure
+
+# ThreadSanitizer over the tests labelled tsan (the SPSC ring, concurrent router readers).
+test-tsan:
+	$(CMAKE) -S . -B build-tsan -DCMAKE_BUILD_TYPE=Tsan -DAVLGATE_WERROR=ON
+	$(CMAKE) --build build-tsan -j$(JOBS) --target test_spsc test_router
+	ctest --test-dir build-tsan -L tsan --output-on-failure
 
 test-release:
 	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release -DAVLGATE_WERROR=ON
@@ -62,4 +69,4 @@ format:
 	git ls-files '*.c' '*.h' '*.cc' | xargs clang-format -i
 
 clean:
-	rm -rf build build-debug build-fuzz
+	rm -rf build build-debug build-fuzz build-tsan

@@ -6,6 +6,7 @@
 
 #include "gateway/cli/decode.h"
 #include "gateway/codec/avl.h"
+#include "gateway/run.h"
 
 #ifndef AVLGATE_VERSION
 #error "AVLGATE_VERSION must be defined by the build"
@@ -16,12 +17,14 @@ static void usage(FILE *f)
     fprintf(f, "usage: avlgate <command> [options]\n"
                "\n"
                "commands:\n"
+               "  run --pg CONNINFO [options]\n"
+               "             the gateway: devices in, rows into PostgreSQL, ACK after commit\n"
                "  decode [--udp] [--frame-bytes-max N] [FILE...]\n"
                "             decode hex packets (one per line) to JSON, one object per frame\n"
                "  version    print the version and the codec's limits\n"
                "  help       this text\n"
                "\n"
-               "Run 'avlgate decode --help' for the details of decode.\n");
+               "Run 'avlgate run --help' or 'avlgate decode --help' for their options.\n");
 }
 
 static int version(void)
@@ -39,6 +42,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0)
+        return run_main(argc - 1, argv + 1);
     if (strcmp(cmd, "decode") == 0)
         return decode_main(argc - 1, argv + 1, stdin, stdout, stderr);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)

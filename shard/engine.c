@@ -135,6 +135,7 @@ struct engine {
 
     struct conn *conns;
     uint32_t conns_open;
+    uint32_t sends_in_flight;
 
     struct io_uring_buf_ring *br;
     size_t br_bytes;
@@ -245,6 +246,7 @@ static void submit_send(struct engine *e, uint32_t slot)
     c->out_sending = c->out_len;
     c->flags |= CF_SEND;
     c->ops++;
+    e->sends_in_flight++;
     e->stats.sends++;
 }
 
@@ -551,6 +553,7 @@ static void on_send(struct engine *e, const struct cqe_copy *q)
     assert(c->gen == ud_gen(q->user_data) && (c->flags & CF_SEND));
     c->flags &= (uint8_t)~CF_SEND;
     c->ops--;
+    e->sends_in_flight--;
     if (c->state == CONN_CLOSING) {
         closing_step(e, slot);
         return;
@@ -788,6 +791,16 @@ int engine_poll(struct engine *e, int fd, short events, uint64_t tag)
     return 0;
 }
 
+int engine_poll_cancel(struct engine *e, uint64_t tag)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_poll_remove(sqe, ud_payload(OP_POLL, tag));
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_CANCEL_OTHER, 0));
+    return 0;
+}
+
 unsigned engine_shard(const struct engine *e)
 {
     return e->cfg.shard;
@@ -829,14 +842,29 @@ void engine_stop(struct engine *e)
  * The loop
  * ------------------------------------------------------------------------------------------- */
 
-static void begin_stop(struct engine *e)
+void engine_stop_accepting(struct engine *e)
 {
-    e->stop_started = true;
     if (e->accept_armed) {
         struct io_uring_sqe *sqe = get_sqe(e);
         io_uring_prep_cancel64(sqe, ud_payload(OP_ACCEPT, 0), 0);
         io_uring_sqe_set_data64(sqe, ud_payload(OP_CANCEL_OTHER, 0));
     }
+    if (e->listen_fd >= 0) {
+        /* The accept holds its own reference to the file until its cancellation lands. */
+        close(e->listen_fd);
+        e->listen_fd = -1;
+    }
+}
+
+uint32_t engine_sends_in_flight(const struct engine *e)
+{
+    return e->sends_in_flight;
+}
+
+static void begin_stop(struct engine *e)
+{
+    e->stop_started = true;
+    engine_stop_accepting(e);
     for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++)
         conn_close(e, slot, ENGINE_CLOSE_SHUTDOWN);
 }

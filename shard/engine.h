@@ -123,6 +123,11 @@ int engine_run(struct engine *e);
  * and returns. Safe from any thread and from signal-free contexts; takes effect within
  * 100 ms. */
 void engine_stop(struct engine *e);
+/* Stops accepting: cancels the accept and closes the listener; open connections stay.
+ * Call from the shard's thread (the first step of a graceful drain). */
+void engine_stop_accepting(struct engine *e);
+/* Sends submitted and not yet completed, over all connections. */
+uint32_t engine_sends_in_flight(const struct engine *e);
 /* Frees everything; the loop must have returned. */
 void engine_free(struct engine *e);
 
@@ -145,6 +150,10 @@ void engine_resume(struct engine *e);
 /* One-shot readiness poll of an ordinary descriptor (not a device socket); on_poll gets tag.
  * Returns 0 or -EBUSY when no SQE is free (the caller retries on the next tick). */
 int engine_poll(struct engine *e, int fd, short events, uint64_t tag);
+
+/* Cancels the poll registered with tag, if it is still armed (its on_poll then reports
+ * -ECANCELED). Returns 0 or -EBUSY when no SQE is free. */
+int engine_poll_cancel(struct engine *e, uint64_t tag);
 
 /* The shard's index, the time the current batch of completions was reaped (CLOCK_MONOTONIC
  * ns), and its counters. */

@@ -1,0 +1,1152 @@
+/* ingest.c — one gateway shard: Teltonika sessions on the engine, rows batched into
+ * PostgreSQL, ACKs after commit. Runs on the shard's thread only; see ingest.h.
+ *
+ * Owns, per shard: the device sessions (indexed by engine slot), the IMEI -> slot map of the
+ * devices it owns, the ring of batches, the pgsink and the polls that drive it.
+ *
+ * The life of a packet: on_data scans a frame in the receive buffer, decodes it in place,
+ * drops records the device already sent (duplicate detection), encodes the rest as COPY
+ * BINARY tuples straight into the filling batch and notes (slot, generation, record count)
+ * for the ACK. A batch is sealed when it reaches batch_rows or batch_ms, then committed as one
+ * transaction with the device_state rows of its devices. On COMMIT every packet of the batch
+ * is acknowledged with its full record count, duplicates included. When every batch is sealed
+ * or in flight the shard pauses its connections (TCP backpressure) until one commits.
+ *
+ * Duplicate detection: a device's state is the fingerprints of its last DEDUP_FP_MAX accepted
+ * records (XXH3 of the record), oldest first, kept in its session and written to
+ * device_state.dedup in the same transaction as the rows. A record whose fingerprint is there
+ * is a re-send. Each batch keeps a snapshot of the state of every device it holds, so a device
+ * that reconnects while its packets wait in uncommitted batches starts from that snapshot,
+ * not from the older one in the database. Nothing else is ever dropped: newest-first devices,
+ * equal timestamps and pre-fix timestamps are all stored.
+ *
+ * Outcomes of a batch: committed -> ACK; not committed -> sent again (in order); unknown ->
+ * never sent again: every batch still held is dropped unacknowledged and the connections of
+ * their devices closed, so each device reloads its state from the database and re-sends;
+ * data error -> the batch is split into one transaction per packet, the packets the database
+ * rejects are refused with a counted reason and their connections closed. */
+#include "gateway/ingest.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "gateway/codec/avl.h"
+#include "gateway/copyenc.h"
+#include "gateway/pgsink.h"
+#include "shard/engine.h"
+
+enum {
+    DEDUP_FP_MAX = 64,
+    BATCHES_MAX = 16,
+    ROW_BYTES_PLANNED = 512, /* typical row with its jsonb; sizes the COPY buffer */
+    DEDUP_TEXT_BYTES = 4 + 16 * DEDUP_FP_MAX + 2,
+    DEV_PARAM_BYTES = 4 * 22 + 2 * 13 + DEDUP_TEXT_BYTES + 8,
+    STATE_PARAMS = 8,
+};
+
+#define STATE_LOAD_SQL "SELECT last_ts_ms, dedup, enabled FROM telemetry.device_state_get($1)"
+
+/* ---------------------------------------------------------------------------------------------
+ * Sessions
+ * ------------------------------------------------------------------------------------------- */
+
+enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN };
+
+struct dedup {
+    uint8_t len;  /* fingerprints held, <= DEDUP_FP_MAX */
+    uint8_t head; /* index of the oldest */
+    uint64_t fp[DEDUP_FP_MAX];
+};
+
+struct dev {
+    uint32_t gen;
+    uint8_t state;
+    bool load_queued;
+    uint64_t imei;
+    struct dedup dedup;
+};
+
+static bool dedup_has(const struct dedup *d, uint64_t fp)
+{
+    for (unsigned i = 0; i < d->len; i++)
+        if (d->fp[i] == fp)
+            return true;
+    return false;
+}
+
+static void dedup_push(struct dedup *d, uint64_t fp)
+{
+    if (d->len < DEDUP_FP_MAX) {
+        d->fp[(d->head + d->len) % DEDUP_FP_MAX] = fp;
+        d->len++;
+    } else {
+        d->fp[d->head] = fp;
+        d->head = (uint8_t)((d->head + 1) % DEDUP_FP_MAX);
+    }
+}
+
+/* A record's fingerprint: its fixed fields and its IO bytes. */
+static uint64_t record_fp(const struct avl_record *r)
+{
+    uint8_t fixed[24];
+    memcpy(fixed, &r->ts_ms, 8);
+    memcpy(fixed + 8, &r->lon_e7, 4);
+    memcpy(fixed + 12, &r->lat_e7, 4);
+    memcpy(fixed + 16, &r->altitude_m, 2);
+    memcpy(fixed + 18, &r->angle_deg, 2);
+    memcpy(fixed + 20, &r->speed_kmh, 2);
+    fixed[22] = r->satellites;
+    fixed[23] = r->priority;
+    uint64_t seed = XXH3_64bits(fixed, sizeof fixed) ^ ((uint64_t)r->event_id << 48) ^
+                    ((uint64_t)r->codec << 40) ^ ((uint64_t)r->generation << 32);
+    return XXH3_64bits_withSeed(r->io, r->io_bytes, seed);
+}
+
+/* IMEI -> slot, open addressing with linear probing and backward-shift deletion. Keys are
+ * stored as imei + 1 so that 0 marks an empty cell. */
+struct imap {
+    uint64_t *keys;
+    uint32_t *slots;
+    uint32_t mask;
+};
+
+static uint32_t imap_home(const struct imap *m, uint64_t imei)
+{
+    return (uint32_t)XXH3_64bits(&imei, sizeof imei) & m->mask;
+}
+
+static int64_t imap_get(const struct imap *m, uint64_t imei)
+{
+    for (uint32_t i = imap_home(m, imei);; i = (i + 1) & m->mask) {
+        if (m->keys[i] == 0)
+            return -1;
+        if (m->keys[i] == imei + 1)
+            return m->slots[i];
+    }
+}
+
+static void imap_put(struct imap *m, uint64_t imei, uint32_t slot)
+{
+    for (uint32_t i = imap_home(m, imei);; i = (i + 1) & m->mask) {
+        if (m->keys[i] == 0 || m->keys[i] == imei + 1) {
+            m->keys[i] = imei + 1;
+            m->slots[i] = slot;
+            return;
+        }
+    }
+}
+
+static void imap_del(struct imap *m, uint64_t imei)
+{
+    uint32_t i = imap_home(m, imei);
+    while (m->keys[i] != imei + 1) {
+        if (m->keys[i] == 0)
+            return;
+        i = (i + 1) & m->mask;
+    }
+    /* Backward shift: pull later members of the probe run into the hole. */
+    for (uint32_t j = (i + 1) & m->mask;; j = (j + 1) & m->mask) {
+        if (m->keys[j] == 0)
+            break;
+        uint32_t home = imap_home(m, m->keys[j] - 1);
+        bool movable = (i <= j) ? (home <= i || home > j) : (home <= i && home > j);
+        if (movable) {
+            m->keys[i] = m->keys[j];
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    m->keys[i] = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Batches
+ * ------------------------------------------------------------------------------------------- */
+
+enum batch_state { BATCH_FREE = 0, BATCH_FILLING, BATCH_SEALED, BATCH_INFLIGHT };
+
+struct pkt_ref {
+    uint32_t slot, gen, records;
+    uint32_t copy_off, copy_len; /* its tuples in the batch's COPY buffer */
+    uint32_t dev;                /* index into the batch's devs */
+    bool rejected;
+};
+
+struct bdev {
+    uint64_t imei;
+    int64_t last_ts_ms;  /* newest stored record of the batch, or -1 */
+    int64_t received_ms; /* when its newest packet arrived */
+    int32_t lon_e7, lat_e7;
+    struct dedup dedup; /* the device's state after its last packet in this batch */
+};
+
+struct batch {
+    enum batch_state state;
+    uint32_t seq;
+    uint64_t opened_ns;
+    uint8_t *copy; /* header, tuples; the trailer is appended at seal */
+    size_t copy_len, copy_cap;
+    uint32_t rows;
+    struct pkt_ref *pkts;
+    uint32_t pkts_len, pkts_cap;
+    struct bdev *devs;
+    uint32_t devs_len, devs_cap;
+    uint32_t *dev_map; /* imei hash -> devs index + 1 */
+    uint32_t dev_map_mask;
+    char *params_text;
+    size_t params_cap;
+    const char *params[STATE_PARAMS];
+    struct iovec iov[3];
+    /* Split mode after a data error: one transaction per packet, from split_next on. */
+    bool split;
+    uint32_t split_next;
+};
+
+struct shard {
+    struct ingest_shared *sh;
+    const struct ingest_config *cfg;
+    unsigned id;
+    struct engine *e;
+    struct pgsink *sink;
+    struct ingest_stats *st;
+
+    struct dev *devs; /* conns_max, indexed by engine slot */
+    struct imap owned;
+
+    struct batch batches[BATCHES_MAX];
+    uint32_t nbatches;
+    uint32_t fill;   /* index of the batch being filled */
+    uint32_t oldest; /* index of the oldest batch not free */
+    uint32_t next_seq;
+    bool paused;
+
+    /* Polls of the sink's two links. */
+    bool poll_armed[PGSINK_LINKS];
+    uint32_t poll_epoch[PGSINK_LINKS];
+    short poll_events[PGSINK_LINKS];
+
+    /* Devices waiting for their state load to be sent (control link down or full). */
+    uint64_t *load_queue; /* slot << 32 | gen */
+    uint32_t load_head, load_len;
+
+    bool draining;
+    uint64_t drain_deadline_ns;
+
+    struct avl_record recs[AVL_RECORDS_MAX];
+    uint8_t header[COPYENC_HEADER_BYTES];
+    uint8_t trailer[COPYENC_TRAILER_BYTES];
+    char split_params_text[DEV_PARAM_BYTES + 256];
+};
+
+static uint64_t now_ms(const struct shard *s)
+{
+    return engine_now_ns(s->e) / 1000000u;
+}
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void batch_reset(struct shard *s, struct batch *b)
+{
+    b->state = BATCH_FREE;
+    b->copy_len = COPYENC_HEADER_BYTES;
+    b->rows = 0;
+    b->pkts_len = 0;
+    b->devs_len = 0;
+    b->split = false;
+    b->split_next = 0;
+    memset(b->dev_map, 0, ((size_t)b->dev_map_mask + 1) * sizeof *b->dev_map);
+    (void)s;
+}
+
+static int batch_alloc(struct shard *s, struct batch *b)
+{
+    const struct ingest_config *c = s->cfg;
+    /* Room for batch_rows typical rows, and always for one packet of the largest frame
+     * (copyenc_row_bytes_max sums to at most 5 x its bytes plus the fixed part per record). */
+    b->copy_cap = (size_t)c->batch_rows * ROW_BYTES_PLANNED + 5 * (size_t)c->frame_bytes_max +
+                  (size_t)AVL_RECORDS_MAX * (COPYENC_ROW_FIXED_BYTES + 2) + COPYENC_HEADER_BYTES +
+                  COPYENC_TRAILER_BYTES;
+    b->pkts_cap = c->batch_rows;
+    b->devs_cap = c->batch_rows;
+    uint32_t map = 1;
+    while (map < 2 * b->devs_cap)
+        map <<= 1;
+    b->dev_map_mask = map - 1;
+    b->params_cap = (size_t)b->devs_cap * DEV_PARAM_BYTES + 256;
+    b->copy = malloc(b->copy_cap);
+    b->pkts = calloc(b->pkts_cap, sizeof *b->pkts);
+    b->devs = calloc(b->devs_cap, sizeof *b->devs);
+    b->dev_map = calloc(map, sizeof *b->dev_map);
+    b->params_text = malloc(b->params_cap);
+    if (!b->copy || !b->pkts || !b->devs || !b->dev_map || !b->params_text)
+        return -ENOMEM;
+    copyenc_header(b->copy);
+    batch_reset(s, b);
+    return 0;
+}
+
+static void batch_free(struct batch *b)
+{
+    free(b->copy);
+    free(b->pkts);
+    free(b->devs);
+    free(b->dev_map);
+    free(b->params_text);
+}
+
+/* The batch's entry for imei, created if missing; NULL when the batch holds no more devices. */
+static struct bdev *batch_dev(struct batch *b, uint64_t imei, uint32_t *index)
+{
+    uint32_t i = (uint32_t)XXH3_64bits(&imei, sizeof imei) & b->dev_map_mask;
+    for (;; i = (i + 1) & b->dev_map_mask) {
+        uint32_t at = b->dev_map[i];
+        if (at == 0)
+            break;
+        if (b->devs[at - 1].imei == imei) {
+            *index = at - 1;
+            return &b->devs[at - 1];
+        }
+    }
+    if (b->devs_len == b->devs_cap)
+        return NULL;
+    struct bdev *d = &b->devs[b->devs_len];
+    memset(d, 0, sizeof *d);
+    d->imei = imei;
+    d->last_ts_ms = -1;
+    b->dev_map[i] = ++b->devs_len;
+    *index = b->devs_len - 1;
+    return d;
+}
+
+static struct bdev *batch_find_dev(const struct batch *b, uint64_t imei)
+{
+    for (uint32_t i = (uint32_t)XXH3_64bits(&imei, sizeof imei) & b->dev_map_mask;;
+         i = (i + 1) & b->dev_map_mask) {
+        uint32_t at = b->dev_map[i];
+        if (at == 0)
+            return NULL;
+        if (b->devs[at - 1].imei == imei)
+            return &b->devs[at - 1];
+    }
+}
+
+/* Appends one device's values to the eight text arrays (each cursor in its own region). */
+static char *put_dedup_text(char *o, const struct dedup *d)
+{
+    static const char hex[] = "0123456789abcdef";
+    o += sprintf(o, "\"\\\\x");
+    for (unsigned k = 0; k < d->len; k++) {
+        uint64_t fp = d->fp[(d->head + k) % DEDUP_FP_MAX];
+        for (int b = 7; b >= 0; b--) {
+            uint8_t byte = (uint8_t)(fp >> (8 * b));
+            *o++ = hex[byte >> 4];
+            *o++ = hex[byte & 15];
+        }
+    }
+    *o++ = '"';
+    return o;
+}
+
+/* Writes the state statement's eight text parameters for devs[0 .. n-1] into text (cap
+ * bytes, sized DEV_PARAM_BYTES per device + 256), params pointing into it. */
+static void build_state_params(const struct shard *s, const struct bdev *devs, uint32_t n,
+                               char *text, size_t cap, const char *params[STATE_PARAMS])
+{
+    /* Each array is written in one pass over the devices; the regions follow each other. */
+    char *o = text;
+    for (int col = 0; col < 6; col++) {
+        params[col] = o;
+        *o++ = '{';
+        for (uint32_t i = 0; i < n; i++) {
+            const struct bdev *d = &devs[i];
+            if (i)
+                *o++ = ',';
+            switch (col) {
+            case 0:
+                o += sprintf(o, "%" PRIu64, d->imei);
+                break;
+            case 1:
+                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId64, d->last_ts_ms);
+                break;
+            case 2:
+                o += sprintf(o, "%" PRId64, d->received_ms);
+                break;
+            case 3:
+                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId32, d->lon_e7);
+                break;
+            case 4:
+                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId32, d->lat_e7);
+                break;
+            default:
+                o = put_dedup_text(o, &d->dedup);
+                break;
+            }
+        }
+        *o++ = '}';
+        *o++ = '\0';
+    }
+    params[6] = s->cfg->instance;
+    params[7] = o;
+    o += sprintf(o, "%u", s->id) + 1;
+    assert((size_t)(o - text) <= cap);
+    (void)cap;
+}
+
+static void batch_seal(struct shard *s, struct batch *b)
+{
+    assert(b->state == BATCH_FILLING && b->pkts_len > 0);
+    assert(b->copy_len + COPYENC_TRAILER_BYTES <= b->copy_cap);
+    copyenc_trailer(b->copy + b->copy_len);
+    build_state_params(s, b->devs, b->devs_len, b->params_text, b->params_cap, b->params);
+    b->state = BATCH_SEALED;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Sink
+ * ------------------------------------------------------------------------------------------- */
+
+static void sink_arm_polls(struct shard *s)
+{
+    for (int link = 0; link < PGSINK_LINKS; link++) {
+        int fd = pgsink_fd(s->sink, (enum pgsink_link)link);
+        short ev = pgsink_events(s->sink, (enum pgsink_link)link);
+        uint32_t epoch = pgsink_fd_epoch(s->sink, (enum pgsink_link)link);
+        if (s->poll_armed[link] && s->poll_epoch[link] != epoch) {
+            /* The link's socket changed: the old poll may never fire; drop it. */
+            engine_poll_cancel(s->e, (uint64_t)link | (uint64_t)s->poll_epoch[link] << 8);
+            s->poll_armed[link] = false;
+        }
+        if (fd < 0 || ev == 0 || s->poll_armed[link])
+            continue;
+        uint64_t tag = (uint64_t)link | (uint64_t)epoch << 8;
+        if (engine_poll(s->e, fd, ev, tag) == 0) {
+            s->poll_armed[link] = true;
+            s->poll_epoch[link] = epoch;
+            s->poll_events[link] = ev;
+        }
+    }
+}
+
+static uint64_t slot_cookie(uint32_t slot, uint32_t gen)
+{
+    return (uint64_t)slot << 32 | gen;
+}
+
+static void send_reply(struct shard *s, uint32_t slot, uint32_t gen, uint8_t byte)
+{
+    engine_send(s->e, slot, gen, &byte, 1);
+}
+
+static void queue_load(struct shard *s, uint32_t slot)
+{
+    struct dev *d = &s->devs[slot];
+    if (d->load_queued)
+        return;
+    d->load_queued = true;
+    s->load_queue[(s->load_head + s->load_len) % s->cfg->conns_max] = slot_cookie(slot, d->gen);
+    s->load_len++;
+}
+
+/* Starts the loads that wait, while the control link takes them. */
+static void send_loads(struct shard *s)
+{
+    while (s->load_len > 0) {
+        uint64_t ck = s->load_queue[s->load_head];
+        uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
+        struct dev *d = &s->devs[slot];
+        if (d->gen != gen || d->state != DEV_LOADING) {
+            s->load_head = (s->load_head + 1) % s->cfg->conns_max;
+            s->load_len--;
+            continue;
+        }
+        char imei[24];
+        snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
+        const char *params[1] = {imei};
+        int rc = pgsink_query(s->sink, STATE_LOAD_SQL, 1, params, (void *)(uintptr_t)ck, now_ms(s));
+        if (rc != 0)
+            return; /* down or full: the next tick tries again */
+        d->load_queued = false;
+        s->load_head = (s->load_head + 1) % s->cfg->conns_max;
+        s->load_len--;
+    }
+}
+
+/* The newest snapshot of imei's state held by an uncommitted batch, if any. */
+static const struct dedup *pending_dedup(const struct shard *s, uint64_t imei)
+{
+    const struct dedup *best = NULL;
+    for (uint32_t k = 0, i = s->oldest; k < s->nbatches; k++, i = (i + 1) % s->nbatches) {
+        const struct batch *b = &s->batches[i];
+        if (b->state == BATCH_FREE)
+            continue;
+        const struct bdev *d = batch_find_dev(b, imei);
+        if (d)
+            best = &d->dedup; /* later batches are newer */
+    }
+    return best;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* device_state.dedup in bytea's text output ("\x" + hex) into a ring. */
+static void dedup_from_text(struct dedup *d, const char *text)
+{
+    memset(d, 0, sizeof *d);
+    if (!text || text[0] != '\\' || text[1] != 'x')
+        return;
+    const char *h = text + 2;
+    size_t n = strlen(h) / 16;
+    if (n > DEDUP_FP_MAX)
+        n = DEDUP_FP_MAX;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t fp = 0;
+        for (int k = 0; k < 16; k++) {
+            int v = hexval(h[16 * i + (size_t)k]);
+            if (v < 0)
+                return;
+            fp = fp << 4 | (uint64_t)v;
+        }
+        dedup_push(d, fp);
+    }
+}
+
+static void on_query_done(void *user, void *cookie, const PGresult *res, int err)
+{
+    struct shard *s = user;
+    uint64_t ck = (uint64_t)(uintptr_t)cookie;
+    uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
+    struct dev *d = &s->devs[slot];
+    if (d->gen != gen || d->state != DEV_LOADING)
+        return; /* the connection went away meanwhile */
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        s->st->state_load_failures++;
+        (void)err;
+        queue_load(s, slot);
+        return;
+    }
+    if (s->cfg->devices_known &&
+        (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
+        s->st->handshake_rejected++;
+        send_reply(s, slot, gen, 0x00);
+        engine_close(s->e, slot, gen);
+        return;
+    }
+    /* Uncommitted batches know more than the database. */
+    const struct dedup *pending = pending_dedup(s, d->imei);
+    if (pending)
+        d->dedup = *pending;
+    else
+        dedup_from_text(&d->dedup, PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1));
+    d->state = DEV_OPEN;
+    s->st->handshakes++;
+    send_reply(s, slot, gen, 0x01);
+}
+
+static void ack_batch(struct shard *s, struct batch *b)
+{
+    for (uint32_t i = 0; i < b->pkts_len; i++) {
+        const struct pkt_ref *p = &b->pkts[i];
+        if (p->rejected)
+            continue;
+        uint8_t ack[AVL_TCP_ACK_BYTES];
+        avl_encode_tcp_ack(ack, p->records);
+        if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
+            s->st->packets_acked++;
+        else
+            s->st->acks_stale++; /* the connection is gone: the device re-sends, we dedup */
+    }
+}
+
+static void batch_release(struct shard *s, struct batch *b)
+{
+    batch_reset(s, b);
+    while (s->batches[s->oldest].state == BATCH_FREE && s->oldest != s->fill)
+        s->oldest = (s->oldest + 1) % s->nbatches;
+    if (s->paused) {
+        s->paused = false;
+        engine_resume(s->e);
+    }
+}
+
+/* After an unknown outcome: nothing held may be sent any more (its device states may include
+ * the unknown batch's records). Drop every batch unacknowledged and close the connections of
+ * their devices; each reloads its state from the database when it reconnects. */
+static void abandon_all(struct shard *s)
+{
+    for (uint32_t i = 0; i < s->nbatches; i++) {
+        struct batch *b = &s->batches[i];
+        if (b->state == BATCH_FREE)
+            continue;
+        for (uint32_t k = 0; k < b->pkts_len; k++)
+            engine_close(s->e, b->pkts[k].slot, b->pkts[k].gen);
+        batch_reset(s, b);
+    }
+    s->oldest = s->fill;
+    s->batches[s->fill].state = BATCH_FILLING;
+    s->batches[s->fill].seq = s->next_seq++;
+    s->batches[s->fill].opened_ns = 0;
+    if (s->paused) {
+        s->paused = false;
+        engine_resume(s->e);
+    }
+}
+
+static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result *res)
+{
+    struct shard *s = user;
+    struct batch *b = cookie;
+    assert(b->state == BATCH_INFLIGHT);
+    switch (res->outcome) {
+    case PGSINK_COMMITTED:
+        if (b->split) {
+            /* One packet of a split batch committed. */
+            struct pkt_ref *p = &b->pkts[b->split_next];
+            uint8_t ack[AVL_TCP_ACK_BYTES];
+            avl_encode_tcp_ack(ack, p->records);
+            if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
+                s->st->packets_acked++;
+            else
+                s->st->acks_stale++;
+            p->rejected = true; /* done: never again */
+            b->split_next++;
+            if (b->split_next < b->pkts_len) {
+                b->state = BATCH_SEALED;
+                return;
+            }
+        } else {
+            s->st->batches_committed++;
+            s->st->rows_committed += b->rows;
+            ack_batch(s, b);
+        }
+        batch_release(s, b);
+        return;
+    case PGSINK_NOT_COMMITTED:
+        s->st->batches_retried++;
+        b->state = BATCH_SEALED; /* the oldest: it goes again first */
+        return;
+    case PGSINK_UNKNOWN:
+        s->st->batches_unknown++;
+        fprintf(stderr,
+                "level=error msg=\"commit outcome unknown; dropping held batches\" shard=%u "
+                "batch=%u\n",
+                s->id, b->seq);
+        abandon_all(s);
+        return;
+    case PGSINK_DATA_ERROR:
+        s->st->batches_data_error++;
+        if (b->split) {
+            struct pkt_ref *p = &b->pkts[b->split_next];
+            s->st->packets_rejected_data++;
+            fprintf(stderr,
+                    "level=warn msg=\"packet rejected by the database\" shard=%u sqlstate=%s "
+                    "error=\"%s\"\n",
+                    s->id, res->sqlstate, res->message);
+            p->rejected = true;
+            engine_close(s->e, p->slot, p->gen);
+            b->split_next++;
+            if (b->split_next < b->pkts_len) {
+                b->state = BATCH_SEALED;
+                return;
+            }
+            batch_release(s, b);
+            return;
+        }
+        b->split = true;
+        b->split_next = 0;
+        b->state = BATCH_SEALED;
+        return;
+    }
+}
+
+/* Submits the oldest sealed batch (or the next packet of a split one) when the sink is free. */
+static void submit_next(struct shard *s)
+{
+    struct batch *b = &s->batches[s->oldest];
+    if (b->state != BATCH_SEALED || !pgsink_ready(s->sink))
+        return;
+    struct pgsink_txn txn = {0};
+    if (!b->split) {
+        b->iov[0] = (struct iovec){b->copy, b->copy_len + COPYENC_TRAILER_BYTES};
+        txn.copy = b->iov;
+        txn.copy_iovs = 1;
+    } else {
+        while (b->split_next < b->pkts_len && b->pkts[b->split_next].rejected)
+            b->split_next++;
+        if (b->split_next == b->pkts_len) {
+            batch_release(s, b);
+            return;
+        }
+        const struct pkt_ref *p = &b->pkts[b->split_next];
+        build_state_params(s, &b->devs[p->dev], 1, s->split_params_text,
+                           sizeof s->split_params_text, b->params);
+        b->iov[0] = (struct iovec){s->header, COPYENC_HEADER_BYTES};
+        b->iov[1] = (struct iovec){b->copy + p->copy_off, p->copy_len};
+        b->iov[2] = (struct iovec){s->trailer, COPYENC_TRAILER_BYTES};
+        txn.copy = b->iov;
+        txn.copy_iovs = 3;
+    }
+    txn.state_params = b->params;
+    if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0)
+        b->state = BATCH_INFLIGHT;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Packets
+ * ------------------------------------------------------------------------------------------- */
+
+static struct batch *filling(struct shard *s)
+{
+    return &s->batches[s->fill];
+}
+
+/* Seals the filling batch and opens the next; false when there is no free batch. */
+static bool rotate(struct shard *s)
+{
+    uint32_t next = (s->fill + 1) % s->nbatches;
+    if (s->batches[next].state != BATCH_FREE)
+        return false;
+    batch_seal(s, filling(s));
+    s->fill = next;
+    struct batch *b = filling(s);
+    b->state = BATCH_FILLING;
+    b->seq = s->next_seq++;
+    b->opened_ns = 0;
+    return true;
+}
+
+static void count_invalid(struct shard *s, int err)
+{
+    s->st->packets_invalid++;
+    unsigned i = (unsigned)-err;
+    if (i < 32)
+        s->st->invalid_by_reason[i]++;
+}
+
+/* Takes one decoded packet into the filling batch. Returns 1 when taken, 0 when the shard is
+ * full (pause), or a negative copyenc error (the packet is refused). */
+static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
+                       const struct avl_packet *pkt)
+{
+    /* Check every record first: a packet goes in whole or not at all. */
+    size_t bound = 0;
+    for (unsigned i = 0; i < pkt->records_len; i++) {
+        const struct avl_record *r = &s->recs[i];
+        if (r->angle_deg > INT16_MAX)
+            return COPYENC_E_ANGLE_RANGE;
+        if (r->speed_kmh > INT16_MAX)
+            return COPYENC_E_SPEED_RANGE;
+        bound += copyenc_row_bytes_max(r);
+    }
+    struct batch *b = filling(s);
+    for (int attempt = 0;; attempt++) {
+        bool fits = b->copy_len + bound + COPYENC_TRAILER_BYTES <= b->copy_cap &&
+                    b->pkts_len < b->pkts_cap &&
+                    b->rows + pkt->records_len <= s->cfg->batch_rows + AVL_RECORDS_MAX &&
+                    (b->devs_len < b->devs_cap || batch_find_dev(b, d->imei));
+        if (fits)
+            break;
+        if (attempt > 0 || b->pkts_len == 0 || !rotate(s))
+            return 0;
+        b = filling(s);
+    }
+    uint32_t dev_index;
+    struct bdev *bd = batch_dev(b, d->imei, &dev_index);
+    assert(bd);
+    int64_t received_us = wall_us();
+    struct pkt_ref *p = &b->pkts[b->pkts_len];
+    *p = (struct pkt_ref){.slot = slot,
+                          .gen = gen,
+                          .records = pkt->records_len,
+                          .copy_off = (uint32_t)b->copy_len,
+                          .dev = dev_index};
+    for (unsigned i = 0; i < pkt->records_len; i++) {
+        const struct avl_record *r = &s->recs[i];
+        uint64_t fp = record_fp(r);
+        if (dedup_has(&d->dedup, fp)) {
+            s->st->records_duplicate++;
+            continue;
+        }
+        int n =
+            copyenc_row(b->copy + b->copy_len, b->copy_cap - b->copy_len, d->imei, r, received_us);
+        assert(n > 0); /* ranges were checked above and the space reserved */
+        b->copy_len += (size_t)n;
+        b->rows++;
+        dedup_push(&d->dedup, fp);
+        s->st->records_stored++;
+        if ((int64_t)r->ts_ms > bd->last_ts_ms) {
+            bd->last_ts_ms = (int64_t)r->ts_ms;
+            bd->lon_e7 = r->lon_e7;
+            bd->lat_e7 = r->lat_e7;
+        }
+    }
+    p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
+    bd->received_ms = received_us / 1000;
+    bd->dedup = d->dedup;
+    b->pkts_len++;
+    if (b->opened_ns == 0)
+        b->opened_ns = engine_now_ns(s->e);
+    s->st->packets++;
+    s->st->records += pkt->records_len;
+    if (b->rows >= s->cfg->batch_rows)
+        rotate(s); /* sealed now; if no batch is free, the next packet pauses */
+    return 1;
+}
+
+/* The device's handshake arrived on this shard: own it here or pass it to its owner. */
+static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t gen, uint64_t imei,
+                                     bool more_bytes)
+{
+    unsigned owner = router_owner(s->sh->router, imei);
+    if (owner != s->id) {
+        if (more_bytes || imei >= (UINT64_C(1) << 56)) {
+            /* A device waits for 0x01 before it sends more; and the handoff key holds 56 bits
+             * (every real IMEI has 15 digits). */
+            s->st->handshake_errors++;
+            send_reply(s, slot, gen, 0x00);
+            return ENGINE_CLOSE;
+        }
+        s->st->handed_off++;
+        engine_handoff(s->e, slot, gen, owner, imei);
+        return ENGINE_CONTINUE;
+    }
+    struct dev *d = &s->devs[slot];
+    int64_t old = imap_get(&s->owned, imei);
+    d->imei = imei;
+    d->state = DEV_LOADING;
+    memset(&d->dedup, 0, sizeof d->dedup);
+    if (old >= 0 && (uint32_t)old != slot) {
+        /* A second connection replaces the first; its state is the freshest there is. */
+        struct dev *prev = &s->devs[old];
+        s->st->replaced++;
+        engine_close(s->e, (uint32_t)old, prev->gen);
+    }
+    imap_put(&s->owned, imei, slot);
+    queue_load(s, slot);
+    send_loads(s);
+    return ENGINE_CONTINUE;
+}
+
+static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
+                      size_t len, enum engine_verdict *verdict, uint32_t *need)
+{
+    struct shard *s = user;
+    struct dev *d = &s->devs[slot];
+    (void)e;
+    assert(d->gen == gen);
+    size_t used = 0;
+    *verdict = ENGINE_CONTINUE;
+    while (used < len) {
+        if (d->state == DEV_LOADING) {
+            /* Bytes before our answer to the handshake: a device never does that. */
+            s->st->handshake_errors++;
+            *verdict = ENGINE_CLOSE;
+            return used;
+        }
+        struct avl_frame f;
+        enum avl_scan_mode mode = d->state == DEV_HANDSHAKE ? AVL_SCAN_HANDSHAKE : AVL_SCAN_DATA;
+        int rc = avl_scan(p + used, len - used, mode, s->cfg->frame_bytes_max, &f);
+        if (rc == AVL_NEED_MORE) {
+            *need = f.bytes;
+            return used;
+        }
+        if (rc < 0) {
+            count_invalid(s, rc);
+            *verdict = ENGINE_CLOSE;
+            return used;
+        }
+        const uint8_t *frame = p + used;
+        switch (f.kind) {
+        case AVL_FRAME_PING:
+            s->st->pings++;
+            used += f.bytes;
+            continue;
+        case AVL_FRAME_IMEI: {
+            uint64_t imei;
+            rc = avl_decode_imei(frame, f.bytes, &imei);
+            if (rc < 0) {
+                count_invalid(s, rc);
+                *verdict = ENGINE_CLOSE;
+                return used;
+            }
+            used += f.bytes;
+            *verdict = handshake(s, slot, gen, imei, used < len);
+            return *verdict == ENGINE_CLOSE ? used : len;
+        }
+        case AVL_FRAME_GPRS:
+            /* Command responses: the commands issue routes them. Counted and consumed. */
+            s->st->gprs_frames++;
+            used += f.bytes;
+            continue;
+        case AVL_FRAME_AVL:
+            break;
+        }
+        struct avl_packet pkt;
+        rc = avl_decode_tcp(frame, f.bytes, &pkt, s->recs);
+        if (rc < 0) {
+            /* Never acknowledged; the stream may be out of step: close. */
+            count_invalid(s, rc);
+            *verdict = ENGINE_CLOSE;
+            return used;
+        }
+        rc = take_packet(s, slot, gen, d, &pkt);
+        if (rc == 0) {
+            s->paused = true;
+            s->st->backpressure_pauses++;
+            *verdict = ENGINE_PAUSE;
+            return used;
+        }
+        if (rc < 0) {
+            s->st->records_rejected += pkt.records_len;
+            count_invalid(s, AVL_E_ERR_MIN - 1 + rc); /* copyenc errors after the codec's */
+            *verdict = ENGINE_CLOSE;
+            return used;
+        }
+        used += f.bytes;
+    }
+    return used;
+}
+
+static void on_open(void *user, struct engine *e, uint32_t slot, uint32_t gen, int from_shard,
+                    uint64_t key)
+{
+    struct shard *s = user;
+    (void)e;
+    struct dev *d = &s->devs[slot];
+    d->gen = gen;
+    d->state = DEV_HANDSHAKE;
+    d->load_queued = false;
+    if (from_shard >= 0)
+        handshake(s, slot, gen, key, false);
+}
+
+static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                     enum engine_close_reason reason)
+{
+    struct shard *s = user;
+    (void)e;
+    (void)reason;
+    struct dev *d = &s->devs[slot];
+    assert(d->gen == gen);
+    if (d->state == DEV_LOADING || d->state == DEV_OPEN) {
+        int64_t at = imap_get(&s->owned, d->imei);
+        if (at == (int64_t)slot)
+            imap_del(&s->owned, d->imei);
+    }
+    d->state = DEV_FREE;
+    d->gen = (gen + 1) & 0xFFFFFFu; /* the engine's next generation for this slot */
+}
+
+static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
+{
+    struct shard *s = user;
+    (void)e;
+    enum pgsink_link link = (enum pgsink_link)(tag & 0xFF);
+    uint32_t epoch = (uint32_t)(tag >> 8);
+    if (s->poll_armed[link] && s->poll_epoch[link] == epoch)
+        s->poll_armed[link] = false;
+    if (revents == -ECANCELED || epoch != pgsink_fd_epoch(s->sink, link))
+        return;
+    pgsink_on_io(s->sink, link, revents < 0 ? (short)POLLERR : (short)revents, now_ms(s));
+    sink_arm_polls(s);
+}
+
+static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
+{
+    struct shard *s = user;
+    uint64_t ms = now_ns / 1000000u;
+    pgsink_tick(s->sink, ms);
+    struct batch *b = filling(s);
+    uint64_t wake = 0;
+    if (b->pkts_len > 0) {
+        uint64_t due = b->opened_ns + (uint64_t)s->cfg->batch_ms * 1000000u;
+        if (now_ns >= due || s->draining)
+            rotate(s);
+        else
+            wake = due;
+    }
+    submit_next(s);
+    send_loads(s);
+    sink_arm_polls(s);
+    if (s->draining) {
+        bool held = false;
+        for (uint32_t i = 0; i < s->nbatches; i++)
+            held |= s->batches[i].state != BATCH_FREE && s->batches[i].state != BATCH_FILLING;
+        held |= filling(s)->pkts_len > 0;
+        if ((!held && engine_sends_in_flight(e) == 0) || now_ns >= s->drain_deadline_ns)
+            engine_stop(e);
+    } else if (atomic_load_explicit(&s->sh->stop, memory_order_relaxed)) {
+        s->draining = true;
+        s->drain_deadline_ns = now_ns + (uint64_t)s->cfg->drain_timeout_ms * 1000000u;
+        engine_stop_accepting(e);
+    }
+    uint64_t sink_ms = pgsink_next_deadline_ms(s->sink);
+    if (sink_ms != UINT64_MAX) {
+        uint64_t sink_ns = sink_ms * 1000000u;
+        if (!wake || sink_ns < wake)
+            wake = sink_ns;
+    }
+    return wake;
+}
+
+static const struct engine_ops ingest_ops = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_close = on_close,
+    .on_poll = on_poll,
+    .on_tick = on_tick,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------------------------- */
+
+static void *map_zero(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int shard_setup(struct shard *s, char *err, size_t cap)
+{
+    const struct ingest_config *c = s->cfg;
+    s->nbatches = c->batches < 2 ? 2 : (c->batches > BATCHES_MAX ? BATCHES_MAX : c->batches);
+    s->devs = map_zero((size_t)c->conns_max * sizeof *s->devs);
+    uint32_t map = 1;
+    while (map < 2 * c->conns_max)
+        map <<= 1;
+    s->owned.mask = map - 1;
+    s->owned.keys = map_zero((size_t)map * sizeof *s->owned.keys);
+    s->owned.slots = map_zero((size_t)map * sizeof *s->owned.slots);
+    s->load_queue = calloc(c->conns_max, sizeof *s->load_queue);
+    if (!s->devs || !s->owned.keys || !s->owned.slots || !s->load_queue) {
+        snprintf(err, cap, "shard %u: out of memory for %u connections", s->id, c->conns_max);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->nbatches; i++)
+        if (batch_alloc(s, &s->batches[i])) {
+            snprintf(err, cap, "shard %u: out of memory for batches", s->id);
+            return -ENOMEM;
+        }
+    s->batches[0].state = BATCH_FILLING;
+    s->batches[0].seq = s->next_seq++;
+    copyenc_header(s->header);
+    copyenc_trailer(s->trailer);
+
+    struct pgsink_config pc = {
+        .conninfo = c->pg_conninfo,
+        .copy_sql = COPYENC_COPY_SQL,
+        .queries_max = 256,
+        .query_timeout_ms = 30000,
+        .cb = {.on_txn_done = on_txn_done, .on_query_done = on_query_done},
+        .user = s,
+    };
+    s->sink = pgsink_create(&pc, err, cap);
+    if (!s->sink)
+        return -errno;
+    return 0;
+}
+
+static void shard_teardown(struct shard *s)
+{
+    pgsink_destroy(s->sink);
+    for (uint32_t i = 0; i < s->nbatches; i++)
+        batch_free(&s->batches[i]);
+    free(s->load_queue);
+    const struct ingest_config *c = s->cfg;
+    if (s->devs)
+        munmap(s->devs, (size_t)c->conns_max * sizeof *s->devs);
+    if (s->owned.keys)
+        munmap(s->owned.keys, ((size_t)s->owned.mask + 1) * sizeof *s->owned.keys);
+    if (s->owned.slots)
+        munmap(s->owned.slots, ((size_t)s->owned.mask + 1) * sizeof *s->owned.slots);
+}
+
+int ingest_shard_run(struct ingest_shared *sh, unsigned id)
+{
+    const struct ingest_config *c = sh->cfg;
+    struct shard *s = calloc(1, sizeof *s);
+    char err[512] = "";
+    int rc = -ENOMEM;
+    if (!s)
+        goto fail_early;
+    s->sh = sh;
+    s->cfg = c;
+    s->id = id;
+    s->st = &sh->stats[id];
+    rc = shard_setup(s, err, sizeof err);
+    if (rc)
+        goto fail;
+
+    struct engine_config ec = {
+        .shard = id,
+        .shards = c->shards,
+        .listen = true,
+        .addr = c->listen_addr,
+        .addr_len = c->listen_addr_len,
+        .backlog = 4096,
+        .conns_max = c->conns_max,
+        .bufs = c->bufs,
+        .buf_bytes = c->buf_bytes,
+        .reasm_bufs = c->conns_max,
+        .frame_bytes_max = c->frame_bytes_max,
+        .idle_timeout_ms = c->idle_timeout_s * 1000,
+        .frame_timeout_ms = c->frame_timeout_s * 1000,
+        .sq_entries = 4096,
+        .pin = c->pin,
+        .ops = &ingest_ops,
+        .app = s,
+    };
+    rc = engine_init(&s->e, &ec, err, sizeof err);
+    if (rc)
+        goto fail;
+    sh->ring_fds[id] = engine_ring_fd(s->e);
+    atomic_fetch_add(&sh->rings_ready, 1);
+    while (atomic_load(&sh->rings_ready) < c->shards && atomic_load(&sh->start_error) == 0)
+        sched_yield();
+    if (atomic_load(&sh->start_error)) {
+        rc = atomic_load(&sh->start_error);
+        goto out;
+    }
+    engine_set_peers(s->e, sh->ring_fds, c->shards);
+    rc = engine_run(s->e);
+    if (rc)
+        snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
+    goto out;
+fail:
+    atomic_store(&sh->start_error, rc);
+fail_early:
+    fprintf(stderr, "level=error msg=\"%s\"\n", err[0] ? err : "out of memory");
+out:
+    if (rc && err[0] && s && s->e)
+        fprintf(stderr, "level=error msg=\"%s\"\n", err);
+    if (s) {
+        engine_free(s->e);
+        shard_teardown(s);
+        free(s);
+    }
+    atomic_fetch_add(&sh->shards_done, 1);
+    return rc;
+}

@@ -1,0 +1,75 @@
+/* ingest.h — the gateway's shards: Teltonika sessions on the engine, decoded rows batched into
+ * PostgreSQL, ACKs after commit.
+ *
+ * One ingest shard per engine, on the engine's thread. It owns the device sessions of its
+ * connections (handshake, IMEI, duplicate-detection state), its ring of batches (the bounded
+ * "row ring"), and its pgsink. What it shares with the other shards is read-only after start
+ * (the configuration and the router) except the stop flag. */
+#ifndef AVLGATE_GATEWAY_INGEST_H
+#define AVLGATE_GATEWAY_INGEST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "gateway/router.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ingest_config {
+    struct sockaddr_storage listen_addr;
+    socklen_t listen_addr_len;
+    unsigned shards;
+    bool pin;
+    const char *pg_conninfo;
+    const char *instance;
+    uint32_t batch_rows;      /* seal a batch at this many rows */
+    uint32_t batch_ms;        /* or when its first row is this old */
+    uint32_t batches;         /* batches per shard (the row ring), >= 2 */
+    uint32_t conns_max;       /* per shard */
+    uint32_t bufs, buf_bytes; /* provided receive buffers per shard */
+    uint32_t idle_timeout_s;  /* 0: none */
+    uint32_t frame_timeout_s; /* 0: none */
+    uint32_t frame_bytes_max;
+    bool devices_known;        /* accept only IMEIs enabled in public.devices */
+    uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
+};
+
+/* Counters of one shard, on their own cache lines, written by that shard only. */
+struct ingest_stats {
+    uint64_t handshakes, handshake_rejected, handshake_errors, handed_off, replaced;
+    uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
+    uint64_t packets_invalid, records_rejected, packets_rejected_data;
+    uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;
+    uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
+    uint64_t invalid_by_reason[32]; /* by -avl_err, and copyenc errors at 24 + -err */
+    uint64_t state_load_failures;
+} __attribute__((aligned(64)));
+
+/* What every shard thread shares. */
+struct ingest_shared {
+    const struct ingest_config *cfg;
+    const struct router *router;
+    atomic_bool stop;
+    /* Start-up handshake between the shard threads and main: each creates its ring, publishes
+     * its descriptor, then waits until every shard did. */
+    int ring_fds[256];
+    atomic_uint rings_ready;
+    atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
+    atomic_uint shards_done;
+    struct ingest_stats *stats; /* cfg->shards entries, each written by its shard only */
+};
+
+/* The body of shard thread `shard`: sets up its engine and sink, runs until shared->stop is
+ * set, drains (stops accepting, commits and ACKs what it holds, within drain_timeout_ms),
+ * closes, and returns 0, or a negative errno after printing what failed. */
+int ingest_shard_run(struct ingest_shared *shared, unsigned shard);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AVLGATE_GATEWAY_INGEST_H */

@@ -1,0 +1,571 @@
+/* test_copyenc.c — the COPY BINARY encoder: exact bytes for known records, the jsonb text,
+ * NULL generation, coordinates, NX hex, decimal edges, range errors, the size bound and the
+ * capacity check, on hand-made records and on many packetgen records (realistic and
+ * arbitrary, every AVL codec), each parsed back field by field.
+ *
+ * The encoder's speed is printed (ns/row on realistic 8E records), never asserted: speed
+ * goals live in benchmarks. Single-threaded test code: allocates freely. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gateway/codec/avl.h"
+#include "gateway/copyenc.h"
+#include "loadgen/packetgen.h"
+#include "tests/support/testutil.h"
+
+#define PG_EPOCH_UNIX_US INT64_C(946684800000000)
+
+enum {
+    FRAME_CAP = PKTGEN_FRAME_BYTES_MAX,
+    ROW_CAP = 3 * PKTGEN_FRAME_BYTES_MAX + 1024, /* above any bound of a generated record */
+    PACKETS_PER_COMBO = 1500,                    /* x 3 codecs x 2 modes */
+    SPEED_PACKETS = 200,
+    SPEED_PASSES = 300,
+    CANARY = 0xA5,
+};
+
+static struct pktgen_packet pkt;
+static struct avl_record recs[AVL_RECORDS_MAX];
+static uint8_t frame[FRAME_CAP];
+static uint8_t row[ROW_CAP];
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static uint64_t rd_be(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Encodes records_len sources as one TCP frame of codec into frame[] and decodes it into
+ * recs[]. */
+static void encode_decode(uint8_t codec, const struct avl_record_src *src, size_t records_len)
+{
+    int n = avl_encode_tcp(frame, sizeof frame, codec, src, records_len);
+    assert_true(n > 0);
+    struct avl_packet p;
+    assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
+    assert_int_equal(p.records_len, records_len);
+}
+
+/* The io text as the header says it must be: wire order, "id": unsigned decimal or "hex". */
+static size_t expected_json(const struct avl_record *r, char *out, size_t cap)
+{
+    struct avl_io_iter it;
+    struct avl_io io;
+    size_t len = 0;
+    out[len++] = '{';
+    avl_io_iter_init(&it, r);
+    while (avl_io_next(&it, &io)) {
+        if (len > 1)
+            out[len++] = ',';
+        len += (size_t)snprintf(out + len, cap - len, "\"%u\":", io.id);
+        if (io.nx) {
+            out[len++] = '"';
+            tu_hex_encode(io.bytes, io.len, out + len);
+            len += 2u * io.len;
+            out[len++] = '"';
+        } else {
+            len += (size_t)snprintf(out + len, cap - len, "%" PRIu64, io.value);
+        }
+        assert_true(len < cap);
+    }
+    out[len++] = '}';
+    out[len] = '\0';
+    return len;
+}
+
+/* One parsed tuple: every field's length (-1 for NULL) and position. */
+struct tuple {
+    int32_t len[COPYENC_COLUMNS_LEN];
+    const uint8_t *val[COPYENC_COLUMNS_LEN];
+    size_t bytes;
+};
+
+static void parse_tuple(const uint8_t *p, size_t n, struct tuple *t)
+{
+    assert_true(n >= 2);
+    assert_int_equal(rd_be(p, 2), COPYENC_COLUMNS_LEN);
+    size_t off = 2;
+    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
+        assert_true(off + 4 <= n);
+        t->len[i] = (int32_t)(uint32_t)rd_be(p + off, 4);
+        off += 4;
+        t->val[i] = p + off;
+        if (t->len[i] >= 0) {
+            assert_true(off + (size_t)t->len[i] <= n);
+            off += (size_t)t->len[i];
+        } else {
+            assert_int_equal(t->len[i], -1);
+        }
+    }
+    t->bytes = off;
+}
+
+static uint64_t double_bits(double d)
+{
+    uint64_t b;
+    memcpy(&b, &d, sizeof b);
+    return b;
+}
+
+/* Checks every field of the tuple at row[0 .. n-1] against r. */
+static void check_tuple(const uint8_t *p, size_t n, uint64_t imei, const struct avl_record *r,
+                        int64_t received_at_us)
+{
+    static const int32_t widths[COPYENC_COLUMNS_LEN] = {8, 8, 8, 2, 8, 8, 2, 2, 2, 2, 4, -2, 2, 2};
+    struct tuple t;
+    parse_tuple(p, n, &t);
+    assert_int_equal(t.bytes, n);
+    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
+        if (widths[i] == -2 || (i == 12 && r->codec != AVL_CODEC_16))
+            continue;
+        assert_int_equal(t.len[i], widths[i]);
+    }
+    assert_int_equal(rd_be(t.val[0], 8), imei);
+    /* in u64: ts_ms * 1000 passes INT64_MAX near AVL_TS_MS_END */
+    assert_int_equal(rd_be(t.val[1], 8), r->ts_ms * 1000u - (uint64_t)PG_EPOCH_UNIX_US);
+    assert_int_equal((int64_t)rd_be(t.val[2], 8), received_at_us - PG_EPOCH_UNIX_US);
+    assert_int_equal(rd_be(t.val[3], 2), r->priority);
+    assert_int_equal(rd_be(t.val[4], 8), double_bits((double)r->lon_e7 / 1e7));
+    assert_int_equal(rd_be(t.val[5], 8), double_bits((double)r->lat_e7 / 1e7));
+    assert_int_equal((int16_t)rd_be(t.val[6], 2), r->altitude_m);
+    assert_int_equal(rd_be(t.val[7], 2), r->angle_deg);
+    assert_int_equal(rd_be(t.val[8], 2), r->satellites);
+    assert_int_equal(rd_be(t.val[9], 2), r->speed_kmh);
+    assert_int_equal(rd_be(t.val[10], 4), r->event_id);
+    /* io: version 1 + the exact text */
+    static char want[3 * PKTGEN_FRAME_BYTES_MAX];
+    size_t want_len = expected_json(r, want, sizeof want);
+    assert_int_equal(t.len[11], 1 + want_len);
+    assert_int_equal(t.val[11][0], 1);
+    assert_memory_equal(t.val[11] + 1, want, want_len);
+    if (r->codec == AVL_CODEC_16)
+        assert_int_equal(rd_be(t.val[12], 2), r->generation);
+    else
+        assert_int_equal(t.len[12], -1);
+    assert_int_equal(rd_be(t.val[13], 2), r->codec);
+}
+
+static struct avl_record_src plain_src(uint64_t ts_ms)
+{
+    struct avl_record_src s;
+    memset(&s, 0, sizeof s);
+    s.rec.ts_ms = ts_ms;
+    s.rec.priority = 1;
+    s.rec.generation = AVL_GENERATION_NONE;
+    return s;
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+static void test_header_trailer(void **state)
+{
+    (void)state;
+    static const uint8_t want_header[19] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xFF, '\r', '\n',
+                                            0,   0,   0,   0,   0,   0,   0,    0,    0};
+    uint8_t out[32];
+    memset(out, CANARY, sizeof out);
+    assert_int_equal(copyenc_header(out), 19);
+    assert_memory_equal(out, want_header, 19);
+    assert_int_equal(out[19], CANARY);
+    memset(out, CANARY, sizeof out);
+    assert_int_equal(copyenc_trailer(out), 2);
+    assert_int_equal(out[0], 0xFF);
+    assert_int_equal(out[1], 0xFF);
+    assert_int_equal(out[2], CANARY);
+    assert_string_equal(COPYENC_COPY_SQL,
+                        "COPY telemetry.positions (imei, ts, received_at, priority, lon, lat, "
+                        "altitude, angle, satellites, speed, event_id, io, generation, codec) "
+                        "FROM STDIN (FORMAT binary)");
+}
+
+/* The wiki's first Codec 8 example, byte for byte (expected bytes computed independently
+ * with Python's struct module). */
+static void test_wiki_codec8_exact(void **state)
+{
+    (void)state;
+    static const char wiki_hex[] = "000000000000003608010000016b40d8ea30010000000000000000000000"
+                                   "000000000105021503010101425e0f01f10000601a014e00000000000000"
+                                   "00010000c7cf";
+    static const char want_hex[] =
+        "000e000000080001440f32b217350000000800022df4141aeb80000000080002"
+        "2df41457f4800000000200010000000800000000000000000000000800000000"
+        "0000000000000002000000000002000000000002000000000002000000000004"
+        "000000010000002d017b223231223a332c2231223a312c223636223a32343037"
+        "392c22323431223a32343630322c223738223a307dffffffff000000020008";
+    uint8_t want[256];
+    long want_len = tu_hex_decode(want_hex, strlen(want_hex), want, sizeof want);
+    assert_int_equal(want_len, 159);
+    long n = tu_hex_decode(wiki_hex, strlen(wiki_hex), frame, sizeof frame);
+    assert_int_equal(n, 66);
+    struct avl_packet p;
+    assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
+    assert_int_equal(p.records_len, 1);
+
+    memset(row, CANARY, 512);
+    int w =
+        copyenc_row(row, ROW_CAP, UINT64_C(356307042441013), &recs[0], INT64_C(1560161090000000));
+    assert_int_equal(w, 159);
+    assert_memory_equal(row, want, 159);
+    assert_int_equal(row[159], CANARY);
+    assert_true((size_t)w <= copyenc_row_bytes_max(&recs[0]));
+    check_tuple(row, (size_t)w, UINT64_C(356307042441013), &recs[0], INT64_C(1560161090000000));
+}
+
+/* generation is written for Codec 16 only (0xFF included); NULL for 8 and 8E. */
+static void test_generation(void **state)
+{
+    (void)state;
+    struct tuple t;
+    for (int gen = 0; gen < 3; gen++) {
+        struct avl_record_src s = plain_src(UINT64_C(1700000000000));
+        s.rec.generation = gen == 0 ? 0 : gen == 1 ? 5 : 0xFF;
+        encode_decode(AVL_CODEC_16, &s, 1);
+        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        assert_true(w > 0);
+        parse_tuple(row, (size_t)w, &t);
+        assert_int_equal(t.len[12], 2);
+        assert_int_equal(rd_be(t.val[12], 2), s.rec.generation);
+        assert_int_equal(rd_be(t.val[13], 2), 16);
+        assert_int_equal(w, COPYENC_ROW_FIXED_BYTES + 2);
+    }
+    static const uint8_t codecs[2] = {AVL_CODEC_8, AVL_CODEC_8E};
+    for (int i = 0; i < 2; i++) {
+        struct avl_record_src s = plain_src(UINT64_C(1700000000000));
+        encode_decode(codecs[i], &s, 1);
+        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        assert_true(w > 0);
+        parse_tuple(row, (size_t)w, &t);
+        assert_int_equal(t.len[12], -1);
+        assert_int_equal(rd_be(t.val[13], 2), codecs[i]);
+        /* no IO: the fixed part with "{}", less the 2 value bytes a NULL does not have */
+        assert_int_equal(w, COPYENC_ROW_FIXED_BYTES + 2 - 2);
+    }
+}
+
+static void test_coordinates(void **state)
+{
+    (void)state;
+    static const struct {
+        int32_t lon_e7, lat_e7;
+        double lon, lat;
+    } cases[] = {
+        {-1234567890, -895000001, -123.456789, -89.5000001},
+        {254871163, 547071033, 25.4871163, 54.7071033},
+        {INT32_MIN, INT32_MAX, -214.7483648, 214.7483647},
+        {-1, 1, -1e-7, 1e-7},
+        {0, 0, 0.0, 0.0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+        s.rec.lon_e7 = cases[i].lon_e7;
+        s.rec.lat_e7 = cases[i].lat_e7;
+        s.rec.altitude_m = -417; /* the Dead Sea shore */
+        encode_decode(AVL_CODEC_8E, &s, 1);
+        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        assert_true(w > 0);
+        struct tuple t;
+        parse_tuple(row, (size_t)w, &t);
+        /* the decimal literal and lon_e7 / 1e7 are the same double: both correctly rounded */
+        assert_int_equal(rd_be(t.val[4], 8), double_bits(cases[i].lon));
+        assert_int_equal(rd_be(t.val[5], 8), double_bits(cases[i].lat));
+        assert_int_equal(rd_be(t.val[6], 2), 0xFE5F); /* -417 */
+    }
+}
+
+/* NX elements are lowercase hex strings, empty ones included; fixed ones decimals, and ids in
+ * wire order (groups N1, N2, N4, N8, NX), not sorted. */
+static void test_nx_hex(void **state)
+{
+    (void)state;
+    static const uint8_t nx1[] = {0x00, 0xAB, 0xff, 0x10};
+    static const uint8_t nx2[] = {0xDE, 0xAD, 0xBE, 0xEF, 0x01};
+    struct avl_io_elem io[] = {
+        {.id = 385, .width = 0, .nx_len = sizeof nx1, .nx = nx1},
+        {.id = 65535, .width = 0, .nx_len = 0, .nx = NULL},
+        {.id = 257, .width = 0, .nx_len = sizeof nx2, .nx = nx2},
+        {.id = 239, .width = 1, .value = 1},
+        {.id = 66, .width = 2, .value = 12345},
+        {.id = 0, .width = 8, .value = UINT64_MAX},
+    };
+    struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+    s.io = io;
+    s.io_len = sizeof io / sizeof io[0];
+    encode_decode(AVL_CODEC_8E, &s, 1);
+    int w = copyenc_row(row, ROW_CAP, 7, &recs[0], 5);
+    assert_true(w > 0);
+    struct tuple t;
+    parse_tuple(row, (size_t)w, &t);
+    static const char want[] = "{\"239\":1,\"66\":12345,\"0\":18446744073709551615,"
+                               "\"385\":\"00abff10\",\"65535\":\"\",\"257\":\"deadbeef01\"}";
+    assert_int_equal(t.len[11], 1 + strlen(want));
+    assert_memory_equal(t.val[11] + 1, want, strlen(want));
+    check_tuple(row, (size_t)w, 7, &recs[0], 5);
+
+    /* no IO at all */
+    s.io_len = 0;
+    encode_decode(AVL_CODEC_8, &s, 1);
+    w = copyenc_row(row, ROW_CAP, 7, &recs[0], 5);
+    parse_tuple(row, (size_t)w, &t);
+    assert_int_equal(t.len[11], 3);
+    assert_memory_equal(t.val[11], "\001{}", 3);
+}
+
+/* Every decimal length of a u64 (around each power of ten) as N8 values and u16 ids. */
+static void test_decimal_edges(void **state)
+{
+    (void)state;
+    static struct avl_io_elem io[64];
+    uint16_t len = 0;
+    uint64_t p = 1;
+    for (int d = 0; d < 20; d++) {
+        io[len++] = (struct avl_io_elem){.id = (uint16_t)(d * 3000), .width = 8, .value = p - 1};
+        io[len++] = (struct avl_io_elem){.id = (uint16_t)(d * 3000 + 1), .width = 8, .value = p};
+        if (d < 19)
+            p *= 10;
+    }
+    io[len++] = (struct avl_io_elem){.id = 65535, .width = 8, .value = UINT64_MAX};
+    io[len++] = (struct avl_io_elem){.id = 9, .width = 4, .value = UINT32_MAX};
+    io[len++] = (struct avl_io_elem){.id = 10, .width = 2, .value = 65535};
+    io[len++] = (struct avl_io_elem){.id = 99, .width = 1, .value = 255};
+    struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+    s.io = io;
+    s.io_len = len;
+    encode_decode(AVL_CODEC_8E, &s, 1);
+    int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+    assert_true(w > 0);
+    check_tuple(row, (size_t)w, 1, &recs[0], 0); /* compares with snprintf's digits */
+    struct tuple t;
+    parse_tuple(row, (size_t)w, &t);
+    assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"57001\":10000000000000000000,", 29));
+    assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"57000\":9999999999999999999,", 28));
+    assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"0\":0,\"1\":1,\"3000\":9,", 21));
+}
+
+/* Values smallint or timestamptz cannot hold are refused by name, and nothing is written. */
+static void test_range_errors(void **state)
+{
+    (void)state;
+    struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+    encode_decode(AVL_CODEC_8E, &s, 1);
+    struct avl_record r = recs[0];
+
+    static const struct {
+        const char *name;
+        uint16_t angle, speed;
+        uint64_t ts_ms, imei;
+        int64_t received_at_us;
+        int want;
+    } cases[] = {
+        {"angle max ok", 32767, 0, 1600000000000, 1, 0, 1},
+        {"speed max ok", 0, 32767, 1600000000000, 1, 0, 1},
+        {"angle 32768", 32768, 0, 1600000000000, 1, 0, COPYENC_E_ANGLE_RANGE},
+        {"angle 65535", 65535, 0, 1600000000000, 1, 0, COPYENC_E_ANGLE_RANGE},
+        {"speed 32768", 0, 32768, 1600000000000, 1, 0, COPYENC_E_SPEED_RANGE},
+        {"speed 65535", 359, 65535, 1600000000000, 1, 0, COPYENC_E_SPEED_RANGE},
+        {"ts last ok", 0, 0, AVL_TS_MS_END - 1, 1, 0, 1},
+        {"ts end", 0, 0, AVL_TS_MS_END, 1, 0, COPYENC_E_TS_RANGE},
+        {"ts max", 0, 0, UINT64_MAX, 1, 0, COPYENC_E_TS_RANGE},
+        {"imei max ok", 0, 0, 0, (uint64_t)INT64_MAX, 0, 1},
+        {"imei past int8", 0, 0, 0, (uint64_t)INT64_MAX + 1, 0, COPYENC_E_IMEI_RANGE},
+        {"received min ok", 0, 0, 0, 1, INT64_C(-210866803200000000), 1},
+        {"received too early", 0, 0, 0, 1, INT64_C(-210866803200000001), COPYENC_E_RECEIVED_RANGE},
+        {"received max ok", 0, 0, 0, 1, INT64_MAX, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        r.angle_deg = cases[i].angle;
+        r.speed_kmh = cases[i].speed;
+        r.ts_ms = cases[i].ts_ms;
+        memset(row, CANARY, 256);
+        int w = copyenc_row(row, ROW_CAP, cases[i].imei, &r, cases[i].received_at_us);
+        if (cases[i].want > 0) {
+            if (w <= 0)
+                fail_msg("%s: %d %s", cases[i].name, w, copyenc_strerror(w));
+            check_tuple(row, (size_t)w, cases[i].imei, &r, cases[i].received_at_us);
+        } else {
+            if (w != cases[i].want)
+                fail_msg("%s: got %d, want %d", cases[i].name, w, cases[i].want);
+            for (int b = 0; b < 256; b++)
+                assert_int_equal(row[b], CANARY);
+        }
+    }
+    /* the largest timestamp is 294276-12-31T23:59:59.999Z: 1 ms before END_TIMESTAMP */
+    r.ts_ms = AVL_TS_MS_END - 1;
+    r.angle_deg = r.speed_kmh = 0;
+    int w = copyenc_row(row, ROW_CAP, 1, &r, 0);
+    struct tuple t;
+    parse_tuple(row, (size_t)w, &t);
+    assert_int_equal((int64_t)rd_be(t.val[1], 8), INT64_C(9223371331200000000) - 1000);
+    /* the earliest: 1970, before the 2000 epoch */
+    r.ts_ms = 0;
+    w = copyenc_row(row, ROW_CAP, 1, &r, 0);
+    parse_tuple(row, (size_t)w, &t);
+    assert_int_equal((int64_t)rd_be(t.val[1], 8), -PG_EPOCH_UNIX_US);
+}
+
+static void test_strerror(void **state)
+{
+    (void)state;
+    assert_string_equal(copyenc_strerror(0), "ok");
+    assert_string_equal(copyenc_strerror(159), "ok");
+    assert_string_equal(copyenc_strerror(COPYENC_E_NO_SPACE), "no_space");
+    assert_string_equal(copyenc_strerror(COPYENC_E_IMEI_RANGE), "imei_range");
+    assert_string_equal(copyenc_strerror(COPYENC_E_TS_RANGE), "ts_range");
+    assert_string_equal(copyenc_strerror(COPYENC_E_RECEIVED_RANGE), "received_range");
+    assert_string_equal(copyenc_strerror(COPYENC_E_ANGLE_RANGE), "angle_range");
+    assert_string_equal(copyenc_strerror(COPYENC_E_SPEED_RANGE), "speed_range");
+    assert_string_equal(copyenc_strerror(COPYENC_E_ERR_MIN - 1), "unknown_error");
+}
+
+/* With cap one below the bound nothing is written, into an exactly-sized heap buffer (ASan
+ * sees a write past it); with cap equal to the bound the row is written. */
+static void test_small_cap(void **state)
+{
+    (void)state;
+    struct pktgen g;
+    pktgen_init(&g, 42);
+    unsigned checked = 0;
+    for (int i = 0; i < 50; i++) {
+        int n = pktgen_packet_tcp(&g, PKTGEN_REALISTIC, AVL_CODEC_8E, PKTGEN_RECORDS_RANDOM, &pkt,
+                                  frame, sizeof frame);
+        assert_true(n > 0);
+        struct avl_packet p;
+        assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
+        for (unsigned k = 0; k < p.records_len; k++) {
+            size_t max = copyenc_row_bytes_max(&recs[k]);
+            uint8_t *buf = malloc(max);
+            assert_non_null(buf);
+            memset(buf, CANARY, max);
+            assert_int_equal(copyenc_row(buf, max - 1, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
+            assert_int_equal(copyenc_row(buf, 0, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
+            for (size_t b = 0; b < max; b++)
+                assert_int_equal(buf[b], CANARY);
+            int w = copyenc_row(buf, max, 1, &recs[k], 0);
+            assert_true(w > 0 && (size_t)w <= max);
+            check_tuple(buf, (size_t)w, 1, &recs[k], 0);
+            free(buf);
+            checked++;
+        }
+    }
+    assert_true(checked >= 50);
+}
+
+/* Many generated records of every codec in both modes: the bound holds, every field is right,
+ * and range errors are exactly the records with angle or speed above 32767. */
+static void test_packetgen_rows(void **state)
+{
+    (void)state;
+    static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
+    uint64_t rows = 0, refused = 0, io_elems = 0;
+    size_t slack_min = SIZE_MAX;
+    for (int c = 0; c < 3; c++) {
+        for (int mode = 0; mode < 2; mode++) {
+            struct pktgen g;
+            pktgen_init(&g, 0xC0FFEE00u + (uint64_t)(c * 2 + mode));
+            for (int i = 0; i < PACKETS_PER_COMBO; i++) {
+                int n = pktgen_packet_tcp(&g, (enum pktgen_mode)mode, codecs[c],
+                                          PKTGEN_RECORDS_RANDOM, &pkt, frame, sizeof frame);
+                assert_true(n > 0);
+                struct avl_packet p;
+                assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
+                for (unsigned k = 0; k < p.records_len; k++) {
+                    const struct avl_record *r = &recs[k];
+                    uint64_t imei = pktgen_u64(&g) % UINT64_C(100000000000000000);
+                    int64_t rx = (int64_t)(pktgen_u64(&g) % UINT64_C(4102444800000000));
+                    int w = copyenc_row(row, ROW_CAP, imei, r, rx);
+                    if (r->angle_deg > 32767 || r->speed_kmh > 32767) {
+                        assert_int_equal(w, r->angle_deg > 32767 ? COPYENC_E_ANGLE_RANGE
+                                                                 : COPYENC_E_SPEED_RANGE);
+                        refused++;
+                        continue;
+                    }
+                    assert_true(w > 0);
+                    size_t max = copyenc_row_bytes_max(r);
+                    assert_true((size_t)w <= max);
+                    if (max - (size_t)w < slack_min)
+                        slack_min = max - (size_t)w;
+                    check_tuple(row, (size_t)w, imei, r, rx);
+                    rows++;
+                    io_elems += r->io_total;
+                }
+            }
+        }
+    }
+    print_message("copyenc: %" PRIu64 " rows (%" PRIu64 " IO elements) checked, %" PRIu64
+                  " refused for range, least slack of the bound %zu bytes\n",
+                  rows, io_elems, refused, slack_min);
+    assert_true(rows > 20000);
+    assert_true(refused > 0); /* the arbitrary mode reaches angles and speeds above 32767 */
+}
+
+/* CPU ns per row (thread CPU time, so other load on the machine matters less) on realistic 8E
+ * packets of 10 records, printed; compare Release builds only. */
+static void test_speed(void **state)
+{
+    (void)state;
+    static uint8_t frames[SPEED_PACKETS][PKTGEN_FRAME_BYTES_MAX / 8];
+    static struct avl_record all[SPEED_PACKETS * 10];
+    static uint8_t out[1 << 22];
+    struct pktgen g;
+    pktgen_init(&g, 7);
+    size_t all_len = 0;
+    for (int i = 0; i < SPEED_PACKETS; i++) {
+        int n = pktgen_packet_tcp(&g, PKTGEN_REALISTIC, AVL_CODEC_8E, 10, &pkt, frames[i],
+                                  sizeof frames[i]);
+        assert_true(n > 0);
+        struct avl_packet p;
+        assert_int_equal(avl_decode_tcp(frames[i], (size_t)n, &p, recs), 0);
+        assert_int_equal(p.records_len, 10);
+        memcpy(&all[all_len], recs, 10 * sizeof recs[0]);
+        all_len += 10;
+    }
+    struct timespec t0, t1;
+    size_t off = 0;
+    uint64_t bytes = 0, io_elems = 0;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    for (int pass = 0; pass < SPEED_PASSES; pass++) {
+        for (size_t i = 0; i < all_len; i++) {
+            if (sizeof out - off < 4096)
+                off = 0;
+            int w = copyenc_row(out + off, sizeof out - off, UINT64_C(356307042441013), &all[i],
+                                INT64_C(1700000000000000));
+            assert_true(w > 0);
+            off += (size_t)w;
+            bytes += (uint64_t)w;
+        }
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+    for (size_t i = 0; i < all_len; i++)
+        io_elems += all[i].io_total;
+    double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+    double rows = (double)all_len * SPEED_PASSES;
+    print_message("copyenc speed: %.0f ns/row, %.2f M rows/s, %.0f bytes/row, %.1f IO elements/row"
+                  " (realistic 8E; meaningful in a Release build only)\n",
+                  ns / rows, rows / ns * 1e3, (double)bytes / rows, (double)io_elems / all_len);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_header_trailer), cmocka_unit_test(test_wiki_codec8_exact),
+        cmocka_unit_test(test_generation),     cmocka_unit_test(test_coordinates),
+        cmocka_unit_test(test_nx_hex),         cmocka_unit_test(test_decimal_edges),
+        cmocka_unit_test(test_range_errors),   cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_small_cap),      cmocka_unit_test(test_packetgen_rows),
+        cmocka_unit_test(test_speed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -4,7 +4,7 @@
 #   make            Release build (optimised, debug info) in build/, binaries in build/bin/
 #   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, TSan ring tests,
 #                   Release suite
-#   make demo       build, then decode the sample packets (the full stack comes with ingest)
+#   make demo       build, then PostgreSQL under ./var + the gateway + a simulated fleet
 #   make bench      codec micro-benchmarks, medians of 5 repetitions
 #   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
 #   make format     clang-format every C/C++ source in place
@@ -50,10 +50,9 @@ test-release:
 	ctest --test-dir build --output-on-failure
 
 demo: build
-	@echo "== avlgate decode tests/data/samples.hex (TCP frames) =="
-	build/bin/avlgate decode tests/data/samples.hex
-	@echo "== avlgate decode --udp tests/data/samples_udp.hex (UDP datagrams) =="
-	build/bin/avlgate decode --udp tests/data/samples_udp.hex
+	@echo "== avlgate decode: what a device sends (tests/data/samples.hex) =="
+	build/bin/avlgate decode tests/data/samples.hex | head -n 6
+	loadgen/demo.sh build
 
 bench: build
 	build/bin/avlgate-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \

@@ -83,7 +83,10 @@ void pgtest_db_create(struct pgtest_db *db, const char *tag, bool apply_schema)
     pgtest_exec(admin, sql);
     PQfinish(admin);
 
-    snprintf(db->conninfo, sizeof db->conninfo, "%s dbname=%s", pgtest_server_conninfo(), db->name);
+    int n = snprintf(db->conninfo, sizeof db->conninfo, "%s dbname=%s", pgtest_server_conninfo(),
+                     db->name);
+    if (n < 0 || (size_t)n >= sizeof db->conninfo)
+        fail_msg("pgtest: conninfo too long");
     db->conn = connect_or_fail(db->conninfo);
     if (apply_schema) {
         char err[1024];

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# demo.sh — `make demo`: a throwaway PostgreSQL under ./var, the schema, the gateway, a burst
+# of simulated devices, and what landed. Everything it starts, it stops on exit.
+#
+# usage: loadgen/demo.sh BUILD_DIR [DEVICES PACKETS RECORDS]
+set -euo pipefail
+build=${1:-build}
+devices=${2:-200} packets=${3:-20} records=${4:-10}
+top=$(cd "$(dirname "$0")/.." && pwd)
+var="$top/var"
+pgdir="$var/pg"
+port=${AVLGATE_DEMO_PORT:-5027}
+mkdir -p "$var"
+
+gw_pid=
+cleanup() {
+  [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null || true
+  "$top/tests/pg/pgtmp.sh" stop "$pgdir" || true
+}
+trap cleanup EXIT
+
+echo "== PostgreSQL (throwaway, under $pgdir)"
+conninfo=$("$top/tests/pg/pgtmp.sh" start "$pgdir")
+echo "   $conninfo"
+
+echo "== avlgate run (log: var/avlgate.log)"
+"$top/$build/bin/avlgate" run --pg "$conninfo" --listen "127.0.0.1:$port" --shards 2 \
+  --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  kill -0 "$gw_pid" 2>/dev/null || { cat "$var/avlgate.log"; exit 1; }
+  sleep 0.1
+done
+
+echo "== $devices devices x $packets packets x $records records (codecs 8, 8E, 16)"
+"$top/$build/bin/avlgate-burst" --connect "127.0.0.1:$port" --devices "$devices" \
+  --packets "$packets" --records "$records"
+
+echo "== what landed"
+psql "$conninfo" -X -q -P pager=off <<'SQL'
+SELECT count(*) AS rows, count(DISTINCT imei) AS devices,
+       min(ts) AS oldest, max(ts) AS newest FROM telemetry.positions;
+SELECT codec, count(*) AS rows FROM telemetry.positions GROUP BY codec ORDER BY codec;
+SELECT imei, ts, round(lon::numeric, 5) AS lon, round(lat::numeric, 5) AS lat, speed,
+       satellites, left(io::text, 60) AS io
+  FROM telemetry.positions ORDER BY received_at DESC, ts DESC LIMIT 5;
+SELECT count(*) AS devices_with_state, max(last_ts) AS newest_fix FROM public.device_state;
+SQL
+
+echo "== stopping the gateway (SIGTERM drains)"
+kill -TERM "$gw_pid"
+wait "$gw_pid" || true
+gw_pid=
+tail -n 1 "$var/avlgate.log"

@@ -242,8 +242,8 @@ int main(int argc, char **argv)
     unsigned timed_out = active;
     printf("devices=%u packets_acked=%u/%u records_acked=%llu ack_p50_ms=%.2f ack_p99_ms=%.2f "
            "failed_devices=%u timed_out_devices=%u elapsed_s=%.2f records_per_s=%.0f\n",
-           devices, lat_len, devices * packets, (unsigned long long)records_acked, p50, p99,
-           failed, timed_out, elapsed_s, elapsed_s > 0 ? (double)records_acked / elapsed_s : 0);
+           devices, lat_len, devices * packets, (unsigned long long)records_acked, p50, p99, failed,
+           timed_out, elapsed_s, elapsed_s > 0 ? (double)records_acked / elapsed_s : 0);
     for (unsigned i = 0; i < devices; i++)
         free(devs[i].out);
     free(devs);

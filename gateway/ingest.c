@@ -72,6 +72,7 @@ struct dev {
     uint32_t gen;
     uint8_t state;
     bool load_queued;
+    bool load_stale; /* a batch of this device committed while its load was in flight */
     uint64_t imei;
     struct dedup dedup;
 };
@@ -540,6 +541,13 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     struct dev *d = &s->devs[slot];
     if (d->gen != gen || d->state != DEV_LOADING)
         return; /* the connection went away meanwhile */
+    if (d->load_stale) {
+        /* The answer may predate a commit of this device's rows, whose batch is gone now:
+         * neither it nor pending_dedup() knows those records. Ask again. */
+        d->load_stale = false;
+        queue_load(s, slot);
+        return;
+    }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         s->st->state_load_failures++;
         (void)err;
@@ -562,6 +570,31 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     d->state = DEV_OPEN;
     s->st->handshakes++;
     send_reply(s, slot, gen, 0x01);
+}
+
+/* A batch holding devs[0 .. n-1] committed. A state load in flight for one of them runs on the
+ * control link, whose snapshot may be older than this COMMIT, and once the batch is released
+ * pending_dedup() cannot make up for it: such a load is asked again when it answers. */
+static void mark_loads_stale(struct shard *s, const struct bdev *devs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t slot = imap_get(&s->owned, devs[i].imei);
+        if (slot < 0)
+            continue;
+        struct dev *d = &s->devs[slot];
+        if (d->state == DEV_LOADING && !d->load_queued)
+            d->load_stale = true;
+    }
+}
+
+/* Closes the session that owns imei now, if any. Its duplicate-detection state may hold
+ * records that will never be stored (taken from a batch dropped or rejected since), so the
+ * device must reconnect and load its state from the database before its next packet. */
+static void close_owner(struct shard *s, uint64_t imei)
+{
+    int64_t slot = imap_get(&s->owned, imei);
+    if (slot >= 0)
+        engine_close(s->e, (uint32_t)slot, s->devs[slot].gen);
 }
 
 static void ack_batch(struct shard *s, struct batch *b)
@@ -601,6 +634,9 @@ static void abandon_all(struct shard *s)
             continue;
         for (uint32_t k = 0; k < b->pkts_len; k++)
             engine_close(s->e, b->pkts[k].slot, b->pkts[k].gen);
+        /* Also a replacing connection that took its state from this batch (pending_dedup). */
+        for (uint32_t k = 0; k < b->devs_len; k++)
+            close_owner(s, b->devs[k].imei);
         batch_reset(s, b);
     }
     s->oldest = s->fill;
@@ -630,6 +666,7 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
             else
                 s->st->acks_stale++;
             p->rejected = true; /* done: never again */
+            mark_loads_stale(s, &b->devs[p->dev], 1);
             b->split_next++;
             if (b->split_next < b->pkts_len) {
                 b->state = BATCH_SEALED;
@@ -638,6 +675,7 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
         } else {
             s->st->batches_committed++;
             s->st->rows_committed += b->rows;
+            mark_loads_stale(s, b->devs, b->devs_len);
             ack_batch(s, b);
         }
         batch_release(s, b);
@@ -665,6 +703,9 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
                     s->id, res->sqlstate, res->message);
             p->rejected = true;
             engine_close(s->e, p->slot, p->gen);
+            /* A replacing connection may hold this packet's records as sent (its state came
+             * from this batch): it would take the re-send for a duplicate and ACK it. */
+            close_owner(s, b->devs[p->dev].imei);
             b->split_next++;
             if (b->split_next < b->pkts_len) {
                 b->state = BATCH_SEALED;
@@ -835,6 +876,7 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     int64_t old = imap_get(&s->owned, imei);
     d->imei = imei;
     d->state = DEV_LOADING;
+    d->load_stale = false;
     memset(&d->dedup, 0, sizeof d->dedup);
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */

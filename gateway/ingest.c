@@ -12,13 +12,15 @@
  * is acknowledged with its full record count, duplicates included. When every batch is sealed
  * or in flight the shard pauses its connections (TCP backpressure) until one commits.
  *
- * Duplicate detection: a device's state is the fingerprints of its last DEDUP_FP_MAX accepted
- * records (XXH3 of the record), oldest first, kept in its session and written to
+ * Duplicate detection: a device's state is the fingerprints of its last DEDUP_FP_MAX (64)
+ * accepted records (XXH3 of the record), oldest first, kept in its session and written to
  * device_state.dedup in the same transaction as the rows. A record whose fingerprint is there
- * is a re-send. Each batch keeps a snapshot of the state of every device it holds, so a device
- * that reconnects while its packets wait in uncommitted batches starts from that snapshot,
- * not from the older one in the database. Nothing else is ever dropped: newest-first devices,
- * equal timestamps and pre-fix timestamps are all stored.
+ * is a re-send. 64 covers any re-sent packet within Teltonika's 1280-byte AVL packet limit
+ * (at most 42 records of the smallest size); a re-sent packet of more records than that
+ * would be stored again in part. Each batch keeps a snapshot of the state of every device it holds,
+ * so a device that reconnects while its packets wait in uncommitted batches starts from that
+ * snapshot, not from the older one in the database. Nothing else is ever dropped: newest-first
+ * devices, equal timestamps and pre-fix timestamps are all stored.
  *
  * Outcomes of a batch: committed -> ACK; not committed -> sent again (in order); unknown ->
  * never sent again: every batch still held is dropped unacknowledged and the connections of
@@ -241,6 +243,7 @@ struct shard {
     uint32_t load_head, load_len;
 
     bool draining;
+    uint64_t next_partitions_ms;
     uint64_t drain_deadline_ns;
 
     struct avl_record recs[AVL_RECORDS_MAX];
@@ -533,9 +536,19 @@ static void dedup_from_text(struct dedup *d, const char *text)
     }
 }
 
+/* Cookies of control queries that are not a device's state load. */
+#define COOKIE_MAINTENANCE ((void *)(uintptr_t)UINT64_MAX)
+
 static void on_query_done(void *user, void *cookie, const PGresult *res, int err)
 {
     struct shard *s = user;
+    if (cookie == COOKIE_MAINTENANCE) {
+        if (!res ||
+            (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK))
+            fprintf(stderr, "level=warn msg=\"maintenance query failed\" shard=%u err=%d %s\n",
+                    s->id, err, res ? PQresultErrorMessage(res) : "");
+        return;
+    }
     uint64_t ck = (uint64_t)(uintptr_t)cookie;
     uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
     struct dev *d = &s->devs[slot];
@@ -688,8 +701,22 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
         s->st->batches_unknown++;
         fprintf(stderr,
                 "level=error msg=\"commit outcome unknown; dropping held batches\" shard=%u "
-                "batch=%u\n",
-                s->id, b->seq);
+                "batch=%u backend_pid=%d\n",
+                s->id, b->seq, res->backend_pid);
+        if (res->backend_pid > 0) {
+            /* A backend that has not noticed the broken link may still commit later. End it
+             * (waiting up to 5 s) before the state loads that follow on the same control link:
+             * they are answered in order, so each load sees the batch's final outcome. */
+            char pid[16];
+            snprintf(pid, sizeof pid, "%d", res->backend_pid);
+            const char *params[1] = {pid};
+            if (pgsink_query(s->sink, "SELECT pg_catalog.pg_terminate_backend($1::int, 5000)", 1,
+                             params, COOKIE_MAINTENANCE, now_ms(s)) != 0)
+                fprintf(stderr,
+                        "level=warn msg=\"cannot end the backend of the unknown commit; state "
+                        "loads may see it commit late\" shard=%u backend_pid=%d\n",
+                        s->id, res->backend_pid);
+        }
         abandon_all(s);
         return;
     case PGSINK_DATA_ERROR:
@@ -1014,11 +1041,28 @@ static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
     sink_arm_polls(s);
 }
 
+/* Shard 0 keeps the daily partitions made ahead: at start (run.c does it before the shards
+ * start) and then once a day, through its control link. */
+static void maintain_partitions(struct shard *s, uint64_t ms)
+{
+    enum { DAY_MS = 24 * 3600 * 1000 };
+    if (s->id != 0)
+        return;
+    if (s->next_partitions_ms == 0)
+        s->next_partitions_ms = ms + DAY_MS;
+    if (ms < s->next_partitions_ms)
+        return;
+    if (pgsink_query(s->sink, "SELECT * FROM telemetry.ensure_partitions(7)", 0, NULL,
+                     COOKIE_MAINTENANCE, ms) == 0)
+        s->next_partitions_ms = ms + DAY_MS;
+}
+
 static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
 {
     struct shard *s = user;
     uint64_t ms = now_ns / 1000000u;
     pgsink_tick(s->sink, ms);
+    maintain_partitions(s, ms);
     struct batch *b = filling(s);
     uint64_t wake = 0;
     if (b->pkts_len > 0) {

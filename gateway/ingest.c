@@ -1096,6 +1096,20 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
     return wake;
 }
 
+/* A database link came up or went down: one log line per change (never per attempt). */
+static void on_sink_state(void *user, enum pgsink_link link, bool connected)
+{
+    struct shard *s = user;
+    const char *name = link == PGSINK_LINK_DATA ? "data" : "control";
+    if (connected)
+        fprintf(stderr, "level=info msg=\"database link up\" shard=%u link=%s\n", s->id, name);
+    else
+        fprintf(stderr,
+                "level=warn msg=\"database link down; reconnecting with backoff\" shard=%u "
+                "link=%s error=\"%s\"\n",
+                s->id, name, pgsink_last_error(s->sink, link));
+}
+
 static const struct engine_ops ingest_ops = {
     .on_open = on_open,
     .on_data = on_data,
@@ -1146,7 +1160,9 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
         .copy_sql = COPYENC_COPY_SQL,
         .queries_max = 256,
         .query_timeout_ms = 30000,
-        .cb = {.on_txn_done = on_txn_done, .on_query_done = on_query_done},
+        .cb = {.on_txn_done = on_txn_done,
+               .on_query_done = on_query_done,
+               .on_state = on_sink_state},
         .user = s,
     };
     s->sink = pgsink_create(&pc, err, cap);

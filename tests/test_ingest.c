@@ -972,6 +972,48 @@ static void test_ack_after_commit(void **state)
     CHECK(rows_total() == DEVS * PKTS * RECS, "%lld rows", rows_total());
 }
 
+/* --devices known: an IMEI enabled in public.devices is served; a disabled one and one that is
+ * not listed get 0x00 to their handshake, are closed, and store nothing. */
+static void test_devices_known(void **state)
+{
+    (void)state;
+    begin("devices_known");
+    const uint64_t known = IMEI_BASE + 700, disabled = IMEI_BASE + 701, unknown = IMEI_BASE + 702;
+    PGconn *c = pgtest_connect(&T.db);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO public.devices (imei, name, enabled) VALUES (%" PRIu64
+             ", 'known', true), (%" PRIu64 ", 'disabled', false)",
+             known, disabled);
+    pgtest_exec(c, sql);
+    PQfinish(c);
+    gw_start((const char *const[]){"--devices", "known", NULL});
+
+    struct device ok;
+    dev_open(&ok, known);
+    uint8_t out[PKT_BYTES];
+    size_t len =
+        encode_series(AVL_CODEC_8, recent_ts_ms(), 1000, fleet_tag(0, 0, 0), 3, out, sizeof out);
+    send_acked(&ok, out, len, 3, 0, 0);
+    device_close(&ok);
+
+    const uint64_t refused[2] = {disabled, unknown};
+    for (unsigned i = 0; i < 2; i++) {
+        struct device d;
+        device_init(&d, T.port, refused[i]);
+        CHECK(device_connect(&d, WAIT_MS) == 0, "connect");
+        int answer = device_handshake(&d, WAIT_MS);
+        CHECK(answer == 0, "IMEI %" PRIu64 ": handshake answered %d, want 0x00", refused[i],
+              answer);
+        size_t bytes = 0;
+        CHECK(device_wait_closed(&d, WAIT_MS, &bytes, NULL) == 0,
+              "IMEI %" PRIu64 ": not closed after 0x00", refused[i]);
+        device_close(&d);
+        CHECK(rows_of(refused[i]) == 0, "IMEI %" PRIu64 " stored rows", refused[i]);
+    }
+    CHECK(rows_of(known) == 3, "known device: %lld rows", rows_of(known));
+}
+
 /* PostgreSQL stopped mid-stream and started again, twice: a fast shutdown, then an immediate
  * one (crash-like; commits in flight end with an unknown outcome). The row ring is tiny
  * (--batch-rows 4 --batches 2), so eight devices fill it and the shard pauses. No ACK while
@@ -1725,6 +1767,7 @@ int main(void)
         cmocka_unit_test_teardown(test_codecs, teardown),
         cmocka_unit_test_teardown(test_fragmented_coalesced, teardown),
         cmocka_unit_test_teardown(test_ack_after_commit, teardown),
+        cmocka_unit_test_teardown(test_devices_known, teardown),
         cmocka_unit_test_teardown(test_ordering, teardown),
         cmocka_unit_test_teardown(test_resend_replacing, teardown),
         cmocka_unit_test_teardown(test_poison, teardown),

@@ -886,11 +886,17 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
 static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t gen, uint64_t imei,
                                      bool more_bytes)
 {
+    if (more_bytes) {
+        /* A device waits for our answer before it sends more: bytes behind the handshake are
+         * a protocol error, refused the same way on every shard. */
+        s->st->handshake_errors++;
+        send_reply(s, slot, gen, 0x00);
+        return ENGINE_CLOSE;
+    }
     unsigned owner = router_owner(s->sh->router, imei);
     if (owner != s->id) {
-        if (more_bytes || imei >= (UINT64_C(1) << 56)) {
-            /* A device waits for 0x01 before it sends more; and the handoff key holds 56 bits
-             * (every real IMEI has 15 digits). */
+        if (imei >= (UINT64_C(1) << 56)) {
+            /* The handoff key holds 56 bits (every real IMEI has 15 digits). */
             s->st->handshake_errors++;
             send_reply(s, slot, gen, 0x00);
             return ENGINE_CLOSE;

@@ -98,6 +98,21 @@ static void dedup_push(struct dedup *d, uint64_t fp)
     }
 }
 
+/* Removes fps[0 .. n-1] from the ring, keeping the order of the others. */
+static void dedup_remove(struct dedup *d, const uint64_t *fps, uint32_t n)
+{
+    struct dedup kept = {0};
+    for (unsigned i = 0; i < d->len; i++) {
+        uint64_t fp = d->fp[(d->head + i) % DEDUP_FP_MAX];
+        bool drop = false;
+        for (uint32_t k = 0; k < n && !drop; k++)
+            drop = fps[k] == fp;
+        if (!drop)
+            dedup_push(&kept, fp);
+    }
+    *d = kept;
+}
+
 /* A record's fingerprint: its fixed fields and its IO bytes. */
 static uint64_t record_fp(const struct avl_record *r)
 {
@@ -181,8 +196,10 @@ enum batch_state { BATCH_FREE = 0, BATCH_FILLING, BATCH_SEALED, BATCH_INFLIGHT }
 struct pkt_ref {
     uint32_t slot, gen, records;
     uint32_t copy_off, copy_len; /* its tuples in the batch's COPY buffer */
+    uint32_t fp_off, fp_len;     /* fingerprints of its stored records in the batch's fps */
     uint32_t dev;                /* index into the batch's devs */
-    bool rejected;
+    bool rejected;               /* settled in split mode: committed alone, or refused */
+    bool refused;                /* the database refused its rows (never stored) */
 };
 
 struct bdev {
@@ -202,6 +219,8 @@ struct batch {
     uint32_t rows;
     struct pkt_ref *pkts;
     uint32_t pkts_len, pkts_cap;
+    uint64_t *fps; /* fingerprints of the stored records, packet after packet */
+    uint32_t fps_len, fps_cap;
     struct bdev *devs;
     uint32_t devs_len, devs_cap;
     uint32_t *dev_map; /* imei hash -> devs index + 1 */
@@ -250,6 +269,7 @@ struct shard {
     uint8_t header[COPYENC_HEADER_BYTES];
     uint8_t trailer[COPYENC_TRAILER_BYTES];
     char split_params_text[DEV_PARAM_BYTES + 256];
+    struct bdev split_dev;
 };
 
 static uint64_t now_ms(const struct shard *s)
@@ -270,6 +290,7 @@ static void batch_reset(struct shard *s, struct batch *b)
     b->copy_len = COPYENC_HEADER_BYTES;
     b->rows = 0;
     b->pkts_len = 0;
+    b->fps_len = 0;
     b->devs_len = 0;
     b->split = false;
     b->split_next = 0;
@@ -286,6 +307,7 @@ static int batch_alloc(struct shard *s, struct batch *b)
                   (size_t)AVL_RECORDS_MAX * (COPYENC_ROW_FIXED_BYTES + 2) + COPYENC_HEADER_BYTES +
                   COPYENC_TRAILER_BYTES;
     b->pkts_cap = c->batch_rows;
+    b->fps_cap = c->batch_rows + AVL_RECORDS_MAX; /* as many as rows can be */
     b->devs_cap = c->batch_rows;
     uint32_t map = 1;
     while (map < 2 * b->devs_cap)
@@ -294,10 +316,11 @@ static int batch_alloc(struct shard *s, struct batch *b)
     b->params_cap = (size_t)b->devs_cap * DEV_PARAM_BYTES + 256;
     b->copy = malloc(b->copy_cap);
     b->pkts = calloc(b->pkts_cap, sizeof *b->pkts);
+    b->fps = calloc(b->fps_cap, sizeof *b->fps);
     b->devs = calloc(b->devs_cap, sizeof *b->devs);
     b->dev_map = calloc(map, sizeof *b->dev_map);
     b->params_text = malloc(b->params_cap);
-    if (!b->copy || !b->pkts || !b->devs || !b->dev_map || !b->params_text)
+    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_text)
         return -ENOMEM;
     copyenc_header(b->copy);
     batch_reset(s, b);
@@ -308,6 +331,7 @@ static void batch_free(struct batch *b)
 {
     free(b->copy);
     free(b->pkts);
+    free(b->fps);
     free(b->devs);
     free(b->dev_map);
     free(b->params_text);
@@ -337,6 +361,7 @@ static struct bdev *batch_dev(struct batch *b, uint64_t imei, uint32_t *index)
     return d;
 }
 
+/* The batch's entry for imei, or NULL (the entries live outside the struct: not const). */
 static struct bdev *batch_find_dev(const struct batch *b, uint64_t imei)
 {
     for (uint32_t i = (uint32_t)XXH3_64bits(&imei, sizeof imei) & b->dev_map_mask;;
@@ -416,7 +441,7 @@ static void batch_seal(struct shard *s, struct batch *b)
     assert(b->state == BATCH_FILLING && b->pkts_len > 0);
     assert(b->copy_len + COPYENC_TRAILER_BYTES <= b->copy_cap);
     copyenc_trailer(b->copy + b->copy_len);
-    build_state_params(s, b->devs, b->devs_len, b->params_text, b->params_cap, b->params);
+    (void)s;
     b->state = BATCH_SEALED;
 }
 
@@ -610,6 +635,26 @@ static void close_owner(struct shard *s, uint64_t imei)
         engine_close(s->e, (uint32_t)slot, s->devs[slot].gen);
 }
 
+/* The database refused packet p of batch b: its records were never stored, so no state may
+ * say they were. Take p's fingerprints out of every snapshot of the device taken after p — in
+ * b and in later batches (their parameters are built at submit) — so neither a split
+ * transaction nor a reconnecting device (pending_dedup) counts them; the live session is
+ * closed (close_owner). */
+static void forget_refused(struct shard *s, const struct batch *b, const struct pkt_ref *p)
+{
+    uint64_t imei = b->devs[p->dev].imei;
+    uint32_t from = (uint32_t)(b - s->batches);
+    /* k = 0 is b itself: a device that reconnects now takes its state from there. */
+    for (uint32_t k = 0; k < s->nbatches; k++) {
+        struct batch *later = &s->batches[(from + k) % s->nbatches];
+        if (later->state == BATCH_FREE)
+            continue;
+        struct bdev *d = batch_find_dev(later, imei);
+        if (d)
+            dedup_remove(&d->dedup, b->fps + p->fp_off, p->fp_len);
+    }
+}
+
 static void ack_batch(struct shard *s, struct batch *b)
 {
     for (uint32_t i = 0; i < b->pkts_len; i++) {
@@ -729,6 +774,8 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
                     "error=\"%s\"\n",
                     s->id, res->sqlstate, res->message);
             p->rejected = true;
+            p->refused = true;
+            forget_refused(s, b, p);
             engine_close(s->e, p->slot, p->gen);
             /* A replacing connection may hold this packet's records as sent (its state came
              * from this batch): it would take the re-send for a duplicate and ACK it. */
@@ -756,6 +803,9 @@ static void submit_next(struct shard *s)
         return;
     struct pgsink_txn txn = {0};
     if (!b->split) {
+        /* Built at submit, not at seal: a packet refused meanwhile in an older batch has had
+         * its fingerprints taken out of these snapshots (forget_refused). */
+        build_state_params(s, b->devs, b->devs_len, b->params_text, b->params_cap, b->params);
         b->iov[0] = (struct iovec){b->copy, b->copy_len + COPYENC_TRAILER_BYTES};
         txn.copy = b->iov;
         txn.copy_iovs = 1;
@@ -767,8 +817,16 @@ static void submit_next(struct shard *s)
             return;
         }
         const struct pkt_ref *p = &b->pkts[b->split_next];
-        build_state_params(s, &b->devs[p->dev], 1, s->split_params_text,
-                           sizeof s->split_params_text, b->params);
+        /* The device's state as of this packet: the batch's snapshot without the records of
+         * its packets that were refused or are not committed yet (those after this one). */
+        s->split_dev = b->devs[p->dev];
+        for (uint32_t j = 0; j < b->pkts_len; j++) {
+            const struct pkt_ref *q = &b->pkts[j];
+            if (q->dev == p->dev && j != b->split_next && (q->refused || j > b->split_next))
+                dedup_remove(&s->split_dev.dedup, b->fps + q->fp_off, q->fp_len);
+        }
+        build_state_params(s, &s->split_dev, 1, s->split_params_text, sizeof s->split_params_text,
+                           b->params);
         b->iov[0] = (struct iovec){s->header, COPYENC_HEADER_BYTES};
         b->iov[1] = (struct iovec){b->copy + p->copy_off, p->copy_len};
         b->iov[2] = (struct iovec){s->trailer, COPYENC_TRAILER_BYTES};
@@ -848,6 +906,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
                           .gen = gen,
                           .records = pkt->records_len,
                           .copy_off = (uint32_t)b->copy_len,
+                          .fp_off = b->fps_len,
                           .dev = dev_index};
     for (unsigned i = 0; i < pkt->records_len; i++) {
         const struct avl_record *r = &s->recs[i];
@@ -862,6 +921,8 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
         b->copy_len += (size_t)n;
         b->rows++;
         dedup_push(&d->dedup, fp);
+        assert(b->fps_len < b->fps_cap);
+        b->fps[b->fps_len++] = fp;
         s->st->records_stored++;
         if ((int64_t)r->ts_ms > bd->last_ts_ms) {
             bd->last_ts_ms = (int64_t)r->ts_ms;
@@ -870,6 +931,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
         }
     }
     p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
+    p->fp_len = b->fps_len - p->fp_off;
     bd->received_ms = received_us / 1000;
     bd->dedup = d->dedup;
     b->pkts_len++;

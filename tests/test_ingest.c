@@ -972,6 +972,47 @@ static void test_ack_after_commit(void **state)
     CHECK(rows_total() == DEVS * PKTS * RECS, "%lld rows", rows_total());
 }
 
+/* The poison packet P, then a replacing connection that re-sends P at once, so both copies
+ * share one batch (the second one all duplicates of the first). The database refuses P; the
+ * state written for the device must not claim P's records, or a later re-send of P would be
+ * taken for a duplicate and ACKed without rows. */
+static void test_poison_resend_same_batch(void **state)
+{
+    (void)state;
+    begin("poison_same_batch");
+    gw_start((const char *const[]){"--batch-ms", "300", NULL});
+    pgtest_exec(T.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
+                           " CHECK (event_id <> 4242)");
+    const uint64_t imei = IMEI_BASE + 4343;
+    struct rspec rs[2];
+    for (unsigned i = 0; i < 2; i++)
+        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
+                               .tag = 43430 + i,
+                               .satellites = 6,
+                               .event_id = i == 1 ? 4242 : 0};
+    uint8_t pb[PKT_BYTES];
+    size_t lpb = encode_tagged(AVL_CODEC_8E, rs, 2, pb, sizeof pb);
+
+    struct device a, b, c;
+    dev_open(&a, imei);
+    CHECK(device_send(&a, pb, lpb, 0, 0) == 0, "send");
+    dev_open(&b, imei); /* replaces a, within the same 300 ms batch */
+    CHECK(device_send(&b, pb, lpb, 0, 0) == 0, "send");
+    uint32_t got = 0;
+    CHECK(device_wait_ack(&a, 1500, &got) != 0, "the first copy of the poison packet was ACKed");
+    CHECK(device_wait_ack(&b, 1500, &got) != 0, "the re-sent poison packet was ACKed (%u)", got);
+    device_close(&a);
+    device_close(&b);
+    wait_log("packet rejected by the database", 1, WAIT_MS);
+
+    /* A third connection re-sends it: refused again, never taken for a duplicate. */
+    dev_open(&c, imei);
+    CHECK(device_send(&c, pb, lpb, 0, 0) == 0, "send");
+    expect_closed_silently(&c, WAIT_MS, "the poison packet re-sent after the shared batch");
+    CHECK(rows_of(imei) == 0, "poison rows stored");
+    CHECK(gw_running(), "the gateway died");
+}
+
 /* --devices known: an IMEI enabled in public.devices is served; a disabled one and one that is
  * not listed get 0x00 to their handshake, are closed, and store nothing. */
 static void test_devices_known(void **state)
@@ -1768,6 +1809,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fragmented_coalesced, teardown),
         cmocka_unit_test_teardown(test_ack_after_commit, teardown),
         cmocka_unit_test_teardown(test_devices_known, teardown),
+        cmocka_unit_test_teardown(test_poison_resend_same_batch, teardown),
         cmocka_unit_test_teardown(test_ordering, teardown),
         cmocka_unit_test_teardown(test_resend_replacing, teardown),
         cmocka_unit_test_teardown(test_poison, teardown),

@@ -436,12 +436,12 @@ static void build_state_params(const struct shard *s, const struct bdev *devs, u
     (void)cap;
 }
 
-static void batch_seal(struct shard *s, struct batch *b)
+/* Closes the COPY stream; the state parameters are built when the batch is submitted. */
+static void batch_seal(struct batch *b)
 {
     assert(b->state == BATCH_FILLING && b->pkts_len > 0);
     assert(b->copy_len + COPYENC_TRAILER_BYTES <= b->copy_cap);
     copyenc_trailer(b->copy + b->copy_len);
-    (void)s;
     b->state = BATCH_SEALED;
 }
 
@@ -853,7 +853,7 @@ static bool rotate(struct shard *s)
     uint32_t next = (s->fill + 1) % s->nbatches;
     if (s->batches[next].state != BATCH_FREE)
         return false;
-    batch_seal(s, filling(s));
+    batch_seal(filling(s));
     s->fill = next;
     struct batch *b = filling(s);
     b->state = BATCH_FILLING;

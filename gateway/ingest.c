@@ -40,6 +40,7 @@
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "gateway/codec/avl.h"
@@ -1293,7 +1294,8 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     if (rc)
         goto fail;
     sh->ring_fds[id] = engine_ring_fd(s->e);
-    atomic_fetch_add(&sh->rings_ready, 1);
+    sh->engines[id] = s->e;
+    atomic_fetch_add(&sh->rings_ready, 1); /* seq_cst: publishes both stores above */
     while (atomic_load(&sh->rings_ready) < c->shards && atomic_load(&sh->start_error) == 0)
         sched_yield();
     if (atomic_load(&sh->start_error)) {
@@ -1301,9 +1303,14 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
         goto out;
     }
     engine_set_peers(s->e, sh->ring_fds, c->shards);
+    engine_set_mailboxes(s->e, sh->engines, c->shards);
     rc = engine_run(s->e);
     if (rc)
         snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
+    /* Another shard may still post to this engine's mailboxes until its own loop ends. */
+    atomic_fetch_add(&sh->loops_done, 1);
+    while (atomic_load(&sh->loops_done) < c->shards)
+        usleep(1000);
     goto out;
 fail:
     atomic_store(&sh->start_error, rc);

@@ -15,6 +15,8 @@
 
 #include "gateway/router.h"
 
+struct engine;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -57,9 +59,11 @@ struct ingest_shared {
     /* Start-up handshake between the shard threads and main: each creates its ring, publishes
      * its descriptor, then waits until every shard did. */
     int ring_fds[256];
+    struct engine *engines[256]; /* for the mailboxes between shards */
     atomic_uint rings_ready;
     atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
     atomic_uint shards_done;
+    atomic_uint loops_done;     /* engines out of their loop: none is freed before all are */
     struct ingest_stats *stats; /* cfg->shards entries, each written by its shard only */
 };
 

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shard/spsc.h"
 #include "shard/uring.h"
 
 /* ---------------------------------------------------------------------------------------------
@@ -46,6 +47,8 @@ enum op {
     OP_HANDOFF_IN,   /* payload: the key; res: the slot the descriptor got here */
     OP_CANCEL_RECV,  /* pause: cancel the multishot recv only */
     OP_CANCEL_OTHER, /* cancels not tied to a connection (the accept) */
+    OP_MAIL,         /* payload: the sending shard; drain its mailbox */
+    OP_MAIL_WAKE,    /* this ring's MSG_RING that woke another shard */
 };
 
 #define GEN_MASK     0xFFFFFFu
@@ -155,6 +158,13 @@ struct engine {
 
     int peers[256];
     unsigned peers_len;
+
+    /* Mailboxes: inbox[i] is the queue shard i fills for us (NULL for ourselves), outbox[i]
+     * is shard i's inbox[our id]; wake[i] says a message went to shard i this turn. */
+    struct spsc *inbox[256];
+    struct spsc *outbox[256];
+    bool wake[256];
+    bool wake_any;
 
     uint64_t now_ns;
     uint64_t next_sweep_ns;
@@ -627,6 +637,58 @@ static void on_handoff_in(struct engine *e, const struct cqe_copy *q)
     conn_opened(e, (uint32_t)q->res, 0, q->user_data & PAYLOAD_MASK);
 }
 
+/* Hands every message shard `from` queued for us to the application, in order. */
+static void mail_drain(struct engine *e, unsigned from)
+{
+    struct spsc *q = from < e->cfg.shards ? e->inbox[from] : NULL;
+    if (!q)
+        return;
+    uint8_t msg[ENGINE_MAIL_BYTES];
+    while (spsc_pop(q, msg)) {
+        e->stats.mail_received++;
+        if (e->cfg.ops->on_mail)
+            e->cfg.ops->on_mail(e->cfg.app, e, from, msg);
+    }
+}
+
+/* One MSG_RING per shard that got mail this turn. */
+static void mail_wake(struct engine *e)
+{
+    if (!e->wake_any)
+        return;
+    e->wake_any = false;
+    for (unsigned to = 0; to < e->peers_len; to++) {
+        if (!e->wake[to])
+            continue;
+        e->wake[to] = false;
+        struct io_uring_sqe *sqe = get_sqe(e);
+        io_uring_prep_msg_ring(sqe, e->peers[to], 0, ud_payload(OP_MAIL, e->cfg.shard), 0);
+        io_uring_sqe_set_data64(sqe, ud_payload(OP_MAIL_WAKE, to));
+        e->stats.mail_wakes++;
+    }
+}
+
+int engine_mail(struct engine *e, unsigned to, const void *msg)
+{
+    if (to >= e->cfg.shards || !e->outbox[to])
+        return -EINVAL;
+    if (!spsc_push(e->outbox[to], msg)) {
+        e->stats.mail_full++;
+        return -ENOBUFS;
+    }
+    e->stats.mail_sent++;
+    e->wake[to] = true;
+    e->wake_any = true;
+    return 0;
+}
+
+void engine_set_mailboxes(struct engine *e, struct engine *const *all, unsigned shards)
+{
+    assert(shards == e->cfg.shards && shards <= 256);
+    for (unsigned i = 0; i < shards; i++)
+        e->outbox[i] = i == e->cfg.shard ? NULL : all[i]->inbox[e->cfg.shard];
+}
+
 static void dispatch(struct engine *e, const struct cqe_copy *q)
 {
     switch (ud_op(q->user_data)) {
@@ -656,6 +718,10 @@ static void dispatch(struct engine *e, const struct cqe_copy *q)
         on_handoff_in(e, q);
         break;
     case OP_CANCEL_OTHER:
+    case OP_MAIL_WAKE:
+        break;
+    case OP_MAIL:
+        mail_drain(e, (unsigned)(q->user_data & PAYLOAD_MASK));
         break;
     default:
         assert(!"unknown op in user_data");
@@ -927,6 +993,7 @@ int engine_run(struct engine *e)
         }
         e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
         cancel_paused_recvs(e);
+        mail_wake(e);
     }
     return 0;
 }
@@ -1031,6 +1098,32 @@ static int buffers_setup(struct engine *e, char *err, size_t err_cap)
     return 0;
 }
 
+static int mailboxes_setup(struct engine *e, char *err, size_t err_cap)
+{
+    uint32_t slots = e->cfg.mailbox_slots ? e->cfg.mailbox_slots : 1024;
+    for (unsigned i = 0; i < e->cfg.shards; i++) {
+        if (i == e->cfg.shard)
+            continue;
+        size_t storage = spsc_storage_bytes(slots, ENGINE_MAIL_BYTES);
+        size_t bytes = sizeof(struct spsc) + storage;
+        /* The queue header wants its own cache lines: 64-byte alignment. */
+        void *mem = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!mem) {
+            snprintf(err, err_cap, "mailboxes: out of memory");
+            return -ENOMEM;
+        }
+        struct spsc *q = mem;
+        int rc = spsc_init(q, slots, ENGINE_MAIL_BYTES, (uint8_t *)mem + sizeof *q, storage);
+        if (rc) {
+            free(mem);
+            snprintf(err, err_cap, "mailbox_slots %u must be a power of two", slots);
+            return rc;
+        }
+        e->inbox[i] = q;
+    }
+    return 0;
+}
+
 static int check_config(const struct engine_config *cfg, char *err, size_t err_cap)
 {
     struct rlimit rl;
@@ -1046,7 +1139,7 @@ static int check_config(const struct engine_config *cfg, char *err, size_t err_c
         return -EINVAL;
     }
     if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
-        cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards) {
+        cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards || cfg->shards > 256) {
         snprintf(err, err_cap, "engine configuration out of range");
         return -EINVAL;
     }
@@ -1098,6 +1191,9 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
     ret = buffers_setup(e, err, err_cap);
     if (ret)
         goto err;
+    ret = mailboxes_setup(e, err, err_cap);
+    if (ret)
+        goto err;
     if (cfg->listen) {
         ret = listener_open(e, err, err_cap);
         if (ret)
@@ -1127,5 +1223,7 @@ void engine_free(struct engine *e)
     if (e->conns)
         munmap(e->conns, (size_t)e->cfg.conns_max * sizeof *e->conns);
     free(e->reasm_free);
+    for (unsigned i = 0; i < 256; i++)
+        free(e->inbox[i]);
     free(e);
 }

@@ -69,6 +69,9 @@ struct engine_ops {
                      enum engine_close_reason reason);
     /* A poll registered with engine_poll fired (revents, or -errno). One-shot. */
     void (*on_poll)(void *app, struct engine *e, uint64_t tag, int revents);
+    /* A message from shard `from` (ENGINE_MAIL_BYTES bytes, valid during the call), in the
+     * order that shard sent it. May be NULL when the application sends no mail. */
+    void (*on_mail)(void *app, struct engine *e, unsigned from, const void *msg);
     /* Called after every batch of completions; returns the CLOCK_MONOTONIC ns by which it
      * wants to be called again (0: no wish; the engine wakes at least every 100 ms). */
     uint64_t (*on_tick)(void *app, struct engine *e, uint64_t now_ns);
@@ -92,6 +95,7 @@ struct engine_config {
     uint32_t idle_timeout_ms;  /* 0: none */
     uint32_t frame_timeout_ms; /* 0: none */
     uint32_t sq_entries;       /* SQ size; the CQ is 4 times larger (multishot floods it) */
+    uint32_t mailbox_slots;    /* messages each inbound mailbox holds (power of two; 0: 1024) */
     bool pin;                  /* pin the calling thread to CPU `shard` */
 
     const struct engine_ops *ops;
@@ -104,6 +108,7 @@ struct engine_stats {
     uint64_t closed[ENGINE_CLOSE_REASONS];
     uint64_t recv_bytes, recv_completions, recv_enobufs, sends, send_bytes;
     uint64_t reasm_used_max, pauses, resumes;
+    uint64_t mail_sent, mail_received, mail_full, mail_wakes;
     uint64_t cqes, loops;
 } __attribute__((aligned(64)));
 
@@ -115,6 +120,19 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
 int engine_ring_fd(const struct engine *e);
 /* The ring descriptors of every shard (index = shard), for handoff. Call before engine_run. */
 void engine_set_peers(struct engine *e, const int *ring_fds, unsigned shards);
+
+/* Links the mailboxes of all shards (all[i] is shard i's engine, every one initialised): this
+ * shard's outbound queue to shard i is shard i's inbound queue from this shard. Call once per
+ * engine, before engine_run, after every engine_init. */
+void engine_set_mailboxes(struct engine *e, struct engine *const *all, unsigned shards);
+
+/* Sends one message (ENGINE_MAIL_BYTES bytes) to shard `to`: pushed onto the SPSC queue this
+ * shard owns the producer side of, and the target is woken with IORING_OP_MSG_RING once per
+ * loop turn, however many messages went its way. Call from this shard's thread. Returns 0,
+ * -ENOBUFS (the queue is full: the caller keeps the message and tries again later; nothing
+ * blocks) or -EINVAL. */
+#define ENGINE_MAIL_BYTES 64
+int engine_mail(struct engine *e, unsigned to, const void *msg);
 
 /* Runs the loop until engine_stop (from any thread) and until every connection is closed.
  * Returns 0 or -errno on a fatal ring error. */

@@ -299,6 +299,15 @@ static void batch_reset(struct shard *s, struct batch *b)
     (void)s;
 }
 
+/* Makes a free batch the one being filled. */
+static void batch_open(struct shard *s, struct batch *b)
+{
+    assert(b->state == BATCH_FREE && b->pkts_len == 0);
+    b->state = BATCH_FILLING;
+    b->seq = s->next_seq++;
+    b->opened_ns = 0;
+}
+
 static int batch_alloc(struct shard *s, struct batch *b)
 {
     const struct ingest_config *c = s->cfg;
@@ -656,18 +665,30 @@ static void forget_refused(struct shard *s, const struct batch *b, const struct 
     }
 }
 
+/* Acknowledges one committed packet with its full record count. */
+static void ack_packet(struct shard *s, const struct pkt_ref *p)
+{
+    uint8_t ack[AVL_TCP_ACK_BYTES];
+    avl_encode_tcp_ack(ack, p->records);
+    if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
+        s->st->packets_acked++;
+    else
+        s->st->acks_stale++; /* the connection is gone: the device re-sends, we dedup */
+}
+
 static void ack_batch(struct shard *s, struct batch *b)
 {
-    for (uint32_t i = 0; i < b->pkts_len; i++) {
-        const struct pkt_ref *p = &b->pkts[i];
-        if (p->rejected)
-            continue;
-        uint8_t ack[AVL_TCP_ACK_BYTES];
-        avl_encode_tcp_ack(ack, p->records);
-        if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
-            s->st->packets_acked++;
-        else
-            s->st->acks_stale++; /* the connection is gone: the device re-sends, we dedup */
+    for (uint32_t i = 0; i < b->pkts_len; i++)
+        if (!b->pkts[i].rejected)
+            ack_packet(s, &b->pkts[i]);
+}
+
+/* A batch came free: the connections paused for room may go on. */
+static void resume_if_paused(struct shard *s)
+{
+    if (s->paused) {
+        s->paused = false;
+        engine_resume(s->e);
     }
 }
 
@@ -676,10 +697,7 @@ static void batch_release(struct shard *s, struct batch *b)
     batch_reset(s, b);
     while (s->batches[s->oldest].state == BATCH_FREE && s->oldest != s->fill)
         s->oldest = (s->oldest + 1) % s->nbatches;
-    if (s->paused) {
-        s->paused = false;
-        engine_resume(s->e);
-    }
+    resume_if_paused(s);
 }
 
 /* After an unknown outcome: nothing held may be sent any more (its device states may include
@@ -699,13 +717,8 @@ static void abandon_all(struct shard *s)
         batch_reset(s, b);
     }
     s->oldest = s->fill;
-    s->batches[s->fill].state = BATCH_FILLING;
-    s->batches[s->fill].seq = s->next_seq++;
-    s->batches[s->fill].opened_ns = 0;
-    if (s->paused) {
-        s->paused = false;
-        engine_resume(s->e);
-    }
+    batch_open(s, &s->batches[s->fill]);
+    resume_if_paused(s);
 }
 
 static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result *res)
@@ -718,12 +731,7 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
         if (b->split) {
             /* One packet of a split batch committed. */
             struct pkt_ref *p = &b->pkts[b->split_next];
-            uint8_t ack[AVL_TCP_ACK_BYTES];
-            avl_encode_tcp_ack(ack, p->records);
-            if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
-                s->st->packets_acked++;
-            else
-                s->st->acks_stale++;
+            ack_packet(s, p);
             p->rejected = true; /* done: never again */
             mark_loads_stale(s, &b->devs[p->dev], 1);
             b->split_next++;
@@ -856,10 +864,7 @@ static bool rotate(struct shard *s)
         return false;
     batch_seal(filling(s));
     s->fill = next;
-    struct batch *b = filling(s);
-    b->state = BATCH_FILLING;
-    b->seq = s->next_seq++;
-    b->opened_ns = 0;
+    batch_open(s, filling(s));
     return true;
 }
 
@@ -1219,8 +1224,7 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
             snprintf(err, cap, "shard %u: out of memory for batches", s->id);
             return -ENOMEM;
         }
-    s->batches[0].state = BATCH_FILLING;
-    s->batches[0].seq = s->next_seq++;
+    batch_open(s, &s->batches[0]);
     copyenc_header(s->header);
     copyenc_trailer(s->trailer);
 

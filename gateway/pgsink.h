@@ -49,14 +49,15 @@
 
 #include <libpq-fe.h>
 
+#include "gateway/copyenc.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* The defaults for the two statements of a transaction. */
-#define PGSINK_COPY_SQL_DEFAULT                                                                    \
-    "COPY telemetry.positions (imei, ts, received_at, priority, lon, lat, altitude, angle, "       \
-    "satellites, speed, event_id, io, generation, codec) FROM STDIN (FORMAT binary)"
+/* The defaults for the two statements of a transaction. The COPY is the one the row encoder
+ * writes its tuples for (one column list, kept in gateway/copyenc.h). */
+#define PGSINK_COPY_SQL_DEFAULT COPYENC_COPY_SQL
 #define PGSINK_STATE_SQL_DEFAULT                                                                   \
     "SELECT telemetry.device_state_upsert($1::bigint[], $2::bigint[], $3::bigint[], "              \
     "$4::integer[], $5::integer[], $6::bytea[], $7::text, $8::integer)"

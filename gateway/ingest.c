@@ -1311,6 +1311,14 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     rc = engine_run(s->e);
     if (rc)
         snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
+    const struct engine_stats *es = engine_stats(s->e);
+    fprintf(stderr,
+            "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
+            "sends=%llu pauses=%llu batches=%llu rows=%llu\n",
+            id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
+            (unsigned long long)es->recv_completions, (unsigned long long)es->sends,
+            (unsigned long long)es->pauses, (unsigned long long)s->st->batches_committed,
+            (unsigned long long)s->st->rows_committed);
     /* Another shard may still post to this engine's mailboxes until its own loop ends. */
     atomic_fetch_add(&sh->loops_done, 1);
     while (atomic_load(&sh->loops_done) < c->shards)

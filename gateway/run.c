@@ -45,6 +45,7 @@ static void usage(FILE *f)
             "  --devices any|known     known: only IMEIs enabled in public.devices (default any)\n"
             "  --apply-schema DIR      apply DIR/*.sql before starting (tests, demo)\n"
             "  --drain-timeout-ms N    on SIGTERM, wait this long for commits and ACKs (10000)\n"
+            "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
             "  --metrics HOST:PORT     accepted; served by the operability work\n"
             "  --redis HOST:PORT       accepted; used by the commands work\n");
 }
@@ -140,6 +141,7 @@ int run_main(int argc, char **argv)
     cfg.frame_timeout_s = 30;
     cfg.frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
     cfg.drain_timeout_ms = 10000;
+    cfg.wait_batch_us = 100;
     const char *listen = "0.0.0.0:5027", *schema_dir = NULL;
     static char hostname[256];
     if (gethostname(hostname, sizeof hostname) != 0)
@@ -164,6 +166,7 @@ int run_main(int argc, char **argv)
         O_DEVICES,
         O_SCHEMA,
         O_DRAIN,
+        O_WAIT_BATCH,
         O_METRICS,
         O_REDIS,
         O_HELP
@@ -186,6 +189,7 @@ int run_main(int argc, char **argv)
         {"devices", required_argument, 0, O_DEVICES},
         {"apply-schema", required_argument, 0, O_SCHEMA},
         {"drain-timeout-ms", required_argument, 0, O_DRAIN},
+        {"wait-batch-us", required_argument, 0, O_WAIT_BATCH},
         {"metrics", required_argument, 0, O_METRICS},
         {"redis", required_argument, 0, O_REDIS},
         {"help", no_argument, 0, O_HELP},
@@ -250,6 +254,9 @@ int run_main(int argc, char **argv)
             break;
         case O_DRAIN:
             bad = parse_u32(optarg, 0, 600000, &cfg.drain_timeout_ms);
+            break;
+        case O_WAIT_BATCH:
+            bad = parse_u32(optarg, 0, 10000, &cfg.wait_batch_us);
             break;
         case O_METRICS:
         case O_REDIS:

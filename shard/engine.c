@@ -86,21 +86,22 @@ static uint32_t ud_slot(uint64_t ud)
 enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
 
 enum conn_flag {
-    CF_RECV = 1 << 0,     /* a multishot recv is armed */
-    CF_SEND = 1 << 1,     /* a send is in flight */
-    CF_PAUSED = 1 << 2,   /* on the paused list, not reading */
-    CF_CLOSE = 1 << 3,    /* close_direct issued */
-    CF_HANDOFF = 1 << 4,  /* closing because it is being handed off */
-    CF_MSGRING = 1 << 5,  /* the MSG_RING for the handoff was issued */
-    CF_CANCELED = 1 << 6, /* a cancel of everything was issued */
-    CF_REARM = 1 << 7,    /* on the re-arm list (recv ended with -ENOBUFS) */
+    CF_RECV = 1 << 0,        /* a multishot recv is armed */
+    CF_SEND = 1 << 1,        /* a send is in flight */
+    CF_PAUSED = 1 << 2,      /* on the paused list: bytes are kept, not delivered */
+    CF_CLOSE = 1 << 3,       /* close_direct issued */
+    CF_HANDOFF = 1 << 4,     /* closing because it is being handed off */
+    CF_MSGRING = 1 << 5,     /* the MSG_RING for the handoff was issued */
+    CF_CANCELED = 1 << 6,    /* a cancel of everything was issued */
+    CF_REARM = 1 << 7,       /* on the re-arm list (recv ended with -ENOBUFS) */
+    CF_RECV_CANCEL = 1 << 8, /* a pause's cancel of the recv was issued; the recv has not ended */
 };
 
 struct conn {
     uint32_t gen;
     uint8_t state;
-    uint8_t flags;
     uint8_t reason;      /* enum engine_close_reason, while closing */
+    uint16_t flags;      /* enum conn_flag */
     uint8_t handoff_to;  /* target shard while handing off */
     uint16_t ops;        /* requests in flight */
     uint8_t out_len;     /* bytes queued in out[], including those being sent */
@@ -123,6 +124,7 @@ struct cqe_copy {
 
 enum {
     CQE_BATCH = 256,
+    WAIT_BATCH_CQES = 64, /* with min_wait: completions that end the wait at once */
     BGID = 0,
     WAIT_MS_MAX = 100,
     SWEEP_MS = 1000,
@@ -133,6 +135,7 @@ struct engine {
     struct engine_config cfg;
     int listen_fd;
     bool accept_armed;
+    uint32_t min_wait_us; /* cfg.wait_batch_us if the kernel has min_wait, else 0 */
     atomic_bool stopping;
     bool stop_started;
 
@@ -441,6 +444,14 @@ static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size
 
         if (len == 0)
             return;
+        if (c->flags & CF_PAUSED) {
+            /* Paused with nothing kept: keep these bytes, deliver them on resume. */
+            if (!reasm_take(e, c)) {
+                conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+                return;
+            }
+            continue;
+        }
         size_t used = ops->on_data(e->cfg.app, e, slot, c->gen, p, len, &v, &need);
         assert(used <= len);
         if (c->state != CONN_OPEN)
@@ -517,6 +528,8 @@ static void on_accept(struct engine *e, const struct cqe_copy *q)
         arm_accept(e);
 }
 
+static void cancel_paused_recv(struct engine *e, uint32_t slot);
+
 static void on_recv(struct engine *e, const struct cqe_copy *q)
 {
     uint32_t slot = ud_slot(q->user_data);
@@ -524,16 +537,19 @@ static void on_recv(struct engine *e, const struct cqe_copy *q)
     assert(slot < e->cfg.conns_max && c->gen == ud_gen(q->user_data) && c->state != CONN_FREE);
     bool more = q->flags & IORING_CQE_F_MORE;
     if (!more) {
-        c->flags &= (uint8_t)~CF_RECV;
+        c->flags &= (uint16_t) ~(CF_RECV | CF_RECV_CANCEL);
         c->ops--;
     }
     e->stats.recv_completions++;
     if (q->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = q->flags >> IORING_CQE_BUFFER_SHIFT;
         if (q->res > 0 && c->state == CONN_OPEN) {
+            bool was_paused = c->flags & CF_PAUSED;
             e->stats.recv_bytes += (uint64_t)q->res;
             c->active_s = now_s(e);
             conn_deliver(e, slot, e->bufs + (size_t)bid * e->cfg.buf_bytes, (size_t)q->res);
+            if (was_paused)
+                cancel_paused_recv(e, slot);
         }
         return_buffer(e, bid);
     }
@@ -563,7 +579,7 @@ static void on_send(struct engine *e, const struct cqe_copy *q)
     uint32_t slot = ud_slot(q->user_data);
     struct conn *c = &e->conns[slot];
     assert(c->gen == ud_gen(q->user_data) && (c->flags & CF_SEND));
-    c->flags &= (uint8_t)~CF_SEND;
+    c->flags &= (uint16_t)~CF_SEND;
     c->ops--;
     e->sends_in_flight--;
     if (c->state == CONN_CLOSING) {
@@ -753,26 +769,28 @@ static void rearm_all(struct engine *e)
         uint32_t slot = e->rearm_head - 1;
         struct conn *c = &e->conns[slot];
         e->rearm_head = c->list_next;
-        c->flags &= (uint8_t)~CF_REARM;
+        c->flags &= (uint16_t)~CF_REARM;
         if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))
             arm_recv(e, slot);
     }
 }
 
-/* Stops reading the connections that paused this turn: cancel their multishot recv. */
-static void cancel_paused_recvs(struct engine *e)
+/* A paused connection sent more: stop reading it (cancel its multishot recv) so that the rest
+ * waits in the kernel's socket buffer — TCP backpressure. Pausing alone does not cancel: a
+ * device waits for the ACK of the packet the pause holds, so its recv stays armed at no cost,
+ * and the cancel, its completion and the re-arm are spent only on a peer that keeps sending. */
+static void cancel_paused_recv(struct engine *e, uint32_t slot)
 {
-    for (uint32_t at = e->paused_head; at; at = e->conns[at - 1].list_next) {
-        uint32_t slot = at - 1;
-        struct conn *c = &e->conns[slot];
-        if (c->state != CONN_OPEN || !(c->flags & CF_RECV) || (c->flags & CF_CANCELED))
-            continue;
-        c->flags |= CF_CANCELED;
-        struct io_uring_sqe *sqe = get_sqe(e);
-        io_uring_prep_cancel64(sqe, ud_conn(OP_RECV, c->gen, slot), 0);
-        io_uring_sqe_set_data64(sqe, ud_conn(OP_CANCEL_RECV, c->gen, slot));
-        c->ops++;
-    }
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || !(c->flags & CF_PAUSED) || !(c->flags & CF_RECV) ||
+        (c->flags & (CF_RECV_CANCEL | CF_CANCELED)))
+        return;
+    c->flags |= CF_RECV_CANCEL;
+    e->stats.pause_cancels++;
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_cancel64(sqe, ud_conn(OP_RECV, c->gen, slot), 0);
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_CANCEL_RECV, c->gen, slot));
+    c->ops++;
 }
 
 void engine_resume(struct engine *e)
@@ -783,7 +801,7 @@ void engine_resume(struct engine *e)
         e->paused_head = c->list_next;
         if (!e->paused_head)
             e->paused_tail = 0;
-        c->flags &= (uint8_t)~CF_PAUSED;
+        c->flags &= (uint16_t)~CF_PAUSED;
         if (c->state != CONN_OPEN)
             continue;
         e->stats.resumes++;
@@ -791,11 +809,9 @@ void engine_resume(struct engine *e)
         conn_deliver(e, slot, NULL, 0);
         if (c->flags & CF_PAUSED)
             return; /* the application is full again; the rest wait in order */
-        if (c->state == CONN_OPEN && !(c->flags & CF_RECV)) {
-            /* A cancel issued for the pause may still be in flight: it finds no recv. */
-            c->flags &= (uint8_t)~CF_CANCELED;
+        /* A recv whose cancel is in flight is re-armed when it ends (on_recv). */
+        if (c->state == CONN_OPEN && !(c->flags & CF_RECV))
             arm_recv(e, slot);
-        }
     }
 }
 
@@ -958,8 +974,13 @@ int engine_run(struct engine *e)
         uint64_t wait_ns = wake > now ? wake - now : 0;
         struct __kernel_timespec ts = {.tv_sec = (long long)(wait_ns / 1000000000u),
                                        .tv_nsec = (long long)(wait_ns % 1000000000u)};
-        struct io_uring_cqe *cqe;
-        int ret = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, &ts, NULL);
+        int ret;
+        if (e->min_wait_us) {
+            ret = shard_submit_and_wait_min_timeout(&e->ring, WAIT_BATCH_CQES, &ts, e->min_wait_us);
+        } else {
+            struct io_uring_cqe *cqe;
+            ret = io_uring_submit_and_wait_timeout(&e->ring, &cqe, 1, &ts, NULL);
+        }
         if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
             return ret;
 
@@ -992,7 +1013,6 @@ int engine_run(struct engine *e)
             e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
         }
         e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
-        cancel_paused_recvs(e);
         mail_wake(e);
     }
     return 0;
@@ -1015,8 +1035,11 @@ static int ring_setup(struct engine *e, char *err, size_t err_cap)
         p.flags = attempts[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
         p.cq_entries = e->cfg.sq_entries * 4;
         ret = io_uring_queue_init_params(e->cfg.sq_entries, &e->ring, &p);
-        if (ret == 0)
+        if (ret == 0) {
+            if (shard_has_min_timeout(&e->ring) && (p.features & IORING_FEAT_EXT_ARG))
+                e->min_wait_us = e->cfg.wait_batch_us;
             return 0;
+        }
         if (ret != -EINVAL)
             break;
     }

@@ -5,8 +5,13 @@
 #ifndef AVLGATE_SHARD_URING_H
 #define AVLGATE_SHARD_URING_H
 
+#include <errno.h>
 #include <liburing.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,6 +42,47 @@ static inline void shard_prep_cancel_fixed(struct io_uring_sqe *sqe, int index, 
 {
     io_uring_prep_cancel_fd(sqe, index, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
     io_uring_sqe_set_data64(sqe, data);
+}
+
+/* IORING_FEAT_MIN_TIMEOUT (kernel 6.12): io_uring_getevents_arg's former pad is min_wait_usec. */
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+
+static inline bool shard_has_min_timeout(const struct io_uring *ring)
+{
+    return ring->features & IORING_FEAT_MIN_TIMEOUT;
+}
+
+/* io_uring_submit_and_wait_min_timeout() (liburing 2.8; kernel 6.12): submits the queued SQEs
+ * and waits until wait_nr completions are there, or — once min_wait_usec has passed — until at
+ * least one is, or until ts (relative) expires. A busy loop thus wakes once per burst of
+ * completions instead of once per completion, at a cost of at most min_wait_usec of latency.
+ * Needs IORING_FEAT_EXT_ARG; without IORING_FEAT_MIN_TIMEOUT pass min_wait_usec 0 (the field
+ * was reserved). Not for SQPOLL rings. Returns what io_uring_enter returns (submitted count or
+ * -errno; -ETIME when ts expired first). */
+static inline int shard_submit_and_wait_min_timeout(struct io_uring *ring, unsigned wait_nr,
+                                                    struct __kernel_timespec *ts,
+                                                    unsigned min_wait_usec)
+{
+    /* __io_uring_flush_sq() of liburing: publish the SQEs queued since the last submit. */
+    struct io_uring_sq *sq = &ring->sq;
+    unsigned tail = sq->sqe_tail;
+    if (sq->sqe_head != tail) {
+        sq->sqe_head = tail;
+        io_uring_smp_store_release(sq->ktail, tail);
+    }
+    unsigned submit = tail - io_uring_smp_load_acquire(sq->khead);
+    struct io_uring_getevents_arg arg = {
+        .sigmask = 0,
+        .sigmask_sz = _NSIG / 8,
+        .pad = min_wait_usec, /* min_wait_usec since 6.12 */
+        .ts = (uint64_t)(uintptr_t)ts,
+    };
+    /* The raw system call: liburing's wrappers differ on how they report errors. */
+    long ret = syscall(__NR_io_uring_enter, ring->ring_fd, submit, wait_nr,
+                       IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    return ret < 0 ? -errno : (int)ret;
 }
 
 #ifdef __cplusplus

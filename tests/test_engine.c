@@ -436,6 +436,58 @@ static void test_whole_fragmented_coalesced(void **state)
     stop_shards(st, 1);
 }
 
+/* Pausing costs nothing for a peer that waits, as a tracker waits for its ACK: its recv stays
+ * armed and nothing is cancelled. A peer that sends while paused has its bytes kept and its
+ * recv cancelled, so that the rest waits in the kernel (TCP backpressure). On resume both get
+ * every byte, in order, and stay connected. */
+static void test_pause_cancels_only_a_talking_peer(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, 0);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+
+    enum { FRAMES_B = 200 };
+    static uint8_t frames_a[202], frames_b[FRAMES_B * 202];
+    uint8_t lens_a[1], lens_b[FRAMES_B];
+    size_t len_a = make_frames(frames_a, sizeof frames_a, 1, 7, lens_a);
+    size_t len_b = make_frames(frames_b, sizeof frames_b, FRAMES_B, 8, lens_b);
+    int quiet = dial(port), talker = dial(port);
+
+    send_all(quiet, frames_a, len_a);
+    size_t first = 1 + (size_t)frames_b[0];
+    send_all(talker, frames_b, first);
+    usleep(200000); /* both paused on their first frame */
+    size_t second = 1 + (size_t)frames_b[first];
+    send_all(talker, frames_b + first, second);
+    usleep(200000); /* kept, and the talker's recv cancelled */
+    send_all(talker, frames_b + first + second, len_b - first - second);
+    usleep(200000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 0);
+
+    atomic_store(&st[0].app.budget, -1);
+    atomic_store(&st[0].app.resume_wanted, true);
+    uint64_t end = engine_clock_ns() + 20000000000ull;
+    while (atomic_load(&st[0].app.frames) < 1 + FRAMES_B) {
+        if (engine_clock_ns() > end)
+            fail_msg("stuck at %u frames", atomic_load(&st[0].app.frames));
+        usleep(1000);
+    }
+    assert_int_equal(atomic_load(&st[0].app.bytes), (len_a - 1) + (len_b - FRAMES_B));
+    assert_int_equal(atomic_load(&st[0].app.closes), 0);
+    close(quiet);
+    close(talker);
+    engine_stop(st[0].e);
+    pthread_join(st[0].t, NULL);
+    assert_int_equal(st[0].rc, 0);
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_true(s->pauses >= 2);
+    assert_int_equal(s->pause_cancels, 1);
+    engine_free(st[0].e);
+}
+
 /* Clients behave like trackers: one frame in flight, the next only after the answer. The
  * application pauses whenever its budget runs out; the test refills it slowly, as a database
  * that drains slowly would. Nothing is lost or reordered, and the connections survive. */
@@ -662,6 +714,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_fragmented_coalesced),
         cmocka_unit_test(test_pause_resume_keeps_order),
+        cmocka_unit_test(test_pause_cancels_only_a_talking_peer),
         cmocka_unit_test(test_timeouts_and_limits),
         cmocka_unit_test(test_handoff_between_shards),
         cmocka_unit_test(test_many_connections_and_stop),

@@ -2,9 +2,21 @@
  *
  * Owns no state: every function is pure and may run on any shard thread at once. This is the
  * hot path of ingest (one call per stored record), so it neither allocates nor formats with
- * stdio: the size is bounded first (copyenc_row_bytes_max) so the writes need no per-byte
- * checks, integers are written two digits at a time from a table, and the only variable-length
- * part, the jsonb length, is patched in after the text is written. */
+ * stdio. The size is bounded first (copyenc_row_bytes_max), so the writes need no per-byte
+ * checks; the only variable-length part, the jsonb length, is patched in after the text.
+ *
+ * The io text is most of the work. It is written from the record's wire bytes directly, with
+ * one loop per IO group in which the id and value widths are constants (the generic
+ * avl_io_next resolves both per element, and cost a third of the encoder's time); the walk
+ * relies on the decoder's check that the groups exactly fill io_bytes and that their counts
+ * sum to io_total, and re-asserts only what keeps its reads and writes in bounds, once per
+ * group. Numbers become text with few data-dependent branches (devices differ in the order
+ * and sizes of their values, so the old digit-count branches mispredicted): an id below 1000
+ * or a value of one byte from a table of its text, wider ones as 8 digits at once in a
+ * register (dec8_digits) with the leading zeros shifted out. Those stores are 8 bytes wide
+ * whatever the text's length; the bytes past the text are scratch that the next writes
+ * cover, and a store never ends past the row (see put_io_json), so it stays inside the bound
+ * the caller's capacity was checked against. */
 #include "gateway/copyenc.h"
 
 #include <assert.h>
@@ -19,12 +31,6 @@
 
 _Static_assert(COPYENC_ROW_FIXED_BYTES == 117, "row layout changed: update the bound and tests");
 
-static const char dec2[201] = "0001020304050607080910111213141516171819"
-                              "2021222324252627282930313233343536373839"
-                              "4041424344454647484950515253545556575859"
-                              "6061626364656667686970717273747576777879"
-                              "8081828384858687888990919293949596979899";
-
 /* "00" .. "ff": the two lowercase hex digits of each byte. */
 static const char hex2[513] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
                               "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
@@ -34,6 +40,58 @@ static const char hex2[513] = "000102030405060708090a0b0c0d0e0f10111213141516171
                               "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
                               "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
                               "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/* The text of n < 1000: DEC3_LEN its digit count, DEC3_TEXT its digits as a little-endian
+ * integer (first digit in the lowest byte, so first in memory). */
+#define DEC3_LEN(n) ((n) < 10 ? 1u : (n) < 100 ? 2u : 3u)
+#define DEC3_TEXT(n)                                                                               \
+    ((n) < 10    ? (uint64_t)('0' + (n))                                                           \
+     : (n) < 100 ? ((uint64_t)('0' + (n) / 10) | (uint64_t)('0' + (n) % 10) << 8)                  \
+                 : ((uint64_t)('0' + (n) / 100) | (uint64_t)('0' + (n) / 10 % 10) << 8 |           \
+                    (uint64_t)('0' + (n) % 10) << 16))
+/* A table entry holds up to 7 text bytes and, in the top byte, how many of them count. */
+#define TEXT_LEN(e) ((unsigned)((e) >> 56))
+/* `"<n>":` (ids below 1000: all of codec 8's, nearly all in practice) and `<n>,` (values of
+ * width 1). */
+#define KEY3(n)                                                                                    \
+    ((uint64_t)'"' | DEC3_TEXT(n) << 8 | (uint64_t)'"' << (8 * (DEC3_LEN(n) + 1)) |                \
+     (uint64_t)':' << (8 * (DEC3_LEN(n) + 2)) | (uint64_t)(DEC3_LEN(n) + 3) << 56)
+#define VALUE3(n)                                                                                  \
+    (DEC3_TEXT(n) | (uint64_t)',' << (8 * DEC3_LEN(n)) | (uint64_t)(DEC3_LEN(n) + 1) << 56)
+#define X4(M, n)   M(n), M((n) + 1), M((n) + 2), M((n) + 3)
+#define X16(M, n)  X4(M, n), X4(M, (n) + 4), X4(M, (n) + 8), X4(M, (n) + 12)
+#define X64(M, n)  X16(M, n), X16(M, (n) + 16), X16(M, (n) + 32), X16(M, (n) + 48)
+#define X256(M, n) X64(M, n), X64(M, (n) + 64), X64(M, (n) + 128), X64(M, (n) + 192)
+#define X1000(M)                                                                                   \
+    X256(M, 0), X256(M, 256), X256(M, 512), X64(M, 768), X64(M, 832), X64(M, 896), X16(M, 960),    \
+        X16(M, 976), X4(M, 992), X4(M, 996)
+
+enum { KEY3_IDS = 1000 };
+static const uint64_t key3[KEY3_IDS] = {X1000(KEY3)};
+static const uint64_t value3[256] = {X256(VALUE3, 0)};
+
+#define ASCII_ZEROS UINT64_C(0x3030303030303030)
+
+static inline uint16_t load_be16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_bswap16(v);
+}
+
+static inline uint32_t load_be32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_bswap32(v);
+}
+
+static inline uint64_t load_be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_bswap64(v);
+}
 
 static inline uint8_t *put_be16(uint8_t *p, uint16_t v)
 {
@@ -79,106 +137,207 @@ static inline uint8_t *put_float8(uint8_t *p, double d)
     return put_int8(p, bits);
 }
 
-/* Exactly 4 digits of v < 10^4. */
-static inline void put_dec4(uint8_t *p, uint32_t v)
+static inline void store8(uint8_t *p, uint64_t v)
 {
-    memcpy(p, dec2 + (v / 100u) * 2u, 2);
-    memcpy(p + 2, dec2 + (v % 100u) * 2u, 2);
+    memcpy(p, &v, 8);
 }
 
-/* Exactly 8 digits of v < 10^8: two independent halves, so the divisions do not chain. */
-static inline void put_dec8(uint8_t *p, uint32_t v)
+/* The 8 decimal digits of v < 10^8, leading zeros included, as byte values 0..9 with the first
+ * digit in the lowest byte. Each round splits every lane of the register in two (4-digit
+ * lanes, then 2, then 1), dividing by a multiply and a shift that are exact for the lane's
+ * range: x / 100 == x * 10486 >> 20 for x < 10^4, x / 10 == x * 103 >> 10 for x < 100. No
+ * product reaches the next lane. */
+static inline uint64_t dec8_digits(uint32_t v)
 {
-    put_dec4(p, v / 10000u);
-    put_dec4(p + 4, v % 10000u);
+    uint64_t x = (uint64_t)(v / 10000u) | (uint64_t)(v % 10000u) << 32;
+    uint64_t q = (x * 10486u >> 20) & UINT64_C(0x0000007F0000007F);
+    x = q | (x - q * 100u) << 16;
+    q = (x * 103u >> 10) & UINT64_C(0x000F000F000F000F);
+    return q | (x - q * 10u) << 8;
 }
 
-/* v < 10^4 without leading zeros; returns the end. */
-static inline uint8_t *put_dec_lt4(uint8_t *p, uint32_t v)
+/* The decimal digit count of v < 10^8 (1 for 0). From compares, not from the digits, so that
+ * the write cursor, which every following store waits for, does not wait for the digit
+ * arithmetic too. */
+static inline unsigned dec8_len(uint32_t v)
 {
-    if (v < 10u) {
-        p[0] = (uint8_t)('0' + v);
-        return p + 1;
+    return 1u + (v >= 10u) + (v >= 100u) + (v >= 1000u) + (v >= 10000u) + (v >= 100000u) +
+           (v >= 1000000u) + (v >= 10000000u);
+}
+
+/* The len = dec8_len(v) digits of v < 10^8 as text in the low bytes. */
+static inline uint64_t dec8_text(uint32_t v, unsigned len)
+{
+    return (dec8_digits(v) + ASCII_ZEROS) >> (8u * (8u - len));
+}
+
+/* Writes v < 10^8 in decimal (an 8-byte store); returns the end of the digits. */
+static inline uint8_t *put_dec8(uint8_t *p, uint32_t v)
+{
+    unsigned len = dec8_len(v);
+    store8(p, dec8_text(v, len));
+    return p + len;
+}
+
+/* Writes v >= 10^8 (ICCIDs, MACs, large odometers) in decimal: 8-digit groups, the lower
+ * ones with their zeros kept; returns the end of the digits. Out of line, so that the twelve
+ * inlined group loops stay small. */
+static __attribute__((noinline)) uint8_t *put_dec_long(uint8_t *p, uint64_t v)
+{
+    uint64_t hi = v / 100000000u;
+    uint32_t lo = (uint32_t)(v % 100000000u);
+    if (hi < UINT64_C(100000000)) {
+        p = put_dec8(p, (uint32_t)hi);
+    } else { /* hi < 1.9e11 */
+        p = put_dec8(p, (uint32_t)(hi / 100000000u));
+        store8(p, dec8_digits((uint32_t)(hi % 100000000u)) + ASCII_ZEROS);
+        p += 8;
     }
-    if (v < 100u) {
-        memcpy(p, dec2 + v * 2u, 2);
-        return p + 2;
-    }
-    if (v < 1000u) {
-        p[0] = (uint8_t)('0' + v / 100u);
-        memcpy(p + 1, dec2 + (v % 100u) * 2u, 2);
-        return p + 3;
-    }
-    put_dec4(p, v);
-    return p + 4;
+    store8(p, dec8_digits(lo) + ASCII_ZEROS);
+    return p + 8;
 }
 
-/* v < 10^8 without leading zeros. */
-static inline uint8_t *put_dec_lt8(uint8_t *p, uint32_t v)
-{
-    if (v < 10000u)
-        return put_dec_lt4(p, v);
-    p = put_dec_lt4(p, v / 10000u);
-    put_dec4(p, v % 10000u);
-    return p + 4;
-}
-
-/* Writes v in decimal at p, without leading zeros; returns the end. Most IO values are flags
- * and small counters and most ids have 2 or 3 digits, so the short cases come first; a long
- * value (ICCID, odometer) is cut into 8-digit groups whose digit pairs come from a table with
- * 32-bit arithmetic, instead of one chain of 64-bit divisions per two digits. */
+/* Writes any v in decimal; returns the end of the digits. */
 static inline uint8_t *put_dec(uint8_t *p, uint64_t v)
 {
     if (v < UINT64_C(100000000))
-        return put_dec_lt8(p, (uint32_t)v);
-    if (v < UINT64_C(10000000000000000)) {
-        p = put_dec_lt8(p, (uint32_t)(v / 100000000u));
-        put_dec8(p, (uint32_t)(v % 100000000u));
-        return p + 8;
+        return put_dec8(p, (uint32_t)v);
+    return put_dec_long(p, v);
+}
+
+/* `"<id>":` for an id < 2^16 (at most 8 bytes: one store); returns its end. */
+static inline uint8_t *put_key(uint8_t *p, uint32_t id)
+{
+    if (id < KEY3_IDS) {
+        uint64_t key = key3[id];
+        store8(p, key);
+        return p + TEXT_LEN(key);
     }
-    uint64_t hi = v / 100000000u; /* < 1.9e11 */
-    p = put_dec_lt4(p, (uint32_t)(hi / 100000000u));
-    put_dec8(p, (uint32_t)(hi % 100000000u));
-    put_dec8(p + 8, (uint32_t)(v % 100000000u));
-    return p + 16;
+    unsigned len = 4u + (id >= 10000u);
+    uint64_t digits = dec8_text(id, len);
+    store8(p, (uint64_t)'"' | digits << 8 | (uint64_t)('"' | ':' << 8) << (8u * (len + 1u)));
+    return p + len + 3u;
+}
+
+/* One fixed-width group of codec layout (count_bytes, id_bytes) at *c: its elements as
+ * `"<id>":<value>,`, *c moved past the group and *elems_left lowered by its count. The
+ * constants make each call site a loop of its own, without per-element width branches. */
+static inline __attribute__((always_inline)) uint8_t *
+put_group(uint8_t *p, const uint8_t **c, const uint8_t *end, uint32_t *elems_left,
+          unsigned count_bytes, unsigned id_bytes, unsigned width)
+{
+    const uint8_t *q = *c;
+    assert((size_t)(end - q) >= count_bytes);
+    uint32_t n = count_bytes == 1 ? q[0] : load_be16(q);
+    q += count_bytes;
+    /* The decoder checked both; they keep the reads inside the record's IO bytes and the
+     * element count (4 bytes of punctuation each) inside copyenc_row_bytes_max. */
+    assert((size_t)(end - q) >= (size_t)n * (id_bytes + width));
+    assert(n <= *elems_left);
+    *elems_left -= n;
+    for (uint32_t i = 0; i < n; i++) {
+        p = put_key(p, id_bytes == 1 ? q[0] : load_be16(q));
+        q += id_bytes;
+        switch (width) {
+        case 1: {
+            uint64_t value = value3[q[0]];
+            store8(p, value);
+            p += TEXT_LEN(value);
+            break;
+        }
+        case 2:
+            p = put_dec8(p, load_be16(q));
+            *p++ = ',';
+            break;
+        case 4:
+            p = put_dec(p, load_be32(q));
+            *p++ = ',';
+            break;
+        default:
+            p = put_dec(p, load_be64(q));
+            *p++ = ',';
+            break;
+        }
+        q += width;
+    }
+    *c = q;
+    return p;
+}
+
+/* The four fixed-width groups, N1 N2 N4 N8, of one codec layout. */
+static inline __attribute__((always_inline)) uint8_t *
+put_groups(uint8_t *p, const uint8_t **c, const uint8_t *end, uint32_t *elems_left,
+           unsigned count_bytes, unsigned id_bytes)
+{
+    p = put_group(p, c, end, elems_left, count_bytes, id_bytes, 1);
+    p = put_group(p, c, end, elems_left, count_bytes, id_bytes, 2);
+    p = put_group(p, c, end, elems_left, count_bytes, id_bytes, 4);
+    return put_group(p, c, end, elems_left, count_bytes, id_bytes, 8);
+}
+
+/* The 8E NX group: u16 count, then u16 id, u16 length and the value bytes, as `"<id>":"<hex>",`.
+ * Few per record and of any length, so checked per element. */
+static uint8_t *put_nx_group(uint8_t *p, const uint8_t **c, const uint8_t *end,
+                             uint32_t *elems_left)
+{
+    const uint8_t *q = *c;
+    assert(end - q >= 2);
+    uint32_t n = load_be16(q);
+    q += 2;
+    assert(n <= *elems_left);
+    *elems_left -= n;
+    for (uint32_t i = 0; i < n; i++) {
+        assert(end - q >= 4);
+        p = put_key(p, load_be16(q));
+        uint32_t len = load_be16(q + 2);
+        q += 4;
+        assert((size_t)(end - q) >= len);
+        *p++ = '"';
+        for (uint32_t k = 0; k < len; k++) {
+            memcpy(p, hex2 + q[k] * 2u, 2);
+            p += 2;
+        }
+        q += len;
+        p[0] = '"';
+        p[1] = ',';
+        p += 2;
+    }
+    *c = q;
+    return p;
 }
 
 /* The io object's text at p; returns its end. p has room for 2 + 4 * io_total + 3 * io_bytes
- * (see copyenc_row_bytes_max for why that suffices). */
+ * (see copyenc_row_bytes_max for why that suffices).
+ *
+ * Why the 8-byte stores stay in the row: a store starts at a key (`"<id>":`, 4 bytes at
+ * least) or a value (1 byte at least) and is followed in the row by at least the rest of that
+ * element, its ',' (or the closing '}') and the row's last two fields (10 bytes at least). */
 static uint8_t *put_io_json(uint8_t *p, const struct avl_record *r)
 {
-    struct avl_io_iter it;
-    struct avl_io io;
-    uint32_t elems = 0;
+    const uint8_t *c = r->io;
+    const uint8_t *end = r->io + r->io_bytes;
+    uint32_t elems_left = r->io_total;
 
     *p++ = '{';
-    avl_io_iter_init(&it, r);
-    while (avl_io_next(&it, &io)) {
-        /* The bound holds only for the element count the decoder checked. */
-        elems++;
-        assert(elems <= r->io_total);
-        *p++ = '"';
-        p = put_dec(p, io.id);
-        p[0] = '"';
-        p[1] = ':';
-        p += 2;
-        if (!io.nx) {
-            p = put_dec(p, io.value);
-        } else {
-            *p++ = '"';
-            for (uint32_t i = 0; i < io.len; i++) {
-                memcpy(p, hex2 + io.bytes[i] * 2u, 2);
-                p += 2;
-            }
-            *p++ = '"';
-        }
-        *p++ = ',';
+    uint8_t *first = p;
+    switch (r->codec) {
+    case AVL_CODEC_8:
+        p = put_groups(p, &c, end, &elems_left, 1, 1);
+        break;
+    case AVL_CODEC_8E:
+        p = put_groups(p, &c, end, &elems_left, 2, 2);
+        p = put_nx_group(p, &c, end, &elems_left);
+        break;
+    default:
+        assert(r->codec == AVL_CODEC_16);
+        p = put_groups(p, &c, end, &elems_left, 1, 2);
+        break;
     }
-    if (p[-1] == ',')
-        p[-1] = '}';
+    assert(c == end && elems_left == 0);
+    if (p != first)
+        p[-1] = '}'; /* over the last ',' */
     else
         *p++ = '}';
-    (void)elems;
     return p;
 }
 

@@ -32,6 +32,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdio.h>
@@ -52,10 +53,21 @@ enum {
     DEDUP_FP_MAX = 64,
     BATCHES_MAX = 16,
     ROW_BYTES_PLANNED = 512, /* typical row with its jsonb; sizes the COPY buffer */
-    DEDUP_TEXT_BYTES = 4 + 16 * DEDUP_FP_MAX + 2,
-    DEV_PARAM_BYTES = 4 * 22 + 2 * 13 + DEDUP_TEXT_BYTES + 8,
     STATE_PARAMS = 8,
+    /* The state statement's parameters in binary format (build_state_params): per device one
+     * element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4, or
+     * NULL) and its dedup (bytea, 8 bytes per fingerprint); per batch the six array headers
+     * and the shard (int4). */
+    DEDUP_PARAM_BYTES = PGSINK_ARRAY_ELEM_BYTES + 8 * DEDUP_FP_MAX,
+    DEV_PARAM_BYTES = 3 * PGSINK_ARRAY_INT8_BYTES + 2 * PGSINK_ARRAY_INT4_BYTES + DEDUP_PARAM_BYTES,
+    STATE_FIXED_BYTES = 6 * PGSINK_ARRAY_HEADER_BYTES + 4,
 };
+
+_Static_assert((int)PGSINK_ARRAY_NULL_BYTES <= (int)PGSINK_ARRAY_INT4_BYTES,
+               "NULL fits in an int4");
+_Static_assert(DEDUP_FP_MAX <= UINT8_MAX, "struct dedup counts in uint8_t");
+_Static_assert((int)STATE_PARAMS <= (int)PGSINK_STATE_PARAMS_MAX,
+               "the sink takes the state parameters");
 
 #define STATE_LOAD_SQL "SELECT last_ts_ms, dedup, enabled FROM telemetry.device_state_get($1)"
 
@@ -226,9 +238,10 @@ struct batch {
     uint32_t devs_len, devs_cap;
     uint32_t *dev_map; /* imei hash -> devs index + 1 */
     uint32_t dev_map_mask;
-    char *params_text;
+    uint8_t *params_buf; /* the binary state parameters (build_state_params) */
     size_t params_cap;
     const char *params[STATE_PARAMS];
+    int params_len[STATE_PARAMS];
     struct iovec iov[3];
     /* Split mode after a data error: one transaction per packet, from split_next on. */
     bool split;
@@ -269,7 +282,7 @@ struct shard {
     struct avl_record recs[AVL_RECORDS_MAX];
     uint8_t header[COPYENC_HEADER_BYTES];
     uint8_t trailer[COPYENC_TRAILER_BYTES];
-    char split_params_text[DEV_PARAM_BYTES + 256];
+    uint8_t split_params[DEV_PARAM_BYTES + STATE_FIXED_BYTES];
     struct bdev split_dev;
 };
 
@@ -323,14 +336,15 @@ static int batch_alloc(struct shard *s, struct batch *b)
     while (map < 2 * b->devs_cap)
         map <<= 1;
     b->dev_map_mask = map - 1;
-    b->params_cap = (size_t)b->devs_cap * DEV_PARAM_BYTES + 256;
+    b->params_cap = (size_t)b->devs_cap * DEV_PARAM_BYTES + STATE_FIXED_BYTES;
+    assert(b->params_cap <= INT_MAX); /* a parameter's length is an int */
     b->copy = malloc(b->copy_cap);
     b->pkts = calloc(b->pkts_cap, sizeof *b->pkts);
     b->fps = calloc(b->fps_cap, sizeof *b->fps);
     b->devs = calloc(b->devs_cap, sizeof *b->devs);
     b->dev_map = calloc(map, sizeof *b->dev_map);
-    b->params_text = malloc(b->params_cap);
-    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_text)
+    b->params_buf = malloc(b->params_cap);
+    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_buf)
         return -ENOMEM;
     copyenc_header(b->copy);
     batch_reset(s, b);
@@ -344,7 +358,7 @@ static void batch_free(struct batch *b)
     free(b->fps);
     free(b->devs);
     free(b->dev_map);
-    free(b->params_text);
+    free(b->params_buf);
 }
 
 /* The batch's entry for imei, created if missing; NULL when the batch holds no more devices. */
@@ -384,65 +398,74 @@ static struct bdev *batch_find_dev(const struct batch *b, uint64_t imei)
     }
 }
 
-/* Appends one device's values to the eight text arrays (each cursor in its own region). */
-static char *put_dedup_text(char *o, const struct dedup *d)
+/* A device's dedup as one bytea element: its fingerprints oldest first, each big-endian (the
+ * order dedup_from_text reads back from device_state_get's hex). */
+static uint8_t *put_dedup(uint8_t *o, const struct dedup *d)
 {
-    static const char hex[] = "0123456789abcdef";
-    o += sprintf(o, "\"\\\\x");
-    for (unsigned k = 0; k < d->len; k++) {
-        uint64_t fp = d->fp[(d->head + k) % DEDUP_FP_MAX];
-        for (int b = 7; b >= 0; b--) {
-            uint8_t byte = (uint8_t)(fp >> (8 * b));
-            *o++ = hex[byte >> 4];
-            *o++ = hex[byte & 15];
-        }
-    }
-    *o++ = '"';
+    o = pgsink_array_elem(o, 8u * d->len);
+    for (unsigned k = 0; k < d->len; k++)
+        o = pgsink_put_be64(o, d->fp[(d->head + k) % DEDUP_FP_MAX]);
     return o;
 }
 
-/* Writes the state statement's eight text parameters for devs[0 .. n-1] into text (cap
- * bytes, sized DEV_PARAM_BYTES per device + 256), params pointing into it. */
+/* The parameter formats build_state_params writes: the instance stays text (it is already a
+ * string, and text's binary form is the same bytes), the rest binary. */
+static const int state_formats[STATE_PARAMS] = {
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_TEXT,   PGSINK_FORMAT_BINARY,
+};
+
+/* Writes the state statement's parameters for devs[0 .. n-1] into buf (cap bytes, at least
+ * n * DEV_PARAM_BYTES + STATE_FIXED_BYTES): the six arrays and the shard in binary, the
+ * instance as text (state_formats); values and lengths point into buf and at the config.
+ * A device without a stored record in the batch (last_ts_ms < 0) has NULL last_ts, lon and
+ * lat, and an empty dedup is an empty bytea, not NULL: as the text arrays were. */
 static void build_state_params(const struct shard *s, const struct bdev *devs, uint32_t n,
-                               char *text, size_t cap, const char *params[STATE_PARAMS])
+                               uint8_t *buf, size_t cap, const char *params[STATE_PARAMS],
+                               int lengths[STATE_PARAMS])
 {
+    static const uint32_t oids[6] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
+                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA};
+    assert(n > 0 && (size_t)n * DEV_PARAM_BYTES + STATE_FIXED_BYTES <= cap);
     /* Each array is written in one pass over the devices; the regions follow each other. */
-    char *o = text;
+    uint8_t *o = buf;
     for (int col = 0; col < 6; col++) {
-        params[col] = o;
-        *o++ = '{';
+        uint8_t *a = o;
+        o = pgsink_array_begin(o, oids[col], n);
         for (uint32_t i = 0; i < n; i++) {
             const struct bdev *d = &devs[i];
-            if (i)
-                *o++ = ',';
+            bool stored = d->last_ts_ms >= 0;
             switch (col) {
             case 0:
-                o += sprintf(o, "%" PRIu64, d->imei);
+                assert(d->imei <= (uint64_t)INT64_MAX);
+                o = pgsink_array_int8(o, (int64_t)d->imei);
                 break;
             case 1:
-                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId64, d->last_ts_ms);
+                o = stored ? pgsink_array_int8(o, d->last_ts_ms) : pgsink_array_null(a, o);
                 break;
             case 2:
-                o += sprintf(o, "%" PRId64, d->received_ms);
+                o = pgsink_array_int8(o, d->received_ms);
                 break;
             case 3:
-                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId32, d->lon_e7);
+                o = stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
                 break;
             case 4:
-                o += d->last_ts_ms < 0 ? sprintf(o, "NULL") : sprintf(o, "%" PRId32, d->lat_e7);
+                o = stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
                 break;
             default:
-                o = put_dedup_text(o, &d->dedup);
+                o = put_dedup(o, &d->dedup);
                 break;
             }
         }
-        *o++ = '}';
-        *o++ = '\0';
+        params[col] = (const char *)a;
+        lengths[col] = (int)(o - a);
     }
     params[6] = s->cfg->instance;
-    params[7] = o;
-    o += sprintf(o, "%u", s->id) + 1;
-    assert((size_t)(o - text) <= cap);
+    lengths[6] = 0;
+    params[7] = (const char *)o;
+    o = pgsink_put_be32(o, s->id);
+    lengths[7] = 4;
+    assert((size_t)(o - buf) <= cap);
     (void)cap;
 }
 
@@ -814,7 +837,8 @@ static void submit_next(struct shard *s)
     if (!b->split) {
         /* Built at submit, not at seal: a packet refused meanwhile in an older batch has had
          * its fingerprints taken out of these snapshots (forget_refused). */
-        build_state_params(s, b->devs, b->devs_len, b->params_text, b->params_cap, b->params);
+        build_state_params(s, b->devs, b->devs_len, b->params_buf, b->params_cap, b->params,
+                           b->params_len);
         b->iov[0] = (struct iovec){b->copy, b->copy_len + COPYENC_TRAILER_BYTES};
         txn.copy = b->iov;
         txn.copy_iovs = 1;
@@ -834,8 +858,8 @@ static void submit_next(struct shard *s)
             if (q->dev == p->dev && j != b->split_next && (q->refused || j > b->split_next))
                 dedup_remove(&s->split_dev.dedup, b->fps + q->fp_off, q->fp_len);
         }
-        build_state_params(s, &s->split_dev, 1, s->split_params_text, sizeof s->split_params_text,
-                           b->params);
+        build_state_params(s, &s->split_dev, 1, s->split_params, sizeof s->split_params, b->params,
+                           b->params_len);
         b->iov[0] = (struct iovec){s->header, COPYENC_HEADER_BYTES};
         b->iov[1] = (struct iovec){b->copy + p->copy_off, p->copy_len};
         b->iov[2] = (struct iovec){s->trailer, COPYENC_TRAILER_BYTES};
@@ -843,6 +867,8 @@ static void submit_next(struct shard *s)
         txn.copy_iovs = 3;
     }
     txn.state_params = b->params;
+    txn.state_lengths = b->params_len;
+    txn.state_formats = state_formats;
     if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0)
         b->state = BATCH_INFLIGHT;
 }
@@ -1290,6 +1316,7 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
         .idle_timeout_ms = c->idle_timeout_s * 1000,
         .frame_timeout_ms = c->frame_timeout_s * 1000,
         .sq_entries = 4096,
+        .wait_batch_us = c->wait_batch_us,
         .pin = c->pin,
         .ops = &ingest_ops,
         .app = s,
@@ -1314,10 +1341,11 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     const struct engine_stats *es = engine_stats(s->e);
     fprintf(stderr,
             "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
-            "sends=%llu pauses=%llu batches=%llu rows=%llu\n",
+            "sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu\n",
             id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
             (unsigned long long)es->recv_completions, (unsigned long long)es->sends,
-            (unsigned long long)es->pauses, (unsigned long long)s->st->batches_committed,
+            (unsigned long long)es->pauses, (unsigned long long)es->pause_cancels,
+            (unsigned long long)s->st->batches_committed,
             (unsigned long long)s->st->rows_committed);
     /* Another shard may still post to this engine's mailboxes until its own loop ends. */
     atomic_fetch_add(&sh->loops_done, 1);

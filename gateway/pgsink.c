@@ -549,8 +549,9 @@ static int txn_send_pipeline(struct pgsink *s)
         goto fail;
     t->pipe_step = 1;
     if (t->txn.state_params != NULL) {
+        const int *lengths = t->txn.state_formats ? t->txn.state_lengths : NULL;
         if (!PQsendQueryParams(l->conn, s->state_sql, s->state_nparams, NULL, t->txn.state_params,
-                               NULL, NULL, 0))
+                               lengths, t->txn.state_formats, 0))
             goto fail;
         t->pipe_step = 0;
     }
@@ -1089,6 +1090,23 @@ void pgsink_tick(struct pgsink *s, uint64_t now_ms)
     }
 }
 
+/* What libpq would refuse only once the transaction is half sent (or, for a negative length,
+ * misread): checked at submit, where nothing has been sent yet. */
+static bool state_formats_valid(const struct pgsink *s, const struct pgsink_txn *txn)
+{
+    if (txn->state_params == NULL || txn->state_formats == NULL)
+        return true;
+    for (int i = 0; i < s->state_nparams; i++) {
+        int f = txn->state_formats[i];
+        if (f != PGSINK_FORMAT_TEXT && f != PGSINK_FORMAT_BINARY)
+            return false;
+        if (f == PGSINK_FORMAT_BINARY && txn->state_params[i] != NULL &&
+            (txn->state_lengths == NULL || txn->state_lengths[i] < 0))
+            return false;
+    }
+    return true;
+}
+
 int pgsink_submit(struct pgsink *s, const struct pgsink_txn *txn, void *cookie, uint64_t now_ms)
 {
     struct pgsink_conn *l = &s->links[PGSINK_LINK_DATA];
@@ -1098,7 +1116,8 @@ int pgsink_submit(struct pgsink *s, const struct pgsink_txn *txn, void *cookie, 
     if (t->active)
         return -EBUSY;
     assert(l->phase == PGSINK_PHASE_IDLE);
-    if (txn == NULL || txn->copy_iovs < 0 || (txn->copy_iovs > 0 && txn->copy == NULL))
+    if (txn == NULL || txn->copy_iovs < 0 || (txn->copy_iovs > 0 && txn->copy == NULL) ||
+        !state_formats_valid(s, txn))
         return -EINVAL;
     if (PQtransactionStatus(l->conn) != PQTRANS_IDLE || !PQsendQuery(l->conn, s->begin_copy_sql)) {
         set_error(l, PQerrorMessage(l->conn));

@@ -45,6 +45,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <endian.h>
 #include <sys/uio.h>
 
 #include <libpq-fe.h>
@@ -56,7 +58,8 @@ extern "C" {
 #endif
 
 /* The defaults for the two statements of a transaction. The COPY is the one the row encoder
- * writes its tuples for (one column list, kept in gateway/copyenc.h). */
+ * writes its tuples for (one column list, kept in gateway/copyenc.h). The state statement's
+ * casts give each parameter its type, so any of them may be sent in binary format. */
 #define PGSINK_COPY_SQL_DEFAULT COPYENC_COPY_SQL
 #define PGSINK_STATE_SQL_DEFAULT                                                                   \
     "SELECT telemetry.device_state_upsert($1::bigint[], $2::bigint[], $3::bigint[], "              \
@@ -182,14 +185,93 @@ enum pgsink_phase {
 };
 
 /* One transaction. Everything it points to (the iovec array, the bytes, the parameter
- * strings) must stay valid and unchanged until on_txn_done: the sink sends lazily. */
+ * values, lengths and formats) must stay valid and unchanged until on_txn_done: the sink
+ * sends lazily. */
 struct pgsink_txn {
     const struct iovec *copy; /* the whole COPY BINARY stream: header, tuples, trailer */
     int copy_iovs;
-    /* cfg.state_nparams text-format values (a NULL entry is SQL NULL), or NULL to run no
-     * state statement in this transaction. */
+    /* cfg.state_nparams values (a NULL entry is SQL NULL), or NULL to run no state statement
+     * in this transaction. */
     const char *const *state_params;
+    /* Per parameter, as PQsendQueryParams takes them: its format (PGSINK_FORMAT_TEXT, a
+     * NUL-terminated string; PGSINK_FORMAT_BINARY, the type's binary send format) and, for a
+     * binary one, its length in bytes. state_formats NULL: every value is text (and
+     * state_lengths is not read). A binary value gets its type from the statement (a cast such
+     * as $1::bigint[]), so its bytes must be that type's. */
+    const int *state_lengths;
+    const int *state_formats;
 };
+
+/* ---- binary parameter values -------------------------------------------------------------
+ * Writers of PostgreSQL's binary formats for state parameters, all integers big-endian:
+ *   int4, int8       the value (4, 8 bytes)
+ *   one-dimensional  ndim (1), has-null flag (0/1), element type OID, the length, the lower
+ *   array            bound (1); then per element its length in bytes (int32, -1 for NULL)
+ *                    followed by the element's own binary value (array_send's layout)
+ * Each writer stores at o, which must have room for what it writes (the _BYTES constants),
+ * and returns the position after it. Plain stores: no allocation, no locale, no stdio. */
+enum {
+    PGSINK_FORMAT_TEXT = 0,
+    PGSINK_FORMAT_BINARY = 1,
+    PGSINK_OID_BYTEA = 17,
+    PGSINK_OID_INT8 = 20,
+    PGSINK_OID_INT4 = 23,
+    PGSINK_ARRAY_HEADER_BYTES = 5 * 4, /* ndim, flags, element type, length, lower bound */
+    PGSINK_ARRAY_NULL_BYTES = 4,       /* a NULL element: its length, -1 */
+    PGSINK_ARRAY_INT4_BYTES = 4 + 4,   /* an int4 element with its length */
+    PGSINK_ARRAY_INT8_BYTES = 4 + 8,   /* an int8 element with its length */
+    PGSINK_ARRAY_ELEM_BYTES = 4,       /* the length in front of a variable-size element */
+};
+
+static inline uint8_t *pgsink_put_be32(uint8_t *o, uint32_t v)
+{
+    v = htobe32(v);
+    memcpy(o, &v, 4);
+    return o + 4;
+}
+
+static inline uint8_t *pgsink_put_be64(uint8_t *o, uint64_t v)
+{
+    v = htobe64(v);
+    memcpy(o, &v, 8);
+    return o + 8;
+}
+
+/* The header of a one-dimensional array of n elements of type elem_oid, without NULLs (until
+ * pgsink_array_null says otherwise). n == 0 is the empty array. */
+static inline uint8_t *pgsink_array_begin(uint8_t *o, uint32_t elem_oid, uint32_t n)
+{
+    o = pgsink_put_be32(o, 1); /* ndim */
+    o = pgsink_put_be32(o, 0); /* has-null */
+    o = pgsink_put_be32(o, elem_oid);
+    o = pgsink_put_be32(o, n);
+    return pgsink_put_be32(o, 1); /* lower bound */
+}
+
+/* A NULL element of the array whose header pgsink_array_begin wrote at array. */
+static inline uint8_t *pgsink_array_null(uint8_t *array, uint8_t *o)
+{
+    pgsink_put_be32(array + 4, 1);
+    return pgsink_put_be32(o, UINT32_MAX);
+}
+
+static inline uint8_t *pgsink_array_int4(uint8_t *o, int32_t v)
+{
+    o = pgsink_put_be32(o, 4);
+    return pgsink_put_be32(o, (uint32_t)v);
+}
+
+static inline uint8_t *pgsink_array_int8(uint8_t *o, int64_t v)
+{
+    o = pgsink_put_be32(o, 8);
+    return pgsink_put_be64(o, (uint64_t)v);
+}
+
+/* The length of a variable-size element (bytea: its bytes follow, written by the caller). */
+static inline uint8_t *pgsink_array_elem(uint8_t *o, uint32_t bytes)
+{
+    return pgsink_put_be32(o, bytes);
+}
 
 struct pgsink;
 
@@ -228,7 +310,9 @@ void pgsink_tick(struct pgsink *s, uint64_t now_ms);
 
 /* Starts one transaction (see struct pgsink_txn for the lifetime of its data). Returns 0: the
  * sink owns it until on_txn_done, called exactly once; -ENOTCONN: the data link is not up;
- * -EBUSY: a transaction is in flight (on_txn_done not yet called for it); -EINVAL: a bad txn.
+ * -EBUSY: a transaction is in flight (on_txn_done not yet called for it); -EINVAL: a bad txn
+ * (no COPY iovecs where copy_iovs says some; a format other than text or binary; a binary
+ * parameter without state_lengths or with a negative length).
  * On an error nothing was sent and no callback follows. now_ms starts the txn timeout. */
 int pgsink_submit(struct pgsink *s, const struct pgsink_txn *txn, void *cookie, uint64_t now_ms);
 

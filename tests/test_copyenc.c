@@ -511,6 +511,208 @@ static void test_packetgen_rows(void **state)
     assert_true(refused > 0); /* the arbitrary mode reaches angles and speeds above 32767 */
 }
 
+/* ---- the encoder against a plain reference, byte for byte ---------------------------------- */
+
+static void ref_be(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        out[*n + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+    *n += bytes;
+}
+
+/* A field: its int32 length, then the value in `bytes` big-endian bytes. */
+static void ref_field(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
+{
+    ref_be(out, n, 4, bytes);
+    ref_be(out, n, bytes, v);
+}
+
+/* The row as copyenc.h describes it, written the obvious way: field by field, the timestamp
+ * through a signed difference, the io text from avl_io_next and snprintf (expected_json). */
+static size_t ref_row(uint8_t *out, uint64_t imei, const struct avl_record *r, int64_t rx_us)
+{
+    static char json[3 * PKTGEN_FRAME_BYTES_MAX];
+    size_t n = 0;
+    ref_be(out, &n, 2, COPYENC_COLUMNS_LEN);
+    ref_field(out, &n, 8, imei);
+    int64_t ts_us = (int64_t)(r->ts_ms - (uint64_t)(PG_EPOCH_UNIX_US / 1000)) * 1000;
+    ref_field(out, &n, 8, (uint64_t)ts_us);
+    ref_field(out, &n, 8, (uint64_t)(rx_us - PG_EPOCH_UNIX_US));
+    ref_field(out, &n, 2, r->priority);
+    ref_field(out, &n, 8, double_bits(r->lon_e7 / 1e7));
+    ref_field(out, &n, 8, double_bits(r->lat_e7 / 1e7));
+    ref_field(out, &n, 2, (uint16_t)r->altitude_m);
+    ref_field(out, &n, 2, r->angle_deg);
+    ref_field(out, &n, 2, r->satellites);
+    ref_field(out, &n, 2, r->speed_kmh);
+    ref_field(out, &n, 4, r->event_id);
+    size_t json_len = expected_json(r, json, sizeof json);
+    ref_be(out, &n, 4, 1 + json_len);
+    out[n++] = 1;
+    memcpy(out + n, json, json_len);
+    n += json_len;
+    if (r->codec == AVL_CODEC_16)
+        ref_field(out, &n, 2, r->generation);
+    else
+        ref_be(out, &n, 4, UINT32_MAX);
+    ref_field(out, &n, 2, r->codec);
+    return n;
+}
+
+/* Encodes r and compares with ref_row: the same bytes, within the bound, and nothing written
+ * past the row (the encoder's wide stores must end inside it). */
+static void check_against_ref(uint64_t imei, const struct avl_record *r, int64_t rx_us)
+{
+    static uint8_t ref[ROW_CAP];
+    size_t max = copyenc_row_bytes_max(r);
+    assert_true(max <= ROW_CAP);
+    memset(row, CANARY, max);
+    int w = copyenc_row(row, max, imei, r, rx_us);
+    assert_true(w > 0);
+    size_t want = ref_row(ref, imei, r, rx_us);
+    assert_int_equal((size_t)w, want);
+    assert_true(want <= max);
+    assert_memory_equal(row, ref, want);
+    for (size_t b = want; b < max; b++)
+        assert_int_equal(row[b], CANARY);
+}
+
+/* Every generated record of every codec, realistic and arbitrary (angle and speed folded into
+ * smallint so that none is refused), against the reference. */
+static void test_reference_packetgen(void **state)
+{
+    (void)state;
+    static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
+    uint64_t rows = 0, nx = 0, empty = 0;
+    for (int c = 0; c < 3; c++) {
+        for (int mode = 0; mode < 2; mode++) {
+            struct pktgen g;
+            pktgen_init(&g, 0x5EF0000u + (uint64_t)(c * 2 + mode));
+            for (int i = 0; i < PACKETS_PER_COMBO; i++) {
+                int n = pktgen_packet_tcp(&g, (enum pktgen_mode)mode, codecs[c],
+                                          PKTGEN_RECORDS_RANDOM, &pkt, frame, sizeof frame);
+                assert_true(n > 0);
+                struct avl_packet p;
+                assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
+                for (unsigned k = 0; k < p.records_len; k++) {
+                    struct avl_record r = recs[k];
+                    r.angle_deg &= 0x7FFF;
+                    r.speed_kmh &= 0x7FFF;
+                    uint64_t imei = pktgen_u64(&g) % UINT64_C(100000000000000000);
+                    int64_t rx = (int64_t)(pktgen_u64(&g) % UINT64_C(4102444800000000));
+                    check_against_ref(imei, &r, rx);
+                    rows++;
+                    empty += r.io_total == 0;
+                    struct avl_io_iter it;
+                    struct avl_io io;
+                    avl_io_iter_init(&it, &r);
+                    while (avl_io_next(&it, &io))
+                        nx += io.nx;
+                }
+            }
+        }
+    }
+    print_message("copyenc: %" PRIu64 " rows equal to the reference (%" PRIu64
+                  " without IO, %" PRIu64 " NX elements)\n",
+                  rows, empty, nx);
+    assert_true(rows > 50000);
+    assert_true(empty > 0);
+    assert_true(nx > 0);
+}
+
+enum { SWEEP_ELEMS = 1000 };
+
+/* Encodes the elements as one record of codec and checks it against the reference. */
+static void sweep_check(uint8_t codec, const struct avl_io_elem *io, uint16_t len)
+{
+    struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+    s.io = io;
+    s.io_len = len;
+    encode_decode(codec, &s, 1);
+    check_against_ref(UINT64_C(356307042441013), &recs[0], INT64_C(1700000000000000));
+}
+
+/* Every id of every codec (0..255 for 8, 0..65535 for 8E and 16) and every value of widths 1
+ * and 2, in records of up to SWEEP_ELEMS elements; every digit count of widths 4 and 8 with
+ * the values around each power of ten; NX lengths 0, 1 and 600. */
+static void test_reference_sweeps(void **state)
+{
+    (void)state;
+    static struct avl_io_elem io[SWEEP_ELEMS];
+    static uint8_t nx_bytes[600];
+    for (size_t i = 0; i < sizeof nx_bytes; i++)
+        nx_bytes[i] = (uint8_t)(i * 37u + 11u);
+
+    /* ids: codec 8 in N1..N8 (255 per group at most), 8E and 16 across all of u16 */
+    for (int width = 1; width <= 8; width *= 2) {
+        uint16_t len = 0;
+        for (uint32_t id = 0; id < 256; id++) {
+            io[len++] = (struct avl_io_elem){.id = (uint16_t)id,
+                                             .width = (uint8_t)width,
+                                             .value = id * 0x0101010101010101u >> (64 - 8 * width)};
+            if (len == 255 || id == 255) {
+                sweep_check(AVL_CODEC_8, io, len);
+                len = 0;
+            }
+        }
+    }
+    for (uint32_t id = 0; id < 65536;) {
+        uint16_t len = 0;
+        for (; id < 65536 && len < 255; id++)
+            io[len++] = (struct avl_io_elem){.id = (uint16_t)id, .width = 1, .value = id & 0xFF};
+        sweep_check(AVL_CODEC_16, io, len);
+    }
+    for (uint32_t id = 0; id < 65536;) {
+        uint16_t len = 0;
+        for (; id < 65536 && len < SWEEP_ELEMS; id++)
+            io[len++] = (struct avl_io_elem){.id = (uint16_t)id,
+                                             .width = (uint8_t)(1u << (id % 5u)),
+                                             .value = id % 5u == 0 ? id & 0xFF : id};
+        for (uint16_t k = 0; k < len; k++) {
+            if (io[k].width == 16) { /* the fifth kind: NX */
+                io[k].width = 0;
+                io[k].nx_len = (uint16_t)(io[k].id % 3u);
+                io[k].nx = nx_bytes;
+            }
+        }
+        sweep_check(AVL_CODEC_8E, io, len);
+    }
+
+    /* values: all of widths 1 and 2 */
+    for (uint32_t v = 0; v < 65536;) {
+        uint16_t len = 0;
+        for (; v < 65536 && len + 2 <= SWEEP_ELEMS; v++) {
+            io[len++] = (struct avl_io_elem){.id = (uint16_t)len, .width = 2, .value = v};
+            if (v < 256)
+                io[len++] = (struct avl_io_elem){.id = 65535, .width = 1, .value = v};
+        }
+        sweep_check(AVL_CODEC_8E, io, len);
+    }
+    /* widths 4 and 8: 0, 1, each power of ten and its neighbours, the maximum */
+    uint16_t len = 0;
+    for (uint64_t p10 = 1;; p10 *= 10) {
+        for (int d = -1; d <= 1; d++) {
+            uint64_t v = p10 + (uint64_t)(int64_t)d;
+            if (v <= UINT32_MAX)
+                io[len++] = (struct avl_io_elem){.id = 999, .width = 4, .value = v};
+            io[len++] = (struct avl_io_elem){.id = 1000, .width = 8, .value = v};
+        }
+        if (p10 > UINT64_MAX / 10)
+            break;
+    }
+    io[len++] = (struct avl_io_elem){.id = 9999, .width = 4, .value = UINT32_MAX};
+    io[len++] = (struct avl_io_elem){.id = 10000, .width = 8, .value = UINT64_MAX};
+    io[len++] = (struct avl_io_elem){.id = 65535, .width = 0, .nx_len = 600, .nx = nx_bytes};
+    io[len++] = (struct avl_io_elem){.id = 0, .width = 0, .nx_len = 1, .nx = nx_bytes};
+    sweep_check(AVL_CODEC_8E, io, len);
+    sweep_check(AVL_CODEC_16, io, (uint16_t)(len - 2));
+
+    /* no IO, every codec */
+    sweep_check(AVL_CODEC_8, io, 0);
+    sweep_check(AVL_CODEC_8E, io, 0);
+    sweep_check(AVL_CODEC_16, io, 0);
+}
+
 /* CPU ns per row (thread CPU time, so other load on the machine matters less) on realistic 8E
  * packets of 10 records, printed; compare Release builds only. */
 static void test_speed(void **state)
@@ -560,11 +762,18 @@ static void test_speed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_header_trailer), cmocka_unit_test(test_wiki_codec8_exact),
-        cmocka_unit_test(test_generation),     cmocka_unit_test(test_coordinates),
-        cmocka_unit_test(test_nx_hex),         cmocka_unit_test(test_decimal_edges),
-        cmocka_unit_test(test_range_errors),   cmocka_unit_test(test_strerror),
-        cmocka_unit_test(test_small_cap),      cmocka_unit_test(test_packetgen_rows),
+        cmocka_unit_test(test_header_trailer),
+        cmocka_unit_test(test_wiki_codec8_exact),
+        cmocka_unit_test(test_generation),
+        cmocka_unit_test(test_coordinates),
+        cmocka_unit_test(test_nx_hex),
+        cmocka_unit_test(test_decimal_edges),
+        cmocka_unit_test(test_range_errors),
+        cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_small_cap),
+        cmocka_unit_test(test_packetgen_rows),
+        cmocka_unit_test(test_reference_packetgen),
+        cmocka_unit_test(test_reference_sweeps),
         cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -407,6 +407,11 @@ static bool until_ups(struct harness *h, long n)
     return h->ups[PGSINK_LINK_DATA] >= n;
 }
 
+static bool until_control_ups(struct harness *h, long n)
+{
+    return h->ups[PGSINK_LINK_CONTROL] >= n;
+}
+
 static bool until_downs(struct harness *h, long n)
 {
     return h->downs[PGSINK_LINK_DATA] >= n;
@@ -986,6 +991,289 @@ static void test_real_schema(void **state)
     pgtest_db_drop(&db);
 }
 
+/* ---- the device-state parameters in binary format ---------------------------------------- */
+
+enum { STATE_FPS_MAX = 64, STATE_DEVS = 4, TEXT_IMEI_OFFSET = 1000000 };
+
+/* One device's values for telemetry.device_state_upsert, as the gateway holds them. */
+struct state_dev {
+    uint64_t imei;
+    int64_t last_ts_ms; /* < 0: no stored record: last_ts, lon and lat are NULL */
+    int64_t received_ms;
+    int32_t lon_e7, lat_e7;
+    unsigned fps_len;
+    uint64_t fps[STATE_FPS_MAX]; /* oldest first */
+};
+
+/* The eight parameters as the gateway sends them: six binary arrays, the instance as text,
+ * the shard as binary int4. */
+struct state_bin {
+    uint8_t buf[STATE_DEVS * 600 + 256];
+    const char *params[8];
+    int lengths[8];
+};
+
+static const int STATE_BIN_FORMATS[8] = {1, 1, 1, 1, 1, 1, 0, 1};
+
+static void state_bin_build(struct state_bin *p, const struct state_dev *devs, uint32_t n,
+                            const char *instance, uint32_t shard)
+{
+    static const uint32_t oids[6] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
+                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA};
+    assert_true(n <= STATE_DEVS);
+    uint8_t *o = p->buf;
+    for (int col = 0; col < 6; col++) {
+        uint8_t *a = o;
+        o = pgsink_array_begin(o, oids[col], n);
+        for (uint32_t i = 0; i < n; i++) {
+            const struct state_dev *d = &devs[i];
+            bool stored = d->last_ts_ms >= 0;
+            if (col == 0)
+                o = pgsink_array_int8(o, (int64_t)d->imei);
+            else if (col == 1)
+                o = stored ? pgsink_array_int8(o, d->last_ts_ms) : pgsink_array_null(a, o);
+            else if (col == 2)
+                o = pgsink_array_int8(o, d->received_ms);
+            else if (col == 3)
+                o = stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
+            else if (col == 4)
+                o = stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
+            else {
+                o = pgsink_array_elem(o, 8 * d->fps_len);
+                for (unsigned k = 0; k < d->fps_len; k++)
+                    o = pgsink_put_be64(o, d->fps[k]);
+            }
+        }
+        p->params[col] = (const char *)a;
+        p->lengths[col] = (int)(o - a);
+    }
+    p->params[6] = instance;
+    p->lengths[6] = 0;
+    p->params[7] = (const char *)o;
+    o = pgsink_put_be32(o, shard);
+    p->lengths[7] = 4;
+    assert_true((size_t)(o - p->buf) <= sizeof p->buf);
+}
+
+/* A fingerprint as bytea's hex output writes it: 16 hex digits, most significant byte first. */
+static char *fp_hex(char *o, uint64_t fp)
+{
+    for (int b = 7; b >= 0; b--)
+        o += sprintf(o, "%02x", (unsigned)(uint8_t)(fp >> (8 * b)));
+    return o;
+}
+
+/* The same parameters as text arrays, the way the gateway wrote them before (imei shifted by
+ * TEXT_IMEI_OFFSET so both land side by side). */
+struct state_text {
+    char cols[6][STATE_DEVS * (24 + 16 * STATE_FPS_MAX + 8) + 8];
+    char shard[16];
+    const char *params[8];
+};
+
+static void state_text_build(struct state_text *p, const struct state_dev *devs, uint32_t n,
+                             const char *instance, uint32_t shard)
+{
+    for (int col = 0; col < 6; col++) {
+        char *o = p->cols[col];
+        *o++ = '{';
+        for (uint32_t i = 0; i < n; i++) {
+            const struct state_dev *d = &devs[i];
+            bool stored = d->last_ts_ms >= 0;
+            if (i)
+                *o++ = ',';
+            if (col == 0)
+                o += sprintf(o, "%llu", (unsigned long long)(d->imei + TEXT_IMEI_OFFSET));
+            else if (col == 1)
+                o += stored ? sprintf(o, "%lld", (long long)d->last_ts_ms) : sprintf(o, "NULL");
+            else if (col == 2)
+                o += sprintf(o, "%lld", (long long)d->received_ms);
+            else if (col == 3)
+                o += stored ? sprintf(o, "%d", d->lon_e7) : sprintf(o, "NULL");
+            else if (col == 4)
+                o += stored ? sprintf(o, "%d", d->lat_e7) : sprintf(o, "NULL");
+            else {
+                o += sprintf(o, "\"\\\\x");
+                for (unsigned k = 0; k < d->fps_len; k++)
+                    o = fp_hex(o, d->fps[k]);
+                *o++ = '"';
+            }
+        }
+        *o++ = '}';
+        *o = '\0';
+        assert_true((size_t)(o - p->cols[col]) < sizeof p->cols[col]);
+        p->params[col] = p->cols[col];
+    }
+    snprintf(p->shard, sizeof p->shard, "%u", shard);
+    p->params[6] = instance;
+    p->params[7] = p->shard;
+}
+
+/* Commits one transaction of an empty COPY and the state statement with params. */
+static void state_commit(struct harness *h, const char *const *params, const int *lengths,
+                         const int *formats)
+{
+    uint8_t hdr[COPYENC_HEADER_BYTES], trl[COPYENC_TRAILER_BYTES];
+    struct iovec iov[2] = {{hdr, (size_t)copyenc_header(hdr)}, {trl, (size_t)copyenc_trailer(trl)}};
+    struct pgsink_txn txn = {.copy = iov,
+                             .copy_iovs = 2,
+                             .state_params = params,
+                             .state_lengths = lengths,
+                             .state_formats = formats};
+    int before = h->txns_len;
+    int rc = pgsink_submit(h->sink, &txn, (void *)9, now_ms());
+    if (rc != 0)
+        fail_msg("pgsink_submit: %d (%s)", rc, pgsink_last_error(h->sink, PGSINK_LINK_DATA));
+    assert_true(pump(h, until_txns, before + 1, WAIT_MS));
+    expect_outcome(&h->txns[before], PGSINK_COMMITTED, "");
+}
+
+/* Every column of the device's row (binary imei) against what was sent; the dedup also as
+ * device_state_get returns it, the text the gateway parses when the device connects. */
+static void state_expect_row(PGconn *c, const struct state_dev *d, const char *instance,
+                             uint32_t shard)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.timestamptz_to_ms(last_ts), round(last_lon * 1e7)::int,"
+             " round(last_lat * 1e7)::int, telemetry.timestamptz_to_ms(last_received_at),"
+             " instance, shard, dedup, (SELECT g.dedup FROM telemetry.device_state_get(imei) g),"
+             " length(dedup) FROM public.device_state WHERE imei = %llu",
+             (unsigned long long)d->imei);
+    PGresult *r = pgtest_query(c, sql);
+    assert_int_equal(PQntuples(r), 1);
+    bool stored = d->last_ts_ms >= 0;
+    for (int col = 0; col < 3; col++)
+        assert_int_equal(PQgetisnull(r, 0, col), !stored);
+    if (stored) {
+        assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), d->last_ts_ms);
+        assert_int_equal(strtoll(PQgetvalue(r, 0, 1), NULL, 10), d->lon_e7);
+        assert_int_equal(strtoll(PQgetvalue(r, 0, 2), NULL, 10), d->lat_e7);
+    }
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 3), NULL, 10), d->received_ms);
+    assert_string_equal(PQgetvalue(r, 0, 4), instance);
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 5), NULL, 10), shard);
+    char hex[3 + 16 * STATE_FPS_MAX] = "\\x", *o = hex + 2;
+    for (unsigned k = 0; k < d->fps_len; k++)
+        o = fp_hex(o, d->fps[k]);
+    assert_false(PQgetisnull(r, 0, 6)); /* an empty dedup is an empty bytea, not NULL */
+    assert_string_equal(PQgetvalue(r, 0, 6), hex);
+    assert_string_equal(PQgetvalue(r, 0, 7), hex);
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 8), NULL, 10), 8 * d->fps_len);
+    PQclear(r);
+}
+
+/* The binary rows and the text rows are the same, column by column. */
+static void state_expect_same_as_text(PGconn *c)
+{
+    assert_int_equal(side_ll(c, "SELECT count(*) FROM public.device_state"), 2 * STATE_DEVS);
+    assert_int_equal(side_ll(c,
+                             "SELECT count(*) FROM public.device_state b"
+                             " JOIN public.device_state t ON t.imei = b.imei + %d"
+                             " WHERE (b.last_ts, b.last_lon, b.last_lat, b.last_received_at,"
+                             " b.instance, b.shard, b.dedup) IS NOT DISTINCT FROM"
+                             " (t.last_ts, t.last_lon, t.last_lat, t.last_received_at,"
+                             " t.instance, t.shard, t.dedup)",
+                             TEXT_IMEI_OFFSET),
+                     STATE_DEVS);
+}
+
+/* The state statement with binary parameters, as the gateway sends it, through the real
+ * device_state_upsert: NULL elements (a device without a stored record), an empty dedup, a
+ * full one of 64 fingerprints whose bytes are all >= 0x80 and differ in every position (any
+ * byte order or sign slip shows), extreme positions and times. Every column is read back and
+ * compared, and the same values sent as text arrays give the same rows; a second round
+ * updates the rows (NULLs over stored values) the same way for both. */
+static void test_binary_state_params(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    pgtest_db_create(&db, "pgsink_binstate", true);
+    struct harness h;
+    struct pgsink_config cfg;
+    harness_config(&h, &cfg, db.conninfo);
+    cfg.copy_sql = NULL;
+    cfg.state_sql = NULL;
+    cfg.state_nparams = 0;
+    harness_start(&h, &cfg);
+    assert_true(pump(&h, until_ready, 0, WAIT_MS));
+
+    static struct state_dev devs[STATE_DEVS];
+    memset(devs, 0, sizeof devs);
+    devs[0] = (struct state_dev){.imei = 356307042441013,
+                                 .last_ts_ms = 1767225600123,
+                                 .received_ms = 1767225601456,
+                                 .lon_e7 = -1800000000,
+                                 .lat_e7 = 899999999,
+                                 .fps_len = STATE_FPS_MAX};
+    for (unsigned k = 0; k < STATE_FPS_MAX; k++)
+        devs[0].fps[k] = 0xF0E1D2C3B4A59687ull ^ (k * 0x0101010101010101ull);
+    /* no stored record: the values in lon/lat must not reach the row */
+    devs[1] = (struct state_dev){.imei = 356307042441014,
+                                 .last_ts_ms = -1,
+                                 .received_ms = 1767225602000,
+                                 .lon_e7 = 123,
+                                 .lat_e7 = 456};
+    devs[2] = (struct state_dev){.imei = 356307042441015,
+                                 .last_ts_ms = 0,
+                                 .received_ms = 1,
+                                 .lon_e7 = 0,
+                                 .lat_e7 = -1,
+                                 .fps_len = 3,
+                                 .fps = {1, UINT64_MAX, 0x0123456789abcdefull}};
+    devs[3] = (struct state_dev){.imei = 999999999999999,
+                                 .last_ts_ms = 253402300799999,
+                                 .received_ms = -1,
+                                 .lon_e7 = 1800000000,
+                                 .lat_e7 = -900000000,
+                                 .fps_len = 1,
+                                 .fps = {0x8000000000000000ull}};
+    static struct state_bin bin;
+    static struct state_text text;
+    const char *instance = "bin-instance";
+
+    /* A binary value needs its length: refused before anything is sent. */
+    state_bin_build(&bin, devs, STATE_DEVS, instance, 7);
+    struct pgsink_txn bad = {.state_params = bin.params, .state_formats = STATE_BIN_FORMATS};
+    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, now_ms()), -EINVAL);
+    int bad_format[8] = {1, 1, 1, 1, 1, 1, 0, 2};
+    bad.state_lengths = bin.lengths;
+    bad.state_formats = bad_format;
+    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, now_ms()), -EINVAL);
+    assert_true(pgsink_ready(h.sink));
+
+    state_commit(&h, bin.params, bin.lengths, STATE_BIN_FORMATS);
+    state_text_build(&text, devs, STATE_DEVS, instance, 7);
+    state_commit(&h, text.params, NULL, NULL);
+    for (int i = 0; i < STATE_DEVS; i++)
+        state_expect_row(db.conn, &devs[i], instance, 7);
+    state_expect_same_as_text(db.conn);
+
+    /* Round two: device 0 has no stored record now (its position stays), device 1 gets one
+     * and a full dedup, device 2 an empty dedup; another shard. */
+    devs[0].last_ts_ms = -1;
+    devs[0].fps_len = 2;
+    devs[1].last_ts_ms = 1767225700000;
+    devs[1].fps_len = STATE_FPS_MAX;
+    for (unsigned k = 0; k < STATE_FPS_MAX; k++)
+        devs[1].fps[k] = ~(uint64_t)k;
+    devs[2].fps_len = 0;
+    state_bin_build(&bin, devs, STATE_DEVS, instance, 2);
+    state_commit(&h, bin.params, bin.lengths, STATE_BIN_FORMATS);
+    state_text_build(&text, devs, STATE_DEVS, instance, 2);
+    state_commit(&h, text.params, NULL, NULL);
+    state_expect_same_as_text(db.conn);
+    assert_int_equal(side_ll(db.conn,
+                             "SELECT telemetry.timestamptz_to_ms(last_ts) FROM public.device_state"
+                             " WHERE imei = %llu",
+                             (unsigned long long)devs[0].imei),
+                     1767225600123);
+    for (int i = 1; i < STATE_DEVS; i++)
+        state_expect_row(db.conn, &devs[i], instance, 2);
+    harness_stop(&h);
+    pgtest_db_drop(&db);
+}
+
 /* A server that accepts TCP and never answers: each attempt ends at connect_timeout_ms and is
  * retried; the link never comes up. */
 static void test_connect_timeout(void **state)
@@ -1139,6 +1427,8 @@ static void test_server_restart(void **state)
     PGconn *c = side_connect(o->conninfo);
     assert_int_equal(side_ll(c, "SELECT count(*) FROM pgsink_test.rows"), 20);
     PQfinish(c);
+    /* The control link reconnects on its own backoff: it may come up after the commit. */
+    assert_true(pump(h, until_control_ups, 2, WAIT_MS));
     const struct pgsink_counters *k = pgsink_counters(h->sink);
     assert_int_equal(k->connects, 2);
     assert_int_equal(k->disconnects, 1);
@@ -1189,6 +1479,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_query_timeout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_in_flight, fx_setup, fx_teardown),
         cmocka_unit_test(test_real_schema),
+        cmocka_unit_test(test_binary_state_params),
     };
     const struct CMUnitTest own_server_tests[] = {
         cmocka_unit_test(test_server_restart),

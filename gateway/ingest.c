@@ -83,14 +83,18 @@ struct dedup {
     uint64_t fp[DEDUP_FP_MAX];
 };
 
+/* A connection's session. Small on purpose (an idle connection costs this, its engine slot
+ * and its IMEI map cell): the duplicate-detection window lives in the shard's pool and only a
+ * device with fingerprints holds one. */
 struct dev {
     uint32_t gen;
     uint8_t state;
     bool load_queued;
     bool load_stale; /* a batch of this device committed while its load was in flight */
+    uint32_t win;    /* its window in the shard's pool, index + 1; 0: none (no fingerprints) */
     uint64_t imei;
-    struct dedup dedup;
 };
+
 
 static bool dedup_has(const struct dedup *d, uint64_t fp)
 {
@@ -271,6 +275,12 @@ struct shard {
     uint32_t poll_epoch[PGSINK_LINKS];
     short poll_events[PGSINK_LINKS];
 
+    /* Duplicate-detection windows, one per device that has fingerprints (conns_max of them,
+     * mapped without reserve: only windows in use are resident); free ones LIFO. */
+    struct dedup *wins;
+    uint32_t *wins_free;
+    uint32_t wins_free_len;
+
     /* Devices waiting for their state load to be sent (control link down or full). */
     uint64_t *load_queue; /* slot << 32 | gen */
     uint32_t load_head, load_len;
@@ -296,6 +306,37 @@ static int64_t wall_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The device's window, taken from the pool (empty) if it holds none. The pool has one per
+ * connection slot, so it cannot run out. */
+static struct dedup *dev_dedup_mut(struct shard *s, struct dev *d)
+{
+    if (!d->win) {
+        assert(s->wins_free_len > 0);
+        d->win = s->wins_free[--s->wins_free_len] + 1;
+        s->wins[d->win - 1].len = 0;
+        s->wins[d->win - 1].head = 0;
+    }
+    return &s->wins[d->win - 1];
+}
+
+/* Gives the device's window back, if it holds one. */
+static void dev_dedup_drop(struct shard *s, struct dev *d)
+{
+    if (d->win) {
+        s->wins_free[s->wins_free_len++] = d->win - 1;
+        d->win = 0;
+    }
+}
+
+/* Sets the device's window to *src, holding none when src is empty. */
+static void dev_dedup_set(struct shard *s, struct dev *d, const struct dedup *src)
+{
+    if (src->len == 0)
+        dev_dedup_drop(s, d);
+    else
+        *dev_dedup_mut(s, d) = *src;
 }
 
 static void batch_reset(struct shard *s, struct batch *b)
@@ -634,10 +675,14 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     }
     /* Uncommitted batches know more than the database. */
     const struct dedup *pending = pending_dedup(s, d->imei);
-    if (pending)
-        d->dedup = *pending;
-    else
-        dedup_from_text(&d->dedup, PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1));
+    if (pending) {
+        dev_dedup_set(s, d, pending);
+    } else {
+        struct dedup *w = dev_dedup_mut(s, d);
+        dedup_from_text(w, PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1));
+        if (w->len == 0)
+            dev_dedup_drop(s, d);
+    }
     d->state = DEV_OPEN;
     s->st->handshakes++;
     send_reply(s, slot, gen, 0x01);
@@ -940,10 +985,11 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
                           .copy_off = (uint32_t)b->copy_len,
                           .fp_off = b->fps_len,
                           .dev = dev_index};
+    struct dedup *win = dev_dedup_mut(s, d);
     for (unsigned i = 0; i < pkt->records_len; i++) {
         const struct avl_record *r = &s->recs[i];
         uint64_t fp = record_fp(r);
-        if (dedup_has(&d->dedup, fp)) {
+        if (dedup_has(win, fp)) {
             s->st->records_duplicate++;
             continue;
         }
@@ -952,7 +998,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
         assert(n > 0); /* ranges were checked above and the space reserved */
         b->copy_len += (size_t)n;
         b->rows++;
-        dedup_push(&d->dedup, fp);
+        dedup_push(win, fp);
         assert(b->fps_len < b->fps_cap);
         b->fps[b->fps_len++] = fp;
         s->st->records_stored++;
@@ -965,7 +1011,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
     p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
     p->fp_len = b->fps_len - p->fp_off;
     bd->received_ms = received_us / 1000;
-    bd->dedup = d->dedup;
+    bd->dedup = *win;
     b->pkts_len++;
     if (b->opened_ns == 0)
         b->opened_ns = engine_now_ns(s->e);
@@ -1004,7 +1050,7 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     d->imei = imei;
     d->state = DEV_LOADING;
     d->load_stale = false;
-    memset(&d->dedup, 0, sizeof d->dedup);
+    dev_dedup_drop(s, d);
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */
         struct dev *prev = &s->devs[old];
@@ -1123,6 +1169,7 @@ static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         if (at == (int64_t)slot)
             imap_del(&s->owned, d->imei);
     }
+    dev_dedup_drop(s, d);
     d->state = DEV_FREE;
     d->gen = (gen + 1) & 0xFFFFFFu; /* the engine's next generation for this slot */
 }
@@ -1241,10 +1288,17 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
     s->owned.keys = map_zero((size_t)map * sizeof *s->owned.keys);
     s->owned.slots = map_zero((size_t)map * sizeof *s->owned.slots);
     s->load_queue = calloc(c->conns_max, sizeof *s->load_queue);
-    if (!s->devs || !s->owned.keys || !s->owned.slots || !s->load_queue) {
+    s->wins = map_zero((size_t)c->conns_max * sizeof *s->wins);
+    s->wins_free = calloc(c->conns_max, sizeof *s->wins_free);
+    if (!s->devs || !s->owned.keys || !s->owned.slots || !s->load_queue || !s->wins ||
+        !s->wins_free) {
         snprintf(err, cap, "shard %u: out of memory for %u connections", s->id, c->conns_max);
         return -ENOMEM;
     }
+    /* Highest index on top: the windows in use stay at the low, resident end. */
+    for (uint32_t i = 0; i < c->conns_max; i++)
+        s->wins_free[i] = c->conns_max - 1 - i;
+    s->wins_free_len = c->conns_max;
     for (uint32_t i = 0; i < s->nbatches; i++)
         if (batch_alloc(s, &s->batches[i])) {
             snprintf(err, cap, "shard %u: out of memory for batches", s->id);
@@ -1276,7 +1330,10 @@ static void shard_teardown(struct shard *s)
     for (uint32_t i = 0; i < s->nbatches; i++)
         batch_free(&s->batches[i]);
     free(s->load_queue);
+    free(s->wins_free);
     const struct ingest_config *c = s->cfg;
+    if (s->wins)
+        munmap(s->wins, (size_t)c->conns_max * sizeof *s->wins);
     if (s->devs)
         munmap(s->devs, (size_t)c->conns_max * sizeof *s->devs);
     if (s->owned.keys)

@@ -5,7 +5,10 @@
 #   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, TSan ring tests,
 #                   Release suite
 #   make demo       build, then PostgreSQL under ./var + the gateway + a simulated fleet
-#   make bench      codec micro-benchmarks, medians of 5 repetitions
+#   make bench      bench-micro, then bench-e2e
+#   make bench-micro        codec micro-benchmarks, medians of 5 repetitions
+#   make bench-e2e          bench/e2e: COPY ceiling vs gateway end to end, ACK latency (a few minutes)
+#   make bench-connections  bench/connections: 100,000 idle devices, memory per connection
 #   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
 #   make format     clang-format every C/C++ source in place
 
@@ -14,7 +17,8 @@ FUZZ_SECONDS ?= 3600
 CI_FUZZ_SECONDS ?= 60
 CMAKE ?= cmake
 
-.PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench fuzz format clean
+.PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
+	bench-e2e bench-connections fuzz format clean
 
 all: build
 
@@ -54,9 +58,19 @@ demo: build
 	build/bin/avlgate decode tests/data/samples.hex | head -n 6
 	loadgen/demo.sh build
 
-bench: build
+bench: bench-micro bench-e2e
+
+bench-micro: build
 	build/bin/avlgate-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
 	  --benchmark_min_time=0.2
+
+bench-e2e: build
+	.ci/install-deps --bench
+	bench/e2e --build build
+
+bench-connections: build
+	.ci/install-deps --bench
+	bench/connections --build build
 
 fuzz:
 	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz \

@@ -1,0 +1,707 @@
+/* copyceil.c — avlgate-copyceil: the COPY ceiling, the rate at which a plain binary COPY client
+ * loads the gateway's rows into the gateway's schema.
+ *
+ * The end-to-end benchmark compares the gateway's durable ingest rate with this figure, taken
+ * with as many connections as the gateway has shards. Each connection (one thread, blocking
+ * libpq) repeats, for --seconds:
+ *
+ *   BEGIN; COPYENC_COPY_SQL; the batch in PQputCopyData chunks; PQputCopyEnd; COMMIT
+ *
+ * The batches are the gateway's own bytes: realistic packets from loadgen/packetgen (codecs 8,
+ * 8E and 16 in turn, --records-per-packet records each, --devices devices), decoded with
+ * avl_decode_tcp and encoded with copyenc_row, exactly as a shard does. They are made before
+ * the clock starts, a pool of --pool-batches per connection, so the client measures
+ * PostgreSQL, not the generator. Each connection has its own devices (as each shard owns its
+ * IMEIs). Record times are "now" (from about an hour ago, UTC), so rows land in
+ * today's daily partition, made here by telemetry.ensure_partitions(7) as the gateway does at
+ * start. A pool is sent over and over: before each pass every row's ts moves by one more µs,
+ * so (imei, ts) stays distinct and the (imei, ts) index gets new keys, as under the gateway,
+ * not runs of equal ones that btree deduplication would absorb cheaply.
+ *
+ * The ceiling is the plain COPY only. The gateway's transaction also upserts
+ * public.device_state (one statement per batch) and it ACKs the trackers; none of that is
+ * done here, so the gateway cannot reach this figure and the ratio says what that costs.
+ *
+ * Rows are counted from the COPY's command tag, and only once their COMMIT succeeded. The
+ * summary's seconds run from the start until the last connection finished its last batch (a
+ * batch begun before the deadline completes); client_cpu_s is this process's user + system
+ * CPU over the same span. SIGINT/SIGTERM stop after the batches in flight commit (a second
+ * signal ends the process at once); an error rolls back what is open. No transaction is left
+ * open on exit.
+ *
+ * Threads: main parses, checks the schema, starts the workers and sums their counters after
+ * pthread_join; a worker owns its connection, its pool and its counters.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "gateway/codec/avl.h"
+#include "gateway/copyenc.h"
+#include "gateway/pgschema.h"
+#include "loadgen/packetgen.h"
+
+enum {
+    CONNS_MAX = 1024,
+    BATCH_ROWS_MAX = 1000000,
+    POOL_BATCHES_MAX = 4096,
+    DEVICES_MAX = 10000000,
+    /* COPY data handed to libpq per PQputCopyData: the gateway's PGSINK_COPY_CHUNK_BYTES, so
+     * both send the same CopyData messages. */
+    CHUNK_BYTES = 64 * 1024,
+    ERR_BYTES = 512,
+};
+
+#define HOUR_MS UINT64_C(3600000)
+#define DAY_MS  UINT64_C(86400000)
+
+struct config {
+    const char *conninfo;
+    const char *json_path;
+    unsigned conns;
+    double seconds;
+    unsigned batch_rows;
+    unsigned records_per_packet;
+    unsigned devices;
+    unsigned pool_batches;
+    uint64_t seed;
+};
+
+/* One pre-encoded COPY stream: file header, rows, file trailer. */
+struct batch {
+    uint8_t *bytes;
+    size_t bytes_len;
+    uint32_t rows;
+    uint32_t *ts_off;    /* per row: offset of its ts value (big-endian int64, µs) */
+    int64_t ts_shift_us; /* what the ts values are currently moved by */
+};
+
+struct worker {
+    _Alignas(64) pthread_t thread;
+    unsigned index;
+    PGconn *conn;
+    struct batch *pool;
+    /* written by the worker, read by main after pthread_join */
+    uint64_t rows;
+    uint64_t batches;
+    uint64_t copy_bytes;
+    int rc;
+    char err[ERR_BYTES];
+};
+
+static struct config cfg = {
+    .conns = 0,
+    .seconds = 0,
+    .batch_rows = 1000,
+    .records_per_packet = 10,
+    .devices = 1000,
+    .pool_batches = 8,
+    .seed = 1,
+};
+
+static atomic_bool stop_now;      /* a signal, or a worker failed */
+static struct timespec deadline;  /* CLOCK_MONOTONIC; set by main between the two barriers */
+static pthread_barrier_t barrier; /* workers + main: "ready", then "go" */
+static atomic_bool prep_failed;
+
+static atomic_uint signals_seen;
+
+/* The first SIGINT/SIGTERM lets the batches in flight commit; a second one (a server that does
+ * not answer) ends the process, and the server rolls back what its connections had open. */
+static void on_signal(int sig)
+{
+    atomic_store(&stop_now, true);
+    if (atomic_fetch_add(&signals_seen, 1) > 0) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static bool past_deadline(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec > deadline.tv_sec ||
+           (ts.tv_sec == deadline.tv_sec && ts.tv_nsec >= deadline.tv_nsec);
+}
+
+static uint64_t realtime_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* The first line of a libpq message, for a one-line error. */
+static void set_err(struct worker *w, const char *what, const char *msg)
+{
+    snprintf(w->err, sizeof w->err, "%s: %s", what, msg);
+    w->err[strcspn(w->err, "\n")] = '\0';
+}
+
+/* ---- the pool ------------------------------------------------------------------------- */
+
+static uint64_t be64_load(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void be64_store(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+/* Offset of ts's value in a row: field count (2), imei length and value (4 + 8), ts length. */
+enum { ROW_TS_OFFSET = 2 + 4 + 8 + 4 };
+
+/* Moves every row's ts so that it is (original + shift_us). */
+static void batch_shift_ts(struct batch *b, int64_t shift_us)
+{
+    int64_t delta = shift_us - b->ts_shift_us;
+    if (delta == 0)
+        return;
+    for (uint32_t i = 0; i < b->rows; i++) {
+        uint8_t *p = b->bytes + b->ts_off[i];
+        be64_store(p, (uint64_t)((int64_t)be64_load(p) + delta));
+    }
+    b->ts_shift_us = shift_us;
+}
+
+static int grow(struct batch *b, size_t *cap, size_t need)
+{
+    if (b->bytes_len + need <= *cap)
+        return 0;
+    size_t n = *cap * 2 > b->bytes_len + need ? *cap * 2 : b->bytes_len + need;
+    uint8_t *p = realloc(b->bytes, n);
+    if (!p)
+        return -ENOMEM;
+    b->bytes = p;
+    *cap = n;
+    return 0;
+}
+
+/* The generator state of one worker: its devices and the packet being cut into rows. */
+struct gen {
+    struct pktgen *devs; /* the worker's devices */
+    unsigned devs_len;
+    uint64_t packets;
+    uint64_t ts_lo_ms, ts_hi_ms; /* record times: [max(today 00:00, now - 1 h), end of today) */
+    struct pktgen_packet pkt;    /* large: the gen is on the heap */
+    uint8_t frame[PKTGEN_FRAME_BYTES_MAX];
+    struct avl_record recs[AVL_RECORDS_MAX];
+    unsigned recs_len, recs_next;
+    uint64_t imei;
+    int64_t received_us;
+};
+
+static int gen_packet(struct gen *g, char *err, size_t err_cap)
+{
+    static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
+    struct pktgen *d = &g->devs[g->packets % g->devs_len];
+    uint8_t codec = codecs[g->packets % 3];
+    g->packets++;
+    /* A new device starts in 2019..2025 and walks on: bring it into today's window, in its
+     * first half hour so that its next records stay mostly in the past. Each record advances
+     * at most 61 s. */
+    uint64_t span_ms = (uint64_t)cfg.records_per_packet * 61000u;
+    if (d->ts_ms < g->ts_lo_ms || d->ts_ms + span_ms >= g->ts_hi_ms)
+        d->ts_ms = g->ts_lo_ms + pktgen_below(d, HOUR_MS / 2);
+    int n = pktgen_packet_tcp(d, PKTGEN_REALISTIC, codec, cfg.records_per_packet, &g->pkt, g->frame,
+                              sizeof g->frame);
+    if (n < 0) {
+        snprintf(err, err_cap, "packetgen: %s", avl_strerror(n));
+        return -EINVAL;
+    }
+    struct avl_packet hp;
+    int rc = avl_decode_tcp(g->frame, (size_t)n, &hp, g->recs);
+    if (rc != 0) {
+        snprintf(err, err_cap, "decoding a generated packet: %s", avl_strerror(rc));
+        return -EINVAL;
+    }
+    g->recs_len = hp.records_len;
+    g->recs_next = 0;
+    g->imei = d->imei;
+    g->received_us = (int64_t)realtime_us();
+    return 0;
+}
+
+static int batch_make(struct gen *g, struct batch *b, char *err, size_t err_cap)
+{
+    size_t cap = 64 * 1024; /* grows by doubling: rows are ~350 bytes, up to a few KiB */
+    memset(b, 0, sizeof *b);
+    b->bytes = malloc(cap);
+    b->ts_off = malloc(cfg.batch_rows * sizeof *b->ts_off);
+    if (!b->bytes || !b->ts_off)
+        goto nomem;
+    b->bytes_len = (size_t)copyenc_header(b->bytes);
+    while (b->rows < cfg.batch_rows) {
+        if (g->recs_next == g->recs_len && gen_packet(g, err, err_cap) != 0)
+            return -EINVAL;
+        if (g->recs_len == 0)
+            continue;
+        const struct avl_record *r = &g->recs[g->recs_next++];
+        if (grow(b, &cap, copyenc_row_bytes_max(r)) != 0)
+            goto nomem;
+        int w =
+            copyenc_row(b->bytes + b->bytes_len, cap - b->bytes_len, g->imei, r, g->received_us);
+        if (w < 0) {
+            snprintf(err, err_cap, "copyenc_row: %s", copyenc_strerror(w));
+            return -EINVAL;
+        }
+        /* The row starts as ROW_TS_OFFSET assumes: 14 fields, imei of 8 bytes, ts of 8. */
+        const uint8_t *row = b->bytes + b->bytes_len;
+        assert(row[0] == 0 && row[1] == COPYENC_COLUMNS_LEN && be64_load(row + 2) >> 32 == 8 &&
+               be64_load(row + 6) == g->imei && be64_load(row + 14) >> 32 == 8);
+        b->ts_off[b->rows++] = (uint32_t)(b->bytes_len + ROW_TS_OFFSET);
+        b->bytes_len += (size_t)w;
+    }
+    if (grow(b, &cap, COPYENC_TRAILER_BYTES) != 0)
+        goto nomem;
+    b->bytes_len += (size_t)copyenc_trailer(b->bytes + b->bytes_len);
+    assert(b->rows == cfg.batch_rows && b->bytes_len <= cap);
+    return 0;
+nomem:
+    snprintf(err, err_cap, "out of memory for the batch pool");
+    return -ENOMEM;
+}
+
+/* Makes the worker's pool from its devices: device numbers index, index + conns, ... */
+static int pool_make(struct worker *w)
+{
+    struct gen *g = calloc(1, sizeof *g);
+    w->pool = calloc(cfg.pool_batches, sizeof *w->pool);
+    unsigned devs_len =
+        w->index < cfg.devices ? (cfg.devices - w->index + cfg.conns - 1) / cfg.conns : 0;
+    if (devs_len == 0) /* fewer devices than connections: share them */
+        devs_len = 1;
+    if (g)
+        g->devs = calloc(devs_len, sizeof *g->devs);
+    if (!g || !w->pool || !g->devs) {
+        if (g)
+            free(g->devs);
+        free(g);
+        snprintf(w->err, sizeof w->err, "out of memory for the batch pool");
+        return -ENOMEM;
+    }
+    g->devs_len = devs_len;
+    for (unsigned i = 0; i < devs_len; i++) {
+        uint64_t dev = ((uint64_t)i * cfg.conns + w->index) % cfg.devices;
+        pktgen_init(&g->devs[i], cfg.seed ^ ((dev + 1) << 32));
+    }
+    uint64_t now_ms = realtime_us() / 1000;
+    uint64_t today_ms = now_ms / DAY_MS * DAY_MS;
+    g->ts_lo_ms = now_ms - HOUR_MS > today_ms ? now_ms - HOUR_MS : today_ms;
+    g->ts_hi_ms = today_ms + DAY_MS;
+    int rc = 0;
+    for (unsigned k = 0; k < cfg.pool_batches && rc == 0; k++)
+        rc = batch_make(g, &w->pool[k], w->err, sizeof w->err);
+    free(g->devs);
+    free(g);
+    return rc;
+}
+
+static void pool_free(struct worker *w)
+{
+    if (!w->pool)
+        return;
+    for (unsigned k = 0; k < cfg.pool_batches; k++) {
+        free(w->pool[k].bytes);
+        free(w->pool[k].ts_off);
+    }
+    free(w->pool);
+    w->pool = NULL;
+}
+
+/* ---- one connection ------------------------------------------------------------------- */
+
+/* Runs a command that returns no rows; 0, or -1 with the error in w->err. */
+static int exec_cmd(struct worker *w, const char *sql, const char *tag_expected)
+{
+    PGresult *r = PQexec(w->conn, sql);
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        set_err(w, sql, PQerrorMessage(w->conn));
+        rc = -1;
+    } else if (tag_expected && strcmp(PQcmdStatus(r), tag_expected) != 0) {
+        /* COMMIT of a failed transaction answers COMMAND_OK with the tag ROLLBACK. */
+        char msg[128];
+        snprintf(msg, sizeof msg, "answered %s", PQcmdStatus(r));
+        set_err(w, sql, msg);
+        rc = -1;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* Leaves the connection outside any transaction: ends a COPY in progress, rolls back. */
+static void abandon(struct worker *w)
+{
+    if (!w->conn || PQstatus(w->conn) != CONNECTION_OK)
+        return;
+    PGresult *r;
+    if (PQtransactionStatus(w->conn) == PQTRANS_ACTIVE) {
+        PQputCopyEnd(w->conn, "avlgate-copyceil: aborted");
+        while ((r = PQgetResult(w->conn)) != NULL)
+            PQclear(r);
+    }
+    PGTransactionStatusType ts = PQtransactionStatus(w->conn);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        r = PQexec(w->conn, "ROLLBACK");
+        PQclear(r);
+    }
+}
+
+/* One transaction: BEGIN, COPY of b, COMMIT. Returns the rows committed, or -1. */
+static int64_t copy_batch(struct worker *w, const struct batch *b)
+{
+    assert(PQtransactionStatus(w->conn) == PQTRANS_IDLE);
+    assert(b->rows > 0 && b->bytes_len > COPYENC_HEADER_BYTES + COPYENC_TRAILER_BYTES);
+    if (exec_cmd(w, "BEGIN", NULL) != 0)
+        return -1;
+    PGresult *r = PQexec(w->conn, COPYENC_COPY_SQL);
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        set_err(w, "COPY", PQerrorMessage(w->conn));
+        PQclear(r);
+        return -1;
+    }
+    PQclear(r);
+    for (size_t off = 0; off < b->bytes_len; off += CHUNK_BYTES) {
+        size_t n = b->bytes_len - off < CHUNK_BYTES ? b->bytes_len - off : CHUNK_BYTES;
+        if (PQputCopyData(w->conn, (const char *)b->bytes + off, (int)n) != 1) {
+            set_err(w, "PQputCopyData", PQerrorMessage(w->conn));
+            return -1;
+        }
+    }
+    if (PQputCopyEnd(w->conn, NULL) != 1) {
+        set_err(w, "PQputCopyEnd", PQerrorMessage(w->conn));
+        return -1;
+    }
+    int64_t rows = -1;
+    r = PQgetResult(w->conn);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
+        rows = strtoll(PQcmdTuples(r), NULL, 10);
+    else
+        set_err(w, "COPY", r ? PQresultErrorMessage(r) : PQerrorMessage(w->conn));
+    PQclear(r);
+    while ((r = PQgetResult(w->conn)) != NULL) /* NULL ends the COPY's results */
+        PQclear(r);
+    if (rows < 0)
+        return -1;
+    if (rows != (int64_t)b->rows) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "loaded %" PRId64 " rows of %" PRIu32, rows, b->rows);
+        set_err(w, "COPY", msg);
+        return -1;
+    }
+    if (exec_cmd(w, "COMMIT", "COMMIT") != 0)
+        return -1;
+    assert(PQtransactionStatus(w->conn) == PQTRANS_IDLE);
+    return rows;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    w->rc = 0;
+    w->conn = PQconnectdb(cfg.conninfo);
+    if (PQstatus(w->conn) != CONNECTION_OK) {
+        set_err(w, "connect", PQerrorMessage(w->conn));
+        w->rc = -1;
+    } else if (pool_make(w) != 0) {
+        w->rc = -1;
+    }
+    if (w->rc != 0)
+        atomic_store(&prep_failed, true);
+    pthread_barrier_wait(&barrier); /* ready */
+    pthread_barrier_wait(&barrier); /* go: deadline set */
+    if (atomic_load(&prep_failed) || w->rc != 0)
+        goto out;
+
+    /* Each pass over the pool moves ts by 1 µs more: new (imei, ts) keys, since one device's
+     * records are at least 1 s apart. */
+    unsigned k = 0;
+    uint64_t pass = 0;
+    while (!atomic_load(&stop_now) && !past_deadline()) {
+        struct batch *b = &w->pool[k];
+        batch_shift_ts(b, (int64_t)pass);
+        int64_t rows = copy_batch(w, b);
+        if (rows < 0) {
+            w->rc = -1;
+            atomic_store(&stop_now, true);
+            break;
+        }
+        w->rows += (uint64_t)rows;
+        w->batches++;
+        w->copy_bytes += b->bytes_len;
+        if (++k == cfg.pool_batches) {
+            k = 0;
+            pass++;
+        }
+    }
+out:
+    abandon(w);
+    assert(PQstatus(w->conn) != CONNECTION_OK || PQtransactionStatus(w->conn) == PQTRANS_IDLE);
+    PQfinish(w->conn);
+    w->conn = NULL;
+    pool_free(w);
+    return NULL;
+}
+
+/* ---- start-up ------------------------------------------------------------------------- */
+
+/* The table must exist before anything is timed; the rest of the gateway's check follows. */
+static int check_schema(void)
+{
+    PGconn *c = PQconnectdb(cfg.conninfo);
+    char err[1024];
+    int rc = -1;
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(err, sizeof err, "%s", PQerrorMessage(c));
+        err[strcspn(err, "\n")] = '\0';
+        fprintf(stderr, "avlgate-copyceil: cannot connect (%s): %s\n", cfg.conninfo, err);
+        goto out;
+    }
+    PGresult *r = PQexec(c, "SELECT to_regclass('telemetry.positions') IS NOT NULL");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        fprintf(stderr, "avlgate-copyceil: looking for telemetry.positions: %s",
+                PQresultErrorMessage(r));
+        PQclear(r);
+        goto out;
+    }
+    bool exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!exists) {
+        fprintf(stderr,
+                "avlgate-copyceil: table telemetry.positions does not exist in database \"%s\"; "
+                "apply the schema first: for f in schema/postgres/*.sql; do psql -v "
+                "ON_ERROR_STOP=1 \"$PG\" -f \"$f\"; done\n",
+                PQdb(c));
+        goto out;
+    }
+    if (pgschema_check(c, err, sizeof err) != 0) {
+        fprintf(stderr, "avlgate-copyceil: the database schema is not what avlgate writes: %s\n",
+                err);
+        goto out;
+    }
+    /* As the gateway at start: today's partition exists, so rows do not go to the default. */
+    if (pgschema_ensure_partitions(c, 7, err, sizeof err) < 0) {
+        fprintf(stderr, "avlgate-copyceil: partitions not created: %s\n", err);
+        goto out;
+    }
+    rc = 0;
+out:
+    PQfinish(c);
+    return rc;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: avlgate-copyceil --pg CONNINFO --conns N --seconds S [--batch-rows 1000]\n"
+               "                        [--records-per-packet 10] [--devices 1000]\n"
+               "                        [--pool-batches 8] [--seed 1] [--json FILE]\n"
+               "  N connections, each repeating BEGIN; COPY telemetry.positions ... (FORMAT\n"
+               "  binary) of --batch-rows gateway-encoded rows; COMMIT, for S seconds. Prints\n"
+               "  copy_rows_per_s=... rows=... seconds=... conns=... client_cpu_s=...\n");
+}
+
+static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"pg", required_argument, NULL, 'p'},
+        {"conns", required_argument, NULL, 'c'},
+        {"seconds", required_argument, NULL, 's'},
+        {"batch-rows", required_argument, NULL, 'b'},
+        {"records-per-packet", required_argument, NULL, 'r'},
+        {"devices", required_argument, NULL, 'd'},
+        {"pool-batches", required_argument, NULL, 'P'},
+        {"seed", required_argument, NULL, 'S'},
+        {"json", required_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int o, li = 0;
+    char *end;
+    while ((o = getopt_long(argc, argv, "h", opts, &li)) != -1) {
+        int bad = 0;
+        switch (o) {
+        case 'p':
+            cfg.conninfo = optarg;
+            break;
+        case 'c':
+            bad = parse_uint(optarg, 1, CONNS_MAX, &cfg.conns);
+            break;
+        case 's':
+            errno = 0;
+            cfg.seconds = strtod(optarg, &end);
+            bad = errno || end == optarg || *end || !(cfg.seconds > 0 && cfg.seconds <= 86400);
+            break;
+        case 'b':
+            bad = parse_uint(optarg, 1, BATCH_ROWS_MAX, &cfg.batch_rows);
+            break;
+        case 'r':
+            bad = parse_uint(optarg, 1, AVL_RECORDS_MAX, &cfg.records_per_packet);
+            break;
+        case 'd':
+            bad = parse_uint(optarg, 1, DEVICES_MAX, &cfg.devices);
+            break;
+        case 'P':
+            bad = parse_uint(optarg, 1, POOL_BATCHES_MAX, &cfg.pool_batches);
+            break;
+        case 'S':
+            errno = 0;
+            cfg.seed = strtoull(optarg, &end, 10);
+            bad = errno || end == optarg || *end;
+            break;
+        case 'j':
+            cfg.json_path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "avlgate-copyceil: bad value for --%s: %s\n", opts[li].name, optarg);
+            return -1;
+        }
+    }
+    if (optind != argc || !cfg.conninfo || cfg.conns == 0 || cfg.seconds <= 0) {
+        fprintf(stderr, "avlgate-copyceil: --pg, --conns and --seconds are required\n");
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (parse_args(argc, argv) != 0)
+        return 2;
+    if (check_schema() != 0)
+        return 1;
+
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct worker *ws = aligned_alloc(64, cfg.conns * sizeof *ws);
+    if (!ws) {
+        fprintf(stderr, "avlgate-copyceil: out of memory\n");
+        return 1;
+    }
+    memset(ws, 0, cfg.conns * sizeof *ws);
+    pthread_barrier_init(&barrier, NULL, cfg.conns + 1);
+    unsigned started = 0;
+    for (; started < cfg.conns; started++) {
+        ws[started].index = started;
+        if (pthread_create(&ws[started].thread, NULL, worker_main, &ws[started]) != 0)
+            break;
+    }
+    if (started < cfg.conns) {
+        /* The barrier counts every worker: with one missing it would never open. */
+        fprintf(stderr, "avlgate-copyceil: cannot start %u threads\n", cfg.conns);
+        _exit(1); /* the server rolls back whatever the started connections had open */
+    }
+
+    pthread_barrier_wait(&barrier); /* every worker connected and made its pool */
+    double t0 = mono_s(), cpu0 = cpu_s();
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)cfg.seconds;
+    deadline.tv_nsec += (long)((cfg.seconds - (double)(time_t)cfg.seconds) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_barrier_wait(&barrier); /* go */
+
+    uint64_t rows = 0, batches = 0, copy_bytes = 0;
+    int rc = 0;
+    for (unsigned i = 0; i < cfg.conns; i++) {
+        pthread_join(ws[i].thread, NULL);
+        rows += ws[i].rows;
+        batches += ws[i].batches;
+        copy_bytes += ws[i].copy_bytes;
+        if (ws[i].rc != 0) {
+            fprintf(stderr, "avlgate-copyceil: connection %u: %s\n", i, ws[i].err);
+            rc = 1;
+        }
+    }
+    double seconds = mono_s() - t0, cpu = cpu_s() - cpu0;
+    pthread_barrier_destroy(&barrier);
+    free(ws);
+    if (atomic_load(&prep_failed))
+        return 1;
+
+    double rate = seconds > 0 ? (double)rows / seconds : 0;
+    printf("copy_rows_per_s=%.0f rows=%" PRIu64 " seconds=%.3f conns=%u client_cpu_s=%.3f "
+           "batches=%" PRIu64 " batch_rows=%u copy_mib_per_s=%.1f\n",
+           rate, rows, seconds, cfg.conns, cpu, batches, cfg.batch_rows,
+           seconds > 0 ? (double)copy_bytes / seconds / (1024.0 * 1024.0) : 0);
+    if (cfg.json_path) {
+        FILE *f = fopen(cfg.json_path, "w");
+        if (!f) {
+            fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
+            return 1;
+        }
+        fprintf(f,
+                "{\"copy_rows_per_s\":%.0f,\"rows\":%" PRIu64 ",\"seconds\":%.3f,\"conns\":%u,"
+                "\"client_cpu_s\":%.3f,\"batches\":%" PRIu64 ",\"batch_rows\":%u,"
+                "\"copy_mib_per_s\":%.1f}\n",
+                rate, rows, seconds, cfg.conns, cpu, batches, cfg.batch_rows,
+                seconds > 0 ? (double)copy_bytes / seconds / (1024.0 * 1024.0) : 0);
+        if (fclose(f) != 0) {
+            fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
+            return 1;
+        }
+    }
+    return rc;
+}

@@ -95,7 +95,6 @@ struct dev {
     uint64_t imei;
 };
 
-
 static bool dedup_has(const struct dedup *d, uint64_t fp)
 {
     for (unsigned i = 0; i < d->len; i++)

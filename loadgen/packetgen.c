@@ -427,6 +427,11 @@ static void seed_stream(struct pktgen *g, uint64_t seed)
         g->s[i] = splitmix64(&x);
 }
 
+void pktgen_reseed(struct pktgen *g, uint64_t seed)
+{
+    seed_stream(g, seed);
+}
+
 void pktgen_init(struct pktgen *g, uint64_t seed)
 {
     memset(g, 0, sizeof *g);

@@ -96,6 +96,12 @@ struct pktgen_gprs {
  * its IO id order). Any seed is fine, 0 included. */
 void pktgen_init(struct pktgen *g, uint64_t seed);
 
+/* Restarts g's random stream from seed and nothing else: the simulated device (IMEI, salt,
+ * last time and fix, odometer, IO id order) stays. loadgen copies a device from a template,
+ * gives it its own salt and reseeds it per packet, which costs a fraction of pktgen_init's
+ * catalogue shuffles and keeps a packet reproducible from (device, packet number). */
+void pktgen_reseed(struct pktgen *g, uint64_t seed);
+
 /* The next 64 random bits. */
 uint64_t pktgen_u64(struct pktgen *g);
 /* Uniform in [0, bound); bound must be > 0. Unbiased (rejection). */

@@ -1,17 +1,25 @@
-/* engine.c — one shard's io_uring loop: accept, receive, reassemble, send, time out, close,
- * hand off. See engine.h for the contract with the application.
+/* engine.c — one shard's io_uring loop: accept, dial, receive, reassemble, send, time out,
+ * close, hand off. See engine.h for the contract with the application.
  *
- * Owns: the ring, the listener, the connection table (index = fixed file slot), the provided
- * buffer ring and its memory, the reassembly pool, the paused list. Everything is touched by
- * the shard's own thread only, except `stopping`, which engine_stop() sets from anywhere.
+ * Owns: the ring, the listener, the connection table (index = fixed file slot), the free dial
+ * slots, the provided buffer ring and its memory, the reassembly pool, the paused list.
+ * Everything is touched by the shard's own thread only, except `stopping`, which
+ * engine_stop() sets from anywhere.
  *
  * Invariants:
- * - A slot is CONN_FREE, CONN_OPEN or CONN_CLOSING. It leaves CONN_CLOSING only when the
- *   close_direct of its descriptor completed, and only then does its generation change, so
- *   every completion carries the generation of the connection it was issued for (asserted).
+ * - A slot is CONN_FREE, CONN_CONNECTING (dialled), CONN_OPEN or CONN_CLOSING. It leaves
+ *   CONN_CLOSING only when the close_direct of its descriptor completed, and only then does
+ *   its generation change, so every completion carries the generation of the connection it
+ *   was issued for (asserted).
+ * - The table is split: the kernel allocates accepted and handed-in descriptors in
+ *   [0, dial_base) (IORING_REGISTER_FILE_ALLOC_RANGE); engine_connect installs its sockets at
+ *   slots of [dial_base, conns_max) taken from dial_free, and a slot goes back there only
+ *   after its close_direct completed. So the two never pick the same slot.
  * - conn.ops counts the requests in flight for the slot; close_direct is issued at zero.
  * - Every completion that carries a provided buffer gives it back in the same loop turn.
- * - A connection holds a reassembly buffer only while it has unconsumed bytes. */
+ * - A connection holds a reassembly buffer only while it has unconsumed bytes.
+ * - At most one send is in flight per connection: out[] bytes, or a part of the pending
+ *   reference (CF_SEND_REF); a pending reference gets exactly one on_sent. */
 #include "shard/engine.h"
 
 #include <assert.h>
@@ -49,6 +57,7 @@ enum op {
     OP_CANCEL_OTHER, /* cancels not tied to a connection (the accept) */
     OP_MAIL,         /* payload: the sending shard; drain its mailbox */
     OP_MAIL_WAKE,    /* this ring's MSG_RING that woke another shard */
+    OP_CONNECT,      /* engine_connect's IORING_OP_CONNECT on the fixed file */
 };
 
 #define GEN_MASK     0xFFFFFFu
@@ -83,7 +92,7 @@ static uint32_t ud_slot(uint64_t ud)
  * State
  * ------------------------------------------------------------------------------------------- */
 
-enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
+enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING, CONN_CONNECTING };
 
 enum conn_flag {
     CF_RECV = 1 << 0,        /* a multishot recv is armed */
@@ -95,6 +104,9 @@ enum conn_flag {
     CF_CANCELED = 1 << 6,    /* a cancel of everything was issued */
     CF_REARM = 1 << 7,       /* on the re-arm list (recv ended with -ENOBUFS) */
     CF_RECV_CANCEL = 1 << 8, /* a pause's cancel of the recv was issued; the recv has not ended */
+    CF_SEND_REF = 1 << 9,    /* the send in flight is a part of the reference, not out[] */
+    CF_DIAL = 1 << 10,       /* dialled and not open: counted in conns_dialing until freed */
+    CF_TIMEDOUT = 1 << 11,   /* the dial was cancelled by connect_timeout_ms */
 };
 
 struct conn {
@@ -106,15 +118,26 @@ struct conn {
     uint16_t ops;        /* requests in flight */
     uint8_t out_len;     /* bytes queued in out[], including those being sent */
     uint8_t out_sending; /* bytes at out[0..] of the send in flight */
+    uint8_t ref_at;      /* out[] bytes that go before the pending reference */
     uint32_t reasm;      /* reassembly buffer index + 1; 0 = none */
     uint32_t reasm_len;
     uint32_t need;          /* bytes the pending frame needs in all */
     uint32_t active_s;      /* last receive, engine seconds */
     uint32_t frame_since_s; /* when the pending partial frame started */
     uint32_t list_next;     /* paused / re-arm list link: slot + 1, 0 = end */
-    uint64_t handoff_key;
-    uint8_t out[ENGINE_SEND_BYTES_MAX];
+    uint64_t handoff_key;   /* also the dial's key */
+    const uint8_t *ref;     /* engine_send_ref's bytes, pending; NULL: none */
+    uint32_t ref_len;
+    uint32_t ref_off; /* bytes of ref the kernel took */
+    union {
+        uint8_t out[ENGINE_SEND_BYTES_MAX]; /* open: queued output */
+        struct sockaddr_in6 dst;            /* connecting: the address the CONNECT reads */
+    };
 };
+
+_Static_assert(sizeof(struct sockaddr_in6) <= ENGINE_SEND_BYTES_MAX &&
+                   sizeof(struct sockaddr_in) <= sizeof(struct sockaddr_in6),
+               "a dial's destination is kept in out[] until it connects");
 
 struct cqe_copy {
     uint64_t user_data;
@@ -141,7 +164,12 @@ struct engine {
 
     struct conn *conns;
     uint32_t conns_open;
+    uint32_t conns_dialing;
     uint32_t sends_in_flight;
+
+    uint32_t dial_base;  /* first dial slot; conns_max - dial_slots */
+    uint32_t *dial_free; /* free dial slots, a stack */
+    uint32_t dial_free_len;
 
     struct io_uring_buf_ring *br;
     size_t br_bytes;
@@ -248,15 +276,26 @@ static void arm_recv(struct engine *e, uint32_t slot)
     c->ops++;
 }
 
+/* Sends the next run of output: the out[] bytes queued before the reference, then the rest of
+ * the reference, then the out[] bytes queued after it. */
 static void submit_send(struct engine *e, uint32_t slot)
 {
     struct conn *c = &e->conns[slot];
-    assert(!(c->flags & CF_SEND) && c->out_len > 0);
+    assert(c->state == CONN_OPEN && !(c->flags & CF_SEND) && (c->out_len > 0 || c->ref));
     struct io_uring_sqe *sqe = get_sqe(e);
-    io_uring_prep_send(sqe, (int)slot, c->out, c->out_len, MSG_NOSIGNAL);
+    if (c->ref && c->ref_at == 0) {
+        assert(c->ref_off < c->ref_len);
+        io_uring_prep_send(sqe, (int)slot, c->ref + c->ref_off, c->ref_len - c->ref_off,
+                           MSG_NOSIGNAL);
+        c->flags |= CF_SEND_REF;
+    } else {
+        uint8_t n = c->ref ? c->ref_at : c->out_len;
+        assert(n > 0 && n <= c->out_len);
+        io_uring_prep_send(sqe, (int)slot, c->out, n, MSG_NOSIGNAL);
+        c->out_sending = n;
+    }
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ud_conn(OP_SEND, c->gen, slot));
-    c->out_sending = c->out_len;
     c->flags |= CF_SEND;
     c->ops++;
     e->sends_in_flight++;
@@ -351,6 +390,17 @@ static void paused_push(struct engine *e, uint32_t slot)
  * Closing
  * ------------------------------------------------------------------------------------------- */
 
+/* Cancels the connection's request `op` (its user_data is op | gen | slot); the cancel's own
+ * completion comes back as OP_CANCEL. */
+static void cancel_op(struct engine *e, uint32_t slot, enum op op)
+{
+    struct conn *c = &e->conns[slot];
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_cancel64(sqe, ud_conn(op, c->gen, slot), 0);
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_CANCEL, c->gen, slot));
+    c->ops++;
+}
+
 static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason reason)
 {
     struct conn *c = &e->conns[slot];
@@ -361,14 +411,30 @@ static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason
     e->stats.closed[reason]++;
     e->cfg.ops->on_close(e->cfg.app, e, slot, c->gen, reason);
     if (c->ops > 0 && !(c->flags & CF_CANCELED)) {
-        /* Everything on the descriptor: the recv, and a send the peer may never drain. */
+        /* The recv, and a send the peer may never drain; anything else in flight (a pause's
+         * cancel) ends by itself. Each is cancelled by its user_data, which the kernel finds
+         * in a hash: a cancel by descriptor walks every armed request of the ring, and closing
+         * all of many thousand connections (stop, a reconnect storm) became quadratic. */
         c->flags |= CF_CANCELED;
-        struct io_uring_sqe *sqe = get_sqe(e);
-        shard_prep_cancel_fixed(sqe, (int)slot, ud_conn(OP_CANCEL, c->gen, slot));
-        c->ops++;
-        return;
+        if (c->flags & CF_RECV)
+            cancel_op(e, slot, OP_RECV);
+        if (c->flags & CF_SEND)
+            cancel_op(e, slot, OP_SEND);
+        if (c->ops > 0)
+            return;
     }
     closing_step(e, slot);
+}
+
+/* Cancels a dial whose CONNECT is in flight: it completes with -ECANCELED and the dial fails
+ * (on_connect), reported as -ETIMEDOUT when connect_timeout_ms asked. */
+static void dial_cancel(struct engine *e, uint32_t slot, bool timed_out)
+{
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_CONNECTING || (c->flags & CF_CANCELED))
+        return;
+    c->flags |= (uint16_t)(CF_CANCELED | (timed_out ? CF_TIMEDOUT : 0));
+    cancel_op(e, slot, OP_CONNECT);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -500,7 +566,10 @@ static void conn_opened(struct engine *e, uint32_t slot, int from_shard, uint64_
 {
     assert(slot < e->cfg.conns_max);
     struct conn *c = &e->conns[slot];
-    assert(c->state == CONN_FREE && c->ops == 0);
+    /* Accepted and handed-in descriptors come from the kernel's range, below the dial slots. */
+    assert(from_shard == ENGINE_FROM_DIAL ? c->state == CONN_CONNECTING
+                                          : c->state == CONN_FREE && slot < e->dial_base);
+    assert(c->ops == 0);
     uint32_t gen = c->gen;
     memset(c, 0, sizeof *c);
     c->gen = gen;
@@ -522,7 +591,7 @@ static void on_accept(struct engine *e, const struct cqe_copy *q)
             e->stats.accept_errors++;
     } else {
         e->stats.accepted++;
-        conn_opened(e, (uint32_t)q->res, -1, 0);
+        conn_opened(e, (uint32_t)q->res, ENGINE_FROM_ACCEPT, 0);
     }
     if (!e->accept_armed && !e->stop_started && e->listen_fd >= 0)
         arm_accept(e);
@@ -579,11 +648,12 @@ static void on_send(struct engine *e, const struct cqe_copy *q)
     uint32_t slot = ud_slot(q->user_data);
     struct conn *c = &e->conns[slot];
     assert(c->gen == ud_gen(q->user_data) && (c->flags & CF_SEND));
-    c->flags &= (uint16_t)~CF_SEND;
+    bool was_ref = c->flags & CF_SEND_REF;
+    c->flags &= (uint16_t) ~(CF_SEND | CF_SEND_REF);
     c->ops--;
     e->sends_in_flight--;
     if (c->state == CONN_CLOSING) {
-        closing_step(e, slot);
+        closing_step(e, slot); /* a pending reference is given back when the slot closes */
         return;
     }
     if (q->res < 0) {
@@ -591,21 +661,68 @@ static void on_send(struct engine *e, const struct cqe_copy *q)
         return;
     }
     size_t sent = (size_t)q->res;
-    assert(sent <= c->out_sending);
     e->stats.send_bytes += sent;
-    memmove(c->out, c->out + sent, c->out_len - sent);
-    c->out_len = (uint8_t)(c->out_len - sent);
-    c->out_sending = 0;
-    if (c->out_len > 0)
+    bool ref_done = false;
+    if (was_ref) {
+        assert(c->ref && sent <= c->ref_len - c->ref_off);
+        c->ref_off += (uint32_t)sent;
+        if (c->ref_off == c->ref_len) {
+            c->ref = NULL;
+            c->ref_len = c->ref_off = 0;
+            ref_done = true;
+        }
+    } else {
+        assert(sent <= c->out_sending);
+        memmove(c->out, c->out + sent, c->out_len - sent);
+        c->out_len = (uint8_t)(c->out_len - sent);
+        c->out_sending = 0;
+        if (c->ref) {
+            assert(c->ref_at >= sent);
+            c->ref_at = (uint8_t)(c->ref_at - sent);
+        }
+    }
+    /* A short send goes on with the rest (the kernel took what the socket buffer held). */
+    if (c->out_len > 0 || c->ref)
         submit_send(e, slot);
+    if (ref_done && e->cfg.ops->on_sent)
+        e->cfg.ops->on_sent(e->cfg.app, e, slot, c->gen, 0);
+}
+
+static void on_connect(struct engine *e, const struct cqe_copy *q)
+{
+    uint32_t slot = ud_slot(q->user_data);
+    struct conn *c = &e->conns[slot];
+    assert(slot >= e->dial_base && slot < e->cfg.conns_max);
+    assert(c->gen == ud_gen(q->user_data) && c->state == CONN_CONNECTING && c->ops > 0);
+    c->ops--;
+    int res = q->res;
+    /* A cancelled dial fails even when the connect won the race with its cancel. */
+    if (res == 0 && (c->flags & CF_CANCELED))
+        res = -ECANCELED;
+    if (res == -ECANCELED && (c->flags & CF_TIMEDOUT))
+        res = -ETIMEDOUT;
+    if (res == 0) {
+        assert(c->ops == 0);
+        e->stats.dials_connected++;
+        e->conns_dialing--;
+        conn_opened(e, slot, ENGINE_FROM_DIAL, c->handoff_key);
+        return;
+    }
+    e->stats.dials_failed++;
+    c->state = CONN_CLOSING; /* still CF_DIAL: counted in conns_dialing until freed */
+    if (e->cfg.ops->on_connect_failed)
+        e->cfg.ops->on_connect_failed(e->cfg.app, e, c->handoff_key, res);
+    closing_step(e, slot);
 }
 
 static void on_conn_done(struct engine *e, const struct cqe_copy *q)
 {
-    /* The cancel or the MSG_RING of a closing connection completed. */
+    /* The cancel or the MSG_RING of a closing connection completed, or the cancel of a dial
+     * (which may come before the dial's own completion). */
     uint32_t slot = ud_slot(q->user_data);
     struct conn *c = &e->conns[slot];
-    assert(c->gen == ud_gen(q->user_data) && c->state == CONN_CLOSING && c->ops > 0);
+    assert(c->gen == ud_gen(q->user_data) && c->ops > 0 &&
+           (c->state == CONN_CLOSING || c->state == CONN_CONNECTING));
     c->ops--;
     if (ud_op(q->user_data) == OP_HANDOFF_OUT) {
         if (q->res < 0)
@@ -621,14 +738,31 @@ static void on_close_done(struct engine *e, const struct cqe_copy *q)
     uint32_t slot = ud_slot(q->user_data);
     struct conn *c = &e->conns[slot];
     assert(c->gen == ud_gen(q->user_data) && c->state == CONN_CLOSING && c->ops == 1);
+    if (c->ref) {
+        /* The reference never went out whole: its bytes are the application's again. */
+        c->ref = NULL;
+        c->ref_len = c->ref_off = 0;
+        if (e->cfg.ops->on_sent)
+            e->cfg.ops->on_sent(e->cfg.app, e, slot, c->gen, -ECANCELED);
+    }
     reasm_give(e, c);
+    bool dial = c->flags & CF_DIAL; /* a failed dial: never counted as open */
     c->ops = 0;
     c->flags = 0;
     c->out_len = 0;
     c->state = CONN_FREE;
     c->gen = (c->gen + 1) & GEN_MASK;
-    assert(e->conns_open > 0);
-    e->conns_open--;
+    if (dial) {
+        assert(e->conns_dialing > 0);
+        e->conns_dialing--;
+    } else {
+        assert(e->conns_open > 0);
+        e->conns_open--;
+    }
+    if (slot >= e->dial_base) {
+        assert(e->dial_free_len < e->cfg.conns_max - e->dial_base);
+        e->dial_free[e->dial_free_len++] = slot;
+    }
 }
 
 static void on_cancel_recv(struct engine *e, const struct cqe_copy *q)
@@ -733,6 +867,9 @@ static void dispatch(struct engine *e, const struct cqe_copy *q)
     case OP_HANDOFF_IN:
         on_handoff_in(e, q);
         break;
+    case OP_CONNECT:
+        on_connect(e, q);
+        break;
     case OP_CANCEL_OTHER:
     case OP_MAIL_WAKE:
         break;
@@ -752,8 +889,11 @@ static void sweep(struct engine *e)
 {
     uint32_t s = now_s(e);
     uint32_t idle_s = e->cfg.idle_timeout_ms / 1000, frame_s = e->cfg.frame_timeout_ms / 1000;
+    uint32_t connect_s = (e->cfg.connect_timeout_ms + 999) / 1000;
     for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++) {
         struct conn *c = &e->conns[slot];
+        if (c->state == CONN_CONNECTING && connect_s && s - c->active_s >= connect_s)
+            dial_cancel(e, slot, true);
         if (c->state != CONN_OPEN)
             continue;
         if (frame_s && c->reasm && !(c->flags & CF_PAUSED) && s - c->frame_since_s >= frame_s)
@@ -837,6 +977,92 @@ int engine_send(struct engine *e, uint32_t slot, uint32_t gen, const void *p, si
     return 0;
 }
 
+int engine_send_ref(struct engine *e, uint32_t slot, uint32_t gen, const void *p, size_t len)
+{
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    if (len == 0 || len > UINT32_MAX)
+        return -EINVAL;
+    if (c->ref)
+        return -EBUSY;
+    c->ref = p;
+    c->ref_len = (uint32_t)len;
+    c->ref_off = 0;
+    c->ref_at = c->out_len; /* what is queued now goes first */
+    if (!(c->flags & CF_SEND))
+        submit_send(e, slot);
+    return 0;
+}
+
+int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_len,
+                   const struct sockaddr *src, socklen_t src_len, uint64_t key)
+{
+    if (e->stop_started || atomic_load_explicit(&e->stopping, memory_order_relaxed))
+        return -ESHUTDOWN;
+    sa_family_t family = dst->sa_family;
+    socklen_t len = family == AF_INET    ? (socklen_t)sizeof(struct sockaddr_in)
+                    : family == AF_INET6 ? (socklen_t)sizeof(struct sockaddr_in6)
+                                         : 0;
+    if (len == 0)
+        return -EAFNOSUPPORT;
+    if (dst_len < len || (src && (src->sa_family != family || src_len < len)))
+        return -EINVAL;
+    if (e->dial_free_len == 0)
+        return -ENFILE;
+    /* Synchronous socket set-up, then the descriptor moves into the fixed table: the
+     * ordinary fd lives only for these few calls. (IORING_OP_SOCKET direct + URING_CMD
+     * setsockopt + IORING_OP_BIND would need kernel 6.11 for the same result.) */
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        e->stats.dial_errors++;
+        return -errno;
+    }
+    int one = 1, ret = 0;
+    struct linger reset = {.l_onoff = 1, .l_linger = 0};
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
+        (e->cfg.dial_reset_on_close &&
+         setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset) < 0))
+        ret = -errno;
+    /* Without IP_BIND_ADDRESS_NO_PORT, bind() would pick a port unique on the source address
+     * for every destination; with it the port is picked at connect, per 4-tuple. */
+    if (ret == 0 && src &&
+        (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) < 0 ||
+         bind(fd, src, len) < 0))
+        ret = -errno;
+    uint32_t slot = e->dial_free[e->dial_free_len - 1];
+    if (ret == 0) {
+        ret = io_uring_register_files_update(&e->ring, slot, &fd, 1);
+        ret = ret == 1 ? 0 : ret < 0 ? ret : -EIO;
+    }
+    close(fd); /* the fixed table holds its own reference to the socket */
+    if (ret < 0) {
+        e->stats.dial_errors++;
+        return ret;
+    }
+    e->dial_free_len--;
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_FREE && c->ops == 0);
+    uint32_t gen = c->gen;
+    memset(c, 0, sizeof *c);
+    c->gen = gen;
+    c->state = CONN_CONNECTING;
+    c->flags = CF_DIAL;
+    c->handoff_key = key;
+    c->active_s = now_s(e);
+    memcpy(&c->dst, dst, len); /* read by the kernel when the SQE is submitted */
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_connect(sqe, (int)slot, (const struct sockaddr *)&c->dst, len);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ud_conn(OP_CONNECT, gen, slot));
+    c->ops = 1;
+    e->conns_dialing++;
+    e->stats.dials++;
+    return 0;
+}
+
 int engine_close(struct engine *e, uint32_t slot, uint32_t gen)
 {
     if (slot >= e->cfg.conns_max)
@@ -905,6 +1131,11 @@ uint32_t engine_conns_open(const struct engine *e)
     return e->conns_open;
 }
 
+uint32_t engine_conns_dialing(const struct engine *e)
+{
+    return e->conns_dialing;
+}
+
 int engine_ring_fd(const struct engine *e)
 {
     return e->ring.ring_fd;
@@ -949,8 +1180,10 @@ static void begin_stop(struct engine *e)
 {
     e->stop_started = true;
     engine_stop_accepting(e);
-    for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++)
+    for (uint32_t slot = 0; slot < e->cfg.conns_max; slot++) {
         conn_close(e, slot, ENGINE_CLOSE_SHUTDOWN);
+        dial_cancel(e, slot, false);
+    }
 }
 
 int engine_run(struct engine *e)
@@ -962,7 +1195,7 @@ int engine_run(struct engine *e)
     for (;;) {
         if (atomic_load_explicit(&e->stopping, memory_order_relaxed) && !e->stop_started)
             begin_stop(e);
-        if (e->stop_started && e->conns_open == 0 && !e->accept_armed)
+        if (e->stop_started && e->conns_open == 0 && e->conns_dialing == 0 && !e->accept_armed)
             break;
 
         uint64_t now = engine_clock_ns();
@@ -1121,6 +1354,33 @@ static int buffers_setup(struct engine *e, char *err, size_t err_cap)
     return 0;
 }
 
+/* The dial slots at the top of the table, and the kernel's allocation range below them. */
+static int dial_setup(struct engine *e, char *err, size_t err_cap)
+{
+    const struct engine_config *cfg = &e->cfg;
+    uint32_t dial_slots = cfg->dial_slots ? cfg->dial_slots : cfg->listen ? 0 : cfg->conns_max;
+    e->dial_base = cfg->conns_max - dial_slots;
+    e->dial_free = calloc(dial_slots ? dial_slots : 1, sizeof *e->dial_free);
+    if (!e->dial_free) {
+        snprintf(err, err_cap, "dial slots: out of memory");
+        return -ENOMEM;
+    }
+    /* Pushed in reverse so that the lowest dial slot is taken first. */
+    for (uint32_t i = 0; i < dial_slots; i++)
+        e->dial_free[i] = cfg->conns_max - 1 - i;
+    e->dial_free_len = dial_slots;
+    if (dial_slots == 0)
+        return 0;
+    /* Accept and MSG_RING handoffs allocate below dial_base only (an empty range: never). */
+    int ret = io_uring_register_file_alloc_range(&e->ring, 0, e->dial_base);
+    if (ret < 0) {
+        snprintf(err, err_cap, "io_uring_register_file_alloc_range(0, %u): %s", e->dial_base,
+                 strerror(-ret));
+        return ret;
+    }
+    return 0;
+}
+
 static int mailboxes_setup(struct engine *e, char *err, size_t err_cap)
 {
     uint32_t slots = e->cfg.mailbox_slots ? e->cfg.mailbox_slots : 1024;
@@ -1159,6 +1419,11 @@ static int check_config(const struct engine_config *cfg, char *err, size_t err_c
     }
     if (cfg->bufs == 0 || (cfg->bufs & (cfg->bufs - 1)) || cfg->bufs > 32768) {
         snprintf(err, err_cap, "bufs %u must be a power of two up to 32768", cfg->bufs);
+        return -EINVAL;
+    }
+    if (cfg->dial_slots > cfg->conns_max) {
+        snprintf(err, err_cap, "dial_slots %u is above conns_max %u", cfg->dial_slots,
+                 cfg->conns_max);
         return -EINVAL;
     }
     if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
@@ -1211,6 +1476,9 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
                  strerror(-ret));
         goto err;
     }
+    ret = dial_setup(e, err, err_cap);
+    if (ret)
+        goto err;
     ret = buffers_setup(e, err, err_cap);
     if (ret)
         goto err;
@@ -1246,6 +1514,7 @@ void engine_free(struct engine *e)
     if (e->conns)
         munmap(e->conns, (size_t)e->cfg.conns_max * sizeof *e->conns);
     free(e->reasm_free);
+    free(e->dial_free);
     for (unsigned i = 0; i < 256; i++)
         free(e->inbox[i]);
     free(e);

@@ -4,9 +4,10 @@
  * listener with multishot accept into direct descriptors (device sockets live in the ring's
  * fixed file table, not in the process fd table); multishot recv from a provided buffer ring;
  * a connection table indexed by fixed file slot, with a generation per slot; a reassembly
- * pool for frames split across receives; small sends (one in flight per connection); idle
- * and frame timers; readiness polls for the application's own sockets (PostgreSQL, Redis);
- * and socket handoff to another shard with IORING_OP_MSG_RING.
+ * pool for frames split across receives; sends (one in flight per connection: small ones
+ * copied, large ones by reference); outbound connections (engine_connect) into slots of the
+ * same table; idle, frame and connect timers; readiness polls for the application's own
+ * sockets (PostgreSQL, Redis); and socket handoff to another shard with IORING_OP_MSG_RING.
  *
  * The application (the gateway, loadgen) is called through one table of operations, from
  * the shard's thread only, after each batch of completions has been copied out of the CQ.
@@ -53,9 +54,15 @@ enum engine_close_reason {
 };
 const char *engine_close_reason_name(enum engine_close_reason r);
 
+/* on_open's from_shard for a connection accepted here, and for one engine_connect dialled. */
+#define ENGINE_FROM_ACCEPT (-1)
+#define ENGINE_FROM_DIAL   (-2)
+
 struct engine_ops {
-    /* A connection arrived: accepted here (handoff_key == 0, from_shard == -1) or handed
-     * over by another shard (its key, its shard). Receiving starts after this returns. */
+    /* A connection opened: accepted here (from_shard == ENGINE_FROM_ACCEPT, key 0), handed
+     * over by another shard (from_shard >= 0, its key), or dialled by engine_connect and now
+     * connected (from_shard == ENGINE_FROM_DIAL, the key given to engine_connect). Receiving
+     * starts after this returns. */
     void (*on_open)(void *app, struct engine *e, uint32_t slot, uint32_t gen, int from_shard,
                     uint64_t handoff_key);
     /* Bytes arrived: p[0 .. len-1] is everything not yet consumed, in order. Returns how many
@@ -75,19 +82,38 @@ struct engine_ops {
     /* Called after every batch of completions; returns the CLOCK_MONOTONIC ns by which it
      * wants to be called again (0: no wish; the engine wakes at least every 100 ms). */
     uint64_t (*on_tick)(void *app, struct engine *e, uint64_t now_ns);
+    /* The bytes of an engine_send_ref are no longer the engine's: status 0 when all of them
+     * went to the kernel, -ECANCELED when the connection closed first (for any reason). Called
+     * exactly once per engine_send_ref that returned 0 — after on_close when the connection closed,
+     * with that connection's (slot, gen), but before the slot is reused. May be NULL when the
+     * application never calls engine_send_ref. */
+    void (*on_sent)(void *app, struct engine *e, uint32_t slot, uint32_t gen, int status);
+    /* An engine_connect failed: -ECONNREFUSED, -ETIMEDOUT (connect_timeout_ms), -ECANCELED
+     * (engine_stop), -EADDRNOTAVAIL (no source port left), ... The slot is freed after this
+     * returns; on_open and on_close are never called for it. May be NULL when the application
+     * never dials. */
+    void (*on_connect_failed)(void *app, struct engine *e, uint64_t key, int err);
 };
 
 struct engine_config {
     unsigned shard;  /* this shard's index */
     unsigned shards; /* shards in the process */
-    /* Listen address; with listen == false the engine accepts nothing (loadgen, tests that
-     * only dial out use engine_connect... later) */
+    /* Listen address; with listen == false the engine accepts nothing (loadgen dials only) */
     bool listen;
     struct sockaddr_storage addr;
     socklen_t addr_len;
     int backlog;
 
-    uint32_t conns_max;        /* fixed file table size: at most RLIMIT_NOFILE */
+    uint32_t conns_max; /* fixed file table size: at most RLIMIT_NOFILE */
+    /* Slots engine_connect may use: the top dial_slots of the table, which accept and handoff
+     * then never take (the kernel allocates theirs below). 0: none when listening, all of
+     * conns_max otherwise — such an engine cannot take handed-over connections. */
+    uint32_t dial_slots;
+    uint32_t connect_timeout_ms; /* a dial not connected by then fails with -ETIMEDOUT; 0: none */
+    /* Dialled sockets get SO_LINGER {1, 0}: closing one sends a reset and leaves no TIME_WAIT
+     * behind. For a load generator, whose reconnects and next runs come from the same source
+     * addresses: TIME_WAIT entries there make the kernel's ephemeral port search long. */
+    bool dial_reset_on_close;
     uint32_t bufs;             /* provided receive buffers, a power of two, <= 32768 */
     uint32_t buf_bytes;        /* bytes per receive buffer */
     uint32_t reasm_bufs;       /* reassembly buffers (each frame_bytes_max + buf_bytes) */
@@ -109,6 +135,7 @@ struct engine_config {
 /* Per-shard counters, on their own cache line, written by the shard only. */
 struct engine_stats {
     uint64_t accepted, accept_errors, handed_in, handed_out, handoff_errors;
+    uint64_t dials, dials_connected, dials_failed, dial_errors; /* dial_errors: refused at once */
     uint64_t closed[ENGINE_CLOSE_REASONS];
     uint64_t recv_bytes, recv_completions, recv_enobufs, sends, send_bytes;
     uint64_t reasm_used_max, pauses, resumes, pause_cancels;
@@ -141,9 +168,9 @@ int engine_mail(struct engine *e, unsigned to, const void *msg);
 /* Runs the loop until engine_stop (from any thread) and until every connection is closed.
  * Returns 0 or -errno on a fatal ring error. */
 int engine_run(struct engine *e);
-/* Asks the loop to stop: it closes the listener and every connection (ENGINE_CLOSE_SHUTDOWN)
- * and returns. Safe from any thread and from signal-free contexts; takes effect within
- * 100 ms. */
+/* Asks the loop to stop: it closes the listener and every connection (ENGINE_CLOSE_SHUTDOWN),
+ * cancels the dials in progress (on_connect_failed with -ECANCELED) and returns. Safe from any
+ * thread and from signal-free contexts; takes effect within 100 ms. */
 void engine_stop(struct engine *e);
 /* Stops accepting: cancels the accept and closes the listener; open connections stay.
  * Call from the shard's thread (the first step of a graceful drain). */
@@ -158,6 +185,26 @@ void engine_free(struct engine *e);
  * (its output is full: the connection is closed with ENGINE_CLOSE_SEND_OVERFLOW). */
 #define ENGINE_SEND_BYTES_MAX 32
 int engine_send(struct engine *e, uint32_t slot, uint32_t gen, const void *p, size_t len);
+/* Sends len bytes that the caller keeps unchanged until on_sent: for frames larger than
+ * ENGINE_SEND_BYTES_MAX (loadgen's AVL packets), without a copy. They go after the bytes
+ * queued before this call and before those queued after it; partial sends are continued.
+ * At most one such reference per connection at a time. Returns 0 (on_sent follows, exactly
+ * once), -ESTALE (not this connection any more), -EBUSY (a reference is still pending) or
+ * -EINVAL (len 0 or above UINT32_MAX). */
+int engine_send_ref(struct engine *e, uint32_t slot, uint32_t gen, const void *p, size_t len);
+
+/* Dials dst (AF_INET or AF_INET6) from src (NULL: the kernel picks; else an address with
+ * port 0, bound with IP_BIND_ADDRESS_NO_PORT so the port is picked per destination at
+ * connect). The socket (non-blocking, TCP_NODELAY) is installed into a free dial slot of the
+ * fixed file table and its ordinary descriptor closed at once, so connections do not count
+ * against RLIMIT_NOFILE; then IORING_OP_CONNECT runs on the fixed file. On success on_open
+ * follows (from_shard ENGINE_FROM_DIAL, this key); on failure on_connect_failed(key, -errno).
+ * The addresses are copied. Call from the shard's thread. Returns 0, or -errno when nothing
+ * was started (-ENFILE: no dial slot free; -ESHUTDOWN: stopping; -EAFNOSUPPORT; socket(),
+ * setsockopt() or bind() errors such as -EADDRNOTAVAIL; io_uring_register_files_update). */
+int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_len,
+                   const struct sockaddr *src, socklen_t src_len, uint64_t key);
+
 /* Closes the connection (on_close follows with ENGINE_CLOSE_APP). -ESTALE if already gone. */
 int engine_close(struct engine *e, uint32_t slot, uint32_t gen);
 /* Passes the connection to shard `to` with a 56-bit key; the other shard's on_open gets it.
@@ -184,6 +231,8 @@ uint64_t engine_now_ns(const struct engine *e);
 const struct engine_stats *engine_stats(const struct engine *e);
 /* Connections open now. */
 uint32_t engine_conns_open(const struct engine *e);
+/* Dials started and not yet open or freed (connecting, or failed and closing). */
+uint32_t engine_conns_dialing(const struct engine *e);
 
 /* CLOCK_MONOTONIC in ns. */
 uint64_t engine_clock_ns(void);

@@ -36,14 +36,6 @@ static inline void shard_prep_msg_ring_fd(struct io_uring_sqe *sqe, int target_r
     sqe->msg_ring_flags = flags;
 }
 
-/* Cancels every request on fixed file `index` (IORING_ASYNC_CANCEL_FD_FIXED, kernel 6.0;
- * liburing 2.3's io_uring_prep_cancel_fd takes the flag but documents plain descriptors). */
-static inline void shard_prep_cancel_fixed(struct io_uring_sqe *sqe, int index, uint64_t data)
-{
-    io_uring_prep_cancel_fd(sqe, index, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
-    io_uring_sqe_set_data64(sqe, data);
-}
-
 /* IORING_FEAT_MIN_TIMEOUT (kernel 6.12): io_uring_getevents_arg's former pad is min_wait_usec. */
 #ifndef IORING_FEAT_MIN_TIMEOUT
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)

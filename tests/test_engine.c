@@ -6,7 +6,10 @@
  * thread talk to engines running on their own threads. Covers: whole, fragmented (one byte at a
  * time) and coalesced frames; pause/resume backpressure without loss or reordering; idle and frame
  * timeouts; a frame larger than the reassembly buffer; handoff of a connection between two shards
- * with IORING_OP_MSG_RING; many connections; stop. */
+ * with IORING_OP_MSG_RING; many connections; stop. Dialling (engine_connect): an engine that only
+ * dials talks to a listening one (bytes both ways, a large frame sent by reference between
+ * small copied ones, in order); refused and timed-out dials report and free their slots; many
+ * dials; one engine that listens and dials its own listener (the slot ranges stay apart). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -195,6 +198,138 @@ static const struct engine_ops handoff_ops = {.on_open = on_open,
                                               .on_close = on_close,
                                               .on_poll = on_poll,
                                               .on_tick = on_tick};
+
+/* ---------------------------------------------------------------------------------------------
+ * A dialling application: it serves the toy protocol on accepted connections (as test_ops) and,
+ * on each connection it dialled, sends a small frame (copied), `payload` (by reference) and a
+ * ping (copied), then counts the pongs.
+ * ------------------------------------------------------------------------------------------- */
+
+enum { DIAL_KEYS_MAX = 1024, ROLE_SERVER = 1, ROLE_DIALLED = 2 };
+
+struct dapp {
+    struct app srv;   /* the server side, for accepted connections */
+    atomic_uint want; /* dials the test asks for; keys 0 .. want-1 */
+    unsigned issued;  /* engine thread */
+    struct sockaddr_in dst, src;
+    bool bind_src;
+    const uint8_t *payload;
+    size_t payload_len;
+    atomic_uint opened, failed, closed, pongs, sent_ok, sent_cancelled;
+    atomic_int last_err;
+    atomic_uint dial_slot_min; /* lowest slot a dialled connection got */
+    atomic_uint accept_slot_max;
+    atomic_uchar key_seen[DIAL_KEYS_MAX]; /* opened + failed per key: must end at 1 each */
+    uint8_t role[DIAL_KEYS_MAX * 2];      /* by slot; engine thread */
+};
+
+static void dapp_init(struct dapp *d, uint16_t port, const uint8_t *payload, size_t len)
+{
+    memset(d, 0, sizeof *d);
+    atomic_store(&d->srv.budget, -1);
+    d->srv.handoff_to = -1;
+    d->dst = (struct sockaddr_in){
+        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    d->payload = payload;
+    d->payload_len = len;
+    atomic_store(&d->dial_slot_min, UINT32_MAX);
+}
+
+static void dapp_on_open(void *user, struct engine *e, uint32_t slot, uint32_t gen, int from_shard,
+                         uint64_t key)
+{
+    struct dapp *d = user;
+    ECHECK(slot < sizeof d->role);
+    if (from_shard != ENGINE_FROM_DIAL) {
+        ECHECK(from_shard == ENGINE_FROM_ACCEPT && key == 0);
+        d->role[slot] = ROLE_SERVER;
+        if (slot > atomic_load(&d->accept_slot_max))
+            atomic_store(&d->accept_slot_max, slot);
+        on_open(&d->srv, e, slot, gen, from_shard, key);
+        return;
+    }
+    ECHECK(key < DIAL_KEYS_MAX);
+    atomic_fetch_add(&d->key_seen[key], 1);
+    d->role[slot] = ROLE_DIALLED;
+    if (slot < atomic_load(&d->dial_slot_min))
+        atomic_store(&d->dial_slot_min, slot);
+    atomic_fetch_add(&d->opened, 1);
+    /* A second reference while one is pending is refused; bytes stay in call order. */
+    static const uint8_t small[4] = {3, 's', 'm', 'l'}, ping_frame[1] = {0};
+    ECHECK(engine_send(e, slot, gen, small, sizeof small) == 0);
+    ECHECK(engine_send_ref(e, slot, gen, d->payload, d->payload_len) == 0);
+    ECHECK(engine_send_ref(e, slot, gen, d->payload, d->payload_len) == -EBUSY);
+    ECHECK(engine_send(e, slot, gen, ping_frame, sizeof ping_frame) == 0);
+}
+
+static size_t dapp_on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                           const uint8_t *p, size_t len, enum engine_verdict *verdict,
+                           uint32_t *need)
+{
+    struct dapp *d = user;
+    if (d->role[slot] == ROLE_SERVER)
+        return on_data(&d->srv, e, slot, gen, p, len, verdict, need);
+    *verdict = ENGINE_CONTINUE;
+    for (size_t i = 0; i < len; i++)
+        ECHECK(p[i] == 0);
+    atomic_fetch_add(&d->pongs, (unsigned)len);
+    return len;
+}
+
+static void dapp_on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                          enum engine_close_reason reason)
+{
+    struct dapp *d = user;
+    if (d->role[slot] == ROLE_SERVER)
+        on_close(&d->srv, e, slot, gen, reason);
+    else
+        atomic_fetch_add(&d->closed, 1);
+    d->role[slot] = 0;
+}
+
+static void dapp_on_sent(void *user, struct engine *e, uint32_t slot, uint32_t gen, int status)
+{
+    struct dapp *d = user;
+    (void)e;
+    (void)slot;
+    (void)gen;
+    ECHECK(status == 0 || status == -ECANCELED);
+    atomic_fetch_add(status == 0 ? &d->sent_ok : &d->sent_cancelled, 1);
+}
+
+static void dapp_on_connect_failed(void *user, struct engine *e, uint64_t key, int err)
+{
+    struct dapp *d = user;
+    (void)e;
+    ECHECK(key < DIAL_KEYS_MAX && err < 0);
+    atomic_fetch_add(&d->key_seen[key], 1);
+    atomic_store(&d->last_err, err);
+    atomic_fetch_add(&d->failed, 1);
+}
+
+static uint64_t dapp_on_tick(void *user, struct engine *e, uint64_t now_ns)
+{
+    struct dapp *d = user;
+    while (d->issued < atomic_load(&d->want)) {
+        int rc = engine_connect(e, (const struct sockaddr *)&d->dst, sizeof d->dst,
+                                d->bind_src ? (const struct sockaddr *)&d->src : NULL,
+                                sizeof d->src, d->issued);
+        if (rc == -ENFILE)
+            return now_ns + 1000000; /* every dial slot busy: again in 1 ms */
+        ECHECK(rc == 0);
+        d->issued++;
+    }
+    on_tick(&d->srv, e, now_ns);
+    return now_ns + 1000000; /* the test may raise `want` at any time */
+}
+
+static const struct engine_ops dial_ops = {.on_open = dapp_on_open,
+                                           .on_data = dapp_on_data,
+                                           .on_close = dapp_on_close,
+                                           .on_poll = on_poll,
+                                           .on_tick = dapp_on_tick,
+                                           .on_sent = dapp_on_sent,
+                                           .on_connect_failed = dapp_on_connect_failed};
 
 /* ---------------------------------------------------------------------------------------------
  * Harness
@@ -709,6 +844,224 @@ static void test_mailbox(void **state)
     stop_shards(st, 2);
 }
 
+/* A dialler config: listen == false, so every slot is a dial slot. */
+static struct engine_config dial_config(unsigned shard, unsigned shards, uint32_t conns_max,
+                                        struct dapp *d)
+{
+    struct engine_config c = base_config(0, shard, shards, &dial_ops, d);
+    c.listen = false;
+    c.conns_max = conns_max;
+    return c;
+}
+
+static void wait_for(atomic_uint *v, unsigned want, int timeout_ms, const char *what)
+{
+    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (atomic_load(v) < want) {
+        if (engine_clock_ns() > end)
+            fail_msg("timed out waiting for %u %s (have %u)", want, what, atomic_load(v));
+        usleep(1000);
+    }
+}
+
+/* An engine that only dials talks to a listening engine: a small copied frame, a 12 KB stream
+ * of frames by reference and a copied ping arrive in that order (the listener's running hash),
+ * the pong comes back, on_sent reports the reference once; the dial bound 127.0.0.2. */
+static void test_dial_bytes_both_ways(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    enum { FRAMES = 60 };
+    static uint8_t payload[FRAMES * 202];
+    uint8_t lens[FRAMES];
+    size_t n = make_frames(payload, sizeof payload, FRAMES, 11, lens);
+
+    struct shard_thread st[2] = {0};
+    static struct dapp d;
+    dapp_init(&d, port, payload, n);
+    d.bind_src = true;
+    d.src = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7F000002)};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfgs[2] = {base_config(port, 0, 2, &test_ops, &st[0].app),
+                                    dial_config(1, 2, 64, &d)};
+    start_shards(st, 2, cfgs);
+    atomic_store(&d.want, 1);
+    wait_for(&d.pongs, 1, 5000, "pongs");
+    assert_int_equal(atomic_load(&d.opened), 1);
+    assert_int_equal(atomic_load(&d.failed), 0);
+    wait_for(&d.sent_ok, 1, 5000, "on_sent");
+    assert_int_equal(atomic_load(&st[0].app.frames), 1 + FRAMES + 1);
+    /* The listener hashed small frame, payload, ping — in that order. */
+    static uint8_t whole[4 + sizeof payload + 1];
+    const uint8_t small[4] = {3, 's', 'm', 'l'};
+    memcpy(whole, small, 4);
+    memcpy(whole + 4, payload, n);
+    whole[4 + n] = 0;
+    assert_int_equal(atomic_load(&st[0].app.checksum_pub), checksum_of(whole, 4 + n + 1, 1));
+    const struct engine_stats *s = engine_stats(st[1].e);
+    assert_int_equal(s->dials, 1);
+    assert_int_equal(s->dials_connected, 1);
+    assert_int_equal(engine_conns_open(st[1].e), 1);
+    assert_int_equal(engine_conns_dialing(st[1].e), 0);
+    /* The dialler stops first: the listener sees its peer close. */
+    engine_stop(st[1].e);
+    pthread_join(st[1].t, NULL);
+    assert_int_equal(st[1].rc, 0);
+    assert_int_equal(atomic_load(&d.closed), 1);
+    engine_free(st[1].e);
+    wait_until(&st[0].app.closes, 1, 5000);
+    assert_int_equal(atomic_load(&st[0].app.last_reason), ENGINE_CLOSE_PEER);
+    stop_shards(st, 1);
+}
+
+/* 100 dials to a closed port through 8 slots: each fails with -ECONNREFUSED exactly once,
+ * its slot comes back (or the later dials could not start), and a dial to a live listener
+ * then works. */
+static void test_dial_refused_frees_slot(void **state)
+{
+    (void)state;
+    uint16_t dead = free_port(), live = free_port();
+    static uint8_t payload[8] = {7, 1, 2, 3, 4, 5, 6, 7};
+    struct shard_thread st[2] = {0};
+    static struct dapp d;
+    dapp_init(&d, dead, payload, sizeof payload);
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfgs[2] = {base_config(live, 0, 2, &test_ops, &st[0].app),
+                                    dial_config(1, 2, 8, &d)};
+    start_shards(st, 2, cfgs);
+    enum { DIALS = 100 };
+    atomic_store(&d.want, DIALS);
+    wait_for(&d.failed, DIALS, 10000, "failed dials");
+    assert_int_equal(atomic_load(&d.last_err), -ECONNREFUSED);
+    assert_int_equal(atomic_load(&d.opened), 0);
+    for (unsigned k = 0; k < DIALS; k++)
+        assert_int_equal(atomic_load(&d.key_seen[k]), 1);
+    const struct engine_stats *s = engine_stats(st[1].e);
+    uint64_t end = engine_clock_ns() + 5000000000ull;
+    while (engine_conns_dialing(st[1].e) != 0 && engine_clock_ns() < end)
+        usleep(1000);
+    assert_int_equal(engine_conns_dialing(st[1].e), 0);
+    assert_int_equal(s->dials_failed, DIALS);
+    /* The freed slots serve a dial that works (the target changes only between dials). */
+    d.dst.sin_port = htons(live);
+    atomic_store(&d.want, DIALS + 1);
+    wait_for(&d.pongs, 1, 5000, "pongs");
+    assert_int_equal(atomic_load(&d.opened), 1);
+    stop_shards(st, 2);
+    assert_int_equal(atomic_load(&d.sent_ok) + atomic_load(&d.sent_cancelled), 1);
+}
+
+/* A listener that accepts one connection and never again (backlog full, never accepted):
+ * the dials behind it hang in SYN retries until connect_timeout_ms fails them with
+ * -ETIMEDOUT; a hanging dial at stop fails with -ECANCELED and the loop still ends. */
+static void test_dial_timeout_and_stop(void **state)
+{
+    (void)state;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    static uint8_t payload[2] = {1, 9};
+
+    struct shard_thread st[1] = {0};
+    static struct dapp d;
+    dapp_init(&d, ntohs(a.sin_port), payload, sizeof payload);
+    struct engine_config cfg = dial_config(0, 1, 16, &d);
+    cfg.connect_timeout_ms = 1000;
+    start_shards(st, 1, &cfg);
+    enum { DIALS = 6 };
+    atomic_store(&d.want, DIALS);
+    /* The queue of a listen(0) holds one or two connections; the rest time out. */
+    wait_for(&d.failed, DIALS - 2, 10000, "timed-out dials");
+    assert_int_equal(atomic_load(&d.last_err), -ETIMEDOUT);
+    unsigned done = atomic_load(&d.opened) + atomic_load(&d.failed);
+    assert_true(done >= DIALS - 2 && done <= DIALS);
+    stop_shards(st, 1);
+    for (unsigned k = 0; k < DIALS; k++)
+        assert_int_equal(atomic_load(&d.key_seen[k]), 1);
+
+    /* No timeout: the dial hangs until engine_stop cancels it. */
+    static struct dapp d2;
+    dapp_init(&d2, ntohs(a.sin_port), payload, sizeof payload);
+    cfg = dial_config(0, 1, 16, &d2);
+    start_shards(st, 1, &cfg);
+    atomic_store(&d2.want, 4);
+    usleep(300000);
+    unsigned hanging = 4 - atomic_load(&d2.opened) - atomic_load(&d2.failed);
+    assert_true(hanging >= 2);
+    assert_int_equal(engine_conns_dialing(st[0].e), hanging);
+    stop_shards(st, 1);
+    assert_int_equal(atomic_load(&d2.last_err), -ECANCELED);
+    for (unsigned k = 0; k < 4; k++)
+        assert_int_equal(atomic_load(&d2.key_seen[k]), 1);
+    close(lfd);
+}
+
+/* 500 dials from two source addresses: every one opens once, sends its frames, gets its
+ * pong; stopping the dialler closes them all at the listener. */
+static void test_dial_many(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    enum { FRAMES = 8, DIALS = 500 };
+    static uint8_t payload[FRAMES * 202];
+    uint8_t lens[FRAMES];
+    size_t n = make_frames(payload, sizeof payload, FRAMES, 12, lens);
+    struct shard_thread st[2] = {0};
+    static struct dapp d;
+    dapp_init(&d, port, payload, n);
+    d.bind_src = true;
+    d.src = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7F000003)};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfgs[2] = {base_config(port, 0, 2, &test_ops, &st[0].app),
+                                    dial_config(1, 2, 600, &d)};
+    start_shards(st, 2, cfgs);
+    atomic_store(&d.want, DIALS);
+    wait_for(&d.pongs, DIALS, 20000, "pongs");
+    assert_int_equal(atomic_load(&d.opened), DIALS);
+    assert_int_equal(atomic_load(&d.failed), 0);
+    for (unsigned k = 0; k < DIALS; k++)
+        assert_int_equal(atomic_load(&d.key_seen[k]), 1);
+    assert_int_equal(atomic_load(&st[0].app.frames), DIALS * (FRAMES + 2));
+    assert_int_equal(engine_conns_open(st[0].e), DIALS);
+    engine_stop(st[1].e);
+    pthread_join(st[1].t, NULL);
+    assert_int_equal(st[1].rc, 0);
+    assert_int_equal(engine_conns_open(st[1].e), 0);
+    assert_int_equal(atomic_load(&d.closed), DIALS);
+    engine_free(st[1].e);
+    wait_until(&st[0].app.closes, DIALS, 10000);
+    stop_shards(st, 1);
+}
+
+/* One engine listens and dials its own listener: accepted descriptors stay below the dial
+ * slots and dialled ones inside them, every dial is served by the same engine. */
+static void test_listen_and_dial_one_engine(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    static uint8_t payload[3] = {2, 'h', 'i'};
+    struct shard_thread st[1] = {0};
+    static struct dapp d;
+    dapp_init(&d, port, payload, sizeof payload);
+    struct engine_config cfg = base_config(port, 0, 1, &dial_ops, &d);
+    cfg.conns_max = 512;
+    cfg.dial_slots = 200;
+    start_shards(st, 1, &cfg);
+    enum { DIALS = 150 };
+    atomic_store(&d.want, DIALS);
+    wait_for(&d.pongs, DIALS, 10000, "pongs");
+    assert_int_equal(atomic_load(&d.opened), DIALS);
+    assert_int_equal(atomic_load(&d.srv.opens), DIALS);
+    assert_int_equal(atomic_load(&d.srv.frames), DIALS * 3);
+    assert_true(atomic_load(&d.dial_slot_min) >= 512 - 200);
+    assert_true(atomic_load(&d.accept_slot_max) < 512 - 200);
+    assert_int_equal(engine_conns_open(st[0].e), 2 * DIALS);
+    stop_shards(st, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +1072,11 @@ int main(void)
         cmocka_unit_test(test_handoff_between_shards),
         cmocka_unit_test(test_many_connections_and_stop),
         cmocka_unit_test(test_mailbox),
+        cmocka_unit_test(test_dial_bytes_both_ways),
+        cmocka_unit_test(test_dial_refused_frees_slot),
+        cmocka_unit_test(test_dial_timeout_and_stop),
+        cmocka_unit_test(test_dial_many),
+        cmocka_unit_test(test_listen_and_dial_one_engine),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

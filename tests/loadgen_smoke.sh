@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# loadgen_smoke.sh — the real gateway under avlgate-loadgen, checked end to end.
+#
+# Starts `avlgate run` (2 shards) against a database of its own on the ctest PostgreSQL
+# fixture, runs avlgate-loadgen with 200 devices for 5 s with --verify, --fragment,
+# --malformed 0.01, a reconnect storm and slow devices, and asserts: exit 0, "verify: ... OK",
+# malformed packets sent, closed by the gateway and never acknowledged, no other errors.
+#
+# usage: loadgen_smoke.sh AVLGATE LOADGEN PGTMP_SH PGDIR SCHEMA_DIR WORKDIR
+set -euo pipefail
+avlgate=$1 loadgen=$2 pgtmp=$3 pgdir=$4 schema=$5 work=$6
+
+die() { echo "loadgen_smoke: $*" >&2; exit 1; }
+mkdir -p "$work"
+server=$("$pgtmp" conninfo "$pgdir") || die "no PostgreSQL fixture in $pgdir"
+db=test_loadgen_smoke_$$
+conninfo="${server/dbname=avlgate/dbname=$db}"
+psql "$server" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" \
+  >/dev/null || die "cannot create database $db"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=$work/loadgen_smoke.gateway.log
+out=$work/loadgen_smoke.out
+gw=
+cleanup() {
+  if [ -n "$gw" ] && kill -0 "$gw" 2>/dev/null; then
+    kill -TERM "$gw" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$gw" 2>/dev/null || true
+  fi
+  psql "$server" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+"$avlgate" run --pg "$conninfo" --apply-schema "$schema" --listen "127.0.0.1:$port" \
+  --shards 2 --conns-max 1024 --bufs 256 --frame-timeout-s 5 --drain-timeout-ms 5000 \
+  >"$log" 2>&1 &
+gw=$!
+for _ in $(seq 300); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$gw" 2>/dev/null || { cat "$log" >&2; die "the gateway exited at start"; }
+  sleep 0.1
+done
+
+set +e
+"$loadgen" --connect "127.0.0.1:$port" --devices 200 --duration-s 5 --records 10 \
+  --verify --pg "$conninfo" --fragment 0.2 --malformed 0.01 --reconnect-storm 2:0.2 \
+  --slow 0.05 --json "$work/loadgen_smoke.json" >"$out"
+status=$?
+set -e
+cat "$out"
+[ "$status" -eq 0 ] || die "avlgate-loadgen exited with $status"
+
+value() { grep -o " $1=[0-9.]*" "$out" | head -1 | cut -d= -f2; }
+grep -q '^verify: .* missing=0 duplicated=0 .* OK$' "$out" || die "verify did not pass"
+[ "$(value records_acked)" -gt 0 ] || die "nothing acknowledged"
+[ "$(value malformed_sent)" -gt 0 ] || die "no malformed packet was sent"
+[ "$(value malformed_acked)" -eq 0 ] || die "the gateway acknowledged a malformed packet"
+[ "$(value malformed_closed)" -gt 0 ] || die "the gateway closed no malformed packet"
+[ "$(value storm_drops)" -gt 0 ] || die "no reconnect storm happened"
+[ "$(value errors)" -eq 0 ] || die "errors counted"
+grep -q '"timeline":\[{' "$work/loadgen_smoke.json" || die "no timeline in the JSON"
+
+kill -TERM "$gw"
+wait "$gw" || die "the gateway did not stop cleanly after SIGTERM"
+gw=
+echo "loadgen_smoke: OK"

@@ -54,6 +54,7 @@ enum {
     BATCHES_MAX = 16,
     ROW_BYTES_PLANNED = 512, /* typical row with its jsonb; sizes the COPY buffer */
     STATE_PARAMS = 8,
+    RELEASE_EVERY_MS = 5000, /* how often idle devices' windows are looked for */
     /* The state statement's parameters in binary format (build_state_params): per device one
      * element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4, or
      * NULL) and its dedup (bytea, 8 bytes per fingerprint); per batch the six array headers
@@ -75,7 +76,10 @@ _Static_assert((int)STATE_PARAMS <= (int)PGSINK_STATE_PARAMS_MAX,
  * Sessions
  * ------------------------------------------------------------------------------------------- */
 
-enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN };
+/* DEV_LOADING: handshake in, state load in flight, not answered yet. DEV_RELOADING: an open
+ * device whose window was released while it was quiet sent a packet; the connection is held
+ * (ENGINE_HOLD, the bytes kept by the engine) until its state is loaded again. */
+enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING };
 
 struct dedup {
     uint8_t len;  /* fingerprints held, <= DEDUP_FP_MAX */
@@ -91,9 +95,16 @@ struct dev {
     uint8_t state;
     bool load_queued;
     bool load_stale; /* a batch of this device committed while its load was in flight */
+    bool dormant;    /* open, window released after state_idle_s quiet: reload before a packet */
     uint32_t win;    /* its window in the shard's pool, index + 1; 0: none (no fingerprints) */
+    uint32_t last_packet_s; /* engine seconds of its last packet taken */
     uint64_t imei;
 };
+
+static bool dev_loading(const struct dev *d)
+{
+    return d->state == DEV_LOADING || d->state == DEV_RELOADING;
+}
 
 static bool dedup_has(const struct dedup *d, uint64_t fp)
 {
@@ -286,6 +297,7 @@ struct shard {
 
     bool draining;
     uint64_t next_partitions_ms;
+    uint64_t next_release_ms; /* release_idle_windows */
     uint64_t drain_deadline_ns;
 
     struct avl_record recs[AVL_RECORDS_MAX];
@@ -298,6 +310,11 @@ struct shard {
 static uint64_t now_ms(const struct shard *s)
 {
     return engine_now_ns(s->e) / 1000000u;
+}
+
+static uint32_t now_s(const struct shard *s)
+{
+    return (uint32_t)(engine_now_ns(s->e) / 1000000000u);
 }
 
 static int64_t wall_us(void)
@@ -571,7 +588,7 @@ static void send_loads(struct shard *s)
         uint64_t ck = s->load_queue[s->load_head];
         uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
         struct dev *d = &s->devs[slot];
-        if (d->gen != gen || d->state != DEV_LOADING) {
+        if (d->gen != gen || !dev_loading(d)) {
             s->load_head = (s->load_head + 1) % s->cfg->conns_max;
             s->load_len--;
             continue;
@@ -650,8 +667,9 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     uint64_t ck = (uint64_t)(uintptr_t)cookie;
     uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
     struct dev *d = &s->devs[slot];
-    if (d->gen != gen || d->state != DEV_LOADING)
+    if (d->gen != gen || !dev_loading(d))
         return; /* the connection went away meanwhile */
+    bool reload = d->state == DEV_RELOADING;
     if (d->load_stale) {
         /* The answer may predate a commit of this device's rows, whose batch is gone now:
          * neither it nor pending_dedup() knows those records. Ask again. */
@@ -665,7 +683,7 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
         queue_load(s, slot);
         return;
     }
-    if (s->cfg->devices_known &&
+    if (!reload && s->cfg->devices_known &&
         (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
         s->st->handshake_rejected++;
         send_reply(s, slot, gen, 0x00);
@@ -683,8 +701,29 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
             dev_dedup_drop(s, d);
     }
     d->state = DEV_OPEN;
+    d->last_packet_s = now_s(s);
+    if (reload) {
+        engine_resume_conn(s->e, slot, gen); /* its held packet goes on */
+        return;
+    }
     s->st->handshakes++;
     send_reply(s, slot, gen, 0x01);
+}
+
+/* Releases the windows of open devices that sent no packet for state_idle_s: an idle
+ * connection then costs no window. The state is in device_state (or in a batch still held,
+ * which pending_dedup finds); the device's next packet waits for it (DEV_RELOADING). */
+static void release_idle_windows(struct shard *s)
+{
+    uint32_t now = now_s(s), idle = s->cfg->state_idle_s;
+    for (uint32_t slot = 0; slot < s->cfg->conns_max; slot++) {
+        struct dev *d = &s->devs[slot];
+        if (d->state != DEV_OPEN || !d->win || now - d->last_packet_s < idle)
+            continue;
+        dev_dedup_drop(s, d);
+        d->dormant = true;
+        s->st->windows_released++;
+    }
 }
 
 /* A batch holding devs[0 .. n-1] committed. A state load in flight for one of them runs on the
@@ -697,7 +736,7 @@ static void mark_loads_stale(struct shard *s, const struct bdev *devs, uint32_t 
         if (slot < 0)
             continue;
         struct dev *d = &s->devs[slot];
-        if (d->state == DEV_LOADING && !d->load_queued)
+        if (dev_loading(d) && !d->load_queued)
             d->load_stale = true;
     }
 }
@@ -985,6 +1024,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
                           .fp_off = b->fps_len,
                           .dev = dev_index};
     struct dedup *win = dev_dedup_mut(s, d);
+    d->last_packet_s = now_s(s);
     for (unsigned i = 0; i < pkt->records_len; i++) {
         const struct avl_record *r = &s->recs[i];
         uint64_t fp = record_fp(r);
@@ -1049,6 +1089,7 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     d->imei = imei;
     d->state = DEV_LOADING;
     d->load_stale = false;
+    d->dormant = false;
     dev_dedup_drop(s, d);
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */
@@ -1116,6 +1157,17 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         case AVL_FRAME_AVL:
             break;
         }
+        if (d->dormant) {
+            /* Its window was released while it was quiet: load the state, hold the packet. */
+            d->dormant = false;
+            d->state = DEV_RELOADING;
+            d->load_stale = false;
+            s->st->state_reloads++;
+            queue_load(s, slot);
+            send_loads(s);
+            *verdict = ENGINE_HOLD;
+            return used;
+        }
         struct avl_packet pkt;
         rc = avl_decode_tcp(frame, f.bytes, &pkt, s->recs);
         if (rc < 0) {
@@ -1163,12 +1215,13 @@ static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
     (void)reason;
     struct dev *d = &s->devs[slot];
     assert(d->gen == gen);
-    if (d->state == DEV_LOADING || d->state == DEV_OPEN) {
+    if (dev_loading(d) || d->state == DEV_OPEN) {
         int64_t at = imap_get(&s->owned, d->imei);
         if (at == (int64_t)slot)
             imap_del(&s->owned, d->imei);
     }
     dev_dedup_drop(s, d);
+    d->dormant = false;
     d->state = DEV_FREE;
     d->gen = (gen + 1) & 0xFFFFFFu; /* the engine's next generation for this slot */
 }
@@ -1221,6 +1274,12 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
     submit_next(s);
     send_loads(s);
     sink_arm_polls(s);
+    if (s->cfg->state_idle_s && ms >= s->next_release_ms) {
+        release_idle_windows(s);
+        /* Every RELEASE_EVERY_MS, or twice per state_idle_s when that is shorter. */
+        uint64_t every = (uint64_t)s->cfg->state_idle_s * 500u;
+        s->next_release_ms = ms + (every < RELEASE_EVERY_MS ? every : RELEASE_EVERY_MS);
+    }
     if (s->draining) {
         bool held = false;
         for (uint32_t i = 0; i < s->nbatches; i++)
@@ -1397,12 +1456,13 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     const struct engine_stats *es = engine_stats(s->e);
     fprintf(stderr,
             "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
-            "sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu\n",
+            "sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu "
+            "windows_released=%llu state_reloads=%llu\n",
             id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
             (unsigned long long)es->recv_completions, (unsigned long long)es->sends,
             (unsigned long long)es->pauses, (unsigned long long)es->pause_cancels,
-            (unsigned long long)s->st->batches_committed,
-            (unsigned long long)s->st->rows_committed);
+            (unsigned long long)s->st->batches_committed, (unsigned long long)s->st->rows_committed,
+            (unsigned long long)s->st->windows_released, (unsigned long long)s->st->state_reloads);
     /* Another shard may still post to this engine's mailboxes until its own loop ends. */
     atomic_fetch_add(&sh->loops_done, 1);
     while (atomic_load(&sh->loops_done) < c->shards)

@@ -34,6 +34,7 @@ struct ingest_config {
     uint32_t conns_max;       /* per shard */
     uint32_t bufs, buf_bytes; /* provided receive buffers per shard */
     uint32_t idle_timeout_s;  /* 0: none */
+    uint32_t state_idle_s;    /* release a quiet device's duplicate window after this; 0: never */
     uint32_t frame_timeout_s; /* 0: none */
     uint32_t frame_bytes_max;
     bool devices_known;        /* accept only IMEIs enabled in public.devices */
@@ -49,7 +50,7 @@ struct ingest_stats {
     uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
     uint64_t invalid_by_reason[32]; /* by -avl_err, and copyenc errors at 24 + -err */
-    uint64_t state_load_failures;
+    uint64_t state_load_failures, state_reloads, windows_released;
 } __attribute__((aligned(64)));
 
 /* What every shard thread shares. */

@@ -25,29 +25,31 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: avlgate run --pg CONNINFO [options]\n"
-            "\n"
-            "  --listen HOST:PORT      device port (default 0.0.0.0:5027)\n"
-            "  --shards N              shard threads (default: online CPUs)\n"
-            "  --pin                   pin shard i to CPU i\n"
-            "  --pg CONNINFO           libpq conninfo or URI (required; give an IP address)\n"
-            "  --instance ID           this instance's name (default: the host name)\n"
-            "  --batch-rows N          seal a batch at N rows (default 1000)\n"
-            "  --batch-ms N            or when its first row is N ms old (default 10)\n"
-            "  --batches N             batches per shard, the row ring (default 4)\n"
-            "  --conns-max N           connections per shard (default 10000, <= RLIMIT_NOFILE)\n"
-            "  --bufs N                receive buffers per shard, power of two (default 1024)\n"
-            "  --buf-bytes N           bytes per receive buffer (default 4096)\n"
-            "  --idle-timeout-s N      close a silent connection after N s (default 600, 0 off)\n"
-            "  --frame-timeout-s N     close when a frame stays incomplete N s (default 30)\n"
-            "  --frame-bytes-max N     largest frame accepted (default 65536)\n"
-            "  --devices any|known     known: only IMEIs enabled in public.devices (default any)\n"
-            "  --apply-schema DIR      apply DIR/*.sql before starting (tests, demo)\n"
-            "  --drain-timeout-ms N    on SIGTERM, wait this long for commits and ACKs (10000)\n"
-            "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
-            "  --metrics HOST:PORT     accepted; served by the operability work\n"
-            "  --redis HOST:PORT       accepted; used by the commands work\n");
+    fprintf(
+        f,
+        "usage: avlgate run --pg CONNINFO [options]\n"
+        "\n"
+        "  --listen HOST:PORT      device port (default 0.0.0.0:5027)\n"
+        "  --shards N              shard threads (default: online CPUs)\n"
+        "  --pin                   pin shard i to CPU i\n"
+        "  --pg CONNINFO           libpq conninfo or URI (required; give an IP address)\n"
+        "  --instance ID           this instance's name (default: the host name)\n"
+        "  --batch-rows N          seal a batch at N rows (default 1000)\n"
+        "  --batch-ms N            or when its first row is N ms old (default 10)\n"
+        "  --batches N             batches per shard, the row ring (default 4)\n"
+        "  --conns-max N           connections per shard (default 10000, <= RLIMIT_NOFILE)\n"
+        "  --bufs N                receive buffers per shard, power of two (default 1024)\n"
+        "  --buf-bytes N           bytes per receive buffer (default 4096)\n"
+        "  --idle-timeout-s N      close a silent connection after N s (default 600, 0 off)\n"
+        "  --frame-timeout-s N     close when a frame stays incomplete N s (default 30)\n"
+        "  --frame-bytes-max N     largest frame accepted (default 65536)\n"
+        "  --devices any|known     known: only IMEIs enabled in public.devices (default any)\n"
+        "  --apply-schema DIR      apply DIR/*.sql before starting (tests, demo)\n"
+        "  --drain-timeout-ms N    on SIGTERM, wait this long for commits and ACKs (10000)\n"
+        "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
+        "  --state-idle-s N        free a quiet device's duplicate window after N s (60, 0 off)\n"
+        "  --metrics HOST:PORT     accepted; served by the operability work\n"
+        "  --redis HOST:PORT       accepted; used by the commands work\n");
 }
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -142,6 +144,7 @@ int run_main(int argc, char **argv)
     cfg.frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
     cfg.drain_timeout_ms = 10000;
     cfg.wait_batch_us = 100;
+    cfg.state_idle_s = 60;
     const char *listen = "0.0.0.0:5027", *schema_dir = NULL;
     static char hostname[256];
     if (gethostname(hostname, sizeof hostname) != 0)
@@ -167,6 +170,7 @@ int run_main(int argc, char **argv)
         O_SCHEMA,
         O_DRAIN,
         O_WAIT_BATCH,
+        O_STATE_IDLE,
         O_METRICS,
         O_REDIS,
         O_HELP
@@ -190,6 +194,7 @@ int run_main(int argc, char **argv)
         {"apply-schema", required_argument, 0, O_SCHEMA},
         {"drain-timeout-ms", required_argument, 0, O_DRAIN},
         {"wait-batch-us", required_argument, 0, O_WAIT_BATCH},
+        {"state-idle-s", required_argument, 0, O_STATE_IDLE},
         {"metrics", required_argument, 0, O_METRICS},
         {"redis", required_argument, 0, O_REDIS},
         {"help", no_argument, 0, O_HELP},
@@ -257,6 +262,9 @@ int run_main(int argc, char **argv)
             break;
         case O_WAIT_BATCH:
             bad = parse_u32(optarg, 0, 10000, &cfg.wait_batch_us);
+            break;
+        case O_STATE_IDLE:
+            bad = parse_u32(optarg, 0, 7 * 86400, &cfg.state_idle_s);
             break;
         case O_METRICS:
         case O_REDIS:

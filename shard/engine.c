@@ -107,6 +107,7 @@ enum conn_flag {
     CF_SEND_REF = 1 << 9,    /* the send in flight is a part of the reference, not out[] */
     CF_DIAL = 1 << 10,       /* dialled and not open: counted in conns_dialing until freed */
     CF_TIMEDOUT = 1 << 11,   /* the dial was cancelled by connect_timeout_ms */
+    CF_HELD = 1 << 12,       /* with CF_PAUSED: held by ENGINE_HOLD, not on the paused list */
 };
 
 struct conn {
@@ -386,6 +387,20 @@ static void paused_push(struct engine *e, uint32_t slot)
     e->stats.pauses++;
 }
 
+/* ENGINE_PAUSE puts the connection on the paused list (engine_resume); ENGINE_HOLD only marks
+ * it, for engine_resume_conn. Either way its bytes are kept and not delivered. */
+static void pause_or_hold(struct engine *e, uint32_t slot, enum engine_verdict v)
+{
+    struct conn *c = &e->conns[slot];
+    if (v == ENGINE_PAUSE) {
+        paused_push(e, slot);
+        return;
+    }
+    assert(!(c->flags & CF_PAUSED));
+    c->flags |= CF_PAUSED | CF_HELD;
+    e->stats.holds++;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Closing
  * ------------------------------------------------------------------------------------------- */
@@ -486,9 +501,9 @@ static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size
             }
             memmove(buf, buf + used, c->reasm_len - used);
             c->reasm_len -= (uint32_t)used;
-            if (v == ENGINE_PAUSE) {
+            if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
                 c->need = 0;
-                paused_push(e, slot);
+                pause_or_hold(e, slot, v);
                 continue; /* keeps the rest of p, if it fits */
             }
             if (c->reasm_len == 0) {
@@ -528,7 +543,7 @@ static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size
         }
         p += used;
         len -= used;
-        if (len == 0 && v != ENGINE_PAUSE)
+        if (len == 0 && v == ENGINE_CONTINUE)
             return;
         if (v == ENGINE_CONTINUE) {
             assert(need > len);
@@ -541,8 +556,8 @@ static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size
             conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
             return;
         }
-        if (v == ENGINE_PAUSE) {
-            paused_push(e, slot);
+        if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
+            pause_or_hold(e, slot, v);
             if (len == 0)
                 return;
             continue; /* copies p into the new buffer */
@@ -947,12 +962,33 @@ void engine_resume(struct engine *e)
         e->stats.resumes++;
         c->need = 0;
         conn_deliver(e, slot, NULL, 0);
+        if (c->flags & CF_HELD)
+            continue; /* waits for its own engine_resume_conn; the others go on */
         if (c->flags & CF_PAUSED)
             return; /* the application is full again; the rest wait in order */
         /* A recv whose cancel is in flight is re-armed when it ends (on_recv). */
         if (c->state == CONN_OPEN && !(c->flags & CF_RECV))
             arm_recv(e, slot);
     }
+}
+
+int engine_resume_conn(struct engine *e, uint32_t slot, uint32_t gen)
+{
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    if (!(c->flags & CF_HELD))
+        return -EINVAL;
+    c->flags &= (uint16_t) ~(CF_PAUSED | CF_HELD);
+    e->stats.resumes++;
+    c->need = 0;
+    conn_deliver(e, slot, NULL, 0);
+    /* A recv whose cancel is in flight is re-armed when it ends (on_recv). */
+    if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))
+        arm_recv(e, slot);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ struct engine;
 enum engine_verdict {
     ENGINE_CONTINUE, /* consumed what it could; the rest is an incomplete frame (see *need) */
     ENGINE_PAUSE,    /* the application is full: keep the rest, stop reading, wait for resume */
+    ENGINE_HOLD,     /* this connection waits for something of its own: keep the rest, deliver
+                        nothing until engine_resume_conn (engine_resume leaves it alone) */
     ENGINE_CLOSE,    /* close the connection (the application counted why) */
 };
 
@@ -138,7 +140,7 @@ struct engine_stats {
     uint64_t dials, dials_connected, dials_failed, dial_errors; /* dial_errors: refused at once */
     uint64_t closed[ENGINE_CLOSE_REASONS];
     uint64_t recv_bytes, recv_completions, recv_enobufs, sends, send_bytes;
-    uint64_t reasm_used_max, pauses, resumes, pause_cancels;
+    uint64_t reasm_used_max, pauses, resumes, pause_cancels, holds;
     uint64_t mail_sent, mail_received, mail_full, mail_wakes;
     uint64_t cqes, loops;
 } __attribute__((aligned(64)));
@@ -215,6 +217,9 @@ int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, u
 /* Resumes every connection paused by ENGINE_PAUSE: their kept bytes are offered to on_data
  * again (in pause order) until the application pauses again. */
 void engine_resume(struct engine *e);
+/* Resumes one connection held by ENGINE_HOLD: its kept bytes are offered to on_data again.
+ * Returns 0, -ESTALE (gone), or -EINVAL (not held). */
+int engine_resume_conn(struct engine *e, uint32_t slot, uint32_t gen);
 
 /* One-shot readiness poll of an ordinary descriptor (not a device socket); on_poll gets tag.
  * Returns 0 or -EBUSY when no SQE is free (the caller retries on the next tick). */

@@ -308,6 +308,27 @@ static struct gw_stats gw_term(void)
     return st;
 }
 
+/* The sum of `key=<n>` over the gateway's "shard stopped" lines (one per shard). */
+static long long log_shard_sum(const char *key)
+{
+    FILE *f = fopen(T.gw_log, "r");
+    CHECK(f != NULL, "no log %s", T.gw_log);
+    char line[2048], needle[64];
+    snprintf(needle, sizeof needle, " %s=", key);
+    long long sum = 0;
+    unsigned lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, "msg=\"shard stopped\"") ? strstr(line, needle) : NULL;
+        if (at) {
+            sum += strtoll(at + strlen(needle), NULL, 10);
+            lines++;
+        }
+    }
+    fclose(f);
+    CHECK(lines == SHARDS, "%u \"shard stopped\" lines with %s", lines, key);
+    return sum;
+}
+
 /* ---- set-up and teardown ------------------------------------------------------------------ */
 
 static void begin(const char *name)
@@ -1409,6 +1430,38 @@ static void test_poison(void **state)
     CHECK(gw_running(), "the gateway died");
 }
 
+/* A quiet device's duplicate window is released (--state-idle-s) and loaded again before its
+ * next packet, which waits meanwhile: a re-send of its last packet (its ACK lost) is still a
+ * duplicate, and a new packet is stored once. */
+static void test_quiet_device_reload(void **state)
+{
+    (void)state;
+    begin("quiet_reload");
+    gw_start((const char *const[]){"--state-idle-s", "1", "--batch-ms", "5", NULL});
+    enum { RECS = 5 };
+    const uint64_t imei = IMEI_BASE + 7100;
+    uint64_t ts0 = recent_ts_ms();
+    uint8_t p1[PKT_BYTES], p2[PKT_BYTES];
+    size_t l1 = encode_series(AVL_CODEC_8E, ts0, 1000, 71000, RECS, p1, sizeof p1);
+    size_t l2 = encode_series(AVL_CODEC_8E, ts0 + RECS * 1000, 1000, 71100, RECS, p2, sizeof p2);
+    struct device d;
+    dev_open(&d, imei);
+    send_acked(&d, p1, l1, RECS, 0, 0);
+    sleep_ms(2500);                     /* quiet for 1 s, looked at every 0.5 s */
+    send_acked(&d, p1, l1, RECS, 0, 0); /* the re-send: ACKed with its count, not stored */
+    CHECK(rows_of(imei) == RECS, "after the re-send: %lld rows", rows_of(imei));
+    sleep_ms(2500);
+    send_acked(&d, p2, l2, RECS, 7, 20); /* in pieces: the held bytes are kept whole */
+    CHECK(rows_of(imei) == 2 * RECS, "after the new packet: %lld rows", rows_of(imei));
+    device_close(&d);
+    struct gw_stats st = gw_term();
+    CHECK(st.duplicates == RECS, "%lld duplicates counted", st.duplicates);
+    CHECK(log_shard_sum("windows_released") >= 2, "windows released %lld",
+          log_shard_sum("windows_released"));
+    CHECK(log_shard_sum("state_reloads") == 2, "state reloads %lld",
+          log_shard_sum("state_reloads"));
+}
+
 /* A hostile connection: what it sends, and what the gateway must do with it. */
 struct hostile {
     const char *what;
@@ -1819,6 +1872,7 @@ int main(void)
         cmocka_unit_test_teardown(test_pg_outage, teardown),
         cmocka_unit_test_teardown(test_resend_during_slow_load, teardown),
         cmocka_unit_test_teardown(test_unknown_outcome_replacing, teardown),
+        cmocka_unit_test_teardown(test_quiet_device_reload, teardown),
     };
     /* By hand: TEST_INGEST_FILTER=test_poison (a cmocka pattern) runs matching cases only. */
     const char *filter = getenv("TEST_INGEST_FILTER");

@@ -80,7 +80,7 @@ _Static_assert(SERVER_FRAME_BYTES_MAX >= REPLY_TEXT_MAX + 64, "a reply fits a se
  * Options
  * ------------------------------------------------------------------------------------------- */
 
-enum pacing { PACE_DRAIN, PACE_RATE, PACE_PERIOD };
+enum pacing { PACE_DRAIN, PACE_RATE, PACE_PERIOD, PACE_IDLE };
 
 struct options {
     const char *target;
@@ -95,6 +95,7 @@ struct options {
     double rate;     /* records/s, all devices */
     double period_s; /* per device */
     double duration_s;
+    double warmup_s; /* ACKs in the first warmup_s are not in the summary percentiles */
     uint32_t packets;
     double connect_rate;
     double ramp_s;
@@ -135,7 +136,11 @@ static void usage(FILE *f)
             "  --drain                    each packet as soon as the last one was acknowledged\n"
             "  --rate R                   R records/s in all, each device on its own schedule\n"
             "  --period-s P               one packet per device every P s\n"
+            "  --idle                     connect, handshake, then stay silent (memory per\n"
+            "                             connection: bench/connections)\n"
             "  --duration-s D             stop after D s (default 30; 0: no limit)\n"
+            "  --warmup-s W               leave the ACKs of the first W s out of the summary's\n"
+            "                             latency percentiles (the timeline keeps them)\n"
             "  --packets M                stop when every device has M packets acknowledged\n"
             "connections:\n"
             "  --connect-rate R           new connections per second (default unlimited)\n"
@@ -338,6 +343,7 @@ static struct {
     uint32_t src_ips, src_base; /* host order */
     uint32_t threads;
     uint64_t t0_ns, t0_wall_ms;
+    uint64_t warmup_ns; /* o.warmup_s */
     uint64_t nonce;
     uint64_t period_ns; /* 0: drain */
     uint64_t step_ms;   /* between two records of a device */
@@ -799,8 +805,8 @@ static void dev_pump(struct worker *w, uint32_t di)
         w->c.replies++;
         return;
     }
-    if (d->state != DEV_READY)
-        return;
+    if (d->state != DEV_READY || run.o.pacing == PACE_IDLE)
+        return; /* --idle: connected and silent */
     uint64_t due = dev_due_ns(w, di);
     if (due > now_of(w)) {
         timer_set(w, di, due);
@@ -829,7 +835,10 @@ static bool dev_ack(struct worker *w, uint32_t di, uint32_t value)
         return false;
     }
     uint64_t now = now_of(w), us = now > d->t_ns ? (now - d->t_ns) / 1000 : 0;
-    hist_record(&w->ack, us);
+    /* The run's percentiles leave out the warm-up (connections, first state loads); the
+     * per-second timeline keeps everything. */
+    if (now >= run.t0_ns + run.warmup_ns)
+        hist_record(&w->ack, us);
     hist_record(&w->ack_sec, us);
     w->c.packets_acked++;
     w->c.records_acked += value;
@@ -1404,7 +1413,9 @@ enum {
     O_DRAIN,
     O_RATE,
     O_PERIOD,
+    O_IDLE,
     O_DURATION,
+    O_WARMUP,
     O_PACKETS,
     O_CONNECT_RATE,
     O_RAMP,
@@ -1459,7 +1470,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"drain", no_argument, 0, O_DRAIN},
         {"rate", required_argument, 0, O_RATE},
         {"period-s", required_argument, 0, O_PERIOD},
+        {"idle", no_argument, 0, O_IDLE},
         {"duration-s", required_argument, 0, O_DURATION},
+        {"warmup-s", required_argument, 0, O_WARMUP},
         {"packets", required_argument, 0, O_PACKETS},
         {"connect-rate", required_argument, 0, O_CONNECT_RATE},
         {"ramp-s", required_argument, 0, O_RAMP},
@@ -1520,10 +1533,17 @@ static int parse_options(int argc, char **argv, struct options *o)
             paced++;
             ok = parse_double(optarg, 1e-3, 1e9, &o->rate);
             break;
+        case O_IDLE:
+            o->pacing = PACE_IDLE;
+            paced++;
+            break;
         case O_PERIOD:
             o->pacing = PACE_PERIOD;
             paced++;
             ok = parse_double(optarg, 1e-3, 86400, &o->period_s);
+            break;
+        case O_WARMUP:
+            ok = parse_double(optarg, 0, 1e6, &o->warmup_s);
             break;
         case O_DURATION:
             ok = parse_double(optarg, 0, 1e7, &o->duration_s);
@@ -1603,7 +1623,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         return 2;
     }
     if (paced > 1) {
-        fprintf(stderr, "avlgate-loadgen: give one of --drain, --rate, --period-s\n");
+        fprintf(stderr, "avlgate-loadgen: give one of --drain, --rate, --period-s, --idle\n");
         return 2;
     }
     if (o->verify && !o->pg) {
@@ -1643,7 +1663,17 @@ static uint64_t connect_failed_of(const struct counters *c)
 
 static const char *pacing_name(void)
 {
-    return run.o.pacing == PACE_RATE ? "rate" : run.o.pacing == PACE_PERIOD ? "period" : "drain";
+    switch (run.o.pacing) {
+    case PACE_RATE:
+        return "rate";
+    case PACE_PERIOD:
+        return "period";
+    case PACE_IDLE:
+        return "idle";
+    case PACE_DRAIN:
+        break;
+    }
+    return "drain";
 }
 
 /* The summary as key=value pairs (sep " ") or JSON members (sep ","), the same keys. */
@@ -1785,6 +1815,7 @@ static int setup(void)
                 per, (unsigned long long)rl.rlim_cur);
         return 2;
     }
+    run.warmup_ns = (uint64_t)(o->warmup_s * 1e9);
     if (o->pacing == PACE_RATE)
         run.period_ns = (uint64_t)((double)o->devices * o->records / o->rate * 1e9);
     else if (o->pacing == PACE_PERIOD)

@@ -28,7 +28,7 @@
 #include "tests/support/testutil.h"
 
 enum {
-    SCHEMA_FILES = 4,
+    SCHEMA_FILES = 5,
     ARENA_BYTES = 24 << 20,
     RECORDS_MAX = 60000,
     COPY_CHUNK_BYTES = 64 * 1024,
@@ -840,6 +840,56 @@ static void test_device_state(void **state)
     pgtest_db_drop(&db);
 }
 
+/* public.commands (005): defaults, the status and payload checks, the partial index of open
+ * commands per IMEI, and the Directus audit columns. */
+static void test_commands_table(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char v[512];
+    pgtest_db_create(&db, "commands", true);
+    PGconn *c = db.conn;
+    pgtest_exec(c, "INSERT INTO public.commands (imei, payload) VALUES (356307042441013, "
+                   "'getinfo'), (356307042441013, 'setdigout 1'), (1, 'getver')");
+    assert_string_equal(pgtest_scalar(c,
+                                      "SELECT string_agg(id || ':' || status || ':' || attempts "
+                                      "|| ':' || response_hex || ':' || (date_created IS NOT "
+                                      "NULL) || ':' || (expires_at IS NULL), ' ' ORDER BY id) "
+                                      "FROM public.commands",
+                                      v, sizeof v),
+                        "1:pending:0:false:true:true 2:pending:0:false:true:true "
+                        "3:pending:0:false:true:true");
+    static const char *const bad[] = {
+        "INSERT INTO public.commands (imei, payload, status) VALUES (1, 'x', 'queued')",
+        "INSERT INTO public.commands (imei, payload) VALUES (1, '')",
+        "INSERT INTO public.commands (imei, payload) VALUES (NULL, 'x')",
+        "INSERT INTO public.commands (imei, payload, attempts) VALUES (1, 'x', -1)",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        PGresult *r = PQexec(c, bad[i]);
+        assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
+        PQclear(r);
+    }
+    /* the open-commands index serves "open commands of this IMEI, oldest first" */
+    pgtest_exec(c, "UPDATE public.commands SET status = 'answered', response = 'ok' WHERE id = 1");
+    pgtest_exec(c, "SET enable_seqscan = off");
+    assert_string_equal(pgtest_scalar(c,
+                                      "SELECT string_agg(id::text, ' ' ORDER BY id) FROM "
+                                      "public.commands WHERE imei = 356307042441013 AND status "
+                                      "IN ('pending', 'sent')",
+                                      v, sizeof v),
+                        "2");
+    PGresult *r = PQexec(c, "EXPLAIN SELECT id FROM public.commands WHERE imei = 1 AND status "
+                            "IN ('pending', 'sent') ORDER BY id");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    bool uses_index = false;
+    for (int i = 0; i < PQntuples(r); i++)
+        uses_index |= strstr(PQgetvalue(r, i, 0), "commands_open_by_imei") != NULL;
+    PQclear(r);
+    assert_true(uses_index);
+    pgtest_db_drop(&db);
+}
+
 /* The gateway's batch: COPY, then the state upsert and a look-up in pipeline mode (one round
  * trip), then COMMIT; rows and state become visible together. */
 static void test_batch_transaction_pipeline(void **state)
@@ -920,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_copy_roundtrip),
         cmocka_unit_test(test_device_state),
         cmocka_unit_test(test_batch_transaction_pipeline),
+        cmocka_unit_test(test_commands_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1456,13 +1456,14 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     const struct engine_stats *es = engine_stats(s->e);
     fprintf(stderr,
             "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
-            "sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu "
+            "recv_enobufs=%llu sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu "
             "windows_released=%llu state_reloads=%llu\n",
             id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
-            (unsigned long long)es->recv_completions, (unsigned long long)es->sends,
-            (unsigned long long)es->pauses, (unsigned long long)es->pause_cancels,
-            (unsigned long long)s->st->batches_committed, (unsigned long long)s->st->rows_committed,
-            (unsigned long long)s->st->windows_released, (unsigned long long)s->st->state_reloads);
+            (unsigned long long)es->recv_completions, (unsigned long long)es->recv_enobufs,
+            (unsigned long long)es->sends, (unsigned long long)es->pauses,
+            (unsigned long long)es->pause_cancels, (unsigned long long)s->st->batches_committed,
+            (unsigned long long)s->st->rows_committed, (unsigned long long)s->st->windows_released,
+            (unsigned long long)s->st->state_reloads);
     /* Another shard may still post to this engine's mailboxes until its own loop ends. */
     atomic_fetch_add(&sh->loops_done, 1);
     while (atomic_load(&sh->loops_done) < c->shards)

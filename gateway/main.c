@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "gateway/cli/command.h"
 #include "gateway/cli/decode.h"
 #include "gateway/codec/avl.h"
 #include "gateway/run.h"
@@ -21,10 +22,15 @@ static void usage(FILE *f)
                "             the gateway: devices in, rows into PostgreSQL, ACK after commit\n"
                "  decode [--udp] [--frame-bytes-max N] [FILE...]\n"
                "             decode hex packets (one per line) to JSON, one object per frame\n"
+               "  command send --pg CONNINFO [--redis HOST:PORT] [--wait S] IMEI TEXT\n"
+               "             queue a Codec 12 command for a tracker; --wait prints its answer\n"
+               "  command list --pg CONNINFO [--limit N] [IMEI]\n"
+               "             recent commands and their status\n"
                "  version    print the version and the codec's limits\n"
                "  help       this text\n"
                "\n"
-               "Run 'avlgate run --help' or 'avlgate decode --help' for their options.\n");
+               "Run 'avlgate run --help', 'avlgate decode --help' or 'avlgate command help'\n"
+               "for their options.\n");
 }
 
 static int version(void)
@@ -46,6 +52,8 @@ int main(int argc, char **argv)
         return run_main(argc - 1, argv + 1);
     if (strcmp(cmd, "decode") == 0)
         return decode_main(argc - 1, argv + 1, stdin, stdout, stderr);
+    if (strcmp(cmd, "command") == 0)
+        return command_main(argc - 1, argv + 1, stdout, stderr);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return version();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -62,6 +62,12 @@ struct app {
     /* Handoff: on the first frame of an accepted connection, hand it to this shard. */
     int handoff_to; /* -1: never */
     struct engine *e;
+    /* Hold: the first frame of length byte 0xDD is held (ENGINE_HOLD) until the test asks for
+     * its release; engine-thread fields except the atomics. */
+    atomic_bool hold_release;
+    atomic_uint holds;
+    bool held, hold_done;
+    uint32_t held_slot, held_gen;
 };
 
 static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
@@ -78,6 +84,16 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         size_t frame = 1 + (size_t)p[used];
         if (len - used < frame) {
             *need = (uint32_t)frame;
+            return used;
+        }
+        if (p[used] == 0xDD && !a->hold_done) {
+            if (!a->held) {
+                a->held = true;
+                a->held_slot = slot;
+                a->held_gen = gen;
+                atomic_fetch_add(&a->holds, 1);
+            }
+            *verdict = ENGINE_HOLD;
             return used;
         }
         int budget = atomic_load(&a->budget);
@@ -166,6 +182,11 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
         return engine_clock_ns() + 1000000; /* come back soon */
     if (atomic_exchange(&a->resume_wanted, false))
         engine_resume(e);
+    if (atomic_exchange(&a->hold_release, false)) {
+        a->hold_done = true;
+        ECHECK(engine_resume_conn(e, a->held_slot, a->held_gen) == 0);
+        ECHECK(engine_resume_conn(e, a->held_slot, a->held_gen) == -EINVAL); /* not held now */
+    }
     return 0;
 }
 
@@ -623,6 +644,66 @@ static void test_pause_cancels_only_a_talking_peer(void **state)
     engine_free(st[0].e);
 }
 
+/* ENGINE_HOLD: a connection that waits for something of its own keeps its bytes, and neither
+ * stops the others nor is woken by engine_resume; engine_resume_conn delivers its bytes, the
+ * ones it sent while held too, in order. */
+static void test_hold_one_connection(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+
+    uint8_t hold[1 + 0xDD], more[1 + 40], other[1 + 30];
+    hold[0] = 0xDD;
+    more[0] = 40;
+    other[0] = 30;
+    for (size_t i = 1; i < sizeof hold; i++)
+        hold[i] = (uint8_t)i;
+    memset(more + 1, 7, sizeof more - 1);
+    memset(other + 1, 9, sizeof other - 1);
+    int held = dial(port), busy = dial(port);
+    send_all(held, hold, sizeof hold);
+    usleep(200000);
+    assert_int_equal(atomic_load(&st[0].app.holds), 1);
+    /* the others go on */
+    send_all(busy, other, sizeof other);
+    uint64_t end = engine_clock_ns() + 10000000000ull;
+    while (atomic_load(&st[0].app.frames) < 1 && engine_clock_ns() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 1);
+    /* a pause and a resume of everyone leave the held one alone */
+    atomic_store(&st[0].app.budget, 0);
+    send_all(busy, other, sizeof other);
+    send_all(held, more, sizeof more); /* sent while held: kept, recv cancelled */
+    usleep(200000);
+    atomic_store(&st[0].app.budget, -1);
+    atomic_store(&st[0].app.resume_wanted, true);
+    while (atomic_load(&st[0].app.frames) < 2 && engine_clock_ns() < end)
+        usleep(1000);
+    usleep(100000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 2);
+    assert_int_equal(atomic_load(&st[0].app.bytes), 2 * 30);
+    /* released: its two frames, in order */
+    atomic_store(&st[0].app.hold_release, true);
+    while (atomic_load(&st[0].app.frames) < 4 && engine_clock_ns() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 4);
+    assert_int_equal(atomic_load(&st[0].app.bytes), 2 * 30 + 0xDD + 40);
+    assert_int_equal(atomic_load(&st[0].app.closes), 0);
+    close(held);
+    close(busy);
+    engine_stop(st[0].e);
+    pthread_join(st[0].t, NULL);
+    assert_int_equal(st[0].rc, 0);
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_int_equal(s->holds, 1);
+    assert_int_equal(s->pause_cancels, 1);
+    engine_free(st[0].e);
+}
+
 /* Clients behave like trackers: one frame in flight, the next only after the answer. The
  * application pauses whenever its budget runs out; the test refills it slowly, as a database
  * that drains slowly would. Nothing is lost or reordered, and the connections survive. */
@@ -1068,6 +1149,7 @@ int main(void)
         cmocka_unit_test(test_whole_fragmented_coalesced),
         cmocka_unit_test(test_pause_resume_keeps_order),
         cmocka_unit_test(test_pause_cancels_only_a_talking_peer),
+        cmocka_unit_test(test_hold_one_connection),
         cmocka_unit_test(test_timeouts_and_limits),
         cmocka_unit_test(test_handoff_between_shards),
         cmocka_unit_test(test_many_connections_and_stop),

@@ -571,13 +571,34 @@ static void send_reply(struct shard *s, uint32_t slot, uint32_t gen, uint8_t byt
     engine_send(s->e, slot, gen, &byte, 1);
 }
 
+/* Whether the load queue's entry ck still stands for a device waiting to send its load. */
+static bool load_entry_live(const struct shard *s, uint64_t ck)
+{
+    const struct dev *d = &s->devs[(uint32_t)(ck >> 32)];
+    return d->gen == (uint32_t)ck && dev_loading(d) && d->load_queued;
+}
+
 static void queue_load(struct shard *s, uint32_t slot)
 {
     struct dev *d = &s->devs[slot];
     if (d->load_queued)
         return;
+    uint32_t cap = s->cfg->conns_max;
+    if (s->load_len == cap) {
+        /* Full of entries of connections gone since (the control link was down while devices
+         * came and went): keep the live ones, in order. There is at most one live entry per
+         * slot and this slot has none, so room remains. */
+        uint32_t kept = 0;
+        for (uint32_t k = 0; k < s->load_len; k++) {
+            uint64_t ck = s->load_queue[(s->load_head + k) % cap];
+            if (load_entry_live(s, ck))
+                s->load_queue[(s->load_head + kept++) % cap] = ck;
+        }
+        s->load_len = kept;
+        assert(kept < cap);
+    }
     d->load_queued = true;
-    s->load_queue[(s->load_head + s->load_len) % s->cfg->conns_max] = slot_cookie(slot, d->gen);
+    s->load_queue[(s->load_head + s->load_len) % cap] = slot_cookie(slot, d->gen);
     s->load_len++;
 }
 

@@ -387,6 +387,30 @@ static void paused_push(struct engine *e, uint32_t slot)
     e->stats.pauses++;
 }
 
+/* Takes a closing connection off the paused list: its slot may be reused at once (the kernel
+ * hands a freed fixed-file slot to the next accept), and a stale entry would cut the list or
+ * loop it. Closing a paused connection is rare, so the walk is fine. */
+static void paused_unlink(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    if (!(c->flags & CF_PAUSED) || (c->flags & CF_HELD))
+        return;
+    uint32_t prev = 0;
+    for (uint32_t at = e->paused_head; at; prev = at, at = e->conns[at - 1].list_next) {
+        if (at != slot + 1)
+            continue;
+        if (prev)
+            e->conns[prev - 1].list_next = c->list_next;
+        else
+            e->paused_head = c->list_next;
+        if (e->paused_tail == slot + 1)
+            e->paused_tail = prev;
+        break;
+    }
+    c->list_next = 0;
+    c->flags &= (uint16_t)~CF_PAUSED;
+}
+
 /* ENGINE_PAUSE puts the connection on the paused list (engine_resume); ENGINE_HOLD only marks
  * it, for engine_resume_conn. Either way its bytes are kept and not delivered. */
 static void pause_or_hold(struct engine *e, uint32_t slot, enum engine_verdict v)
@@ -421,6 +445,7 @@ static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason
     struct conn *c = &e->conns[slot];
     if (c->state != CONN_OPEN)
         return;
+    paused_unlink(e, slot);
     c->state = CONN_CLOSING;
     c->reason = (uint8_t)reason;
     e->stats.closed[reason]++;
@@ -961,6 +986,7 @@ void engine_resume(struct engine *e)
             continue;
         e->stats.resumes++;
         c->need = 0;
+        c->active_s = now_s(e); /* a long stall is not the device's silence */
         conn_deliver(e, slot, NULL, 0);
         if (c->flags & CF_HELD)
             continue; /* waits for its own engine_resume_conn; the others go on */
@@ -984,6 +1010,7 @@ int engine_resume_conn(struct engine *e, uint32_t slot, uint32_t gen)
     c->flags &= (uint16_t) ~(CF_PAUSED | CF_HELD);
     e->stats.resumes++;
     c->need = 0;
+    c->active_s = now_s(e);
     conn_deliver(e, slot, NULL, 0);
     /* A recv whose cancel is in flight is re-armed when it ends (on_recv). */
     if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))

@@ -704,6 +704,44 @@ static void test_hold_one_connection(void **state)
     engine_free(st[0].e);
 }
 
+/* A paused connection that closes leaves the paused list: its slot is handed to the next
+ * connection at once, which pauses too; a resume then reaches every paused connection (a stale
+ * entry used to cut the list, or loop it). */
+static void test_paused_close_leaves_the_list(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, 0);
+    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    start_shards(st, 1, &cfg);
+    uint8_t frame[1 + 20];
+    frame[0] = 20;
+    memset(frame + 1, 5, sizeof frame - 1);
+    int a = dial(port);
+    send_all(a, frame, sizeof frame);
+    usleep(100000);
+    int b = dial(port);
+    send_all(b, frame, sizeof frame);
+    usleep(100000);
+    close(a); /* paused, then gone: its slot is free */
+    usleep(200000);
+    int c = dial(port); /* most likely gets a's slot */
+    send_all(c, frame, sizeof frame);
+    usleep(200000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 0);
+    atomic_store(&st[0].app.budget, -1);
+    atomic_store(&st[0].app.resume_wanted, true);
+    uint64_t end = engine_clock_ns() + 10000000000ull;
+    while (atomic_load(&st[0].app.frames) < 2 && engine_clock_ns() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&st[0].app.frames), 2);
+    assert_int_equal(atomic_load(&st[0].app.closes), 1);
+    close(b);
+    close(c);
+    stop_shards(st, 1);
+}
+
 /* Clients behave like trackers: one frame in flight, the next only after the answer. The
  * application pauses whenever its budget runs out; the test refills it slowly, as a database
  * that drains slowly would. Nothing is lost or reordered, and the connections survive. */
@@ -1150,6 +1188,7 @@ int main(void)
         cmocka_unit_test(test_pause_resume_keeps_order),
         cmocka_unit_test(test_pause_cancels_only_a_talking_peer),
         cmocka_unit_test(test_hold_one_connection),
+        cmocka_unit_test(test_paused_close_leaves_the_list),
         cmocka_unit_test(test_timeouts_and_limits),
         cmocka_unit_test(test_handoff_between_shards),
         cmocka_unit_test(test_many_connections_and_stop),

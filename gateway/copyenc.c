@@ -22,6 +22,8 @@
 #include <assert.h>
 #include <string.h>
 
+#include "gateway/bytes.h"
+
 /* timestamptz is µs since 2000-01-01; this is that instant in µs since 1970. */
 #define PG_EPOCH_UNIX_US INT64_C(946684800000000)
 /* MIN_TIMESTAMP (4714-11-24 BC) in µs since 1970; src/include/datatype/timestamp.h. END is
@@ -72,62 +74,38 @@ static const uint64_t value3[256] = {X256(VALUE3, 0)};
 
 #define ASCII_ZEROS UINT64_C(0x3030303030303030)
 
-static inline uint16_t load_be16(const uint8_t *p)
+static inline uint8_t *out_be16(uint8_t *p, uint16_t v)
 {
-    uint16_t v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_bswap16(v);
-}
-
-static inline uint32_t load_be32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_bswap32(v);
-}
-
-static inline uint64_t load_be64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_bswap64(v);
-}
-
-static inline uint8_t *put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
+    put_be16(p, v);
     return p + 2;
 }
 
-static inline uint8_t *put_be32(uint8_t *p, uint32_t v)
+static inline uint8_t *out_be32(uint8_t *p, uint32_t v)
 {
-    v = __builtin_bswap32(v);
-    memcpy(p, &v, 4);
+    put_be32(p, v);
     return p + 4;
 }
 
-static inline uint8_t *put_be64(uint8_t *p, uint64_t v)
+static inline uint8_t *out_be64(uint8_t *p, uint64_t v)
 {
-    v = __builtin_bswap64(v);
-    memcpy(p, &v, 8);
+    put_be64(p, v);
     return p + 8;
 }
 
 /* Field length, then value. */
 static inline uint8_t *put_int2(uint8_t *p, uint16_t v)
 {
-    return put_be16(put_be32(p, 2), v);
+    return out_be16(out_be32(p, 2), v);
 }
 
 static inline uint8_t *put_int4(uint8_t *p, uint32_t v)
 {
-    return put_be32(put_be32(p, 4), v);
+    return out_be32(out_be32(p, 4), v);
 }
 
 static inline uint8_t *put_int8(uint8_t *p, uint64_t v)
 {
-    return put_be64(put_be32(p, 8), v);
+    return out_be64(out_be32(p, 8), v);
 }
 
 static inline uint8_t *put_float8(uint8_t *p, double d)
@@ -228,7 +206,7 @@ put_group(uint8_t *p, const uint8_t **c, const uint8_t *end, uint32_t *elems_lef
 {
     const uint8_t *q = *c;
     assert((size_t)(end - q) >= count_bytes);
-    uint32_t n = count_bytes == 1 ? q[0] : load_be16(q);
+    uint32_t n = count_bytes == 1 ? q[0] : be16(q);
     q += count_bytes;
     /* The decoder checked both; they keep the reads inside the record's IO bytes and the
      * element count (4 bytes of punctuation each) inside copyenc_row_bytes_max. */
@@ -236,7 +214,7 @@ put_group(uint8_t *p, const uint8_t **c, const uint8_t *end, uint32_t *elems_lef
     assert(n <= *elems_left);
     *elems_left -= n;
     for (uint32_t i = 0; i < n; i++) {
-        p = put_key(p, id_bytes == 1 ? q[0] : load_be16(q));
+        p = put_key(p, id_bytes == 1 ? q[0] : be16(q));
         q += id_bytes;
         switch (width) {
         case 1: {
@@ -246,15 +224,15 @@ put_group(uint8_t *p, const uint8_t **c, const uint8_t *end, uint32_t *elems_lef
             break;
         }
         case 2:
-            p = put_dec8(p, load_be16(q));
+            p = put_dec8(p, be16(q));
             *p++ = ',';
             break;
         case 4:
-            p = put_dec(p, load_be32(q));
+            p = put_dec(p, be32(q));
             *p++ = ',';
             break;
         default:
-            p = put_dec(p, load_be64(q));
+            p = put_dec(p, be64(q));
             *p++ = ',';
             break;
         }
@@ -282,14 +260,14 @@ static uint8_t *put_nx_group(uint8_t *p, const uint8_t **c, const uint8_t *end,
 {
     const uint8_t *q = *c;
     assert(end - q >= 2);
-    uint32_t n = load_be16(q);
+    uint32_t n = be16(q);
     q += 2;
     assert(n <= *elems_left);
     *elems_left -= n;
     for (uint32_t i = 0; i < n; i++) {
         assert(end - q >= 4);
-        p = put_key(p, load_be16(q));
-        uint32_t len = load_be16(q + 2);
+        p = put_key(p, be16(q));
+        uint32_t len = be16(q + 2);
         q += 4;
         assert((size_t)(end - q) >= len);
         *p++ = '"';
@@ -409,7 +387,7 @@ int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record
         return COPYENC_E_NO_SPACE;
 
     uint8_t *p = out;
-    p = put_be16(p, COPYENC_COLUMNS_LEN);
+    p = out_be16(p, COPYENC_COLUMNS_LEN);
     p = put_int8(p, imei);
     /* ts_ms * 1000 < 2^64 and the difference fits int64 (AVL_TS_MS_END); unsigned arithmetic
      * gives the two's complement of the negative values (before 2000) directly. */
@@ -428,12 +406,12 @@ int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record
     p += 4;
     *p++ = 1; /* jsonb binary format version */
     p = put_io_json(p, r);
-    put_be32(io_len, (uint32_t)(p - io_len - 4));
+    out_be32(io_len, (uint32_t)(p - io_len - 4));
 
     if (r->codec == AVL_CODEC_16)
         p = put_int2(p, r->generation);
     else
-        p = put_be32(p, UINT32_MAX); /* -1: NULL */
+        p = out_be32(p, UINT32_MAX); /* -1: NULL */
     p = put_int2(p, r->codec);
 
     assert((size_t)(p - out) <= copyenc_row_bytes_max(r));

@@ -46,11 +46,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <endian.h>
 #include <sys/uio.h>
 
 #include <libpq-fe.h>
 
+#include "gateway/bytes.h"
 #include "gateway/copyenc.h"
 
 #ifdef __cplusplus
@@ -225,15 +225,13 @@ enum {
 
 static inline uint8_t *pgsink_put_be32(uint8_t *o, uint32_t v)
 {
-    v = htobe32(v);
-    memcpy(o, &v, 4);
+    put_be32(o, v);
     return o + 4;
 }
 
 static inline uint8_t *pgsink_put_be64(uint8_t *o, uint64_t v)
 {
-    v = htobe64(v);
-    memcpy(o, &v, 8);
+    put_be64(o, v);
     return o + 8;
 }
 

@@ -607,9 +607,8 @@ static void send_loads(struct shard *s)
 {
     while (s->load_len > 0) {
         uint64_t ck = s->load_queue[s->load_head];
-        uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
-        struct dev *d = &s->devs[slot];
-        if (d->gen != gen || !dev_loading(d)) {
+        struct dev *d = &s->devs[(uint32_t)(ck >> 32)];
+        if (!load_entry_live(s, ck)) {
             s->load_head = (s->load_head + 1) % s->cfg->conns_max;
             s->load_len--;
             continue;

@@ -592,6 +592,17 @@ static void test_whole_fragmented_coalesced(void **state)
     stop_shards(st, 1);
 }
 
+/* Waits until *v reaches want; fails the test after timeout_ms. */
+static void wait_for(atomic_uint *v, unsigned want, int timeout_ms, const char *what)
+{
+    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (atomic_load(v) < want) {
+        if (engine_clock_ns() > end)
+            fail_msg("timed out waiting for %u %s (have %u)", want, what, atomic_load(v));
+        usleep(1000);
+    }
+}
+
 /* Pausing costs nothing for a peer that waits, as a tracker waits for its ACK: its recv stays
  * armed and nothing is cancelled. A peer that sends while paused has its bytes kept and its
  * recv cancelled, so that the rest waits in the kernel (TCP backpressure). On resume both get
@@ -625,12 +636,7 @@ static void test_pause_cancels_only_a_talking_peer(void **state)
 
     atomic_store(&st[0].app.budget, -1);
     atomic_store(&st[0].app.resume_wanted, true);
-    uint64_t end = engine_clock_ns() + 20000000000ull;
-    while (atomic_load(&st[0].app.frames) < 1 + FRAMES_B) {
-        if (engine_clock_ns() > end)
-            fail_msg("stuck at %u frames", atomic_load(&st[0].app.frames));
-        usleep(1000);
-    }
+    wait_for(&st[0].app.frames, 1 + FRAMES_B, 20000, "frames");
     assert_int_equal(atomic_load(&st[0].app.bytes), (len_a - 1) + (len_b - FRAMES_B));
     assert_int_equal(atomic_load(&st[0].app.closes), 0);
     close(quiet);
@@ -670,9 +676,7 @@ static void test_hold_one_connection(void **state)
     assert_int_equal(atomic_load(&st[0].app.holds), 1);
     /* the others go on */
     send_all(busy, other, sizeof other);
-    uint64_t end = engine_clock_ns() + 10000000000ull;
-    while (atomic_load(&st[0].app.frames) < 1 && engine_clock_ns() < end)
-        usleep(1000);
+    wait_for(&st[0].app.frames, 1, 10000, "frames");
     assert_int_equal(atomic_load(&st[0].app.frames), 1);
     /* a pause and a resume of everyone leave the held one alone */
     atomic_store(&st[0].app.budget, 0);
@@ -681,15 +685,13 @@ static void test_hold_one_connection(void **state)
     usleep(200000);
     atomic_store(&st[0].app.budget, -1);
     atomic_store(&st[0].app.resume_wanted, true);
-    while (atomic_load(&st[0].app.frames) < 2 && engine_clock_ns() < end)
-        usleep(1000);
+    wait_for(&st[0].app.frames, 2, 10000, "frames");
     usleep(100000);
     assert_int_equal(atomic_load(&st[0].app.frames), 2);
     assert_int_equal(atomic_load(&st[0].app.bytes), 2 * 30);
     /* released: its two frames, in order */
     atomic_store(&st[0].app.hold_release, true);
-    while (atomic_load(&st[0].app.frames) < 4 && engine_clock_ns() < end)
-        usleep(1000);
+    wait_for(&st[0].app.frames, 4, 10000, "frames");
     assert_int_equal(atomic_load(&st[0].app.frames), 4);
     assert_int_equal(atomic_load(&st[0].app.bytes), 2 * 30 + 0xDD + 40);
     assert_int_equal(atomic_load(&st[0].app.closes), 0);
@@ -732,9 +734,7 @@ static void test_paused_close_leaves_the_list(void **state)
     assert_int_equal(atomic_load(&st[0].app.frames), 0);
     atomic_store(&st[0].app.budget, -1);
     atomic_store(&st[0].app.resume_wanted, true);
-    uint64_t end = engine_clock_ns() + 10000000000ull;
-    while (atomic_load(&st[0].app.frames) < 2 && engine_clock_ns() < end)
-        usleep(1000);
+    wait_for(&st[0].app.frames, 2, 10000, "frames");
     assert_int_equal(atomic_load(&st[0].app.frames), 2);
     assert_int_equal(atomic_load(&st[0].app.closes), 1);
     close(b);
@@ -971,16 +971,6 @@ static struct engine_config dial_config(unsigned shard, unsigned shards, uint32_
     c.listen = false;
     c.conns_max = conns_max;
     return c;
-}
-
-static void wait_for(atomic_uint *v, unsigned want, int timeout_ms, const char *what)
-{
-    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
-    while (atomic_load(v) < want) {
-        if (engine_clock_ns() > end)
-            fail_msg("timed out waiting for %u %s (have %u)", want, what, atomic_load(v));
-        usleep(1000);
-    }
 }
 
 /* An engine that only dials talks to a listening engine: a small copied frame, a 12 KB stream

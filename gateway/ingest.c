@@ -45,66 +45,17 @@
 #include <xxhash.h>
 
 #include "gateway/codec/avl.h"
+#include "gateway/commands.h"
 #include "gateway/copyenc.h"
+#include "gateway/ingest_shard.h"
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
-
-enum {
-    DEDUP_FP_MAX = 64,
-    BATCHES_MAX = 16,
-    ROW_BYTES_PLANNED = 512, /* typical row with its jsonb; sizes the COPY buffer */
-    STATE_PARAMS = 8,
-    RELEASE_EVERY_MS = 5000, /* how often idle devices' windows are looked for */
-    /* The state statement's parameters in binary format (build_state_params): per device one
-     * element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4, or
-     * NULL) and its dedup (bytea, 8 bytes per fingerprint); per batch the six array headers
-     * and the shard (int4). */
-    DEDUP_PARAM_BYTES = PGSINK_ARRAY_ELEM_BYTES + 8 * DEDUP_FP_MAX,
-    DEV_PARAM_BYTES = 3 * PGSINK_ARRAY_INT8_BYTES + 2 * PGSINK_ARRAY_INT4_BYTES + DEDUP_PARAM_BYTES,
-    STATE_FIXED_BYTES = 6 * PGSINK_ARRAY_HEADER_BYTES + 4,
-};
-
-_Static_assert((int)PGSINK_ARRAY_NULL_BYTES <= (int)PGSINK_ARRAY_INT4_BYTES,
-               "NULL fits in an int4");
-_Static_assert(DEDUP_FP_MAX <= UINT8_MAX, "struct dedup counts in uint8_t");
-_Static_assert((int)STATE_PARAMS <= (int)PGSINK_STATE_PARAMS_MAX,
-               "the sink takes the state parameters");
 
 #define STATE_LOAD_SQL "SELECT last_ts_ms, dedup, enabled FROM telemetry.device_state_get($1)"
 
 /* ---------------------------------------------------------------------------------------------
  * Sessions
  * ------------------------------------------------------------------------------------------- */
-
-/* DEV_LOADING: handshake in, state load in flight, not answered yet. DEV_RELOADING: an open
- * device whose window was released while it was quiet sent a packet; the connection is held
- * (ENGINE_HOLD, the bytes kept by the engine) until its state is loaded again. */
-enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING };
-
-struct dedup {
-    uint8_t len;  /* fingerprints held, <= DEDUP_FP_MAX */
-    uint8_t head; /* index of the oldest */
-    uint64_t fp[DEDUP_FP_MAX];
-};
-
-/* A connection's session. Small on purpose (an idle connection costs this, its engine slot
- * and its IMEI map cell): the duplicate-detection window lives in the shard's pool and only a
- * device with fingerprints holds one. */
-struct dev {
-    uint32_t gen;
-    uint8_t state;
-    bool load_queued;
-    bool load_stale; /* a batch of this device committed while its load was in flight */
-    bool dormant;    /* open, window released after state_idle_s quiet: reload before a packet */
-    uint32_t win;    /* its window in the shard's pool, index + 1; 0: none (no fingerprints) */
-    uint32_t last_packet_s; /* engine seconds of its last packet taken */
-    uint64_t imei;
-};
-
-static bool dev_loading(const struct dev *d)
-{
-    return d->state == DEV_LOADING || d->state == DEV_RELOADING;
-}
 
 static bool dedup_has(const struct dedup *d, uint64_t fp)
 {
@@ -157,172 +108,11 @@ static uint64_t record_fp(const struct avl_record *r)
     return XXH3_64bits_withSeed(r->io, r->io_bytes, seed);
 }
 
-/* IMEI -> slot, open addressing with linear probing and backward-shift deletion. Keys are
- * stored as imei + 1 so that 0 marks an empty cell. */
-struct imap {
-    uint64_t *keys;
-    uint32_t *slots;
-    uint32_t mask;
-};
-
-static uint32_t imap_home(const struct imap *m, uint64_t imei)
-{
-    return (uint32_t)XXH3_64bits(&imei, sizeof imei) & m->mask;
-}
-
-static int64_t imap_get(const struct imap *m, uint64_t imei)
-{
-    for (uint32_t i = imap_home(m, imei);; i = (i + 1) & m->mask) {
-        if (m->keys[i] == 0)
-            return -1;
-        if (m->keys[i] == imei + 1)
-            return m->slots[i];
-    }
-}
-
-static void imap_put(struct imap *m, uint64_t imei, uint32_t slot)
-{
-    for (uint32_t i = imap_home(m, imei);; i = (i + 1) & m->mask) {
-        if (m->keys[i] == 0 || m->keys[i] == imei + 1) {
-            m->keys[i] = imei + 1;
-            m->slots[i] = slot;
-            return;
-        }
-    }
-}
-
-static void imap_del(struct imap *m, uint64_t imei)
-{
-    uint32_t i = imap_home(m, imei);
-    while (m->keys[i] != imei + 1) {
-        if (m->keys[i] == 0)
-            return;
-        i = (i + 1) & m->mask;
-    }
-    /* Backward shift: pull later members of the probe run into the hole. */
-    for (uint32_t j = (i + 1) & m->mask;; j = (j + 1) & m->mask) {
-        if (m->keys[j] == 0)
-            break;
-        uint32_t home = imap_home(m, m->keys[j] - 1);
-        bool movable = (i <= j) ? (home <= i || home > j) : (home <= i && home > j);
-        if (movable) {
-            m->keys[i] = m->keys[j];
-            m->slots[i] = m->slots[j];
-            i = j;
-        }
-    }
-    m->keys[i] = 0;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Batches
  * ------------------------------------------------------------------------------------------- */
 
-enum batch_state { BATCH_FREE = 0, BATCH_FILLING, BATCH_SEALED, BATCH_INFLIGHT };
-
-struct pkt_ref {
-    uint32_t slot, gen, records;
-    uint32_t copy_off, copy_len; /* its tuples in the batch's COPY buffer */
-    uint32_t fp_off, fp_len;     /* fingerprints of its stored records in the batch's fps */
-    uint32_t dev;                /* index into the batch's devs */
-    bool rejected;               /* settled in split mode: committed alone, or refused */
-    bool refused;                /* the database refused its rows (never stored) */
-};
-
-struct bdev {
-    uint64_t imei;
-    int64_t last_ts_ms;  /* newest stored record of the batch, or -1 */
-    int64_t received_ms; /* when its newest packet arrived */
-    int32_t lon_e7, lat_e7;
-    struct dedup dedup; /* the device's state after its last packet in this batch */
-};
-
-struct batch {
-    enum batch_state state;
-    uint32_t seq;
-    uint64_t opened_ns;
-    uint8_t *copy; /* header, tuples; the trailer is appended at seal */
-    size_t copy_len, copy_cap;
-    uint32_t rows;
-    struct pkt_ref *pkts;
-    uint32_t pkts_len, pkts_cap;
-    uint64_t *fps; /* fingerprints of the stored records, packet after packet */
-    uint32_t fps_len, fps_cap;
-    struct bdev *devs;
-    uint32_t devs_len, devs_cap;
-    uint32_t *dev_map; /* imei hash -> devs index + 1 */
-    uint32_t dev_map_mask;
-    uint8_t *params_buf; /* the binary state parameters (build_state_params) */
-    size_t params_cap;
-    const char *params[STATE_PARAMS];
-    int params_len[STATE_PARAMS];
-    struct iovec iov[3];
-    /* Split mode after a data error: one transaction per packet, from split_next on. */
-    bool split;
-    uint32_t split_next;
-};
-
-struct shard {
-    struct ingest_shared *sh;
-    const struct ingest_config *cfg;
-    unsigned id;
-    struct engine *e;
-    struct pgsink *sink;
-    struct ingest_stats *st;
-
-    struct dev *devs; /* conns_max, indexed by engine slot */
-    struct imap owned;
-
-    struct batch batches[BATCHES_MAX];
-    uint32_t nbatches;
-    uint32_t fill;   /* index of the batch being filled */
-    uint32_t oldest; /* index of the oldest batch not free */
-    uint32_t next_seq;
-    bool paused;
-
-    /* Polls of the sink's two links. */
-    bool poll_armed[PGSINK_LINKS];
-    uint32_t poll_epoch[PGSINK_LINKS];
-    short poll_events[PGSINK_LINKS];
-
-    /* Duplicate-detection windows, one per device that has fingerprints (conns_max of them,
-     * mapped without reserve: only windows in use are resident); free ones LIFO. */
-    struct dedup *wins;
-    uint32_t *wins_free;
-    uint32_t wins_free_len;
-
-    /* Devices waiting for their state load to be sent (control link down or full). */
-    uint64_t *load_queue; /* slot << 32 | gen */
-    uint32_t load_head, load_len;
-
-    bool draining;
-    uint64_t next_partitions_ms;
-    uint64_t next_release_ms; /* release_idle_windows */
-    uint64_t drain_deadline_ns;
-
-    struct avl_record recs[AVL_RECORDS_MAX];
-    uint8_t header[COPYENC_HEADER_BYTES];
-    uint8_t trailer[COPYENC_TRAILER_BYTES];
-    uint8_t split_params[DEV_PARAM_BYTES + STATE_FIXED_BYTES];
-    struct bdev split_dev;
-};
-
-static uint64_t now_ms(const struct shard *s)
-{
-    return engine_now_ns(s->e) / 1000000u;
-}
-
-static uint32_t now_s(const struct shard *s)
-{
-    return (uint32_t)(engine_now_ns(s->e) / 1000000000u);
-}
-
-static int64_t wall_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* The device's window, taken from the pool (empty) if it holds none. The pool has one per
  * connection slot, so it cannot run out. */
@@ -685,6 +475,10 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
         return;
     }
     uint64_t ck = (uint64_t)(uintptr_t)cookie;
+    if (cmds_query_cookie(ck)) {
+        cmds_on_query_done(s, ck, res, err);
+        return;
+    }
     uint32_t slot = (uint32_t)(ck >> 32), gen = (uint32_t)ck;
     struct dev *d = &s->devs[slot];
     if (d->gen != gen || !dev_loading(d))
@@ -728,6 +522,7 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     }
     s->st->handshakes++;
     send_reply(s, slot, gen, 0x01);
+    cmds_on_device_open(s, slot);
 }
 
 /* Releases the windows of open devices that sent no packet for state_idle_s: an idle
@@ -796,10 +591,14 @@ static void ack_packet(struct shard *s, const struct pkt_ref *p)
 {
     uint8_t ack[AVL_TCP_ACK_BYTES];
     avl_encode_tcp_ack(ack, p->records);
-    if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) == 0)
-        s->st->packets_acked++;
-    else
+    if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) != 0) {
         s->st->acks_stale++; /* the connection is gone: the device re-sends, we dedup */
+        return;
+    }
+    s->st->packets_acked++;
+    struct dev *d = &s->devs[p->slot];
+    if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0)
+        cmds_on_acked(s, p->slot); /* a command may go now, after the ACK */
 }
 
 static void ack_batch(struct shard *s, struct batch *b)
@@ -815,6 +614,7 @@ static void resume_if_paused(struct shard *s)
     if (s->paused) {
         s->paused = false;
         engine_resume(s->e);
+        cmds_on_resume(s);
     }
 }
 
@@ -1072,6 +872,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
     bd->received_ms = received_us / 1000;
     bd->dedup = *win;
     b->pkts_len++;
+    d->unacked++;
     if (b->opened_ns == 0)
         b->opened_ns = engine_now_ns(s->e);
     s->st->packets++;
@@ -1120,6 +921,7 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     imap_put(&s->owned, imei, slot);
     queue_load(s, slot);
     send_loads(s);
+    cmds_on_handshake(s, slot); /* its pending commands, behind the state load */
     return ENGINE_CONTINUE;
 }
 
@@ -1170,8 +972,9 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
             return *verdict == ENGINE_CLOSE ? used : len;
         }
         case AVL_FRAME_GPRS:
-            /* Command responses: the commands issue routes them. Counted and consumed. */
+            /* A command's answer (or another GPRS message): commands.c matches it. */
             s->st->gprs_frames++;
+            cmds_on_frame(s, slot, frame, f.bytes);
             used += f.bytes;
             continue;
         case AVL_FRAME_AVL:
@@ -1223,6 +1026,9 @@ static void on_open(void *user, struct engine *e, uint32_t slot, uint32_t gen, i
     d->gen = gen;
     d->state = DEV_HANDSHAKE;
     d->load_queued = false;
+    d->unacked = 0;
+    d->cmd_flags = 0;
+    assert(d->cmd == 0); /* a command slot is given back before the connection slot is reused */
     if (from_shard >= 0)
         handshake(s, slot, gen, key, false);
 }
@@ -1239,6 +1045,7 @@ static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         int64_t at = imap_get(&s->owned, d->imei);
         if (at == (int64_t)slot)
             imap_del(&s->owned, d->imei);
+        cmds_on_close(s, slot);
     }
     dev_dedup_drop(s, d);
     d->dormant = false;
@@ -1250,6 +1057,10 @@ static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
 {
     struct shard *s = user;
     (void)e;
+    if ((tag & 0xFF) >= CMDS_POLL_TAG_FIRST) {
+        cmds_on_poll(s, tag, revents);
+        return;
+    }
     enum pgsink_link link = (enum pgsink_link)(tag & 0xFF);
     uint32_t epoch = (uint32_t)(tag >> 8);
     if (s->poll_armed[link] && s->poll_epoch[link] == epoch)
@@ -1312,6 +1123,9 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
         s->drain_deadline_ns = now_ns + (uint64_t)s->cfg->drain_timeout_ms * 1000000u;
         engine_stop_accepting(e);
     }
+    uint64_t cmds_ns = cmds_tick(s, now_ns);
+    if (cmds_ns && (!wake || cmds_ns < wake))
+        wake = cmds_ns;
     uint64_t sink_ms = pgsink_next_deadline_ms(s->sink);
     if (sink_ms != UINT64_MAX) {
         uint64_t sink_ns = sink_ms * 1000000u;
@@ -1340,7 +1154,9 @@ static const struct engine_ops ingest_ops = {
     .on_data = on_data,
     .on_close = on_close,
     .on_poll = on_poll,
+    .on_mail = cmds_on_mail,
     .on_tick = on_tick,
+    .on_sent = cmds_on_sent,
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -1399,12 +1215,13 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
     s->sink = pgsink_create(&pc, err, cap);
     if (!s->sink)
         return -errno;
-    return 0;
+    return cmds_setup(s, err, cap);
 }
 
 static void shard_teardown(struct shard *s)
 {
     pgsink_destroy(s->sink);
+    cmds_teardown(s);
     for (uint32_t i = 0; i < s->nbatches; i++)
         batch_free(&s->batches[i]);
     free(s->load_queue);
@@ -1474,16 +1291,32 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     if (rc)
         snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
     const struct engine_stats *es = engine_stats(s->e);
-    fprintf(stderr,
-            "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
-            "recv_enobufs=%llu sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu "
-            "windows_released=%llu state_reloads=%llu\n",
-            id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
-            (unsigned long long)es->recv_completions, (unsigned long long)es->recv_enobufs,
-            (unsigned long long)es->sends, (unsigned long long)es->pauses,
-            (unsigned long long)es->pause_cancels, (unsigned long long)s->st->batches_committed,
-            (unsigned long long)s->st->rows_committed, (unsigned long long)s->st->windows_released,
-            (unsigned long long)s->st->state_reloads);
+    /* One line per shard (written at once: the shards stop together). */
+    const struct ingest_stats *st = s->st;
+    char line[1024];
+    snprintf(line, sizeof line,
+             "level=info msg=\"shard stopped\" shard=%u loops=%llu cqes=%llu recvs=%llu "
+             "recv_enobufs=%llu sends=%llu pauses=%llu pause_cancels=%llu batches=%llu rows=%llu "
+             "windows_released=%llu state_reloads=%llu cmds_fetched=%llu cmds_sent=%llu "
+             "cmds_answered=%llu cmds_failed=%llu cmds_expired=%llu cmd_responses_unexpected=%llu "
+             "cmd_frames_ignored=%llu cmd_wakes=%llu cmd_wakes_offline=%llu cmd_sweeps=%llu "
+             "cmd_query_failures=%llu registry_writes=%llu registry_errors=%llu "
+             "replies_published=%llu replies_unpublished=%llu\n",
+             id, (unsigned long long)es->loops, (unsigned long long)es->cqes,
+             (unsigned long long)es->recv_completions, (unsigned long long)es->recv_enobufs,
+             (unsigned long long)es->sends, (unsigned long long)es->pauses,
+             (unsigned long long)es->pause_cancels, (unsigned long long)st->batches_committed,
+             (unsigned long long)st->rows_committed, (unsigned long long)st->windows_released,
+             (unsigned long long)st->state_reloads, (unsigned long long)st->cmds_fetched,
+             (unsigned long long)st->cmds_sent, (unsigned long long)st->cmds_answered,
+             (unsigned long long)st->cmds_failed, (unsigned long long)st->cmds_expired,
+             (unsigned long long)st->cmd_responses_unexpected,
+             (unsigned long long)st->cmd_frames_ignored, (unsigned long long)st->cmd_wakes,
+             (unsigned long long)st->cmd_wakes_offline, (unsigned long long)st->cmd_sweeps,
+             (unsigned long long)st->cmd_query_failures, (unsigned long long)st->registry_writes,
+             (unsigned long long)st->registry_errors, (unsigned long long)st->replies_published,
+             (unsigned long long)st->replies_unpublished);
+    fputs(line, stderr);
     /* Another shard may still post to this engine's mailboxes until its own loop ends. */
     atomic_fetch_add(&sh->loops_done, 1);
     while (atomic_load(&sh->loops_done) < c->shards)

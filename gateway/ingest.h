@@ -40,6 +40,14 @@ struct ingest_config {
     bool devices_known;        /* accept only IMEIs enabled in public.devices */
     uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
     uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
+    /* Commands (gateway/commands.c). redis_host NULL: no registry and no intake; commands are
+     * still delivered on connect and by the sweep. */
+    const char *redis_host; /* an IP address */
+    int redis_port;
+    uint32_t cmd_sweep_s;    /* look for open commands of connected devices this often; 0: off */
+    uint32_t cmd_timeout_s;  /* wait this long for an answer before sending again */
+    uint32_t cmd_attempts;   /* sends before a command fails */
+    uint32_t registry_ttl_s; /* TTL of avlgate:dev:{imei}, refreshed every third of it */
 };
 
 /* Counters of one shard, on their own cache lines, written by that shard only. */
@@ -51,6 +59,12 @@ struct ingest_stats {
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
     uint64_t invalid_by_reason[32]; /* by -avl_err, and copyenc errors at 24 + -err */
     uint64_t state_load_failures, state_reloads, windows_released;
+    /* Commands: frames written (a resend counts again), outcomes, and what was refused. */
+    uint64_t cmds_fetched, cmds_sent, cmds_answered, cmds_failed, cmds_expired;
+    uint64_t cmd_responses_unexpected, cmd_responses_truncated, cmd_frames_ignored;
+    uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
+    uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
+    uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
 } __attribute__((aligned(64)));
 
 /* What every shard thread shares. */

@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,14 @@ static void usage(FILE *f)
         "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
         "  --state-idle-s N        free a quiet device's duplicate window after N s (60, 0 off)\n"
         "  --metrics HOST:PORT     accepted; served by the operability work\n"
-        "  --redis HOST:PORT       accepted; used by the commands work\n");
+        "  --redis HOST:PORT       Redis for the device registry and the command intake\n"
+        "                          (resolved once at start; none: commands still go out on\n"
+        "                          connect and by the sweep)\n"
+        "  --cmd-sweep-s N         look for open commands of connected devices every N s (3,\n"
+        "                          0 off)\n"
+        "  --cmd-timeout-s N       wait N s for a command's answer before sending it again (30)\n"
+        "  --cmd-attempts N        sends before a command is failed (3)\n"
+        "  --registry-ttl-s N      TTL of a device's registry entry, refreshed every third (90)\n");
 }
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -89,6 +97,55 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
     *len = ai->ai_addrlen;
     freeaddrinfo(ai);
     return 0;
+}
+
+/* An instance id names Redis keys and streams (avlgate:cmd:<instance>). */
+static bool instance_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* HOST:PORT to a numeric address (resolved once here: hiredis would resolve a name with a
+ * blocking getaddrinfo at every reconnect, on a shard's thread). Returns the port or -1. */
+static int resolve_redis(const char *s, char *ip, size_t cap)
+{
+    char host[256];
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof host)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        char *rb = strchr(h, ']');
+        if (!rb)
+            return -1;
+        *rb = '\0';
+    }
+    uint32_t port;
+    if (parse_u32(colon + 1, 1, 65535, &port) != 0)
+        return -1;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai;
+    if (getaddrinfo(h, NULL, &hints, &ai) != 0)
+        return -1;
+    const void *addr = ai->ai_family == AF_INET
+                           ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+                           : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+    const char *ok = inet_ntop(ai->ai_family, addr, ip, (socklen_t)cap);
+    freeaddrinfo(ai);
+    return ok ? (int)port : -1;
 }
 
 /* Connects with backoff until it works or a signal asks to stop; says what it waits for. */
@@ -145,6 +202,11 @@ int run_main(int argc, char **argv)
     cfg.drain_timeout_ms = 10000;
     cfg.wait_batch_us = 100;
     cfg.state_idle_s = 60;
+    cfg.cmd_sweep_s = 3;
+    cfg.cmd_timeout_s = 30;
+    cfg.cmd_attempts = 3;
+    cfg.registry_ttl_s = 90;
+    const char *redis = NULL;
     const char *listen = "0.0.0.0:5027", *schema_dir = NULL;
     static char hostname[256];
     if (gethostname(hostname, sizeof hostname) != 0)
@@ -173,6 +235,10 @@ int run_main(int argc, char **argv)
         O_STATE_IDLE,
         O_METRICS,
         O_REDIS,
+        O_CMD_SWEEP,
+        O_CMD_TIMEOUT,
+        O_CMD_ATTEMPTS,
+        O_REGISTRY_TTL,
         O_HELP
     };
     static const struct option opts[] = {
@@ -197,6 +263,10 @@ int run_main(int argc, char **argv)
         {"state-idle-s", required_argument, 0, O_STATE_IDLE},
         {"metrics", required_argument, 0, O_METRICS},
         {"redis", required_argument, 0, O_REDIS},
+        {"cmd-sweep-s", required_argument, 0, O_CMD_SWEEP},
+        {"cmd-timeout-s", required_argument, 0, O_CMD_TIMEOUT},
+        {"cmd-attempts", required_argument, 0, O_CMD_ATTEMPTS},
+        {"registry-ttl-s", required_argument, 0, O_REGISTRY_TTL},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -267,7 +337,21 @@ int run_main(int argc, char **argv)
             bad = parse_u32(optarg, 0, 7 * 86400, &cfg.state_idle_s);
             break;
         case O_METRICS:
+            break;
         case O_REDIS:
+            redis = optarg;
+            break;
+        case O_CMD_SWEEP:
+            bad = parse_u32(optarg, 0, 86400, &cfg.cmd_sweep_s);
+            break;
+        case O_CMD_TIMEOUT:
+            bad = parse_u32(optarg, 1, 86400, &cfg.cmd_timeout_s);
+            break;
+        case O_CMD_ATTEMPTS:
+            bad = parse_u32(optarg, 1, 100, &cfg.cmd_attempts);
+            break;
+        case O_REGISTRY_TTL:
+            bad = parse_u32(optarg, 3, 86400, &cfg.registry_ttl_s);
             break;
         case O_HELP:
             usage(stdout);
@@ -292,6 +376,23 @@ int run_main(int argc, char **argv)
         fprintf(stderr, "avlgate run: bad --listen '%s' (want HOST:PORT with a numeric host)\n",
                 listen);
         return 2;
+    }
+    if (!instance_valid(cfg.instance)) {
+        fprintf(stderr,
+                "avlgate run: bad --instance '%s' (1 to 64 of A-Z a-z 0-9 . _ -; it names Redis "
+                "keys)\n",
+                cfg.instance);
+        return 2;
+    }
+    static char redis_ip[INET6_ADDRSTRLEN];
+    if (redis) {
+        int port = resolve_redis(redis, redis_ip, sizeof redis_ip);
+        if (port < 0) {
+            fprintf(stderr, "avlgate run: bad --redis '%s' (want HOST:PORT)\n", redis);
+            return 2;
+        }
+        cfg.redis_host = redis_ip;
+        cfg.redis_port = port;
     }
     if (cfg.bufs & (cfg.bufs - 1)) {
         fprintf(stderr, "avlgate run: --bufs %u is not a power of two\n", cfg.bufs);

@@ -1,0 +1,106 @@
+/* redislink.h — one non-blocking Redis connection (hiredis async) driven by the caller's
+ * readiness events, the same way pgsink drives its links: the shard's io_uring polls the
+ * socket, nothing blocks, and the link reconnects by itself with backoff.
+ *
+ * Why the async context on the shard's ring and not a bridge thread: the shard already polls
+ * its PostgreSQL sockets this way, the commands it sends (registry writes, XADD, XACK) are
+ * issued from the shard's thread and their replies are wanted there, and a thread would need
+ * a second mailbox kind and a wake-up path into every shard for no gain. A blocking
+ * XREADGROUP ... BLOCK needs a connection of its own: the intake uses a second link.
+ *
+ * Driving it (one thread; nothing here is thread-safe):
+ *
+ *   fd = redislink_fd(l), events = redislink_events(l): when fd >= 0 and events != 0, poll fd
+ *   for them; when redislink_fd_epoch() changed since the poll was armed, cancel that poll
+ *   on readiness:  redislink_on_io(l, revents, now_ms)
+ *   timer:         at redislink_next_deadline_ms(l), redislink_tick(l, now_ms)
+ *
+ * Re-read fd, events, epoch and the deadline after every call into the link (including
+ * redislink_command, which makes the link want POLLOUT).
+ *
+ * A command makes the link want POLLOUT: a driver with a poll for POLLIN alone armed must arm
+ * one for POLLOUT too (or cancel and re-arm with both), or the command waits for the next read.
+ *
+ * Host: an IP address (hiredis resolves names with blocking getaddrinfo at every connect;
+ * resolve once at start-up). hiredis writes with write(2): the process must ignore SIGPIPE.
+ * Callbacks run only from redislink_on_io, redislink_tick and redislink_destroy. A callback may
+ * issue new commands on the same link, but must not call redislink_on_io, redislink_tick or
+ * redislink_destroy (asserted). The link logs one line to stderr when it comes up, when it
+ * goes down, and when it cannot connect at start (not per failed attempt). */
+#ifndef AVLGATE_GATEWAY_REDISLINK_H
+#define AVLGATE_GATEWAY_REDISLINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A command's reply: reply is hiredis's (valid during the call only; check reply->type,
+ * REDIS_REPLY_ERROR included), or NULL when none came: the link broke or timed out with the
+ * command outstanding, or the link is being destroyed. The command may or may not have run. */
+typedef void redislink_reply_fn(void *user, void *cookie, const redisReply *reply);
+
+struct redislink_config {
+    const char *host; /* IP address; copied */
+    int port;
+    const char *name;           /* for log lines ("registry", "intake"); copied */
+    uint32_t backoff_min_ms;    /* first reconnect delay; 0: 100 */
+    uint32_t backoff_max_ms;    /* ceiling; 0: 5000 */
+    uint32_t connect_timeout_ms; /* 0: 5000 */
+    /* A command outstanding longer than this drops the link (each outstanding command gets
+     * reply NULL); 0: none. Give a link that blocks (XREADGROUP BLOCK b) more than b. */
+    uint32_t reply_timeout_ms;
+    uint32_t pending_max; /* commands outstanding before redislink_command says -ENOBUFS;
+                             0: 65536; at most 1048576 */
+    redislink_reply_fn *on_reply;
+    /* The link came up (connected) or went down (an established link broke or was dropped;
+     * failed attempts are only counted; not called by redislink_destroy). May be NULL. */
+    void (*on_state)(void *user, bool up);
+    void *user;
+};
+
+struct redislink_counters {
+    uint64_t connects, connect_failures, disconnects, timeouts;
+    uint64_t commands, replies, errors; /* errors: REDIS_REPLY_ERROR replies */
+    uint64_t lost;                      /* commands that got reply NULL */
+};
+
+struct redislink;
+
+/* Validates cfg and allocates; connects nothing until the first redislink_tick. NULL with
+ * errno EINVAL (reason in err) or ENOMEM. */
+struct redislink *redislink_create(const struct redislink_config *cfg, char *err, size_t err_cap);
+/* Closes the connection; every outstanding command gets on_reply(NULL) from inside this
+ * call. NULL is a no-op. */
+void redislink_destroy(struct redislink *l);
+
+int redislink_fd(const struct redislink *l); /* -1 without a socket */
+uint32_t redislink_fd_epoch(const struct redislink *l);
+short redislink_events(const struct redislink *l); /* POLLIN, POLLOUT or both; 0 without */
+uint64_t redislink_next_deadline_ms(const struct redislink *l); /* UINT64_MAX: none */
+void redislink_on_io(struct redislink *l, short revents, uint64_t now_ms);
+void redislink_tick(struct redislink *l, uint64_t now_ms);
+bool redislink_up(const struct redislink *l);
+
+/* Sends a command (argv as for redisCommandArgv; NULL argvlen means NUL-terminated strings;
+ * hiredis copies them before this returns). Returns 0 (on_reply(cookie) follows exactly once),
+ * -ENOTCONN (the link is not up, connecting included: nothing is queued while it is down),
+ * -ENOBUFS (pending_max outstanding), -EINVAL (argc < 1, or a command after which replies no
+ * longer answer commands one for one: the (P|S)SUBSCRIBE family, MONITOR, CLIENT REPLY) or
+ * -ENOMEM. On an error nothing was sent and no callback follows. now_ms starts its reply
+ * timeout. */
+int redislink_command(struct redislink *l, int argc, const char *const *argv,
+                      const size_t *argvlen, void *cookie, uint64_t now_ms);
+
+const struct redislink_counters *redislink_counters(const struct redislink *l);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AVLGATE_GATEWAY_REDISLINK_H */

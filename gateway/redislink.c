@@ -409,14 +409,14 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
     snprintf(l->name, sizeof(l->name), "%s", cfg->name ? cfg->name : "redis");
     snprintf(l->addr, sizeof(l->addr), strchr(l->host, ':') ? "[%s]:%d" : "%s:%d", l->host,
              l->port);
-    l->backoff_min_ms = cfg->backoff_min_ms ? cfg->backoff_min_ms
-                                            : REDISLINK_BACKOFF_MIN_MS_DEFAULT;
-    l->backoff_max_ms = cfg->backoff_max_ms ? cfg->backoff_max_ms
-                                            : REDISLINK_BACKOFF_MAX_MS_DEFAULT;
+    l->backoff_min_ms =
+        cfg->backoff_min_ms ? cfg->backoff_min_ms : REDISLINK_BACKOFF_MIN_MS_DEFAULT;
+    l->backoff_max_ms =
+        cfg->backoff_max_ms ? cfg->backoff_max_ms : REDISLINK_BACKOFF_MAX_MS_DEFAULT;
     if (l->backoff_max_ms < l->backoff_min_ms)
         l->backoff_max_ms = l->backoff_min_ms;
-    l->connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms
-                                                    : REDISLINK_CONNECT_TIMEOUT_MS_DEFAULT;
+    l->connect_timeout_ms =
+        cfg->connect_timeout_ms ? cfg->connect_timeout_ms : REDISLINK_CONNECT_TIMEOUT_MS_DEFAULT;
     l->reply_timeout_ms = cfg->reply_timeout_ms;
     l->on_reply = cfg->on_reply;
     l->on_state = cfg->on_state;
@@ -568,7 +568,7 @@ bool redislink_up(const struct redislink *l)
 static bool changes_reply_mode(int argc, const char *const *argv, const size_t *argvlen)
 {
     static const char *const refused[] = {
-        "subscribe",   "psubscribe",   "ssubscribe", "unsubscribe",
+        "subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
         "punsubscribe", "sunsubscribe", "monitor",
     };
     size_t n0 = argvlen ? argvlen[0] : strlen(argv[0]);
@@ -582,20 +582,21 @@ static bool changes_reply_mode(int argc, const char *const *argv, const size_t *
     return false;
 }
 
-int redislink_command(struct redislink *l, int argc, const char *const *argv,
-                      const size_t *argvlen, void *cookie, uint64_t now_ms)
+int redislink_command(struct redislink *l, int argc, const char *const *argv, const size_t *argvlen,
+                      void *cookie, uint64_t now_ms)
 {
     if (argc < 1 || argv == NULL || argv[0] == NULL)
         return -EINVAL;
     if (l->phase != REDISLINK_UP)
         return -ENOTCONN;
     assert(l->ac != NULL);
-
+    if (l->len >= l->cap)
+        return -ENOBUFS;
     if (changes_reply_mode(argc, argv, argvlen))
         return -EINVAL;
     /* hiredis takes const char ** but only reads the strings. */
-    if (redisAsyncCommandArgv(l->ac, on_hiredis_reply, cookie, argc,
-                              (const char **)(uintptr_t)argv, argvlen) != REDIS_OK)
+    if (redisAsyncCommandArgv(l->ac, on_hiredis_reply, cookie, argc, (const char **)(uintptr_t)argv,
+                              argvlen) != REDIS_OK)
         return -ENOMEM; /* formatting the command failed: nothing was queued */
     fifo_push(l, cookie, now_ms);
     l->counters.commands++;

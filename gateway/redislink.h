@@ -18,8 +18,8 @@
  * Re-read fd, events, epoch and the deadline after every call into the link (including
  * redislink_command, which makes the link want POLLOUT).
  *
- * A command makes the link want POLLOUT: a driver with a poll for POLLIN alone armed must arm
- * one for POLLOUT too (or cancel and re-arm with both), or the command waits for the next read.
+ * When the events gain POLLOUT while a poll for POLLIN alone is armed, arm one for POLLOUT too
+ * (or cancel and re-arm with both): commands are written only on POLLOUT readiness.
  *
  * Host: an IP address (hiredis resolves names with blocking getaddrinfo at every connect;
  * resolve once at start-up). hiredis writes with write(2): the process must ignore SIGPIPE.
@@ -48,9 +48,9 @@ typedef void redislink_reply_fn(void *user, void *cookie, const redisReply *repl
 struct redislink_config {
     const char *host; /* IP address; copied */
     int port;
-    const char *name;           /* for log lines ("registry", "intake"); copied */
-    uint32_t backoff_min_ms;    /* first reconnect delay; 0: 100 */
-    uint32_t backoff_max_ms;    /* ceiling; 0: 5000 */
+    const char *name;            /* for log lines ("registry", "intake"); copied */
+    uint32_t backoff_min_ms;     /* first reconnect delay; 0: 100 */
+    uint32_t backoff_max_ms;     /* ceiling; 0: 5000 */
     uint32_t connect_timeout_ms; /* 0: 5000 */
     /* A command outstanding longer than this drops the link (each outstanding command gets
      * reply NULL); 0: none. Give a link that blocks (XREADGROUP BLOCK b) more than b. */
@@ -91,11 +91,11 @@ bool redislink_up(const struct redislink *l);
  * hiredis copies them before this returns). Returns 0 (on_reply(cookie) follows exactly once),
  * -ENOTCONN (the link is not up, connecting included: nothing is queued while it is down),
  * -ENOBUFS (pending_max outstanding), -EINVAL (argc < 1, or a command after which replies no
- * longer answer commands one for one: the (P|S)SUBSCRIBE family, MONITOR, CLIENT REPLY) or
+ * longer answer commands one for one: [P|S][UN]SUBSCRIBE, MONITOR, CLIENT REPLY) or
  * -ENOMEM. On an error nothing was sent and no callback follows. now_ms starts its reply
  * timeout. */
-int redislink_command(struct redislink *l, int argc, const char *const *argv,
-                      const size_t *argvlen, void *cookie, uint64_t now_ms);
+int redislink_command(struct redislink *l, int argc, const char *const *argv, const size_t *argvlen,
+                      void *cookie, uint64_t now_ms);
 
 const struct redislink_counters *redislink_counters(const struct redislink *l);
 

@@ -9,6 +9,7 @@
 #   make bench-micro        codec micro-benchmarks, medians of 5 repetitions
 #   make bench-e2e          bench/e2e: COPY ceiling vs gateway end to end, ACK latency (a few minutes)
 #   make bench-connections  bench/connections: 100,000 idle devices, memory per connection
+#   make bench-commands     bench/commands: command insert -> frame on an online device's socket
 #   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
 #   make format     clang-format every C/C++ source in place
 
@@ -18,7 +19,7 @@ CI_FUZZ_SECONDS ?= 60
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
-	bench-e2e bench-connections fuzz format clean
+	bench-e2e bench-connections bench-commands fuzz format clean
 
 all: build
 
@@ -71,6 +72,10 @@ bench-e2e: build
 bench-connections: build
 	.ci/install-deps --bench
 	bench/connections --build build
+
+bench-commands: build
+	.ci/install-deps --bench
+	bench/commands --build build
 
 fuzz:
 	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz \

@@ -67,6 +67,7 @@ void command_usage(FILE *f)
     fprintf(f,
             "usage: avlgate command send --pg CONNINFO [--redis HOST:PORT] [--wait SECONDS]\n"
             "                            [--expires-s N] IMEI TEXT\n"
+            "       avlgate command send --pg CONNINFO [--redis HOST:PORT] [--expires-s N] --stdin\n"
             "       avlgate command list --pg CONNINFO [--limit N] [IMEI]\n"
             "\n"
             "send   queues TEXT (1..%u bytes) for the tracker IMEI (15 digits) in\n"
@@ -76,6 +77,8 @@ void command_usage(FILE *f)
             "       --expires-s N  the command expires N seconds from now (default: never)\n"
             "       --wait S       wait up to S seconds for the outcome: prints the answer and\n"
             "                      exits 0, or prints the final status and exits 1\n"
+            "       --stdin        read 'IMEI TEXT' lines and send each as it comes, over one\n"
+            "                      connection to each server (bad lines: said, skipped, exit 1)\n"
             "list   prints recent commands, newest first (--limit, default %d), of one IMEI\n"
             "       or of all\n"
             "\n"
@@ -290,15 +293,19 @@ static const redisReply *hash_field(const redisReply *all, const char *name)
 }
 
 /* Looks the device up in the registry and, if a gateway instance owns it, appends the command
- * to that instance's stream. Reports the outcome on out; never fails the command. */
-static void redis_route(const char *host, int port, long long id, const char *imei,
-                        const char *text, FILE *out)
+ * to that instance's stream. Reports the outcome on out; never fails the command. *cp is the
+ * connection to use, opened here when NULL and closed (set to NULL) after a failure, so a
+ * caller that sends many commands keeps one connection and reconnects after an error. */
+static void redis_route(redisContext **cp, const char *host, int port, long long id,
+                        const char *imei, const char *text, FILE *out)
 {
     const struct timeval tv = {.tv_sec = COMMAND_REDIS_TIMEOUT_MS / 1000,
                                .tv_usec = (COMMAND_REDIS_TIMEOUT_MS % 1000) * 1000};
     char why[256];
     redisReply *all = NULL, *added = NULL;
-    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    if (*cp == NULL)
+        *cp = redisConnectWithTimeout(host, port, tv);
+    redisContext *c = *cp;
     if (c == NULL || c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK)
         goto unreachable;
 
@@ -340,13 +347,83 @@ unreachable:
     redis_why(c, added != NULL ? added : all, why, sizeof why);
     fprintf(out, "redis unreachable (%s:%d: %s): the command waits in PostgreSQL\n", host, port,
             why);
+    if (c != NULL)
+        redisFree(c);
+    *cp = NULL;
 done:
     if (added != NULL)
         freeReplyObject(added);
     if (all != NULL)
         freeReplyObject(all);
-    if (c != NULL)
-        redisFree(c);
+}
+
+/* Checks one command's IMEI and text: false with what is wrong written to why. */
+static bool send_args_ok(const char *imei_s, const char *text, uint64_t *imei, char *why,
+                         size_t cap)
+{
+    size_t text_len = strlen(text);
+    if (!imei_arg(imei_s, imei))
+        snprintf(why, cap, "IMEI must be 15 digits, got '%s'", imei_s);
+    else if (text_len == 0)
+        snprintf(why, cap, "TEXT is empty");
+    else if (text_len > COMMAND_TEXT_BYTES_MAX)
+        snprintf(why, cap, "TEXT is longer than %u bytes", COMMAND_TEXT_BYTES_MAX);
+    else
+        return true;
+    return false;
+}
+
+/* `send --stdin`: one command per line, "IMEI TEXT" (TEXT is the rest of the line), each
+ * inserted and routed as it is read, over one PostgreSQL and one Redis connection. A bad line
+ * is reported on err and skipped. Returns 0, or 1 when a line was bad or an insert failed. */
+static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FILE *in,
+                      FILE *out, FILE *err)
+{
+    char line[COMMAND_TEXT_BYTES_MAX + 64];
+    redisContext *redis = NULL;
+    int status = 0;
+    unsigned long lineno = 0;
+    while (fgets(line, sizeof line, in) != NULL) {
+        lineno++;
+        size_t n = strcspn(line, "\n");
+        if (line[n] != '\n' && !feof(in)) {
+            fprintf(err, "avlgate command: line %lu: longer than %zu bytes\n", lineno,
+                    sizeof line - 2);
+            status = 1;
+            int c;
+            while ((c = fgetc(in)) != EOF && c != '\n')
+                ;
+            continue;
+        }
+        line[n] = '\0';
+        if (n == 0)
+            continue;
+        char *sp = strchr(line, ' ');
+        if (sp != NULL)
+            *sp = '\0';
+        const char *text = sp != NULL ? sp + 1 : "";
+        uint64_t imei;
+        char why[128];
+        if (!send_args_ok(line, text, &imei, why, sizeof why)) {
+            fprintf(err, "avlgate command: line %lu: %s\n", lineno, why);
+            status = 1;
+            continue;
+        }
+        long long id = pg_insert(pg, line, text, expires_s, err);
+        if (id < 0) {
+            status = 1;
+            if (PQstatus(pg) != CONNECTION_OK)
+                break; /* the database is gone: nothing more can be queued */
+            continue;
+        }
+        fprintf(out, "command %lld queued for %s\n", id, line);
+        if (port != 0)
+            redis_route(&redis, host, port, id, line, text, out);
+        fflush(out);
+    }
+    if (redis != NULL)
+        redisFree(redis);
+    return status;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -358,8 +435,10 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
     static const struct option longopts[] = {
         {"pg", required_argument, NULL, 'p'},   {"redis", required_argument, NULL, 'r'},
         {"wait", required_argument, NULL, 'w'}, {"expires-s", required_argument, NULL, 'e'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+        {"stdin", no_argument, NULL, 's'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
+    bool from_stdin = false;
     const char *conninfo = NULL;
     char host[COMMAND_REDIS_HOST_BYTES_MAX] = "";
     int port = 0;
@@ -388,6 +467,9 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
                                    optarg);
             break;
         }
+        case 's':
+            from_stdin = true;
+            break;
         case 'h':
             command_usage(out);
             return 0;
@@ -399,17 +481,25 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
     }
     if (conninfo == NULL)
         return usage_error(err, "send needs --pg CONNINFO");
+    if (from_stdin) {
+        if (argc != optind)
+            return usage_error(err, "send --stdin takes no IMEI and TEXT arguments");
+        if (wait_s > 0)
+            return usage_error(err, "send --stdin does not wait (use list)");
+        PGconn *pg = pg_connect(conninfo, err);
+        if (pg == NULL)
+            return 1;
+        int status = send_lines(pg, host, port, expires_s, stdin, out, err);
+        PQfinish(pg);
+        return status;
+    }
     if (argc - optind != 2)
         return usage_error(err, "send needs IMEI and TEXT");
     const char *imei_s = argv[optind], *text = argv[optind + 1];
     uint64_t imei;
-    if (!imei_arg(imei_s, &imei))
-        return usage_error(err, "IMEI must be 15 digits, got '%s'", imei_s);
-    size_t text_len = strlen(text);
-    if (text_len == 0)
-        return usage_error(err, "TEXT is empty");
-    if (text_len > COMMAND_TEXT_BYTES_MAX)
-        return usage_error(err, "TEXT is longer than %u bytes", COMMAND_TEXT_BYTES_MAX);
+    char why[128];
+    if (!send_args_ok(imei_s, text, &imei, why, sizeof why))
+        return usage_error(err, "%s", why);
 
     PGconn *pg = pg_connect(conninfo, err);
     if (pg == NULL)
@@ -421,8 +511,12 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
     }
     fprintf(out, "command %lld queued for %s\n", id, imei_s);
     fflush(out);
-    if (port != 0)
-        redis_route(host, port, id, imei_s, text, out);
+    if (port != 0) {
+        redisContext *redis = NULL;
+        redis_route(&redis, host, port, id, imei_s, text, out);
+        if (redis != NULL)
+            redisFree(redis);
+    }
     int status = 0;
     if (wait_s > 0) {
         fflush(out);

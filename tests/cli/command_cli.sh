@@ -210,4 +210,30 @@ ok
 run command list --pg "$pg" 123
 want_rc 2 "list bad IMEI"
 
+# --stdin: one connection each, a command per line as it comes, bad lines said and skipped.
+imei3=353000000000017 # never registered
+rcli hset "avlgate:dev:{$imei}" instance gw1 shard 1 epoch 7 >/dev/null
+rcli del "avlgate:dev:{$imei3}" >/dev/null
+len_before=$(rcli xlen avlgate:cmd:gw1)
+rows_before=$(q 'SELECT count(*) FROM public.commands')
+rc=0
+printf '%s stdin one\n12345 bad imei\n%s stdin two words\n%s\n%s stdin three\n' \
+    "$imei" "$imei" "$imei3" "$imei3" |
+    "$avlgate" command send --pg "$pg" --redis "127.0.0.1:$rport" --stdin >"$tmp/out" 2>"$tmp/err" ||
+    rc=$?
+want_rc 1 "--stdin with bad lines"
+want_err "line 2: IMEI must be 15 digits" "--stdin bad IMEI line"
+want_err "line 4: TEXT is empty" "--stdin empty text line"
+want_eq "$(grep -c '^command [0-9]* queued for ' "$tmp/out")" 3 "--stdin queued lines"
+want_eq "$(grep -c '^routed to gw1 shard 1$' "$tmp/out")" 2 "--stdin routed lines"
+want_out "device not connected" "--stdin unregistered device"
+want_eq "$(q 'SELECT count(*) FROM public.commands')" $((rows_before + 3)) "--stdin rows"
+want_eq "$(q "SELECT string_agg(payload, '|' ORDER BY id) FROM public.commands WHERE payload LIKE 'stdin%'")" \
+    "stdin one|stdin two words|stdin three" "--stdin payloads in order"
+want_eq "$(rcli xlen avlgate:cmd:gw1)" $((len_before + 2)) "--stdin stream entries"
+run command send --pg "$pg" --stdin "$imei" extra
+want_rc 2 "--stdin with arguments"
+run command send --pg "$pg" --stdin --wait 1
+want_rc 2 "--stdin with --wait"
+
 echo "command_cli: $passed checks passed"

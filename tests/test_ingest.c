@@ -30,37 +30,27 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "gateway/codec/avl.h"
 #include "gateway/router.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/device.h"
+#include "tests/support/gwproc.h"
 #include "tests/support/pgtest.h"
 #include "tests/support/testutil.h"
 
-#ifndef AVLGATE_BIN
-#error "AVLGATE_BIN (the avlgate binary) must be defined by the build"
-#endif
-#ifndef AVLGATE_TEST_LOGDIR
-#define AVLGATE_TEST_LOGDIR "."
-#endif
-
 enum {
-    SHARDS = 2,
-    WAIT_MS = 5000,        /* one ACK, one handshake, one close */
-    START_WAIT_MS = 30000, /* the gateway's start-up */
-    TAG_IO_ID = 200,       /* the IO element that carries a record's tag */
+    SHARDS = GWPROC_SHARDS,
+    WAIT_MS = GWPROC_WAIT_MS,
+    TAG_IO_ID = GWPROC_TAG_IO_ID,
     FLEET_MAX = 8,
     FLEET_PKTS_MAX = 48,
     PKT_BYTES = 1024,
@@ -74,272 +64,16 @@ enum {
 struct fleet;
 
 static struct {
-    const char *name;
-    struct pgtest_db db;
-    pid_t gw_pid;
-    uint16_t port;
-    char gw_log[PATH_MAX];
-    bool pg_down;
-    int64_t wall0_ms; /* wall clock at the start of the case */
+    struct gwproc gw; /* the gateway and the case's database (tests/support/gwproc.h) */
     struct fleet *fleet;
     struct router router;
     void *router_store;
 } T;
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void print_gw_log(void)
-{
-    if (!T.gw_log[0])
-        return;
-    FILE *f = fopen(T.gw_log, "r");
-    if (!f)
-        return;
-    static char lines[40][512];
-    unsigned n = 0;
-    while (fgets(lines[n % 40], sizeof lines[0], f))
-        n++;
-    fclose(f);
-    printf("---- last lines of %s ----\n", T.gw_log);
-    for (unsigned i = n > 40 ? n - 40 : 0; i < n; i++)
-        printf("%s", lines[i % 40]);
-    printf("----\n");
-}
-
-/* A failed check prints the gateway's log tail, then fails the case. */
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            print_gw_log();                                                                        \
-            fail_msg(__VA_ARGS__);                                                                 \
-        }                                                                                          \
-    } while (0)
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* How many lines of the gateway's log contain needle. */
-static unsigned log_count(const char *needle)
-{
-    FILE *f = fopen(T.gw_log, "r");
-    if (!f)
-        return 0;
-    char line[2048];
-    unsigned n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
-/* Waits until the gateway has logged needle at least `count` times. */
-static void wait_log(const char *needle, unsigned count, int timeout_ms)
-{
-    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
-    while (log_count(needle) < count && device_now_ms() < deadline)
-        sleep_ms(10); /* bounded polling of the log */
-    CHECK(log_count(needle) >= count, "the gateway did not log \"%s\" within %d ms", needle,
-          timeout_ms);
-}
-
-/* ---- the fixture's server ----------------------------------------------------------------- */
-
-static void pgtmp(const char *verb)
-{
-    const char *script = getenv("AVLGATE_PGTMP");
-    const char *dir = getenv("AVLGATE_TEST_PGDIR");
-    CHECK(script && dir, "AVLGATE_PGTMP and AVLGATE_TEST_PGDIR must be set (ctest sets them)");
-    char cmd[2 * PATH_MAX + 64];
-    snprintf(cmd, sizeof cmd, "'%s' %s '%s' >/dev/null", script, verb, dir);
-    int status = system(cmd);
-    CHECK(status == 0, "%s failed (status %d)", cmd, status);
-}
-
-/* ---- the gateway process ------------------------------------------------------------------ */
-
-static bool gw_running(void)
-{
-    if (T.gw_pid <= 0)
-        return false;
-    int status;
-    return waitpid(T.gw_pid, &status, WNOHANG) == 0;
-}
-
-/* Starts `avlgate run` on T.port with the common options, then extra (later options win), and
- * waits until the port accepts connections. */
-static void gw_start(const char *const *extra)
-{
-    CHECK(T.gw_pid <= 0, "a gateway is already running");
-    char listen[32], drain[] = "5000";
-    snprintf(listen, sizeof listen, "127.0.0.1:%u", T.port);
-    const char *argv[64] = {AVLGATE_BIN,
-                            "run",
-                            "--listen",
-                            listen,
-                            "--shards",
-                            "2",
-                            "--pg",
-                            T.db.conninfo,
-                            "--instance",
-                            "test_ingest",
-                            "--batch-ms",
-                            "5",
-                            "--conns-max",
-                            "1024",
-                            "--bufs",
-                            "256",
-                            "--idle-timeout-s",
-                            "120",
-                            "--frame-timeout-s",
-                            "5",
-                            "--drain-timeout-ms",
-                            drain};
-    unsigned n = 0;
-    while (argv[n])
-        n++;
-    for (unsigned i = 0; extra && extra[i]; i++) {
-        assert_true(n < 62);
-        argv[n++] = extra[i];
-    }
-    argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fd = open(T.gw_log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        char *args[64];
-        for (unsigned i = 0; i <= n; i++)
-            args[i] = argv[i] ? strdup(argv[i]) : NULL;
-        execv(AVLGATE_BIN, args);
-        _exit(127);
-    }
-    T.gw_pid = pid;
-    uint64_t deadline = device_now_ms() + START_WAIT_MS;
-    while (!device_port_open(T.port)) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            T.gw_pid = 0;
-            CHECK(false, "the gateway exited at start (status %d)", status);
-        }
-        CHECK(device_now_ms() < deadline, "the gateway did not listen on %u within %d ms", T.port,
-              START_WAIT_MS);
-        sleep_ms(20); /* bounded polling of the port */
-    }
-}
-
-/* Waits for the gateway to exit; returns its wait status, or -1 when it did not exit. */
-static int gw_wait(int timeout_ms)
-{
-    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        int status;
-        pid_t r = waitpid(T.gw_pid, &status, WNOHANG);
-        if (r == T.gw_pid) {
-            T.gw_pid = 0;
-            return status;
-        }
-        if (device_now_ms() >= deadline)
-            return -1;
-        sleep_ms(10);
-    }
-}
-
-/* SIGKILL, then waits until the port refuses connections. The listening socket outlives the
- * process for a moment: io_uring tears a dead process's ring down asynchronously, and the
- * ring's pending accept holds the listener until then. A connection made in that window is
- * reset; a gateway started in it would share the port (SO_REUSEPORT) with the dying listener. */
-static void gw_kill(void)
-{
-    if (T.gw_pid <= 0)
-        return;
-    kill(T.gw_pid, SIGKILL);
-    int status = gw_wait(10000);
-    CHECK(status != -1, "the gateway survived SIGKILL");
-    uint64_t deadline = device_now_ms() + 10000;
-    while (device_port_open(T.port) && device_now_ms() < deadline)
-        sleep_ms(10); /* bounded polling of the port */
-    CHECK(!device_port_open(T.port), "port %u still accepts 10 s after SIGKILL", T.port);
-}
-
-/* The counters the gateway prints when it stops ("stopped packets=... invalid=..."). */
-struct gw_stats {
-    long long packets, records, stored, duplicates, acked, invalid;
-};
-
-/* SIGTERM: the gateway must drain and exit 0 within 15 s; returns its final counters. */
-static struct gw_stats gw_term(void)
-{
-    CHECK(T.gw_pid > 0, "no gateway to stop");
-    kill(T.gw_pid, SIGTERM);
-    int status = gw_wait(15000);
-    CHECK(status != -1, "the gateway did not exit within 15 s of SIGTERM");
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-          "after SIGTERM the gateway ended with status 0x%x", status);
-    struct gw_stats st = {-1, -1, -1, -1, -1, -1};
-    FILE *f = fopen(T.gw_log, "r");
-    CHECK(f != NULL, "no log %s", T.gw_log);
-    char line[2048];
-    bool found = false;
-    while (fgets(line, sizeof line, f)) {
-        const char *at = strstr(line, "msg=\"stopped\" packets=");
-        if (at)
-            found = sscanf(at,
-                           "msg=\"stopped\" packets=%lld records=%lld stored=%lld "
-                           "duplicates=%lld acked=%lld invalid=%lld",
-                           &st.packets, &st.records, &st.stored, &st.duplicates, &st.acked,
-                           &st.invalid) == 6;
-    }
-    fclose(f);
-    CHECK(found, "no final counters in %s", T.gw_log);
-    return st;
-}
-
-/* The sum of `key=<n>` over the gateway's "shard stopped" lines (one per shard). */
-static long long log_shard_sum(const char *key)
-{
-    FILE *f = fopen(T.gw_log, "r");
-    CHECK(f != NULL, "no log %s", T.gw_log);
-    char line[2048], needle[64];
-    snprintf(needle, sizeof needle, " %s=", key);
-    long long sum = 0;
-    unsigned lines = 0;
-    while (fgets(line, sizeof line, f)) {
-        const char *at = strstr(line, "msg=\"shard stopped\"") ? strstr(line, needle) : NULL;
-        if (at) {
-            sum += strtoll(at + strlen(needle), NULL, 10);
-            lines++;
-        }
-    }
-    fclose(f);
-    CHECK(lines == SHARDS, "%u \"shard stopped\" lines with %s", lines, key);
-    return sum;
-}
-
-/* ---- set-up and teardown ------------------------------------------------------------------ */
-
 static void begin(const char *name)
 {
     memset(&T, 0, sizeof T);
-    T.name = name;
-    T.wall0_ms = wall_ms();
-    snprintf(T.gw_log, sizeof T.gw_log, "%s/test_ingest_%s.log", AVLGATE_TEST_LOGDIR, name);
-    unlink(T.gw_log);
-    pgtest_db_create(&T.db, name, true);
-    T.port = device_free_port();
+    gwproc_begin(&T.gw, "test_ingest", name, "test_ingest");
     size_t bytes = router_storage_bytes(SHARDS, ROUTER_VNODES_DEFAULT);
     T.router_store = aligned_alloc(64, (bytes + 63) / 64 * 64);
     assert_non_null(T.router_store);
@@ -353,22 +87,9 @@ static void fleet_free(struct fleet *f);
 static int teardown(void **state)
 {
     (void)state;
-    if (T.pg_down) {
-        pgtmp("start");
-        T.pg_down = false;
-    }
-    if (T.gw_pid > 0) {
-        /* SIGTERM first, so the log ends with the gateway's counters. */
-        kill(T.gw_pid, SIGTERM);
-        if (gw_wait(10000) == -1) {
-            kill(T.gw_pid, SIGKILL);
-            gw_wait(10000);
-        }
-    }
+    gwproc_end(&T.gw);
     fleet_free(T.fleet);
     T.fleet = NULL;
-    if (T.db.name[0])
-        pgtest_db_drop(&T.db);
     free(T.router_store);
     T.router_store = NULL;
     return 0;
@@ -376,152 +97,15 @@ static int teardown(void **state)
 
 /* ---- SQL ---------------------------------------------------------------------------------- */
 
-static long long sql_ll(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static long long sql_ll(const char *fmt, ...)
-{
-    char sql[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return pgtest_scalar_ll(T.db.conn, sql);
-}
-
 static long long rows_of(uint64_t imei)
 {
-    return sql_ll("SELECT count(*) FROM telemetry.positions WHERE imei = %" PRIu64, imei);
+    return gwproc_sql_ll(&T.gw, "SELECT count(*) FROM telemetry.positions WHERE imei = %" PRIu64,
+                         imei);
 }
 
 static long long rows_total(void)
 {
-    return sql_ll("SELECT count(*) FROM telemetry.positions");
-}
-
-enum { SLOW_EVENT_ID = 7777 };
-
-/* A deferred constraint trigger: a COMMIT that holds a row with event_id SLOW_EVENT_ID sleeps
- * `seconds` first, so the test can see a batch in flight and act while it is uncommitted. */
-static void slow_commit_trigger(const char *seconds)
-{
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$"
-             " BEGIN IF NEW.event_id = %d THEN PERFORM pg_sleep(%s); END IF;"
-             " RETURN NULL; END $$;"
-             "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON telemetry.positions"
-             " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()",
-             SLOW_EVENT_ID, seconds);
-    pgtest_exec(T.db.conn, sql);
-}
-
-/* Waits until a gateway transaction sleeps in a trigger of the case (pg_sleep, not in a state
- * load): its batch is in flight. Returns the backend's pid. */
-static long long wait_backend_sleeping(void)
-{
-    long long pid = 0;
-    uint64_t deadline = device_now_ms() + WAIT_MS;
-    while (pid == 0 && device_now_ms() < deadline) {
-        pid = sql_ll("SELECT coalesce(max(pid), 0) FROM pg_stat_activity"
-                     " WHERE datname = current_database() AND wait_event = 'PgSleep'"
-                     " AND query NOT LIKE '%%device_state_get%%'");
-        if (pid == 0)
-            sleep_ms(10); /* bounded polling of the server */
-    }
-    CHECK(pid != 0, "no transaction reached the sleeping trigger within %d ms", WAIT_MS);
-    return pid;
-}
-
-/* ---- packets ------------------------------------------------------------------------------ */
-
-/* A tagged record: the fixed fields that matter to a case, the rest plausible. */
-struct rspec {
-    uint64_t ts_ms;
-    uint32_t tag;
-    uint8_t satellites;
-    uint16_t event_id;
-    int32_t lon_e7, lat_e7;
-};
-
-/* Encodes records rs[0 .. n-1] as one TCP frame of codec; returns its length. */
-static size_t encode_tagged(uint8_t codec, const struct rspec *rs, unsigned n, uint8_t *out,
-                            size_t cap)
-{
-    static struct avl_record_src src[AVL_RECORDS_MAX];
-    static struct avl_io_elem io[AVL_RECORDS_MAX][3];
-    assert_true(n <= AVL_RECORDS_MAX);
-    for (unsigned i = 0; i < n; i++) {
-        src[i] = (struct avl_record_src){.rec = {.ts_ms = rs[i].ts_ms,
-                                                 .lon_e7 = rs[i].lon_e7,
-                                                 .lat_e7 = rs[i].lat_e7,
-                                                 .altitude_m = 120,
-                                                 .angle_deg = 180,
-                                                 .speed_kmh = 50,
-                                                 .satellites = rs[i].satellites,
-                                                 .priority = 1,
-                                                 .event_id = rs[i].event_id,
-                                                 .generation = 3,
-                                                 .codec = codec},
-                                         .io = io[i],
-                                         .io_len = 3};
-        io[i][0] = (struct avl_io_elem){.id = 239, .width = 1, .value = 1};
-        io[i][1] = (struct avl_io_elem){.id = TAG_IO_ID, .width = 4, .value = rs[i].tag};
-        io[i][2] = (struct avl_io_elem){.id = 66, .width = 2, .value = 12000};
-    }
-    int len = avl_encode_tcp(out, cap, codec, src, n);
-    CHECK(len > 0, "encode: %s", avl_strerror(len));
-    return (size_t)len;
-}
-
-/* n records from ts0_ms on, step_ms apart (negative: newest first), tags from tag0 on. */
-static size_t encode_series(uint8_t codec, uint64_t ts0_ms, int64_t step_ms, uint32_t tag0,
-                            unsigned n, uint8_t *out, size_t cap)
-{
-    static struct rspec rs[AVL_RECORDS_MAX];
-    for (unsigned i = 0; i < n; i++)
-        rs[i] = (struct rspec){.ts_ms = (uint64_t)((int64_t)ts0_ms + (int64_t)i * step_ms),
-                               .tag = tag0 + i,
-                               .satellites = 9,
-                               .lon_e7 = 250000000 + (int32_t)(tag0 % 1000000) * 10,
-                               .lat_e7 = 546000000 + (int32_t)i * 100};
-    return encode_tagged(codec, rs, n, out, cap);
-}
-
-/* A recent timestamp (an hour ago, whole seconds): rows land in today's partitions. */
-static uint64_t recent_ts_ms(void)
-{
-    return (uint64_t)(T.wall0_ms / 1000 - 3600) * 1000;
-}
-
-/* ---- devices, step by step ---------------------------------------------------------------- */
-
-static void dev_open(struct device *d, uint64_t imei)
-{
-    device_init(d, T.port, imei);
-    int rc = device_open(d, WAIT_MS);
-    CHECK(rc == 0, "device %" PRIu64 ": open/handshake failed: %s", imei, strerror(-rc));
-}
-
-/* Sends a packet (in pieces when piece > 0) and waits for its ACK, which must say records. */
-static void send_acked(struct device *d, const uint8_t *p, size_t len, uint32_t records,
-                       size_t piece, int gap_ms)
-{
-    int rc = device_send(d, p, len, piece, gap_ms);
-    CHECK(rc == 0, "device %" PRIu64 ": send failed: %s", d->imei, strerror(-rc));
-    uint32_t got = 0;
-    rc = device_wait_ack(d, WAIT_MS, &got);
-    CHECK(rc == 0, "device %" PRIu64 ": no ACK: %s", d->imei, strerror(-rc));
-    CHECK(got == records, "device %" PRIu64 ": ACK says %u records, sent %u", d->imei, got,
-          records);
-}
-
-/* The gateway closes d within timeout_ms and sends it nothing (no ACK, no answer). */
-static void expect_closed_silently(struct device *d, int timeout_ms, const char *what)
-{
-    size_t bytes = 0;
-    int rc = device_wait_closed(d, timeout_ms, &bytes, NULL);
-    CHECK(rc == 0, "%s: the gateway did not close the connection within %d ms", what, timeout_ms);
-    CHECK(bytes == 0, "%s: the gateway sent %zu bytes before closing", what, bytes);
-    device_close(d);
+    return gwproc_sql_ll(&T.gw, "SELECT count(*) FROM telemetry.positions");
 }
 
 /* ---- rows compared with decoded records --------------------------------------------------- */
@@ -567,8 +151,8 @@ static void expect_row(uint64_t imei, const struct avl_record *r)
              " AND received_at BETWEEN telemetry.ms_to_timestamptz(%" PRId64 ") AND now()",
              imei, r->ts_ms, r->priority, (double)r->lon_e7 / 1e7, (double)r->lat_e7 / 1e7,
              r->altitude_m, r->angle_deg, r->satellites, r->speed_kmh, r->event_id, json, gen,
-             r->codec, T.wall0_ms - 2000);
-    long long n = pgtest_scalar_ll(T.db.conn, sql);
+             r->codec, T.gw.wall0_ms - 2000);
+    long long n = pgtest_scalar_ll(T.gw.db.conn, sql);
     CHECK(n == 1,
           "imei %" PRIu64 ": the record of ts %" PRIu64
           " (codec %u, io %s) is stored %lld times, want 1",
@@ -623,17 +207,17 @@ static struct fleet *fleet_make(unsigned n, unsigned per, unsigned records)
     f->per = per;
     f->records = records;
     static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
-    uint64_t ts0 = recent_ts_ms();
+    uint64_t ts0 = gwproc_recent_ts_ms(&T.gw);
     for (unsigned d = 0; d < n; d++) {
         f->imei[d] = IMEI_BASE + 1000 * d;
         for (unsigned p = 0; p < per; p++) {
             uint64_t ts = ts0 + (uint64_t)(p * records) * 1000;
-            size_t len = encode_series(codecs[(p + d) % 3], ts, 1000, fleet_tag(d, p, 0), records,
-                                       f->bytes[d][p], PKT_BYTES);
+            size_t len = gwproc_encode_series(codecs[(p + d) % 3], ts, 1000, fleet_tag(d, p, 0),
+                                              records, f->bytes[d][p], PKT_BYTES);
             f->pkts[d][p] =
                 (struct tracker_pkt){.bytes = f->bytes[d][p], .len = len, .records = records};
         }
-        tracker_init(&f->t[d], T.port, f->imei[d], f->pkts[d], per);
+        tracker_init(&f->t[d], T.gw.port, f->imei[d], f->pkts[d], per);
     }
     T.fleet = f;
     return f;
@@ -713,7 +297,7 @@ static void fleet_check(const struct fleet *f, bool all)
                  " count(DISTINCT io->>'%u'), min((io->>'%u')::bigint / 1000000)"
                  " FROM telemetry.positions WHERE imei = %" PRIu64 " GROUP BY 1 ORDER BY 1",
                  TAG_IO_ID, TAG_IO_ID, TAG_IO_ID, f->imei[d]);
-        PGresult *r = pgtest_query(T.db.conn, sql);
+        PGresult *r = pgtest_query(T.gw.db.conn, sql);
         bool stored[FLEET_PKTS_MAX] = {false};
         long long rows = 0;
         for (int i = 0; i < PQntuples(r); i++) {
@@ -751,7 +335,7 @@ static void test_codecs(void **state)
 {
     (void)state;
     begin("codecs");
-    gw_start(NULL);
+    gwproc_start(&T.gw, NULL);
     static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
     static const uint8_t nx[5] = {0xde, 0xad, 0xbe, 0xef, 0x00};
     static struct pktgen_packet gp;
@@ -760,7 +344,7 @@ static void test_codecs(void **state)
     for (unsigned c = 0; c < 3; c++) {
         uint8_t codec = codecs[c];
         uint64_t imei = IMEI_BASE + c;
-        uint64_t ts = (uint64_t)T.wall0_ms - 120000 + 123;
+        uint64_t ts = (uint64_t)T.gw.wall0_ms - 120000 + 123;
         struct avl_io_elem io[3][7];
         struct avl_record_src src[3];
         const struct avl_record recs[3] = {
@@ -814,8 +398,8 @@ static void test_codecs(void **state)
         assert_true(len > 0);
 
         struct device d;
-        dev_open(&d, imei);
-        send_acked(&d, out, (size_t)len, 3, 0, 0);
+        gwproc_dev_open(&T.gw, &d, imei);
+        gwproc_send_acked(&d, out, (size_t)len, 3, 0, 0);
         /* The ACK means committed: the rows are there now, with every column as sent. */
         CHECK(rows_of(imei) == 3, "codec %s: %lld rows after the ACK, want 3",
               avl_codec_name(codec), rows_of(imei));
@@ -826,7 +410,7 @@ static void test_codecs(void **state)
         pktgen_init(&g, 1000 + c);
         int flen = pktgen_packet_tcp(&g, PKTGEN_REALISTIC, codec, 12, &gp, frame, sizeof frame);
         assert_true(flen > 0);
-        send_acked(&d, frame, (size_t)flen, 12, 0, 0);
+        gwproc_send_acked(&d, frame, (size_t)flen, 12, 0, 0);
         CHECK(rows_of(imei) == 15, "codec %s: %lld rows, want 15", avl_codec_name(codec),
               rows_of(imei));
         expect_rows_of_frame(imei, frame, (size_t)flen);
@@ -836,10 +420,11 @@ static void test_codecs(void **state)
     CHECK(rows_total() == expected_total, "%lld rows in all, want %lld", rows_total(),
           expected_total);
     /* device_state follows the newest record of each device. */
-    CHECK(sql_ll("SELECT count(*) FROM public.device_state WHERE instance = 'test_ingest'"
-                 " AND last_ts IS NOT NULL AND dedup IS NOT NULL") == 3,
+    CHECK(gwproc_sql_ll(&T.gw,
+                        "SELECT count(*) FROM public.device_state WHERE instance = 'test_ingest'"
+                        " AND last_ts IS NOT NULL AND dedup IS NOT NULL") == 3,
           "device_state rows missing");
-    struct gw_stats st = gw_term();
+    struct gwproc_stats st = gwproc_term(&T.gw);
     CHECK(st.packets == 6 && st.stored == 45 && st.duplicates == 0 && st.acked == 6 &&
               st.invalid == 0,
           "counters: packets %lld stored %lld duplicates %lld acked %lld invalid %lld", st.packets,
@@ -849,7 +434,7 @@ static void test_codecs(void **state)
 /* Connects imei and sends its handshake in pieces of `piece` bytes; the answer must be 0x01. */
 static void open_fragmented(struct device *d, uint64_t imei, size_t piece)
 {
-    device_init(d, T.port, imei);
+    device_init(d, T.gw.port, imei);
     int rc = device_connect(d, WAIT_MS);
     CHECK(rc == 0, "connect: %s", strerror(-rc));
     uint8_t hs[AVL_HANDSHAKE_BYTES_MAX];
@@ -871,7 +456,7 @@ static void test_fragmented_coalesced(void **state)
 {
     (void)state;
     begin("fragments");
-    gw_start((const char *const[]){"--buf-bytes", "1024", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--buf-bytes", "1024", NULL});
     /* Each connection lands on either shard (SO_REUSEPORT), and each IMEI is owned by one:
      * twelve handshakes make a reassembled handshake that is handed off all but certain. */
     long long want = 0;
@@ -879,8 +464,9 @@ static void test_fragmented_coalesced(void **state)
         struct device h;
         open_fragmented(&h, IMEI_BASE + 3000 + i, i % 2 ? 1 : 9);
         uint8_t p[PKT_BYTES];
-        size_t l = encode_series(AVL_CODEC_8, recent_ts_ms(), 1000, 30000 + i * 10, 2, p, sizeof p);
-        send_acked(&h, p, l, 2, l / 2, 2);
+        size_t l = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw), 1000,
+                                        30000 + i * 10, 2, p, sizeof p);
+        gwproc_send_acked(&h, p, l, 2, l / 2, 2);
         device_close(&h);
         want += 2;
     }
@@ -907,8 +493,8 @@ static void test_fragmented_coalesced(void **state)
         len[i] = (size_t)n;
     }
     /* One byte at a time, then in pieces of 7 bytes. */
-    send_acked(&d, pk[0], len[0], recs[0], 1, 1);
-    send_acked(&d, pk[1], len[1], recs[1], 7, 1);
+    gwproc_send_acked(&d, pk[0], len[0], recs[0], 1, 1);
+    gwproc_send_acked(&d, pk[1], len[1], recs[1], 7, 1);
 
     /* Coalesced: FF p2 p3 FF FF p4 in one write: three ACKs, in order. */
     static uint8_t buf[4 * PKTGEN_FRAME_BYTES_MAX];
@@ -940,10 +526,10 @@ static void test_fragmented_coalesced(void **state)
     rc = device_wait_ack(&d, WAIT_MS, &got);
     CHECK(rc == 0 && got == recs[5], "packet 5: rc %d ACK %u", rc, got);
     CHECK(device_quiet(&d), "an ACK for a packet not yet complete");
-    send_acked(&d, pk[6] + 13, len[6] - 13, recs[6], 0, 0);
+    gwproc_send_acked(&d, pk[6] + 13, len[6] - 13, recs[6], 0, 0);
     /* 60 records, larger than a 1 KB receive buffer: reassembled across buffers. */
     CHECK(len[7] > 4096, "packet 7 is only %zu bytes", len[7]);
-    send_acked(&d, pk[7], len[7], recs[7], 0, 0);
+    gwproc_send_acked(&d, pk[7], len[7], recs[7], 0, 0);
     device_close(&d);
 
     long long mine = 0;
@@ -951,7 +537,7 @@ static void test_fragmented_coalesced(void **state)
         mine += expect_rows_of_frame(imei, pk[i], len[i]);
     CHECK(rows_of(imei) == mine, "%lld rows, want %lld", rows_of(imei), mine);
     CHECK(rows_total() == want + mine, "%lld rows in all, want %lld", rows_total(), want + mine);
-    CHECK(gw_running(), "the gateway died");
+    CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
 /* An ACK only once the rows are visible: three devices, fifteen packets each, interleaved;
@@ -960,18 +546,18 @@ static void test_ack_after_commit(void **state)
 {
     (void)state;
     begin("ack_visible");
-    gw_start((const char *const[]){"--batch-ms", "20", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--batch-ms", "20", NULL});
     enum { DEVS = 3, PKTS = 15, RECS = 4 };
     struct device d[DEVS];
     for (unsigned i = 0; i < DEVS; i++)
-        dev_open(&d[i], IMEI_BASE + 500 + i);
-    PGconn *reader = pgtest_connect(&T.db);
-    uint64_t ts0 = recent_ts_ms();
+        gwproc_dev_open(&T.gw, &d[i], IMEI_BASE + 500 + i);
+    PGconn *reader = pgtest_connect(&T.gw.db);
+    uint64_t ts0 = gwproc_recent_ts_ms(&T.gw);
     for (unsigned p = 0; p < PKTS; p++) {
         for (unsigned i = 0; i < DEVS; i++) {
             uint8_t out[PKT_BYTES];
-            size_t len = encode_series(AVL_CODEC_8E, ts0 + p * RECS * 1000, 1000,
-                                       fleet_tag(i, p, 0), RECS, out, sizeof out);
+            size_t len = gwproc_encode_series(AVL_CODEC_8E, ts0 + p * RECS * 1000, 1000,
+                                              fleet_tag(i, p, 0), RECS, out, sizeof out);
             CHECK(device_send(&d[i], out, len, 0, 0) == 0, "send failed");
         }
         for (unsigned i = 0; i < DEVS; i++) {
@@ -1001,37 +587,37 @@ static void test_poison_resend_same_batch(void **state)
 {
     (void)state;
     begin("poison_same_batch");
-    gw_start((const char *const[]){"--batch-ms", "300", NULL});
-    pgtest_exec(T.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
-                           " CHECK (event_id <> 4242)");
+    gwproc_start(&T.gw, (const char *const[]){"--batch-ms", "300", NULL});
+    pgtest_exec(T.gw.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
+                              " CHECK (event_id <> 4242)");
     const uint64_t imei = IMEI_BASE + 4343;
-    struct rspec rs[2];
+    struct gwproc_rspec rs[2];
     for (unsigned i = 0; i < 2; i++)
-        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
-                               .tag = 43430 + i,
-                               .satellites = 6,
-                               .event_id = i == 1 ? 4242 : 0};
+        rs[i] = (struct gwproc_rspec){.ts_ms = gwproc_recent_ts_ms(&T.gw) + i * 1000,
+                                      .tag = 43430 + i,
+                                      .satellites = 6,
+                                      .event_id = i == 1 ? 4242 : 0};
     uint8_t pb[PKT_BYTES];
-    size_t lpb = encode_tagged(AVL_CODEC_8E, rs, 2, pb, sizeof pb);
+    size_t lpb = gwproc_encode_tagged(AVL_CODEC_8E, rs, 2, pb, sizeof pb);
 
     struct device a, b, c;
-    dev_open(&a, imei);
+    gwproc_dev_open(&T.gw, &a, imei);
     CHECK(device_send(&a, pb, lpb, 0, 0) == 0, "send");
-    dev_open(&b, imei); /* replaces a, within the same 300 ms batch */
+    gwproc_dev_open(&T.gw, &b, imei); /* replaces a, within the same 300 ms batch */
     CHECK(device_send(&b, pb, lpb, 0, 0) == 0, "send");
     uint32_t got = 0;
     CHECK(device_wait_ack(&a, 1500, &got) != 0, "the first copy of the poison packet was ACKed");
     CHECK(device_wait_ack(&b, 1500, &got) != 0, "the re-sent poison packet was ACKed (%u)", got);
     device_close(&a);
     device_close(&b);
-    wait_log("packet rejected by the database", 1, WAIT_MS);
+    gwproc_wait_log(&T.gw, "packet rejected by the database", 1, WAIT_MS);
 
     /* A third connection re-sends it: refused again, never taken for a duplicate. */
-    dev_open(&c, imei);
+    gwproc_dev_open(&T.gw, &c, imei);
     CHECK(device_send(&c, pb, lpb, 0, 0) == 0, "send");
-    expect_closed_silently(&c, WAIT_MS, "the poison packet re-sent after the shared batch");
+    gwproc_expect_closed_silently(&c, WAIT_MS, "the poison packet re-sent after the shared batch");
     CHECK(rows_of(imei) == 0, "poison rows stored");
-    CHECK(gw_running(), "the gateway died");
+    CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
 /* --devices known: an IMEI enabled in public.devices is served; a disabled one and one that is
@@ -1041,7 +627,7 @@ static void test_devices_known(void **state)
     (void)state;
     begin("devices_known");
     const uint64_t known = IMEI_BASE + 700, disabled = IMEI_BASE + 701, unknown = IMEI_BASE + 702;
-    PGconn *c = pgtest_connect(&T.db);
+    PGconn *c = pgtest_connect(&T.gw.db);
     char sql[256];
     snprintf(sql, sizeof sql,
              "INSERT INTO public.devices (imei, name, enabled) VALUES (%" PRIu64
@@ -1049,20 +635,20 @@ static void test_devices_known(void **state)
              known, disabled);
     pgtest_exec(c, sql);
     PQfinish(c);
-    gw_start((const char *const[]){"--devices", "known", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--devices", "known", NULL});
 
     struct device ok;
-    dev_open(&ok, known);
+    gwproc_dev_open(&T.gw, &ok, known);
     uint8_t out[PKT_BYTES];
-    size_t len =
-        encode_series(AVL_CODEC_8, recent_ts_ms(), 1000, fleet_tag(0, 0, 0), 3, out, sizeof out);
-    send_acked(&ok, out, len, 3, 0, 0);
+    size_t len = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw), 1000,
+                                      fleet_tag(0, 0, 0), 3, out, sizeof out);
+    gwproc_send_acked(&ok, out, len, 3, 0, 0);
     device_close(&ok);
 
     const uint64_t refused[2] = {disabled, unknown};
     for (unsigned i = 0; i < 2; i++) {
         struct device d;
-        device_init(&d, T.port, refused[i]);
+        device_init(&d, T.gw.port, refused[i]);
         CHECK(device_connect(&d, WAIT_MS) == 0, "connect");
         int answer = device_handshake(&d, WAIT_MS);
         CHECK(answer == 0, "IMEI %" PRIu64 ": handshake answered %d, want 0x00", refused[i],
@@ -1085,7 +671,7 @@ static void test_pg_outage(void **state)
 {
     (void)state;
     begin("pg_outage");
-    gw_start((const char *const[]){"--batch-rows", "4", "--batches", "2", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--batch-rows", "4", "--batches", "2", NULL});
     struct fleet *f = fleet_make(8, 30, 2);
     for (unsigned d = 0; d < f->n; d++) {
         f->t[d].gap_ms = 40;
@@ -1096,8 +682,7 @@ static void test_pg_outage(void **state)
     static const char *const how[2] = {"stop", "kill"};
     for (unsigned k = 0; k < 2; k++) {
         fleet_until(f, each_acked_at_least, 4 + 8 * k, 30000, "traffic before the outage");
-        pgtmp(how[k]);
-        T.pg_down = true;
+        gwproc_pgtmp(&T.gw, how[k]);
         uint64_t stopped = device_now_ms();
         unsigned acked_at_stop = fleet_acked(f);
         fleet_for(f, 3000);
@@ -1106,11 +691,11 @@ static void test_pg_outage(void **state)
         unsigned pending = 0;
         for (unsigned d = 0; d < f->n; d++)
             pending += f->t[d].acked < f->per && f->pkts[d][f->t[d].acked].sends > 0;
-        pgtmp("start");
-        T.pg_down = false;
-        PQreset(T.db.conn);
-        CHECK(PQstatus(T.db.conn) == CONNECTION_OK, "reconnect: %s", PQerrorMessage(T.db.conn));
-        CHECK(gw_running(), "the gateway died while the database was down");
+        gwproc_pgtmp(&T.gw, "start");
+        PQreset(T.gw.db.conn);
+        CHECK(PQstatus(T.gw.db.conn) == CONNECTION_OK, "reconnect: %s",
+              PQerrorMessage(T.gw.db.conn));
+        CHECK(gwproc_running(&T.gw), "the gateway died while the database was down");
 
         /* An ACK that left before the server was gone may arrive a little later; after a
          * grace second nothing may be acknowledged until the server is back. */
@@ -1142,25 +727,27 @@ static void test_gateway_sigkill(void **state)
 {
     (void)state;
     begin("sigkill");
-    gw_start(NULL);
+    gwproc_start(&T.gw, NULL);
     uint64_t imei = IMEI_BASE + 900;
     struct device d;
-    dev_open(&d, imei);
+    gwproc_dev_open(&T.gw, &d, imei);
     uint8_t p1[PKT_BYTES], p2[PKT_BYTES];
-    size_t l1 = encode_series(AVL_CODEC_8E, recent_ts_ms(), 1000, 900000, 5, p1, sizeof p1);
-    size_t l2 = encode_series(AVL_CODEC_8, recent_ts_ms() + 5000, 1000, 900100, 3, p2, sizeof p2);
+    size_t l1 = gwproc_encode_series(AVL_CODEC_8E, gwproc_recent_ts_ms(&T.gw), 1000, 900000, 5, p1,
+                                     sizeof p1);
+    size_t l2 = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw) + 5000, 1000, 900100,
+                                     3, p2, sizeof p2);
     CHECK(device_send(&d, p1, l1, 0, 0) == 0, "send failed");
     uint64_t deadline = device_now_ms() + WAIT_MS;
     while (rows_of(imei) < 5 && device_now_ms() < deadline)
-        sleep_ms(10); /* bounded polling of the database */
+        device_sleep_ms(10); /* bounded polling of the database */
     CHECK(rows_of(imei) == 5, "the packet was not committed");
-    gw_kill(); /* the device never reads that ACK */
+    gwproc_kill(&T.gw); /* the device never reads that ACK */
     device_close(&d);
-    gw_start(NULL);
-    dev_open(&d, imei);
-    send_acked(&d, p1, l1, 5, 0, 0);
+    gwproc_start(&T.gw, NULL);
+    gwproc_dev_open(&T.gw, &d, imei);
+    gwproc_send_acked(&d, p1, l1, 5, 0, 0);
     CHECK(rows_of(imei) == 5, "re-sent after a restart: %lld rows, want 5", rows_of(imei));
-    send_acked(&d, p2, l2, 3, 0, 0);
+    gwproc_send_acked(&d, p2, l2, 3, 0, 0);
     CHECK(rows_of(imei) == 8, "%lld rows, want 8", rows_of(imei));
     device_close(&d);
 
@@ -1175,10 +762,10 @@ static void test_gateway_sigkill(void **state)
     const unsigned total = f->n * f->per;
     for (unsigned k = 0; k < 3; k++) {
         fleet_until(f, total_acked_at_least, total * (k + 1) / 5, 30000, "traffic");
-        gw_kill();
+        gwproc_kill(&T.gw);
         fleet_check(f, false);
         fleet_for(f, 200); /* the devices see the loss and find the port closed */
-        gw_start(batch_args[k]);
+        gwproc_start(&T.gw, batch_args[k]);
     }
     fleet_until(f, all_done, 0, 60000, "every packet acknowledged after the restarts");
     fleet_check(f, true);
@@ -1196,39 +783,40 @@ static void test_resend_replacing(void **state)
 {
     (void)state;
     begin("replacing");
-    gw_start(NULL);
-    slow_commit_trigger("1.5");
+    gwproc_start(&T.gw, NULL);
+    gwproc_slow_commit_trigger(&T.gw, "1.5");
     uint64_t imei = IMEI_BASE + 42;
-    struct rspec rs[4];
+    struct gwproc_rspec rs[4];
     for (unsigned i = 0; i < 4; i++)
-        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
-                               .tag = 420000 + i,
-                               .satellites = 7,
-                               .event_id = i == 2 ? SLOW_EVENT_ID : 0};
+        rs[i] = (struct gwproc_rspec){.ts_ms = gwproc_recent_ts_ms(&T.gw) + i * 1000,
+                                      .tag = 420000 + i,
+                                      .satellites = 7,
+                                      .event_id = i == 2 ? GWPROC_SLOW_EVENT_ID : 0};
     uint8_t p[PKT_BYTES], q[PKT_BYTES];
-    size_t lp = encode_tagged(AVL_CODEC_16, rs, 4, p, sizeof p);
-    size_t lq = encode_series(AVL_CODEC_8E, recent_ts_ms() + 4000, 1000, 420100, 3, q, sizeof q);
+    size_t lp = gwproc_encode_tagged(AVL_CODEC_16, rs, 4, p, sizeof p);
+    size_t lq = gwproc_encode_series(AVL_CODEC_8E, gwproc_recent_ts_ms(&T.gw) + 4000, 1000, 420100,
+                                     3, q, sizeof q);
     struct device a, b;
-    dev_open(&a, imei);
+    gwproc_dev_open(&T.gw, &a, imei);
     CHECK(device_send(&a, p, lp, 0, 0) == 0, "send failed");
-    wait_backend_sleeping();
+    gwproc_wait_backend_sleeping(&T.gw);
     uint64_t t0 = device_now_ms();
-    dev_open(&b, imei); /* replaces a */
+    gwproc_dev_open(&T.gw, &b, imei); /* replaces a */
     CHECK(device_now_ms() - t0 < 1000, "the replacing handshake waited for the commit");
-    expect_closed_silently(&a, WAIT_MS, "the replaced connection");
+    gwproc_expect_closed_silently(&a, WAIT_MS, "the replaced connection");
     CHECK(rows_of(imei) == 0, "committed already: the case needs a slower commit");
-    send_acked(&b, p, lp, 4, 0, 0);
+    gwproc_send_acked(&b, p, lp, 4, 0, 0);
     CHECK(rows_of(imei) == 4, "%lld rows after the re-send, want 4", rows_of(imei));
-    send_acked(&b, p, lp, 4, 0, 0); /* the same packet again on the same connection */
+    gwproc_send_acked(&b, p, lp, 4, 0, 0); /* the same packet again on the same connection */
     CHECK(rows_of(imei) == 4, "%lld rows after the second re-send, want 4", rows_of(imei));
-    send_acked(&b, q, lq, 3, 0, 0);
+    gwproc_send_acked(&b, q, lq, 3, 0, 0);
     CHECK(rows_of(imei) == 7, "%lld rows, want 7", rows_of(imei));
     device_close(&b);
     expect_rows_of_frame(imei, p, lp);
     expect_rows_of_frame(imei, q, lq);
     /* Four packets taken (a's, b's two re-sends, q), 8 records counted as duplicates; a's ACK
      * found its connection gone. */
-    struct gw_stats st = gw_term();
+    struct gwproc_stats st = gwproc_term(&T.gw);
     CHECK(st.packets == 4 && st.records == 15 && st.stored == 7 && st.duplicates == 8 &&
               st.acked == 3 && st.invalid == 0,
           "counters: packets %lld records %lld stored %lld duplicates %lld acked %lld invalid "
@@ -1243,48 +831,49 @@ static void test_ordering(void **state)
 {
     (void)state;
     begin("ordering");
-    gw_start(NULL);
+    gwproc_start(&T.gw, NULL);
     uint64_t imei = IMEI_BASE + 7;
-    uint64_t T0 = recent_ts_ms();
-    struct rspec p1[3], p2[3], p3[4], p4[4], p5[2], p6[1];
+    uint64_t T0 = gwproc_recent_ts_ms(&T.gw);
+    struct gwproc_rspec p1[3], p2[3], p3[4], p4[4], p5[2], p6[1];
     for (unsigned i = 0; i < 3; i++) {
-        p1[i] = (struct rspec){.ts_ms = T0 + 30000 - i * 10000, .tag = 100 + i, .satellites = 8};
-        p2[i] = (struct rspec){.ts_ms = T0 - i * 10000, .tag = 200 + i, .satellites = 8};
+        p1[i] =
+            (struct gwproc_rspec){.ts_ms = T0 + 30000 - i * 10000, .tag = 100 + i, .satellites = 8};
+        p2[i] = (struct gwproc_rspec){.ts_ms = T0 - i * 10000, .tag = 200 + i, .satellites = 8};
     }
     for (unsigned i = 0; i < 4; i++)
-        p3[i] = (struct rspec){
+        p3[i] = (struct gwproc_rspec){
             .ts_ms = T0 + 40000, .tag = 300 + i, .satellites = 7, .lon_e7 = 111, .lat_e7 = 222};
     const uint64_t prefix_ts[4] = {0, 1000, 86400000, UINT64_C(315964800000)};
     for (unsigned i = 0; i < 4; i++)
-        p4[i] = (struct rspec){.ts_ms = prefix_ts[i], .tag = 400 + i, .satellites = 0};
+        p4[i] = (struct gwproc_rspec){.ts_ms = prefix_ts[i], .tag = 400 + i, .satellites = 0};
     for (unsigned i = 0; i < 2; i++)
-        p5[i] = (struct rspec){.ts_ms = 0, .tag = 500 + i, .satellites = 0};
-    p6[0] = (struct rspec){.ts_ms = T0 - 86400000, .tag = 600, .satellites = 5};
+        p5[i] = (struct gwproc_rspec){.ts_ms = 0, .tag = 500 + i, .satellites = 0};
+    p6[0] = (struct gwproc_rspec){.ts_ms = T0 - 86400000, .tag = 600, .satellites = 5};
 
     uint8_t b[6][PKT_BYTES];
     size_t l[6];
-    l[0] = encode_tagged(AVL_CODEC_8, p1, 3, b[0], PKT_BYTES);
-    l[1] = encode_tagged(AVL_CODEC_8E, p2, 3, b[1], PKT_BYTES);
-    l[2] = encode_tagged(AVL_CODEC_16, p3, 4, b[2], PKT_BYTES);
-    l[3] = encode_tagged(AVL_CODEC_8, p4, 4, b[3], PKT_BYTES);
-    l[4] = encode_tagged(AVL_CODEC_8E, p5, 2, b[4], PKT_BYTES);
-    l[5] = encode_tagged(AVL_CODEC_16, p6, 1, b[5], PKT_BYTES);
+    l[0] = gwproc_encode_tagged(AVL_CODEC_8, p1, 3, b[0], PKT_BYTES);
+    l[1] = gwproc_encode_tagged(AVL_CODEC_8E, p2, 3, b[1], PKT_BYTES);
+    l[2] = gwproc_encode_tagged(AVL_CODEC_16, p3, 4, b[2], PKT_BYTES);
+    l[3] = gwproc_encode_tagged(AVL_CODEC_8, p4, 4, b[3], PKT_BYTES);
+    l[4] = gwproc_encode_tagged(AVL_CODEC_8E, p5, 2, b[4], PKT_BYTES);
+    l[5] = gwproc_encode_tagged(AVL_CODEC_16, p6, 1, b[5], PKT_BYTES);
 
     struct device d;
-    dev_open(&d, imei);
-    send_acked(&d, b[0], l[0], 3, 0, 0);
-    send_acked(&d, b[1], l[1], 3, 0, 0);
-    send_acked(&d, b[2], l[2], 4, 0, 0);
-    send_acked(&d, b[3], l[3], 4, 0, 0);
+    gwproc_dev_open(&T.gw, &d, imei);
+    gwproc_send_acked(&d, b[0], l[0], 3, 0, 0);
+    gwproc_send_acked(&d, b[1], l[1], 3, 0, 0);
+    gwproc_send_acked(&d, b[2], l[2], 4, 0, 0);
+    gwproc_send_acked(&d, b[3], l[3], 4, 0, 0);
     CHECK(rows_of(imei) == 14, "%lld rows, want 14", rows_of(imei));
     device_close(&d);
 
-    dev_open(&d, imei); /* state from the database now */
-    send_acked(&d, b[3], l[3], 4, 0, 0);
+    gwproc_dev_open(&T.gw, &d, imei); /* state from the database now */
+    gwproc_send_acked(&d, b[3], l[3], 4, 0, 0);
     CHECK(rows_of(imei) == 14, "the re-sent pre-fix packet was stored again: %lld rows",
           rows_of(imei));
-    send_acked(&d, b[4], l[4], 2, 0, 0); /* new records at ts 0 again */
-    send_acked(&d, b[5], l[5], 1, 0, 0); /* older than everything but the pre-fix ones */
+    gwproc_send_acked(&d, b[4], l[4], 2, 0, 0); /* new records at ts 0 again */
+    gwproc_send_acked(&d, b[5], l[5], 1, 0, 0); /* older than everything but the pre-fix ones */
     device_close(&d);
     CHECK(rows_of(imei) == 17, "%lld rows, want 17", rows_of(imei));
 
@@ -1295,10 +884,10 @@ static void test_ordering(void **state)
              " FROM telemetry.positions WHERE imei = %" PRIu64,
              TAG_IO_ID, TAG_IO_ID, imei);
     char have[1024], want[1024];
-    pgtest_scalar(T.db.conn, got, have, sizeof have);
+    pgtest_scalar(T.gw.db.conn, got, have, sizeof have);
     size_t o = 0;
     const struct {
-        const struct rspec *r;
+        const struct gwproc_rspec *r;
         unsigned n;
     } all[6] = {{p1, 3}, {p2, 3}, {p3, 4}, {p4, 4}, {p5, 2}, {p6, 1}};
     for (unsigned k = 0; k < 6; k++)
@@ -1307,15 +896,17 @@ static void test_ordering(void **state)
                                   all[k].r[i].tag, all[k].r[i].ts_ms, all[k].r[i].satellites);
     CHECK(strcmp(have, want) == 0, "stored tag:ts:sats\n  %s\nwant\n  %s", have, want);
     /* The newest record decides device_state's last position, whatever came after it. */
-    CHECK(sql_ll("SELECT telemetry.timestamptz_to_ms(last_ts) FROM public.device_state"
-                 " WHERE imei = %" PRIu64,
-                 imei) == (long long)(T0 + 40000),
+    CHECK(gwproc_sql_ll(&T.gw,
+                        "SELECT telemetry.timestamptz_to_ms(last_ts) FROM public.device_state"
+                        " WHERE imei = %" PRIu64,
+                        imei) == (long long)(T0 + 40000),
           "device_state.last_ts is not the newest record");
-    CHECK(sql_ll("SELECT count(*) FROM public.device_state WHERE imei = %" PRIu64
-                 " AND last_lon = 111 / 1e7 AND last_lat = 222 / 1e7",
-                 imei) == 1,
+    CHECK(gwproc_sql_ll(&T.gw,
+                        "SELECT count(*) FROM public.device_state WHERE imei = %" PRIu64
+                        " AND last_lon = 111 / 1e7 AND last_lat = 222 / 1e7",
+                        imei) == 1,
           "device_state's last position moved back to an older record");
-    struct gw_stats st = gw_term();
+    struct gwproc_stats st = gwproc_term(&T.gw);
     CHECK(st.stored == 17 && st.duplicates == 4 && st.acked == 7 && st.invalid == 0,
           "counters: stored %lld duplicates %lld acked %lld invalid %lld", st.stored, st.duplicates,
           st.acked, st.invalid);
@@ -1337,14 +928,14 @@ static void test_poison(void **state)
 {
     (void)state;
     begin("poison");
-    gw_start((const char *const[]){"--batch-ms", "300", NULL});
-    PGresult *r = PQexec(T.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
-                                    " CHECK (event_id <> 4242) NOT VALID");
+    gwproc_start(&T.gw, (const char *const[]){"--batch-ms", "300", NULL});
+    PGresult *r = PQexec(T.gw.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
+                                       " CHECK (event_id <> 4242) NOT VALID");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) /* NOT VALID is refused on some partitioned tables: the table is empty anyway */
-        pgtest_exec(T.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
-                               " CHECK (event_id <> 4242)");
+        pgtest_exec(T.gw.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
+                                  " CHECK (event_id <> 4242)");
     enum { GOOD = 4 };
     uint64_t bad_imei = IMEI_BASE + 4242, good[GOOD];
     same_shard_imeis(bad_imei, IMEI_BASE + 10, good, GOOD - 1);
@@ -1354,21 +945,21 @@ static void test_poison(void **state)
         ;
     struct device g[GOOD], bad;
     for (unsigned i = 0; i < GOOD; i++)
-        dev_open(&g[i], good[i]);
-    dev_open(&bad, bad_imei);
+        gwproc_dev_open(&T.gw, &g[i], good[i]);
+    gwproc_dev_open(&T.gw, &bad, bad_imei);
     uint8_t pb[PKT_BYTES], pg[GOOD][2][PKT_BYTES];
     size_t lpg[GOOD][2];
-    struct rspec rs[3];
+    struct gwproc_rspec rs[3];
     for (unsigned i = 0; i < 3; i++)
-        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
-                               .tag = 42420 + i,
-                               .satellites = 6,
-                               .event_id = i == 1 ? 4242 : 0};
-    size_t lpb = encode_tagged(AVL_CODEC_8E, rs, 3, pb, sizeof pb);
+        rs[i] = (struct gwproc_rspec){.ts_ms = gwproc_recent_ts_ms(&T.gw) + i * 1000,
+                                      .tag = 42420 + i,
+                                      .satellites = 6,
+                                      .event_id = i == 1 ? 4242 : 0};
+    size_t lpb = gwproc_encode_tagged(AVL_CODEC_8E, rs, 3, pb, sizeof pb);
     for (unsigned i = 0; i < GOOD; i++)
         for (unsigned k = 0; k < 2; k++)
-            lpg[i][k] = encode_series(AVL_CODEC_8E, recent_ts_ms() + k * 10000, 1000,
-                                      fleet_tag(i, k, 0), 2, pg[i][k], PKT_BYTES);
+            lpg[i][k] = gwproc_encode_series(AVL_CODEC_8E, gwproc_recent_ts_ms(&T.gw) + k * 10000,
+                                             1000, fleet_tag(i, k, 0), 2, pg[i][k], PKT_BYTES);
 
     /* All within a few ms, so the poison shares its 300 ms batch with the good ones. */
     for (unsigned i = 0; i < GOOD / 2; i++)
@@ -1383,51 +974,52 @@ static void test_poison(void **state)
               got);
         CHECK(rows_of(good[i]) == 2, "good device %u: %lld rows", i, rows_of(good[i]));
     }
-    expect_closed_silently(&bad, WAIT_MS, "the poison packet's connection");
+    gwproc_expect_closed_silently(&bad, WAIT_MS, "the poison packet's connection");
     CHECK(rows_of(bad_imei) == 0, "poison rows stored");
 
     /* The device re-sends it, as trackers do: refused again, never acknowledged. */
-    dev_open(&bad, bad_imei);
+    gwproc_dev_open(&T.gw, &bad, bad_imei);
     CHECK(device_send(&bad, pb, lpb, 0, 0) == 0, "send");
-    expect_closed_silently(&bad, WAIT_MS, "the re-sent poison packet's connection");
+    gwproc_expect_closed_silently(&bad, WAIT_MS, "the re-sent poison packet's connection");
     CHECK(rows_of(bad_imei) == 0, "poison rows stored");
 
     /* The poison packet again, and a replacing connection that takes the device's state
      * from the batch holding it; the database rejects the packet; the re-send on the
      * replacing connection (or, if the gateway closed it, on a new one) is not ACKed either. */
-    unsigned rejected = log_count("packet rejected by the database");
+    unsigned rejected = gwproc_log_count(&T.gw, "packet rejected by the database");
     CHECK(rejected == 2, "the gateway logged %u rejections, want 2", rejected);
     /* The COPY of a poison row sleeps first, so the second connection comes while the packet
      * is seen in flight (a replacement drops bytes the first had not yet delivered). */
-    pgtest_exec(T.db.conn,
+    pgtest_exec(T.gw.db.conn,
                 "CREATE FUNCTION public.slow_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
                 " BEGIN IF NEW.event_id = 4242 THEN PERFORM pg_sleep(0.5); END IF;"
                 " RETURN NEW; END $$;"
                 "CREATE TRIGGER slow_poison BEFORE INSERT ON telemetry.positions"
                 " FOR EACH ROW EXECUTE FUNCTION public.slow_poison()");
     struct device b2;
-    dev_open(&bad, bad_imei);
+    gwproc_dev_open(&T.gw, &bad, bad_imei);
     CHECK(device_send(&bad, pb, lpb, 0, 0) == 0, "send");
-    wait_backend_sleeping();
-    dev_open(&b2, bad_imei);
-    expect_closed_silently(&bad, WAIT_MS, "the replaced poison connection");
-    wait_log("packet rejected by the database", rejected + 1, WAIT_MS);
+    gwproc_wait_backend_sleeping(&T.gw);
+    gwproc_dev_open(&T.gw, &b2, bad_imei);
+    gwproc_expect_closed_silently(&bad, WAIT_MS, "the replaced poison connection");
+    gwproc_wait_log(&T.gw, "packet rejected by the database", rejected + 1, WAIT_MS);
     if (!device_quiet(&b2)) {
         device_close(&b2);
-        dev_open(&b2, bad_imei);
+        gwproc_dev_open(&T.gw, &b2, bad_imei);
     }
     CHECK(device_send(&b2, pb, lpb, 0, 0) == 0, "send");
-    expect_closed_silently(&b2, WAIT_MS, "the poison packet re-sent on a replacing connection");
+    gwproc_expect_closed_silently(&b2, WAIT_MS,
+                                  "the poison packet re-sent on a replacing connection");
     CHECK(rows_of(bad_imei) == 0, "poison rows stored");
 
     /* The shard still serves: the next packet of every good device. */
     for (unsigned i = 0; i < GOOD; i++) {
-        send_acked(&g[i], pg[i][1], lpg[i][1], 2, 0, 0);
+        gwproc_send_acked(&g[i], pg[i][1], lpg[i][1], 2, 0, 0);
         CHECK(rows_of(good[i]) == 4, "good device %u: %lld rows", i, rows_of(good[i]));
         device_close(&g[i]);
     }
     CHECK(rows_total() == GOOD * 4, "%lld rows in all", rows_total());
-    CHECK(gw_running(), "the gateway died");
+    CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
 /* A quiet device's duplicate window is released (--state-idle-s) and loaded again before its
@@ -1437,29 +1029,30 @@ static void test_quiet_device_reload(void **state)
 {
     (void)state;
     begin("quiet_reload");
-    gw_start((const char *const[]){"--state-idle-s", "1", "--batch-ms", "5", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--state-idle-s", "1", "--batch-ms", "5", NULL});
     enum { RECS = 5 };
     const uint64_t imei = IMEI_BASE + 7100;
-    uint64_t ts0 = recent_ts_ms();
+    uint64_t ts0 = gwproc_recent_ts_ms(&T.gw);
     uint8_t p1[PKT_BYTES], p2[PKT_BYTES];
-    size_t l1 = encode_series(AVL_CODEC_8E, ts0, 1000, 71000, RECS, p1, sizeof p1);
-    size_t l2 = encode_series(AVL_CODEC_8E, ts0 + RECS * 1000, 1000, 71100, RECS, p2, sizeof p2);
+    size_t l1 = gwproc_encode_series(AVL_CODEC_8E, ts0, 1000, 71000, RECS, p1, sizeof p1);
+    size_t l2 =
+        gwproc_encode_series(AVL_CODEC_8E, ts0 + RECS * 1000, 1000, 71100, RECS, p2, sizeof p2);
     struct device d;
-    dev_open(&d, imei);
-    send_acked(&d, p1, l1, RECS, 0, 0);
-    sleep_ms(2500);                     /* quiet for 1 s, looked at every 0.5 s */
-    send_acked(&d, p1, l1, RECS, 0, 0); /* the re-send: ACKed with its count, not stored */
+    gwproc_dev_open(&T.gw, &d, imei);
+    gwproc_send_acked(&d, p1, l1, RECS, 0, 0);
+    device_sleep_ms(2500);                     /* quiet for 1 s, looked at every 0.5 s */
+    gwproc_send_acked(&d, p1, l1, RECS, 0, 0); /* the re-send: ACKed with its count, not stored */
     CHECK(rows_of(imei) == RECS, "after the re-send: %lld rows", rows_of(imei));
-    sleep_ms(2500);
-    send_acked(&d, p2, l2, RECS, 7, 20); /* in pieces: the held bytes are kept whole */
+    device_sleep_ms(2500);
+    gwproc_send_acked(&d, p2, l2, RECS, 7, 20); /* in pieces: the held bytes are kept whole */
     CHECK(rows_of(imei) == 2 * RECS, "after the new packet: %lld rows", rows_of(imei));
     device_close(&d);
-    struct gw_stats st = gw_term();
+    struct gwproc_stats st = gwproc_term(&T.gw);
     CHECK(st.duplicates == RECS, "%lld duplicates counted", st.duplicates);
-    CHECK(log_shard_sum("windows_released") >= 2, "windows released %lld",
-          log_shard_sum("windows_released"));
-    CHECK(log_shard_sum("state_reloads") == 2, "state reloads %lld",
-          log_shard_sum("state_reloads"));
+    CHECK(gwproc_shard_sum(&T.gw, "windows_released") >= 2, "windows released %lld",
+          gwproc_shard_sum(&T.gw, "windows_released"));
+    CHECK(gwproc_shard_sum(&T.gw, "state_reloads") == 2, "state reloads %lld",
+          gwproc_shard_sum(&T.gw, "state_reloads"));
 }
 
 /* A hostile connection: what it sends, and what the gateway must do with it. */
@@ -1499,7 +1092,7 @@ static void test_hostile(void **state)
 {
     (void)state;
     begin("hostile");
-    gw_start((const char *const[]){"--frame-timeout-s", "2", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--frame-timeout-s", "2", NULL});
     struct fleet *f = fleet_make(2, 30, 2);
     for (unsigned i = 0; i < f->n; i++)
         f->t[i].gap_ms = 150;
@@ -1509,7 +1102,7 @@ static void test_hostile(void **state)
     /* Idle sockets: two thirds bare, one third after a good handshake. */
     static struct device idle[IDLE_SOCKETS];
     for (unsigned i = 0; i < IDLE_SOCKETS; i++) {
-        device_init(&idle[i], T.port, IMEI_BASE + 100000 + i);
+        device_init(&idle[i], T.gw.port, IMEI_BASE + 100000 + i);
         int rc = i % 3 == 2 ? device_open(&idle[i], WAIT_MS) : device_connect(&idle[i], WAIT_MS);
         CHECK(rc == 0, "idle socket %u: %s", i, strerror(-rc));
         if (i % 10 == 0)
@@ -1520,10 +1113,10 @@ static void test_hostile(void **state)
     static struct hostile h[H];
     memset(h, 0, sizeof h);
     uint8_t good_pkt[PKT_BYTES], buf[PKT_BYTES];
-    size_t good_len =
-        encode_series(AVL_CODEC_8, recent_ts_ms(), 1000, 777000, 3, good_pkt, sizeof good_pkt);
+    size_t good_len = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw), 1000, 777000, 3,
+                                           good_pkt, sizeof good_pkt);
     for (unsigned i = 0; i < H; i++) {
-        device_init(&h[i].d, T.port, IMEI_BASE + 200000 + i);
+        device_init(&h[i].d, T.gw.port, IMEI_BASE + 200000 + i);
         h[i].imei = h[i].d.imei;
     }
     unsigned k = 0;
@@ -1583,7 +1176,7 @@ static void test_hostile(void **state)
     {
         struct avl_io_elem io = {.id = TAG_IO_ID, .width = 4, .value = 1};
         struct avl_record_src src = {
-            .rec = {.ts_ms = recent_ts_ms(), .speed_kmh = 40000, .codec = AVL_CODEC_8},
+            .rec = {.ts_ms = gwproc_recent_ts_ms(&T.gw), .speed_kmh = 40000, .codec = AVL_CODEC_8},
             .io = &io,
             .io_len = 1};
         int n = avl_encode_tcp(buf, sizeof buf, AVL_CODEC_8, &src, 1);
@@ -1696,13 +1289,13 @@ static void test_hostile(void **state)
           IDLE_SOCKETS);
     /* And a new device is served at once. */
     struct device d;
-    dev_open(&d, IMEI_BASE + 31337);
-    send_acked(&d, good_pkt, good_len, 3, 0, 0);
+    gwproc_dev_open(&T.gw, &d, IMEI_BASE + 31337);
+    gwproc_send_acked(&d, good_pkt, good_len, 3, 0, 0);
     device_close(&d);
-    CHECK(gw_running(), "the gateway died");
+    CHECK(gwproc_running(&T.gw), "the gateway died");
     /* Nine refusals counted (0..8; the slow ones are timeouts, the early packet is a
      * handshake error or dropped with it); only good records stored. */
-    struct gw_stats st = gw_term();
+    struct gwproc_stats st = gwproc_term(&T.gw);
     CHECK(st.invalid == 9 && st.duplicates == 0 &&
               st.stored == (long long)f->n * f->per * f->records + 3,
           "counters: invalid %lld duplicates %lld stored %lld", st.invalid, st.duplicates,
@@ -1716,7 +1309,7 @@ static void test_sigterm_drain(void **state)
 {
     (void)state;
     begin("sigterm");
-    gw_start((const char *const[]){"--batch-ms", "200", NULL});
+    gwproc_start(&T.gw, (const char *const[]){"--batch-ms", "200", NULL});
     struct fleet *f = fleet_make(6, 30, 2);
     fleet_until(f, total_acked_at_least, 12, 20000, "traffic before SIGTERM");
     /* Each device has its next packet on the wire, none acknowledged yet. */
@@ -1733,14 +1326,14 @@ static void test_sigterm_drain(void **state)
     for (unsigned d = 0; d < f->n; d++)
         acked_before[d] = f->t[d].acked;
     uint64_t term_at = device_now_ms();
-    kill(T.gw_pid, SIGTERM);
+    kill(T.gw.pid, SIGTERM);
     int status = -1;
     uint64_t deadline = term_at + 15000;
     while (device_now_ms() < deadline) {
         trackers_poll(f->t, f->n, 10);
         int st;
-        if (waitpid(T.gw_pid, &st, WNOHANG) == T.gw_pid) {
-            T.gw_pid = 0;
+        if (waitpid(T.gw.pid, &st, WNOHANG) == T.gw.pid) {
+            T.gw.pid = 0;
             status = st;
             break;
         }
@@ -1774,9 +1367,9 @@ static void test_resend_during_slow_load(void **state)
 {
     (void)state;
     begin("slow_load");
-    gw_start(NULL);
-    slow_commit_trigger("0.3");
-    pgtest_exec(T.db.conn,
+    gwproc_start(&T.gw, NULL);
+    gwproc_slow_commit_trigger(&T.gw, "0.3");
+    pgtest_exec(T.gw.db.conn,
                 "CREATE OR REPLACE FUNCTION telemetry.device_state_get(p_imei bigint)"
                 " RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean)"
                 " LANGUAGE plpgsql STABLE AS $fn$ BEGIN"
@@ -1786,27 +1379,29 @@ static void test_resend_during_slow_load(void **state)
                 " LEFT JOIN public.device_state s ON s.imei = k.imei"
                 " LEFT JOIN public.devices d ON d.imei = k.imei; END $fn$");
     uint64_t imei = IMEI_BASE + 55;
-    struct rspec rs[4];
+    struct gwproc_rspec rs[4];
     for (unsigned i = 0; i < 4; i++)
-        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
-                               .tag = 550000 + i,
-                               .satellites = 7,
-                               .event_id = i == 0 ? SLOW_EVENT_ID : 0};
+        rs[i] = (struct gwproc_rspec){.ts_ms = gwproc_recent_ts_ms(&T.gw) + i * 1000,
+                                      .tag = 550000 + i,
+                                      .satellites = 7,
+                                      .event_id = i == 0 ? GWPROC_SLOW_EVENT_ID : 0};
     uint8_t p[PKT_BYTES], q[PKT_BYTES];
-    size_t lp = encode_tagged(AVL_CODEC_8E, rs, 4, p, sizeof p);
-    size_t lq = encode_series(AVL_CODEC_8, recent_ts_ms() + 4000, 1000, 550100, 2, q, sizeof q);
+    size_t lp = gwproc_encode_tagged(AVL_CODEC_8E, rs, 4, p, sizeof p);
+    size_t lq = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw) + 4000, 1000, 550100,
+                                     2, q, sizeof q);
     struct device a, b;
-    dev_open(&a, imei);
+    gwproc_dev_open(&T.gw, &a, imei);
     CHECK(device_send(&a, p, lp, 0, 0) == 0, "send failed");
-    wait_backend_sleeping();
+    gwproc_wait_backend_sleeping(&T.gw);
     uint64_t t0 = device_now_ms();
-    dev_open(&b, imei); /* replaces a; its load reads a snapshot older than the commit */
+    gwproc_dev_open(&T.gw, &b,
+                    imei); /* replaces a; its load reads a snapshot older than the commit */
     CHECK(device_now_ms() - t0 >= 900, "the state load did not take its 1 s");
-    expect_closed_silently(&a, WAIT_MS, "the replaced connection");
+    gwproc_expect_closed_silently(&a, WAIT_MS, "the replaced connection");
     CHECK(rows_of(imei) == 4, "the original packet is not committed: %lld rows", rows_of(imei));
-    send_acked(&b, p, lp, 4, 0, 0);
+    gwproc_send_acked(&b, p, lp, 4, 0, 0);
     CHECK(rows_of(imei) == 4, "the re-send was stored again: %lld rows, want 4", rows_of(imei));
-    send_acked(&b, q, lq, 2, 0, 0);
+    gwproc_send_acked(&b, q, lq, 2, 0, 0);
     CHECK(rows_of(imei) == 6, "%lld rows, want 6", rows_of(imei));
     device_close(&b);
 }
@@ -1820,35 +1415,36 @@ static void test_unknown_outcome_replacing(void **state)
 {
     (void)state;
     begin("unknown");
-    gw_start(NULL);
-    slow_commit_trigger("30");
+    gwproc_start(&T.gw, NULL);
+    gwproc_slow_commit_trigger(&T.gw, "30");
     uint64_t imei = IMEI_BASE + 66;
-    struct rspec rs[3];
+    struct gwproc_rspec rs[3];
     for (unsigned i = 0; i < 3; i++)
-        rs[i] = (struct rspec){.ts_ms = recent_ts_ms() + i * 1000,
-                               .tag = 660 + i,
-                               .satellites = 5,
-                               .event_id = i == 0 ? SLOW_EVENT_ID : 0};
+        rs[i] = (struct gwproc_rspec){.ts_ms = gwproc_recent_ts_ms(&T.gw) + i * 1000,
+                                      .tag = 660 + i,
+                                      .satellites = 5,
+                                      .event_id = i == 0 ? GWPROC_SLOW_EVENT_ID : 0};
     uint8_t p[PKT_BYTES];
-    size_t lp = encode_tagged(AVL_CODEC_8E, rs, 3, p, sizeof p);
+    size_t lp = gwproc_encode_tagged(AVL_CODEC_8E, rs, 3, p, sizeof p);
     struct device a, b;
-    dev_open(&a, imei);
+    gwproc_dev_open(&T.gw, &a, imei);
     CHECK(device_send(&a, p, lp, 0, 0) == 0, "send failed");
-    long long pid = wait_backend_sleeping();
-    dev_open(&b, imei); /* replaces a while the batch's COMMIT sleeps */
-    expect_closed_silently(&a, WAIT_MS, "the replaced connection");
+    long long pid = gwproc_wait_backend_sleeping(&T.gw);
+    gwproc_dev_open(&T.gw, &b, imei); /* replaces a while the batch's COMMIT sleeps */
+    gwproc_expect_closed_silently(&a, WAIT_MS, "the replaced connection");
     /* End the backend inside COMMIT: the gateway cannot know whether it committed. */
-    CHECK(sql_ll("SELECT pg_terminate_backend(%lld)::int", pid) == 1, "terminate failed");
-    wait_log("commit outcome unknown", 1, WAIT_MS);
-    pgtest_exec(T.db.conn, "DROP TRIGGER slow_commit ON telemetry.positions");
+    CHECK(gwproc_sql_ll(&T.gw, "SELECT pg_terminate_backend(%lld)::int", pid) == 1,
+          "terminate failed");
+    gwproc_wait_log(&T.gw, "commit outcome unknown", 1, WAIT_MS);
+    pgtest_exec(T.gw.db.conn, "DROP TRIGGER slow_commit ON telemetry.positions");
     CHECK(rows_of(imei) == 0, "the terminated COMMIT stored %lld rows", rows_of(imei));
 
     /* The device re-sends on its connection, or on a new one if the gateway closed it. */
     if (!device_quiet(&b)) {
         device_close(&b);
-        dev_open(&b, imei);
+        gwproc_dev_open(&T.gw, &b, imei);
     }
-    send_acked(&b, p, lp, 3, 0, 0);
+    gwproc_send_acked(&b, p, lp, 3, 0, 0);
     CHECK(rows_of(imei) == 3, "the re-send was ACKed but %lld of its 3 rows are stored",
           rows_of(imei));
     device_close(&b);

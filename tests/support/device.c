@@ -27,6 +27,12 @@ uint64_t device_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+void device_sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 static struct sockaddr_in loopback(uint16_t port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -169,11 +175,8 @@ int device_send(struct device *d, const uint8_t *p, size_t len, size_t piece, in
                 return ev;
         }
         off += n;
-        if (off < len && gap_ms > 0) {
-            /* Pacing, not synchronisation: it lets each piece reach the gateway alone. */
-            struct timespec ts = {.tv_sec = gap_ms / 1000, .tv_nsec = (gap_ms % 1000) * 1000000L};
-            nanosleep(&ts, NULL);
-        }
+        if (off < len && gap_ms > 0)
+            device_sleep_ms(gap_ms); /* pacing: each piece reaches the gateway alone */
     }
     return 0;
 }

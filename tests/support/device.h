@@ -26,6 +26,9 @@ extern "C" {
 /* CLOCK_MONOTONIC in ms. */
 uint64_t device_now_ms(void);
 
+/* Sleeps ms milliseconds (pacing and bounded polling; not synchronisation). */
+void device_sleep_ms(int ms);
+
 /* Any unused TCP port on 127.0.0.1 at the time of the call. */
 uint16_t device_free_port(void);
 

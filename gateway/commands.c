@@ -58,14 +58,23 @@
 #include "shard/engine.h"
 
 enum {
-    CMD_PAYLOAD_MAX = 1024,              /* longer commands fail (cmd_payload_too_long) */
+    CMD_PAYLOAD_MAX = 1024,               /* longer commands fail (cmd_payload_too_long) */
     CMD_FRAME_MAX = CMD_PAYLOAD_MAX + 32, /* the Codec 12 frame around it */
-    CMD_RESPONSE_MAX = 4096,             /* answer bytes kept; the rest is cut (counted) */
-    ENTRIES_MAX = 1024,                  /* stream entries awaiting their command's outcome */
+    CMD_RESPONSE_MAX = 4096,              /* answer bytes kept; the rest is cut (counted) */
+    ENTRIES_MAX = 1024,                   /* stream entries awaiting their command's outcome */
     STREAM_ID_BYTES = 48,
-    WALK_EVERY_MS = 250,                 /* timeouts and outcome retries */
-    REGISTRY_PER_TICK = 512,             /* registry writes per loop turn during a walk */
-    INTAKE_COUNT = 128,                  /* entries per XREADGROUP */
+    WALK_EVERY_MS = 250,           /* timeouts and outcome retries */
+    REGISTRY_IN_FLIGHT_MAX = 1024, /* registry writes awaiting their reply */
+    SWEEP_CHUNK = 2048,            /* IMEIs per sweep query */
+    FIRST_WRITE_HOLD_MS = 1000,    /* a new connection's first command waits for its first
+                                      ACK, or this long (its first packet may be on the
+                                      wire just after our 0x01) */
+    GRACE_MS = 2000,               /* after a command written more than once ends, the
+                                      next waits this long: a late answer to an earlier
+                                      write must not be taken for the next one's */
+    INTAKE_RETRY_MS = 1000,        /* after an intake error */
+    LOG_EVERY_MS = 10000,          /* rate limit of repeated warnings */
+    INTAKE_COUNT = 128,            /* entries per XREADGROUP */
     INTAKE_BLOCK_MS = 2000,
     REPLIES_MAXLEN = 100000,
 };
@@ -78,6 +87,9 @@ enum {
     CMDF_FETCHING = 1 << 0,   /* a fetch is in flight */
     CMDF_REFETCH = 1 << 1,    /* a wake-up came meanwhile: fetch again after it */
     CMDF_REGISTERED = 1 << 2, /* written to the registry: delete it on close */
+    CMDF_OWED = 1 << 3,       /* a fetch could not be sent or failed: ask again */
+    CMDF_FRESH = 1 << 4,      /* handshake accepted, no packet acknowledged yet */
+    CMDF_GRACE = 1 << 5,      /* the last command was written more than once: hold the next */
 };
 
 enum cmd_state {
@@ -96,14 +108,17 @@ static const char *const outcome_names[] = {"", "answered", "failed", "expired"}
 struct cmd {
     uint8_t state;
     uint8_t outcome;
-    bool detached;     /* its connection closed: record the outcome (if any), then free */
-    bool response_hex; /* the answer is not valid UTF-8 */
+    bool detached;      /* its connection closed: record the outcome (if any), then free */
+    bool response_hex;  /* the answer is not valid UTF-8 */
+    bool retried;       /* its outcome's UPDATE is being sent again */
+    uint8_t writes;     /* writes on this connection */
     uint32_t slot, gen; /* the connection it is for */
     int64_t id;
     uint64_t imei;
-    uint32_t attempts;  /* writes, counting those of earlier connections (the row's attempts) */
-    int64_t expires_ms; /* wall clock; INT64_MAX: never */
-    uint64_t sent_ns;   /* engine time of the last write */
+    uint32_t attempts;      /* writes, counting those of earlier connections (the row's attempts) */
+    uint64_t expires_ns;    /* engine (monotonic) time; UINT64_MAX: never */
+    uint64_t sent_ns;       /* engine time of the last write */
+    uint64_t not_before_ns; /* no write before this engine time */
     uint32_t frame_len, response_len;
     uint8_t frame[CMD_FRAME_MAX];
     uint8_t response[CMD_RESPONSE_MAX];
@@ -127,10 +142,15 @@ _Static_assert(sizeof(struct wake_mail) <= ENGINE_MAIL_BYTES, "a wake-up fits in
 enum intake_phase { IN_DOWN = 0, IN_GROUP, IN_PENDING, IN_NEW };
 
 struct cmds {
-    struct cmd *pool; /* conns_max slots */
+    /* 2 x conns_max slots: one per connection slot, and as many for outcomes still being
+     * recorded after their connection closed (detached; one per IMEI, see on_fetch). */
+    struct cmd *pool;
+    uint32_t pool_len;
     uint32_t *free_list;
     uint32_t free_len;
-    uint32_t hw; /* slots [0, hw) have been used */
+    uint32_t hw;        /* slots [0, hw) have been used */
+    uint32_t detached;  /* detached slots in use */
+    uint32_t pool_full; /* fetch answers dropped for want of a slot (the sweep asks again) */
 
     struct entry entries[ENTRIES_MAX];
     uint32_t entries_len;
@@ -148,11 +168,19 @@ struct cmds {
 
     /* The registry walk: slots [reg_cursor, conns_max) still to refresh in this round. */
     uint32_t reg_cursor;
+    uint32_t reg_in_flight;
     uint64_t next_reg_round_ms;
-    uint64_t next_walk_ms, next_sweep_ms;
+    uint64_t next_walk_ms;
+    /* The sweep: slots [sweep_cursor, conns_max) still to ask about in this round. */
+    uint32_t sweep_cursor;
+    uint64_t next_sweep_ms;
     bool sweep_in_flight;
+    uint64_t next_intake_ms;
+    uint64_t next_redis_log_ms;
+    uint64_t redis_errors_unlogged;
 
     char scratch[2 * CMD_RESPONSE_MAX + 1]; /* an answer as text or hex */
+    char sweep_imeis[SWEEP_CHUNK * 18 + 4]; /* "{imei,imei,...}" */
     struct avl_gprs_msg msgs[AVL_GPRS_MSGS_MAX];
 };
 
@@ -178,35 +206,35 @@ static uint64_t conn_key(uint32_t slot, uint32_t gen)
 enum rkind { R_REGISTRY = 1, R_REPLY, R_XACK, R_GROUP, R_READ };
 
 #define FETCH_SQL                                                                                  \
-    "WITH expired AS (UPDATE public.commands SET status = 'expired', date_updated = now() "       \
-    "WHERE imei = $1::bigint AND status IN ('pending', 'sent') AND expires_at <= now() "          \
+    "WITH expired AS (UPDATE public.commands SET status = 'expired', date_updated = now() "        \
+    "WHERE imei = $1::bigint AND status IN ('pending', 'sent') AND expires_at <= now() "           \
     "RETURNING id) "                                                                               \
-    "SELECT c.id, c.payload, c.attempts, "                                                        \
-    "(extract(epoch FROM c.expires_at) * 1000)::bigint, "                                        \
-    "(SELECT array_agg(id ORDER BY id) FROM expired) "                                            \
-    "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT id, payload, attempts, expires_at "         \
-    "FROM public.commands WHERE imei = $1::bigint AND status IN ('pending', 'sent') "             \
+    "SELECT c.id, c.payload, c.attempts, "                                                         \
+    "(extract(epoch FROM c.expires_at - now()) * 1000)::bigint, "                                  \
+    "(SELECT array_agg(id ORDER BY id) FROM expired), $1::bigint "                                 \
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT id, payload, attempts, expires_at "          \
+    "FROM public.commands WHERE imei = $1::bigint AND status IN ('pending', 'sent') "              \
     "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id LIMIT 1) AS c ON true"
 
 #define MARK_SENT_SQL                                                                              \
-    "UPDATE public.commands SET status = 'sent', attempts = $2::integer, sent_at = now(), "      \
+    "UPDATE public.commands SET status = 'sent', attempts = $2::integer, sent_at = now(), "        \
     "date_updated = now() WHERE id = $1::integer AND status IN ('pending', 'sent')"
 
 /* An answer is recorded even if the row was failed or expired meanwhile: the device did
  * answer. Only an answered row is left alone. */
 #define ANSWER_SQL                                                                                 \
-    "UPDATE public.commands SET status = 'answered', response = $2, response_hex = $3::boolean, " \
+    "UPDATE public.commands SET status = 'answered', response = $2, response_hex = $3::boolean, "  \
     "answered_at = now(), date_updated = now() WHERE id = $1::integer AND status <> 'answered'"
 
 #define END_SQL                                                                                    \
-    "UPDATE public.commands SET status = $2, date_updated = now() "                              \
+    "UPDATE public.commands SET status = $2, date_updated = now() "                                \
     "WHERE id = $1::integer AND status IN ('pending', 'sent')"
 
-/* The open commands' devices; each shard keeps those it owns. Cost follows the open commands
- * in the database (the partial index), not the connections. */
+/* Which of these devices (a chunk of the shard's connected ones without a command) have open
+ * commands: one probe of the partial index per IMEI. */
 #define SWEEP_SQL                                                                                  \
-    "SELECT DISTINCT imei FROM public.commands WHERE status IN ('pending', 'sent') "              \
-    "AND (expires_at IS NULL OR expires_at > now()) LIMIT 100000"
+    "SELECT DISTINCT imei FROM public.commands WHERE imei = ANY($1::bigint[]) "                    \
+    "AND status IN ('pending', 'sent')"
 
 /* KEYS[1] the registry key; ARGV instance, shard, epoch, ttl. A newer epoch stays. */
 static const char REGISTER_LUA[] =
@@ -216,10 +244,9 @@ static const char REGISTER_LUA[] =
     "redis.call('EXPIRE', KEYS[1], ARGV[4]) return 1";
 
 /* KEYS[1] the registry key; ARGV instance, epoch: delete it only if it is still this one. */
-static const char UNREGISTER_LUA[] =
-    "if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] and "
-    "redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
-    "return redis.call('DEL', KEYS[1]) end return 0";
+static const char UNREGISTER_LUA[] = "if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] and "
+                                     "redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
+                                     "return redis.call('DEL', KEYS[1]) end return 0";
 
 static const char GROUP[] = "avlgate";
 
@@ -232,10 +259,16 @@ static struct cmd *cmd_of(struct shard *s, const struct dev *d)
     return d->cmd ? &s->cmds->pool[d->cmd - 1] : NULL;
 }
 
+/* A slot for the device's current command, or NULL when the pool is exhausted (only with more
+ * than conns_max detached outcomes waiting for the database). */
 static struct cmd *cmd_alloc(struct shard *s, struct dev *d)
 {
     struct cmds *c = s->cmds;
-    assert(c->free_len > 0 && !d->cmd); /* one per connection slot: cannot run out */
+    assert(!d->cmd);
+    if (c->free_len == 0) {
+        c->pool_full++;
+        return NULL;
+    }
     uint32_t i = c->free_list[--c->free_len];
     if (i + 1 > c->hw)
         c->hw = i + 1;
@@ -246,13 +279,25 @@ static struct cmd *cmd_alloc(struct shard *s, struct dev *d)
     k->detached = false;
     k->response_hex = false;
     k->response_len = 0;
+    k->retried = false;
+    k->writes = 0;
     k->sent_ns = 0;
+    k->not_before_ns = 0;
     return k;
+}
+
+/* Its connection closed: the slot now belongs to no connection (d->cmd is the caller's). */
+static void cmd_detach(struct shard *s, struct cmd *k)
+{
+    k->detached = true;
+    s->cmds->detached++;
 }
 
 static void cmd_free(struct shard *s, struct cmd *k)
 {
     struct cmds *c = s->cmds;
+    if (k->detached)
+        c->detached--;
     k->state = CMD_FREE;
     c->free_list[c->free_len++] = (uint32_t)(k - c->pool);
 }
@@ -339,6 +384,7 @@ static void registry_write(struct shard *s, struct dev *d)
     if (redis_cmd(s, RL_REGISTRY, 8, argv, NULL, R_REGISTRY) == 0) {
         d->cmd_flags |= CMDF_REGISTERED;
         s->st->registry_writes++;
+        s->cmds->reg_in_flight++;
     }
 }
 
@@ -348,12 +394,16 @@ static void registry_delete(struct shard *s, const struct dev *d)
     registry_key(key, sizeof key, d->imei);
     snprintf(epoch, sizeof epoch, "%" PRIu64, d->epoch);
     const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch};
-    if (redis_cmd(s, RL_REGISTRY, 6, argv, NULL, R_REGISTRY) == 0)
+    if (redis_cmd(s, RL_REGISTRY, 6, argv, NULL, R_REGISTRY) == 0) {
         s->st->registry_writes++;
+        s->cmds->reg_in_flight++;
+    }
 }
 
-/* One step of the refresh walk: up to REGISTRY_PER_TICK writes. A round starts every third of
- * the TTL, and at once when the registry link comes (back) up. */
+/* One step of the refresh walk: writes while fewer than REGISTRY_IN_FLIGHT_MAX await their
+ * reply (the walk goes on as replies come back, so XACKs and replies on the same link never
+ * queue behind a whole round). A round starts every third of the TTL, and at once when the
+ * registry link comes (back) up. */
 static void registry_walk(struct shard *s, uint64_t ms)
 {
     struct cmds *c = s->cmds;
@@ -363,13 +413,10 @@ static void registry_walk(struct shard *s, uint64_t ms)
         c->reg_cursor = 0;
         c->next_reg_round_ms = ms + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;
     }
-    unsigned writes = 0;
-    while (c->reg_cursor < s->cfg->conns_max && writes < REGISTRY_PER_TICK) {
+    while (c->reg_cursor < s->cfg->conns_max && c->reg_in_flight < REGISTRY_IN_FLIGHT_MAX) {
         struct dev *d = &s->devs[c->reg_cursor++];
-        if (d->state == DEV_OPEN || d->state == DEV_RELOADING) {
+        if (d->state == DEV_OPEN || d->state == DEV_RELOADING)
             registry_write(s, d);
-            writes++;
-        }
     }
 }
 
@@ -419,10 +466,14 @@ static void publish_reply(struct shard *s, int64_t id, uint64_t imei, const char
     snprintf(sid, sizeof sid, "%" PRId64, id);
     snprintf(simei, sizeof simei, "%" PRIu64, imei);
     snprintf(maxlen, sizeof maxlen, "%d", REPLIES_MAXLEN);
-    const char *argv[] = {"XADD",   "avlgate:replies", "MAXLEN",     "~",      maxlen,
-                          "*",      "id",              sid,          "imei",   simei,
-                          "status", status,            "response",   response, "response_hex",
-                          hex ? "1" : "0"};
+    const char *argv[] = {"XADD",         "avlgate:replies",
+                          "MAXLEN",       "~",
+                          maxlen,         "*",
+                          "id",           sid,
+                          "imei",         simei,
+                          "status",       status,
+                          "response",     response,
+                          "response_hex", hex ? "1" : "0"};
     size_t lens[16];
     for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
@@ -451,8 +502,9 @@ static void fetch(struct shard *s, uint32_t slot)
     const char *params[1] = {imei};
     if (pgsink_query(s->sink, FETCH_SQL, 1, params,
                      (void *)(uintptr_t)qcookie(Q_FETCH, conn_key(slot, d->gen)), now_ms(s)) == 0)
-        d->cmd_flags = (uint8_t)((d->cmd_flags | CMDF_FETCHING) & ~CMDF_REFETCH);
-    /* else the control link is down or full: the sweep asks again */
+        d->cmd_flags = (uint8_t)((d->cmd_flags | CMDF_FETCHING) & ~(CMDF_REFETCH | CMDF_OWED));
+    else
+        d->cmd_flags |= CMDF_OWED; /* the control link is down or full: the walk asks again */
 }
 
 /* Writes the device's ready command if the connection may take it now. */
@@ -460,13 +512,21 @@ static void try_write(struct shard *s, uint32_t slot)
 {
     struct dev *d = &s->devs[slot];
     struct cmd *k = cmd_of(s, d);
-    if (!k || k->state != CMD_READY || d->state != DEV_OPEN || d->unacked || s->paused)
+    if (!k || k->state != CMD_READY || d->state != DEV_OPEN || d->unacked || s->paused ||
+        s->draining)
         return;
+    uint64_t now = engine_now_ns(s->e);
+    if (now < k->not_before_ns)
+        return; /* the walk tries again */
+    if ((d->cmd_flags & CMDF_FRESH) && (uint64_t)wall_ms() < d->epoch + FIRST_WRITE_HOLD_MS)
+        return; /* its first packet may be on the wire: after its ACK, or the walk's retry */
     if (engine_send_ref(s->e, slot, d->gen, k->frame, k->frame_len) != 0)
         return; /* gone (on_close follows) or a reference in flight: tried again later */
     k->state = CMD_WRITING;
+    if (k->writes < UINT8_MAX)
+        k->writes++;
     k->attempts++;
-    k->sent_ns = engine_now_ns(s->e);
+    k->sent_ns = now;
     s->st->cmds_sent++;
     char id[24], attempts[16];
     snprintf(id, sizeof id, "%" PRId64, k->id);
@@ -530,6 +590,18 @@ static void conclude(struct shard *s, struct cmd *k, enum cmd_outcome o)
     record(s, k);
 }
 
+/* Whether a detached outcome of imei is still to be recorded. */
+static bool detached_of(const struct shard *s, uint64_t imei)
+{
+    const struct cmds *c = s->cmds;
+    if (c->detached == 0)
+        return false;
+    for (uint32_t i = 0; i < c->hw; i++)
+        if (c->pool[i].state != CMD_FREE && c->pool[i].detached && c->pool[i].imei == imei)
+            return true;
+    return false;
+}
+
 /* The fetch's answer: the current command, if any, and the ids it expired. */
 static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
 {
@@ -540,19 +612,20 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
         d->cmd_flags &= (uint8_t)~CMDF_FETCHING;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         s->st->cmd_query_failures++;
-        return; /* the sweep asks again */
+        if (ours)
+            d->cmd_flags |= CMDF_OWED; /* the walk asks again */
+        return;
     }
     /* Commands the statement expired: say so on the replies stream. */
     if (!PQgetisnull(res, 0, 4)) {
         const char *p = PQgetvalue(res, 0, 4); /* {1,2,3} */
-        uint64_t imei = ours ? d->imei : 0;
+        uint64_t imei = strtoull(PQgetvalue(res, 0, 5), NULL, 10);
         while (*p) {
             if (*p >= '0' && *p <= '9') {
                 char *end;
                 long long id = strtoll(p, &end, 10);
                 s->st->cmds_expired++;
-                if (imei)
-                    publish_reply(s, id, imei, "expired", "", 0, false);
+                publish_reply(s, id, imei, "expired", "", 0, false);
                 entries_done(s, id);
                 p = end;
             } else {
@@ -579,22 +652,42 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
         return;
     }
     int64_t id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (detached_of(s, d->imei)) {
+        /* An outcome of this device from an earlier connection is still being recorded: the
+         * row may still say `sent` for a command it answered. Fetched again once recorded. */
+        d->cmd_flags |= CMDF_OWED;
+        return;
+    }
+    struct cmd *k = cmd_alloc(s, d);
+    if (!k) {
+        d->cmd_flags |= CMDF_OWED;
+        return;
+    }
     if (!again)
         entries_settle(s, d->imei, id);
     s->st->cmds_fetched++;
-    struct cmd *k = cmd_alloc(s, d);
     k->slot = slot;
     k->gen = d->gen;
     k->id = id;
     k->imei = d->imei;
     k->attempts = (uint32_t)strtoul(PQgetvalue(res, 0, 2), NULL, 10);
-    k->expires_ms = PQgetisnull(res, 0, 3) ? INT64_MAX : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    uint64_t now = engine_now_ns(s->e);
+    if (PQgetisnull(res, 0, 3)) {
+        k->expires_ns = UINT64_MAX;
+    } else {
+        /* Milliseconds left by the database's clock, on ours from now. */
+        long long left = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        k->expires_ns = now + (left > 0 ? (uint64_t)left * 1000000u : 0);
+    }
+    if (d->cmd_flags & CMDF_GRACE) {
+        d->cmd_flags &= (uint8_t)~CMDF_GRACE;
+        k->not_before_ns = now + (uint64_t)GRACE_MS * 1000000u;
+    }
     const char *payload = PQgetvalue(res, 0, 1);
     size_t n = (size_t)PQgetlength(res, 0, 1);
-    int len = n <= CMD_PAYLOAD_MAX
-                  ? avl_encode_command(k->frame, sizeof k->frame, (const uint8_t *)payload,
-                                       (uint32_t)n)
-                  : -1;
+    int len = n <= CMD_PAYLOAD_MAX ? avl_encode_command(k->frame, sizeof k->frame,
+                                                        (const uint8_t *)payload, (uint32_t)n)
+                                   : -1;
     if (len <= 0) {
         s->st->cmd_payload_too_long++;
         fprintf(stderr,
@@ -619,12 +712,32 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
     assert(k->state == CMD_RECORDING);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
         s->st->cmd_query_failures++;
-        k->state = CMD_RECORD; /* the walk sends it again */
-        return;
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        bool refused = state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0);
+        if (refused && k->outcome == OUT_ANSWERED && !k->response_hex) {
+            k->response_hex = true; /* the database refused the text: store its hex */
+        } else if (refused) {
+            /* Will never be taken (a constraint or trigger of the business plane): say so
+             * once and let the row be; the sweep may offer it again. */
+            fprintf(
+                stderr,
+                "level=warn msg=\"command outcome refused by the database\" shard=%u id=%" PRId64
+                " outcome=%s sqlstate=%s\n",
+                s->id, k->id, outcome_names[k->outcome], state);
+            k->outcome = OUT_NONE;
+        }
+        if (k->outcome != OUT_NONE) {
+            k->state = CMD_RECORD; /* the walk sends it again */
+            k->retried = true;
+            return;
+        }
     }
-    if (strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") != 0) {
+    if (k->outcome == OUT_NONE) {
+        /* refused above: nothing to publish */
+    } else if (strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") != 0 && !k->retried) {
         /* The row had ended already (answered through another connection, or failed or
-         * expired by someone else): nothing new to publish. */
+         * expired by someone else): nothing new to publish. A retried UPDATE finds the row
+         * its lost first attempt may have changed: published all the same. */
     } else if (k->outcome == OUT_ANSWERED) {
         size_t n = response_text(s, k);
         const char *text = s->cmds->scratch;
@@ -633,13 +746,21 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
         publish_reply(s, k->id, k->imei, outcome_names[k->outcome], "", 0, false);
     }
     entries_done(s, k->id);
-    bool detached = k->detached;
+    bool detached = k->detached, grace = k->writes > 1;
     uint32_t slot = k->slot;
+    uint64_t imei = k->imei;
     cmd_free(s, k);
-    if (detached)
+    if (detached) {
+        /* Its device may be back on another connection, waiting for this outcome. */
+        int64_t at = imap_get(&s->owned, imei);
+        if (at >= 0 && s->devs[at].state == DEV_OPEN && !s->devs[at].cmd)
+            fetch(s, (uint32_t)at);
         return;
+    }
     struct dev *d = &s->devs[slot];
     assert(d->cmd == index + 1);
+    if (grace)
+        d->cmd_flags |= CMDF_GRACE;
     d->cmd = 0;
     d->cmd_flags &= (uint8_t)~CMDF_REFETCH;
     fetch(s, slot); /* the next one */
@@ -651,12 +772,11 @@ static void walk(struct shard *s)
     struct cmds *c = s->cmds;
     uint64_t now = engine_now_ns(s->e);
     uint64_t timeout = (uint64_t)s->cfg->cmd_timeout_s * 1000000000u;
-    int64_t wall = wall_ms();
     for (uint32_t i = 0; i < c->hw; i++) {
         struct cmd *k = &c->pool[i];
         switch (k->state) {
         case CMD_READY:
-            if (wall >= k->expires_ms)
+            if (now >= k->expires_ns)
                 conclude(s, k, OUT_EXPIRED);
             else
                 try_write(s, k->slot);
@@ -664,7 +784,7 @@ static void walk(struct shard *s)
         case CMD_AWAITING:
             if (now - k->sent_ns < timeout)
                 break;
-            if (wall >= k->expires_ms) {
+            if (now >= k->expires_ns) {
                 conclude(s, k, OUT_EXPIRED);
             } else if (k->attempts >= s->cfg->cmd_attempts) {
                 conclude(s, k, OUT_FAILED);
@@ -699,14 +819,25 @@ void cmds_on_device_open(struct shard *s, uint32_t slot)
 {
     struct dev *d = &s->devs[slot];
     d->epoch = (uint64_t)wall_ms();
+    d->cmd_flags |= CMDF_FRESH;
     registry_write(s, d);
-    struct cmd *k = cmd_of(s, d);
-    if (k)
-        try_write(s, slot); /* fetched before the state load answered */
+    if (d->cmd_flags & CMDF_OWED)
+        fetch(s, slot); /* the one behind the state load could not go out */
+}
+
+bool cmds_busy(const struct shard *s)
+{
+    const struct cmds *c = s->cmds;
+    for (uint32_t i = 0; i < c->hw; i++)
+        if (c->pool[i].state == CMD_RECORD || c->pool[i].state == CMD_RECORDING ||
+            (c->pool[i].state == CMD_WRITING && c->pool[i].outcome == OUT_ANSWERED))
+            return true;
+    return false;
 }
 
 void cmds_on_acked(struct shard *s, uint32_t slot)
 {
+    s->devs[slot].cmd_flags &= (uint8_t)~CMDF_FRESH;
     try_write(s, slot);
 }
 
@@ -730,14 +861,19 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
         return;
     }
     struct cmd *k = cmd_of(s, d);
-    if (!k || (k->state != CMD_AWAITING && k->state != CMD_WRITING)) {
+    bool written = k && (k->state == CMD_AWAITING || k->state == CMD_WRITING ||
+                         (k->state == CMD_READY && k->writes > 0)); /* READY: a late answer */
+    if (!written || k->outcome != OUT_NONE) {
         s->st->cmd_responses_unexpected++;
         return;
     }
     const struct avl_gprs_msg *m = &msgs[0]; /* Codec 12 answers carry one */
     uint32_t keep = m->text_len;
     if (keep > CMD_RESPONSE_MAX) {
+        /* Cut at a character boundary, so that a UTF-8 answer stays text. */
         keep = CMD_RESPONSE_MAX;
+        for (int back = 0; back < 3 && (m->text[keep] & 0xC0) == 0x80; back++)
+            keep--;
         s->st->cmd_responses_truncated++;
         fprintf(stderr,
                 "level=warn msg=\"command answer cut\" shard=%u id=%" PRId64 " bytes=%u kept=%d\n",
@@ -749,6 +885,7 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
     if (k->state == CMD_WRITING) {
         /* The engine still holds the frame: decided, recorded when on_sent gives it back. */
         k->outcome = OUT_ANSWERED;
+        s->st->cmds_answered++;
         return;
     }
     conclude(s, k, OUT_ANSWERED);
@@ -768,11 +905,11 @@ void cmds_on_close(struct shard *s, uint32_t slot)
         return;
     switch (k->state) {
     case CMD_WRITING:
-        k->detached = true; /* freed by on_sent, which comes before the slot is reused */
+        cmd_detach(s, k); /* freed (or recorded) by on_sent, which comes before the slot's reuse */
         break;
     case CMD_RECORD:
     case CMD_RECORDING:
-        k->detached = true; /* recorded all the same, then freed */
+        cmd_detach(s, k); /* recorded all the same, then freed */
         d->cmd = 0;
         break;
     default:
@@ -862,6 +999,9 @@ static void wake(struct shard *s, const struct wake_mail *w)
         return;
     }
     struct cmds *c = s->cmds;
+    for (uint32_t i = 0; i < c->entries_len; i++)
+        if (strcmp(c->entries[i].id, w->id) == 0)
+            goto held; /* re-read after an intake reconnect: held already */
     if (c->entries_len == ENTRIES_MAX) {
         xack(s, w->id); /* the database holds it; only a restart's re-read would miss it */
     } else {
@@ -870,6 +1010,7 @@ static void wake(struct shard *s, const struct wake_mail *w)
         en->imei = w->imei;
         memcpy(en->id, w->id, sizeof en->id);
     }
+held:
     fetch(s, (uint32_t)slot);
 }
 
@@ -963,7 +1104,9 @@ static void intake_read(struct shard *s)
 static void intake_start(struct shard *s)
 {
     struct cmds *c = s->cmds;
-    const char *argv[] = {"XGROUP", "CREATE", c->stream, GROUP, "$", "MKSTREAM"};
+    /* From the stream's start: entries added before the group (a fresh Redis) are read too;
+     * they are only wake-ups. */
+    const char *argv[] = {"XGROUP", "CREATE", c->stream, GROUP, "0", "MKSTREAM"};
     if (redis_cmd(s, RL_INTAKE, 6, argv, NULL, R_GROUP) == 0)
         c->intake = IN_GROUP;
 }
@@ -979,7 +1122,8 @@ static void on_intake_reply(struct shard *s, enum rkind kind, const redisReply *
     if (kind == R_GROUP) {
         /* OK, or BUSYGROUP: the group is there. Re-read our own pending entries first. */
         if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
-            fprintf(stderr, "level=warn msg=\"command intake: XGROUP CREATE failed\" error=\"%s\"\n",
+            fprintf(stderr,
+                    "level=warn msg=\"command intake: XGROUP CREATE failed\" error=\"%s\"\n",
                     r->str);
         c->intake = IN_PENDING;
         snprintf(c->intake_from, sizeof c->intake_from, "0");
@@ -989,9 +1133,12 @@ static void on_intake_reply(struct shard *s, enum rkind kind, const redisReply *
     c->intake_reading = false;
     if (r->type == REDIS_REPLY_ERROR) {
         /* NOGROUP: the stream went away (Redis restarted without our link noticing). */
-        fprintf(stderr, "level=warn msg=\"command intake: XREADGROUP failed\" error=\"%s\"\n",
-                r->str);
+        fprintf(stderr,
+                "level=warn msg=\"command intake: XREADGROUP failed; again in %d ms\" "
+                "error=\"%s\"\n",
+                INTAKE_RETRY_MS, r->str);
         c->intake = IN_DOWN;
+        c->next_intake_ms = now_ms(s) + INTAKE_RETRY_MS;
         return; /* the tick starts again */
     }
     size_t got = 0;
@@ -1003,8 +1150,8 @@ static void on_intake_reply(struct shard *s, enum rkind kind, const redisReply *
             for (size_t i = 0; i < entries->elements; i++) {
                 const redisReply *en = entries->element[i];
                 intake_entry(s, en);
-                if (c->intake == IN_PENDING && en->type == REDIS_REPLY_ARRAY &&
-                    en->elements >= 1 && en->element[0]->type == REDIS_REPLY_STRING &&
+                if (c->intake == IN_PENDING && en->type == REDIS_REPLY_ARRAY && en->elements >= 1 &&
+                    en->element[0]->type == REDIS_REPLY_STRING &&
                     en->element[0]->len < sizeof c->intake_from) {
                     memcpy(c->intake_from, en->element[0]->str, en->element[0]->len);
                     c->intake_from[en->element[0]->len] = 0;
@@ -1025,11 +1172,24 @@ static void on_redis_reply(void *user, void *cookie, const redisReply *r)
         on_intake_reply(s, kind, r);
         return;
     }
+    struct cmds *c = s->cmds;
+    if (kind == R_REGISTRY && c->reg_in_flight > 0)
+        c->reg_in_flight--;
     if (!r || r->type == REDIS_REPLY_ERROR) {
         s->st->registry_errors++;
-        if (r)
-            fprintf(stderr, "level=warn msg=\"redis command failed\" shard=%u error=\"%s\"\n",
-                    s->id, r->str);
+        if (!r)
+            return; /* the link dropped (or is being destroyed, with the engine gone) */
+        uint64_t ms = now_ms(s);
+        if (ms >= c->next_redis_log_ms) {
+            fprintf(stderr,
+                    "level=warn msg=\"redis command failed\" shard=%u error=\"%s\" "
+                    "suppressed=%" PRIu64 "\n",
+                    s->id, r->str, c->redis_errors_unlogged);
+            c->redis_errors_unlogged = 0;
+            c->next_redis_log_ms = ms + LOG_EVERY_MS;
+        } else {
+            c->redis_errors_unlogged++;
+        }
     }
 }
 
@@ -1052,6 +1212,53 @@ static void on_redis_state(void *user, bool up)
     }
 }
 
+/* One step of the sweep: asks which devices of the next chunk of connections without a command
+ * have open commands (the answer fetches them), one query in flight; devices whose fetch is
+ * owed are fetched directly. A round starts every cmd_sweep_s. */
+static void sweep_step(struct shard *s, uint64_t ms)
+{
+    struct cmds *c = s->cmds;
+    uint32_t max = s->cfg->conns_max;
+    if (c->sweep_in_flight)
+        return;
+    if (c->sweep_cursor >= max) {
+        if (!s->cfg->cmd_sweep_s || ms < c->next_sweep_ms)
+            return;
+        c->sweep_cursor = 0;
+        c->next_sweep_ms = ms + (uint64_t)s->cfg->cmd_sweep_s * 1000u;
+        s->st->cmd_sweeps++;
+    }
+    char *o = c->sweep_imeis, *end = c->sweep_imeis + sizeof c->sweep_imeis;
+    *o++ = '{';
+    unsigned n = 0;
+    uint32_t cur = c->sweep_cursor;
+    while (cur < max && n < SWEEP_CHUNK) {
+        uint32_t slot = cur++;
+        struct dev *d = &s->devs[slot];
+        if (d->state != DEV_OPEN || d->cmd || (d->cmd_flags & CMDF_FETCHING))
+            continue;
+        if (d->cmd_flags & CMDF_OWED) {
+            fetch(s, slot);
+            continue;
+        }
+        o += snprintf(o, (size_t)(end - o), n ? ",%" PRIu64 : "%" PRIu64, d->imei);
+        n++;
+    }
+    assert(o + 2 <= end);
+    *o++ = '}';
+    *o = 0;
+    if (n == 0) {
+        c->sweep_cursor = cur;
+        return;
+    }
+    const char *params[1] = {c->sweep_imeis};
+    if (pgsink_query(s->sink, SWEEP_SQL, 1, params, (void *)(uintptr_t)qcookie(Q_SWEEP, 0), ms) ==
+        0) {
+        c->sweep_in_flight = true;
+        c->sweep_cursor = cur;
+    } /* else the control link is down or full: this chunk again on the next turn */
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Polls and the tick
  * ------------------------------------------------------------------------------------------- */
@@ -1072,6 +1279,7 @@ static void arm_polls(struct shard *s)
         if (c->poll_armed[i] && c->poll_epoch[i] != epoch) {
             engine_poll_cancel(s->e, poll_tag(i, c->poll_epoch[i]));
             c->poll_armed[i] = false;
+            c->poll_cancelling[i] = false; /* that poll's completion is stale: never matched */
         }
         int fd = redislink_fd(l);
         short ev = redislink_events(l);
@@ -1118,7 +1326,8 @@ uint64_t cmds_tick(struct shard *s, uint64_t now_ns)
     for (int i = 0; i < RL_LINKS; i++)
         if (c->rl[i])
             redislink_tick(c->rl[i], ms);
-    if (c->rl[RL_INTAKE] && c->intake == IN_DOWN && redis_up(s, RL_INTAKE))
+    if (c->rl[RL_INTAKE] && c->intake == IN_DOWN && redis_up(s, RL_INTAKE) &&
+        ms >= c->next_intake_ms)
         intake_start(s);
     else if (c->rl[RL_INTAKE] && c->intake >= IN_PENDING && !c->intake_reading)
         intake_read(s);
@@ -1127,15 +1336,7 @@ uint64_t cmds_tick(struct shard *s, uint64_t now_ns)
         walk(s);
         c->next_walk_ms = ms + WALK_EVERY_MS;
     }
-    if (s->cfg->cmd_sweep_s && ms >= c->next_sweep_ms && !c->sweep_in_flight &&
-        engine_conns_open(s->e) > 0) {
-        if (pgsink_query(s->sink, SWEEP_SQL, 0, NULL, (void *)(uintptr_t)qcookie(Q_SWEEP, 0), ms) ==
-            0) {
-            c->sweep_in_flight = true;
-            s->st->cmd_sweeps++;
-        }
-        c->next_sweep_ms = ms + (uint64_t)s->cfg->cmd_sweep_s * 1000u;
-    }
+    sweep_step(s, ms);
     arm_polls(s);
     uint64_t wake = (c->next_walk_ms) * 1000000u;
     for (int i = 0; i < RL_LINKS; i++) {
@@ -1145,8 +1346,11 @@ uint64_t cmds_tick(struct shard *s, uint64_t now_ns)
         if (d != UINT64_MAX && d * 1000000u < wake)
             wake = d * 1000000u;
     }
-    if (c->reg_cursor < s->cfg->conns_max && redis_up(s, RL_REGISTRY))
+    if (c->reg_cursor < s->cfg->conns_max && redis_up(s, RL_REGISTRY) &&
+        c->reg_in_flight < REGISTRY_IN_FLIGHT_MAX)
         wake = now_ns; /* the walk goes on next turn */
+    if (c->sweep_cursor < s->cfg->conns_max && !c->sweep_in_flight)
+        wake = now_ns;
     return wake;
 }
 
@@ -1163,22 +1367,24 @@ int cmds_setup(struct shard *s, char *err, size_t cap)
         return -ENOMEM;
     }
     s->cmds = c;
-    size_t bytes = (size_t)cfg->conns_max * sizeof *c->pool;
+    c->pool_len = 2 * cfg->conns_max;
+    size_t bytes = (size_t)c->pool_len * sizeof *c->pool;
     void *pool = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    c->free_list = calloc(cfg->conns_max, sizeof *c->free_list);
+    c->free_list = calloc(c->pool_len, sizeof *c->free_list);
     if (pool == MAP_FAILED || !c->free_list) {
         if (pool != MAP_FAILED)
             munmap(pool, bytes);
-        snprintf(err, cap, "shard %u: out of memory for %u command slots", s->id, cfg->conns_max);
+        snprintf(err, cap, "shard %u: out of memory for %u command slots", s->id, c->pool_len);
         return -ENOMEM;
     }
     c->pool = pool;
     /* Lowest index on top: the slots in use stay at the low, resident end. */
-    for (uint32_t i = 0; i < cfg->conns_max; i++)
-        c->free_list[i] = cfg->conns_max - 1 - i;
-    c->free_len = cfg->conns_max;
+    for (uint32_t i = 0; i < c->pool_len; i++)
+        c->free_list[i] = c->pool_len - 1 - i;
+    c->free_len = c->pool_len;
     c->reg_cursor = cfg->conns_max; /* no round before the link is up */
+    c->sweep_cursor = cfg->conns_max;
     snprintf(c->stream, sizeof c->stream, "avlgate:cmd:%s", cfg->instance);
     if (!cfg->redis_host)
         return 0;
@@ -1209,7 +1415,7 @@ void cmds_teardown(struct shard *s)
     for (int i = 0; i < RL_LINKS; i++)
         redislink_destroy(c->rl[i]);
     if (c->pool)
-        munmap(c->pool, (size_t)s->cfg->conns_max * sizeof *c->pool);
+        munmap(c->pool, (size_t)c->pool_len * sizeof *c->pool);
     free(c->free_list);
     free(c);
     s->cmds = NULL;

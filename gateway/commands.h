@@ -17,6 +17,10 @@
 
 #include <libpq-fe.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct shard;
 struct engine;
 
@@ -41,6 +45,8 @@ void cmds_on_acked(struct shard *s, uint32_t slot);
 void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t len);
 void cmds_on_close(struct shard *s, uint32_t slot);
 void cmds_on_resume(struct shard *s);
+/* Whether an answer or outcome still waits to be recorded (the drain waits for it). */
+bool cmds_busy(const struct shard *s);
 void cmds_on_query_done(struct shard *s, uint64_t cookie, const PGresult *res, int err);
 void cmds_on_poll(struct shard *s, uint64_t tag, int revents);
 uint64_t cmds_tick(struct shard *s, uint64_t now_ns); /* the ns it wants to run again, or 0 */
@@ -48,5 +54,9 @@ uint64_t cmds_tick(struct shard *s, uint64_t now_ns); /* the ns it wants to run 
 /* engine_ops callbacks (app is the shard). */
 void cmds_on_sent(void *app, struct engine *e, uint32_t slot, uint32_t gen, int status);
 void cmds_on_mail(void *app, struct engine *e, unsigned from, const void *msg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* AVLGATE_GATEWAY_COMMANDS_H */

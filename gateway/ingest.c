@@ -108,11 +108,9 @@ static uint64_t record_fp(const struct avl_record *r)
     return XXH3_64bits_withSeed(r->io, r->io_bytes, seed);
 }
 
-
 /* ---------------------------------------------------------------------------------------------
  * Batches
  * ------------------------------------------------------------------------------------------- */
-
 
 /* The device's window, taken from the pool (empty) if it holds none. The pool has one per
  * connection slot, so it cannot run out. */
@@ -1116,6 +1114,7 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
         for (uint32_t i = 0; i < s->nbatches; i++)
             held |= s->batches[i].state != BATCH_FREE && s->batches[i].state != BATCH_FILLING;
         held |= filling(s)->pkts_len > 0;
+        held |= cmds_busy(s); /* a device's answer not yet recorded */
         if ((!held && engine_sends_in_flight(e) == 0) || now_ns >= s->drain_deadline_ns)
             engine_stop(e);
     } else if (atomic_load_explicit(&s->sh->stop, memory_order_relaxed)) {

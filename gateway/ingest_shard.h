@@ -18,6 +18,9 @@
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 enum {
     DEDUP_FP_MAX = 64,
@@ -63,9 +66,9 @@ struct dev {
     uint8_t state;
     bool load_queued : 1;
     bool load_stale : 1; /* a batch of this device committed while its load was in flight */
-    bool dormant : 1;    /* open, window released after state_idle_s quiet: reload before a packet */
-    uint8_t cmd_flags;   /* commands.c's CMDF_* */
-    uint32_t win;        /* its window in the shard's pool, index + 1; 0: none (no fingerprints) */
+    bool dormant : 1;  /* open, window released after state_idle_s quiet: reload before a packet */
+    uint8_t cmd_flags; /* commands.c's CMDF_* */
+    uint32_t win;      /* its window in the shard's pool, index + 1; 0: none (no fingerprints) */
     uint32_t last_packet_s; /* engine seconds of its last packet taken */
     uint64_t imei;
     uint32_t unacked; /* packets taken on this connection and not yet acknowledged */
@@ -78,7 +81,6 @@ static inline bool dev_loading(const struct dev *d)
 {
     return d->state == DEV_LOADING || d->state == DEV_RELOADING;
 }
-
 
 /* IMEI -> slot, open addressing with linear probing and backward-shift deletion. Keys are
  * stored as imei + 1 so that 0 marks an empty cell. */
@@ -249,5 +251,9 @@ static inline int64_t wall_us(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* AVLGATE_GATEWAY_INGEST_SHARD_H */

@@ -1026,6 +1026,36 @@ static void test_ack_before_command(void **state)
     device_close(&d);
 }
 
+/* A new connection's first command waits for its first ACK (a tracker sends its first packet
+ * right after our 0x01 and then reads 4 bytes as that packet's ACK): a device that sends at
+ * once sees its ACK first; a silent one gets the command after about a second. */
+static void test_first_write_after_ack(void **state)
+{
+    (void)state;
+    begin("first_write", IMEI_BASE + 14);
+    gwproc_start(&T.gw, NULL);
+    long long id = insert_command(T.imei, "first-cmd", NULL);
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, T.imei);
+    telemetry(&d, 3); /* fails if the command frame comes before the ACK */
+    expect_command(&d, "first-cmd", WAIT_MS);
+    answer(&d, "ok");
+    wait_row(id, "answered|1|ok|0|1|1", WAIT_MS);
+    device_close(&d);
+
+    long long id2 = insert_command(T.imei, "second-cmd", NULL);
+    gwproc_dev_open(&T.gw, &d, T.imei);
+    uint64_t open_ms = device_now_ms();
+    uint64_t at = expect_command(&d, "second-cmd", WAIT_MS);
+    CHECK(at - open_ms >= 900,
+          "a silent device got its first command %" PRIu64 " ms after the handshake, want the "
+          "~1 s hold",
+          at - open_ms);
+    answer(&d, "ok2");
+    wait_row(id2, "answered|1|ok2|0|1|1", WAIT_MS);
+    device_close(&d);
+}
+
 /* At start the gateway re-reads its own pending intake entries: one read as consumer
  * <instance> before the gateway started and never acknowledged is handled (the device is not
  * connected: acknowledged at once, the command waits in PostgreSQL) and delivered once when
@@ -1137,6 +1167,7 @@ int main(void)
         cmocka_unit_test_teardown(test_pel_reread, teardown),
         cmocka_unit_test_teardown(test_registry, teardown),
         cmocka_unit_test_teardown(test_unexpected_response, teardown),
+        cmocka_unit_test_teardown(test_first_write_after_ack, teardown),
     };
     const char *filter = getenv("TEST_COMMANDS_FILTER");
     if (filter)

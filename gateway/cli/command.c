@@ -64,26 +64,27 @@ _Static_assert((int)COMMAND_IMEI_DIGITS <= (int)AVL_IMEI_DIGITS_MAX,
 
 void command_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: avlgate command send --pg CONNINFO [--redis HOST:PORT] [--wait SECONDS]\n"
-            "                            [--expires-s N] IMEI TEXT\n"
-            "       avlgate command send --pg CONNINFO [--redis HOST:PORT] [--expires-s N] --stdin\n"
-            "       avlgate command list --pg CONNINFO [--limit N] [IMEI]\n"
-            "\n"
-            "send   queues TEXT (1..%u bytes) for the tracker IMEI (15 digits) in\n"
-            "       public.commands and prints its id. With --redis, routes it to the gateway\n"
-            "       instance the registry names (avlgate:dev:{IMEI}); Redis being down or the\n"
-            "       device offline is not an error: the command waits in PostgreSQL.\n"
-            "       --expires-s N  the command expires N seconds from now (default: never)\n"
-            "       --wait S       wait up to S seconds for the outcome: prints the answer and\n"
-            "                      exits 0, or prints the final status and exits 1\n"
-            "       --stdin        read 'IMEI TEXT' lines and send each as it comes, over one\n"
-            "                      connection to each server (bad lines: said, skipped, exit 1)\n"
-            "list   prints recent commands, newest first (--limit, default %d), of one IMEI\n"
-            "       or of all\n"
-            "\n"
-            "Exit status: 0 done, 1 PostgreSQL error or no answer, 2 usage error.\n",
-            COMMAND_TEXT_BYTES_MAX, COMMAND_LIST_LIMIT_DEFAULT);
+    fprintf(
+        f,
+        "usage: avlgate command send --pg CONNINFO [--redis HOST:PORT] [--wait SECONDS]\n"
+        "                            [--expires-s N] IMEI TEXT\n"
+        "       avlgate command send --pg CONNINFO [--redis HOST:PORT] [--expires-s N] --stdin\n"
+        "       avlgate command list --pg CONNINFO [--limit N] [IMEI]\n"
+        "\n"
+        "send   queues TEXT (1..%u bytes) for the tracker IMEI (15 digits) in\n"
+        "       public.commands and prints its id. With --redis, routes it to the gateway\n"
+        "       instance the registry names (avlgate:dev:{IMEI}); Redis being down or the\n"
+        "       device offline is not an error: the command waits in PostgreSQL.\n"
+        "       --expires-s N  the command expires N seconds from now (default: never)\n"
+        "       --wait S       wait up to S seconds for the outcome: prints the answer and\n"
+        "                      exits 0, or prints the final status and exits 1\n"
+        "       --stdin        read 'IMEI TEXT' lines and send each as it comes, over one\n"
+        "                      connection to each server (bad lines: said, skipped, exit 1)\n"
+        "list   prints recent commands, newest first (--limit, default %d), of one IMEI\n"
+        "       or of all\n"
+        "\n"
+        "Exit status: 0 done, 1 PostgreSQL error or no answer, 2 usage error.\n",
+        COMMAND_TEXT_BYTES_MAX, COMMAND_LIST_LIMIT_DEFAULT);
 }
 
 __attribute__((format(printf, 2, 3))) static int usage_error(FILE *err, const char *fmt, ...)
@@ -376,8 +377,8 @@ static bool send_args_ok(const char *imei_s, const char *text, uint64_t *imei, c
 /* `send --stdin`: one command per line, "IMEI TEXT" (TEXT is the rest of the line), each
  * inserted and routed as it is read, over one PostgreSQL and one Redis connection. A bad line
  * is reported on err and skipped. Returns 0, or 1 when a line was bad or an insert failed. */
-static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FILE *in,
-                      FILE *out, FILE *err)
+static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FILE *in, FILE *out,
+                      FILE *err)
 {
     char line[COMMAND_TEXT_BYTES_MAX + 64];
     redisContext *redis = NULL;
@@ -433,9 +434,12 @@ static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FI
 static int command_send(int argc, char **argv, FILE *out, FILE *err)
 {
     static const struct option longopts[] = {
-        {"pg", required_argument, NULL, 'p'},   {"redis", required_argument, NULL, 'r'},
-        {"wait", required_argument, NULL, 'w'}, {"expires-s", required_argument, NULL, 'e'},
-        {"stdin", no_argument, NULL, 's'},      {"help", no_argument, NULL, 'h'},
+        {"pg", required_argument, NULL, 'p'},
+        {"redis", required_argument, NULL, 'r'},
+        {"wait", required_argument, NULL, 'w'},
+        {"expires-s", required_argument, NULL, 'e'},
+        {"stdin", no_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     bool from_stdin = false;

@@ -7,8 +7,8 @@
  * nothing here. The current command is fetched from the database on the control link by one
  * statement that also expires the device's overdue commands (FETCH_SQL):
  *
- *   - right after the state load when a device's handshake reaches its owner (pipelined: the
- *     two queries go out back to back on the control link),
+ *   - when a device's handshake is accepted and its state load (which also says whether it
+ *     has open commands: gateway/ingest.c STATE_LOAD_SQL) found any,
  *   - when a command ends (answered, failed, expired) and its outcome is recorded,
  *   - on a wake-up: an entry of the instance's Redis stream routed here (below), or the sweep.
  *
@@ -383,7 +383,7 @@ static void registry_write(struct shard *s, struct dev *d)
     const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance, shard, epoch, ttl};
     if (redis_cmd(s, RL_REGISTRY, 8, argv, NULL, R_REGISTRY) == 0) {
         d->cmd_flags |= CMDF_REGISTERED;
-        s->st->registry_writes++;
+        stat_add(&s->st->registry_writes, 1);
         s->cmds->reg_in_flight++;
     }
 }
@@ -395,7 +395,7 @@ static void registry_delete(struct shard *s, const struct dev *d)
     snprintf(epoch, sizeof epoch, "%" PRIu64, d->epoch);
     const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch};
     if (redis_cmd(s, RL_REGISTRY, 6, argv, NULL, R_REGISTRY) == 0) {
-        s->st->registry_writes++;
+        stat_add(&s->st->registry_writes, 1);
         s->cmds->reg_in_flight++;
     }
 }
@@ -479,9 +479,9 @@ static void publish_reply(struct shard *s, int64_t id, uint64_t imei, const char
         lens[i] = strlen(argv[i]);
     lens[13] = response_len;
     if (redis_cmd(s, RL_REGISTRY, 16, argv, lens, R_REPLY) == 0)
-        s->st->replies_published++;
+        stat_add(&s->st->replies_published, 1);
     else
-        s->st->replies_unpublished++;
+        stat_add(&s->st->replies_unpublished, 1);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -527,14 +527,15 @@ static void try_write(struct shard *s, uint32_t slot)
         k->writes++;
     k->attempts++;
     k->sent_ns = now;
-    s->st->cmds_sent++;
+    stat_add(&s->st->cmds_sent, 1);
     char id[24], attempts[16];
     snprintf(id, sizeof id, "%" PRId64, k->id);
     snprintf(attempts, sizeof attempts, "%u", k->attempts);
     const char *params[2] = {id, attempts};
     if (pgsink_query(s->sink, MARK_SENT_SQL, 2, params, (void *)(uintptr_t)qcookie(Q_MARK_SENT, 0),
                      now_ms(s)) != 0)
-        s->st->cmd_query_failures++; /* the row says pending: it is sent again, at least once */
+        stat_add(&s->st->cmd_query_failures,
+                 1); /* the row says pending: it is sent again, at least once */
 }
 
 /* The answer as the text stored and published (hex when it is not UTF-8), NUL-terminated in
@@ -582,11 +583,11 @@ static void conclude(struct shard *s, struct cmd *k, enum cmd_outcome o)
 {
     k->outcome = (uint8_t)o;
     if (o == OUT_ANSWERED)
-        s->st->cmds_answered++;
+        stat_add(&s->st->cmds_answered, 1);
     else if (o == OUT_FAILED)
-        s->st->cmds_failed++;
+        stat_add(&s->st->cmds_failed, 1);
     else
-        s->st->cmds_expired++;
+        stat_add(&s->st->cmds_expired, 1);
     record(s, k);
 }
 
@@ -611,7 +612,7 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
     if (ours)
         d->cmd_flags &= (uint8_t)~CMDF_FETCHING;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        s->st->cmd_query_failures++;
+        stat_add(&s->st->cmd_query_failures, 1);
         if (ours)
             d->cmd_flags |= CMDF_OWED; /* the walk asks again */
         return;
@@ -624,7 +625,7 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
             if (*p >= '0' && *p <= '9') {
                 char *end;
                 long long id = strtoll(p, &end, 10);
-                s->st->cmds_expired++;
+                stat_add(&s->st->cmds_expired, 1);
                 publish_reply(s, id, imei, "expired", "", 0, false);
                 entries_done(s, id);
                 p = end;
@@ -665,7 +666,7 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
     }
     if (!again)
         entries_settle(s, d->imei, id);
-    s->st->cmds_fetched++;
+    stat_add(&s->st->cmds_fetched, 1);
     k->slot = slot;
     k->gen = d->gen;
     k->id = id;
@@ -689,7 +690,7 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
                                                         (const uint8_t *)payload, (uint32_t)n)
                                    : -1;
     if (len <= 0) {
-        s->st->cmd_payload_too_long++;
+        stat_add(&s->st->cmd_payload_too_long, 1);
         fprintf(stderr,
                 "level=warn msg=\"command not sent: payload too long\" shard=%u id=%" PRId64
                 " imei=%" PRIu64 " bytes=%zu max=%d\n",
@@ -711,7 +712,7 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
     struct cmd *k = &s->cmds->pool[index];
     assert(k->state == CMD_RECORDING);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        s->st->cmd_query_failures++;
+        stat_add(&s->st->cmd_query_failures, 1);
         const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         bool refused = state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0);
         if (refused && k->outcome == OUT_ANSWERED && !k->response_hex) {
@@ -812,17 +813,16 @@ void cmds_on_handshake(struct shard *s, uint32_t slot)
     d->unacked = 0;
     d->cmd_flags = 0;
     assert(!d->cmd);
-    fetch(s, slot);
 }
 
-void cmds_on_device_open(struct shard *s, uint32_t slot)
+void cmds_on_device_open(struct shard *s, uint32_t slot, bool has_commands)
 {
     struct dev *d = &s->devs[slot];
     d->epoch = (uint64_t)wall_ms();
     d->cmd_flags |= CMDF_FRESH;
     registry_write(s, d);
-    if (d->cmd_flags & CMDF_OWED)
-        fetch(s, slot); /* the one behind the state load could not go out */
+    if (has_commands || (d->cmd_flags & CMDF_OWED))
+        fetch(s, slot); /* or a wake-up's fetch is in flight already: fetch() notes it */
 }
 
 bool cmds_busy(const struct shard *s)
@@ -857,14 +857,14 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
     int n = avl_decode_gprs(frame, len, &codec, msgs);
     if (n < 1 || codec != 12 || msgs[0].type != AVL_GPRS_RESPONSE) {
         /* Codec 13/14/15 messages, camera data, or a frame the decoder refuses. */
-        s->st->cmd_frames_ignored++;
+        stat_add(&s->st->cmd_frames_ignored, 1);
         return;
     }
     struct cmd *k = cmd_of(s, d);
     bool written = k && (k->state == CMD_AWAITING || k->state == CMD_WRITING ||
                          (k->state == CMD_READY && k->writes > 0)); /* READY: a late answer */
     if (!written || k->outcome != OUT_NONE) {
-        s->st->cmd_responses_unexpected++;
+        stat_add(&s->st->cmd_responses_unexpected, 1);
         return;
     }
     const struct avl_gprs_msg *m = &msgs[0]; /* Codec 12 answers carry one */
@@ -874,7 +874,7 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
         keep = CMD_RESPONSE_MAX;
         for (int back = 0; back < 3 && (m->text[keep] & 0xC0) == 0x80; back++)
             keep--;
-        s->st->cmd_responses_truncated++;
+        stat_add(&s->st->cmd_responses_truncated, 1);
         fprintf(stderr,
                 "level=warn msg=\"command answer cut\" shard=%u id=%" PRId64 " bytes=%u kept=%d\n",
                 s->id, k->id, m->text_len, CMD_RESPONSE_MAX);
@@ -885,7 +885,7 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
     if (k->state == CMD_WRITING) {
         /* The engine still holds the frame: decided, recorded when on_sent gives it back. */
         k->outcome = OUT_ANSWERED;
-        s->st->cmds_answered++;
+        stat_add(&s->st->cmds_answered, 1);
         return;
     }
     conclude(s, k, OUT_ANSWERED);
@@ -962,12 +962,12 @@ void cmds_on_query_done(struct shard *s, uint64_t cookie, const PGresult *res, i
         return;
     case Q_MARK_SENT:
         if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-            s->st->cmd_query_failures++;
+            stat_add(&s->st->cmd_query_failures, 1);
         return;
     case Q_SWEEP:
         s->cmds->sweep_in_flight = false;
         if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-            s->st->cmd_query_failures++;
+            stat_add(&s->st->cmd_query_failures, 1);
             return;
         }
         for (int i = 0; i < PQntuples(res); i++) {
@@ -989,12 +989,12 @@ void cmds_on_query_done(struct shard *s, uint64_t cookie, const PGresult *res, i
 
 static void wake(struct shard *s, const struct wake_mail *w)
 {
-    s->st->cmd_wakes++;
+    stat_add(&s->st->cmd_wakes, 1);
     int64_t slot = imap_get(&s->owned, w->imei);
     struct dev *d = slot >= 0 ? &s->devs[slot] : NULL;
     if (!d || (d->state != DEV_OPEN && !dev_loading(d))) {
         /* Not connected here: the command waits in the database for the next connect. */
-        s->st->cmd_wakes_offline++;
+        stat_add(&s->st->cmd_wakes_offline, 1);
         xack(s, w->id);
         return;
     }
@@ -1067,7 +1067,7 @@ static void intake_entry(struct shard *s, const redisReply *entry)
     if (!reply_int(entry_field(fields, "id"), 1, INT32_MAX, &id) ||
         !reply_int(entry_field(fields, "imei"), 1, 99999999999999999LL, &imei)) {
         /* A deleted entry (no fields) or one this gateway cannot use: nothing to deliver. */
-        s->st->cmd_entries_invalid++;
+        stat_add(&s->st->cmd_entries_invalid, 1);
         xack(s, w.id);
         return;
     }
@@ -1078,7 +1078,7 @@ static void intake_entry(struct shard *s, const redisReply *entry)
         wake(s, &w);
     } else if (engine_mail(s->e, owner, &w) != 0) {
         /* Mailbox full: left pending in the group; the sweep delivers the command. */
-        s->st->cmd_entries_unrouted++;
+        stat_add(&s->st->cmd_entries_unrouted, 1);
     }
 }
 
@@ -1176,7 +1176,7 @@ static void on_redis_reply(void *user, void *cookie, const redisReply *r)
     if (kind == R_REGISTRY && c->reg_in_flight > 0)
         c->reg_in_flight--;
     if (!r || r->type == REDIS_REPLY_ERROR) {
-        s->st->registry_errors++;
+        stat_add(&s->st->registry_errors, 1);
         if (!r)
             return; /* the link dropped (or is being destroyed, with the engine gone) */
         uint64_t ms = now_ms(s);
@@ -1226,7 +1226,7 @@ static void sweep_step(struct shard *s, uint64_t ms)
             return;
         c->sweep_cursor = 0;
         c->next_sweep_ms = ms + (uint64_t)s->cfg->cmd_sweep_s * 1000u;
-        s->st->cmd_sweeps++;
+        stat_add(&s->st->cmd_sweeps, 1);
     }
     char *o = c->sweep_imeis, *end = c->sweep_imeis + sizeof c->sweep_imeis;
     *o++ = '{';
@@ -1331,6 +1331,9 @@ uint64_t cmds_tick(struct shard *s, uint64_t now_ns)
         intake_start(s);
     else if (c->rl[RL_INTAKE] && c->intake >= IN_PENDING && !c->intake_reading)
         intake_read(s);
+    for (int i = 0; i < RL_LINKS; i++)
+        stat_set(&s->st->redis_up[i], redis_up(s, i));
+    stat_set(&s->st->redis_configured, s->cfg->redis_host != NULL);
     registry_walk(s, ms);
     if (ms >= c->next_walk_ms) {
         walk(s);

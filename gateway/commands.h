@@ -3,8 +3,8 @@
  * (gateway/ingest_shard.h). See commands.c for the design.
  *
  * ingest.c calls in at these points of a connection's life: the owner shard took its handshake
- * (cmds_on_handshake: the pending-command fetch goes behind the state load), the handshake was
- * accepted (cmds_on_device_open: registry), a packet of the connection was acknowledged
+ * (cmds_on_handshake), the handshake was accepted (cmds_on_device_open: registry, and the fetch
+ * when the state load saw open commands), a packet of the connection was acknowledged
  * (cmds_on_acked), a GPRS frame arrived (cmds_on_frame), the connection closes
  * (cmds_on_close); and for the shard: control-query answers whose cookie is a command one,
  * polls with a Redis tag, mail, the end of a pause, every loop turn (cmds_tick). */
@@ -40,7 +40,7 @@ int cmds_setup(struct shard *s, char *err, size_t cap);
 void cmds_teardown(struct shard *s);
 
 void cmds_on_handshake(struct shard *s, uint32_t slot);
-void cmds_on_device_open(struct shard *s, uint32_t slot);
+void cmds_on_device_open(struct shard *s, uint32_t slot, bool has_commands);
 void cmds_on_acked(struct shard *s, uint32_t slot);
 void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t len);
 void cmds_on_close(struct shard *s, uint32_t slot);

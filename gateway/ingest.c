@@ -48,10 +48,17 @@
 #include "gateway/commands.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest_shard.h"
+#include "gateway/metrics.h"
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
 
-#define STATE_LOAD_SQL "SELECT last_ts_ms, dedup, enabled FROM telemetry.device_state_get($1)"
+/* A device's state when it connects, and whether it has open commands (one probe of the partial
+ * index: the command itself is fetched only when there is one — a connection storm then costs
+ * one statement per device, not two). */
+#define STATE_LOAD_SQL                                                                             \
+    "SELECT s.last_ts_ms, s.dedup, s.enabled, EXISTS (SELECT 1 FROM public.commands c "            \
+    "WHERE c.imei = $1::bigint AND c.status IN ('pending', 'sent')) "                              \
+    "FROM telemetry.device_state_get($1) AS s"
 
 /* ---------------------------------------------------------------------------------------------
  * Sessions
@@ -465,6 +472,8 @@ static void dedup_from_text(struct dedup *d, const char *text)
 static void on_query_done(void *user, void *cookie, const PGresult *res, int err)
 {
     struct shard *s = user;
+    if (s->closing)
+        return; /* pgsink_destroy after the engine is gone: nothing to act on */
     if (cookie == COOKIE_MAINTENANCE) {
         if (!res ||
             (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK))
@@ -490,14 +499,14 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
         return;
     }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        s->st->state_load_failures++;
+        stat_add(&s->st->state_load_failures, 1);
         (void)err;
         queue_load(s, slot);
         return;
     }
     if (!reload && s->cfg->devices_known &&
         (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
-        s->st->handshake_rejected++;
+        stat_add(&s->st->handshake_rejected, 1);
         send_reply(s, slot, gen, 0x00);
         engine_close(s->e, slot, gen);
         return;
@@ -518,9 +527,9 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
         engine_resume_conn(s->e, slot, gen); /* its held packet goes on */
         return;
     }
-    s->st->handshakes++;
+    stat_add(&s->st->handshakes, 1);
     send_reply(s, slot, gen, 0x01);
-    cmds_on_device_open(s, slot);
+    cmds_on_device_open(s, slot, strcmp(PQgetvalue(res, 0, 3), "t") == 0);
 }
 
 /* Releases the windows of open devices that sent no packet for state_idle_s: an idle
@@ -535,7 +544,7 @@ static void release_idle_windows(struct shard *s)
             continue;
         dev_dedup_drop(s, d);
         d->dormant = true;
-        s->st->windows_released++;
+        stat_add(&s->st->windows_released, 1);
     }
 }
 
@@ -590,10 +599,11 @@ static void ack_packet(struct shard *s, const struct pkt_ref *p)
     uint8_t ack[AVL_TCP_ACK_BYTES];
     avl_encode_tcp_ack(ack, p->records);
     if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) != 0) {
-        s->st->acks_stale++; /* the connection is gone: the device re-sends, we dedup */
+        stat_add(&s->st->acks_stale, 1); /* the connection is gone: the device re-sends, we dedup */
         return;
     }
-    s->st->packets_acked++;
+    stat_add(&s->st->packets_acked, 1);
+    hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
     struct dev *d = &s->devs[p->slot];
     if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0)
         cmds_on_acked(s, p->slot); /* a command may go now, after the ACK */
@@ -648,10 +658,13 @@ static void abandon_all(struct shard *s)
 static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result *res)
 {
     struct shard *s = user;
+    if (s->closing)
+        return; /* pgsink_destroy after the engine is gone: the devices re-send */
     struct batch *b = cookie;
     assert(b->state == BATCH_INFLIGHT);
     switch (res->outcome) {
     case PGSINK_COMMITTED:
+        hist_observe(&s->st->copy_latency, (engine_now_ns(s->e) - b->submitted_ns) / 1000u);
         if (b->split) {
             /* One packet of a split batch committed. */
             struct pkt_ref *p = &b->pkts[b->split_next];
@@ -664,19 +677,19 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
                 return;
             }
         } else {
-            s->st->batches_committed++;
-            s->st->rows_committed += b->rows;
+            stat_add(&s->st->batches_committed, 1);
+            stat_add(&s->st->rows_committed, b->rows);
             mark_loads_stale(s, b->devs, b->devs_len);
             ack_batch(s, b);
         }
         batch_release(s, b);
         return;
     case PGSINK_NOT_COMMITTED:
-        s->st->batches_retried++;
+        stat_add(&s->st->batches_retried, 1);
         b->state = BATCH_SEALED; /* the oldest: it goes again first */
         return;
     case PGSINK_UNKNOWN:
-        s->st->batches_unknown++;
+        stat_add(&s->st->batches_unknown, 1);
         fprintf(stderr,
                 "level=error msg=\"commit outcome unknown; dropping held batches\" shard=%u "
                 "batch=%u backend_pid=%d\n",
@@ -698,10 +711,10 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
         abandon_all(s);
         return;
     case PGSINK_DATA_ERROR:
-        s->st->batches_data_error++;
+        stat_add(&s->st->batches_data_error, 1);
         if (b->split) {
             struct pkt_ref *p = &b->pkts[b->split_next];
-            s->st->packets_rejected_data++;
+            stat_add(&s->st->packets_rejected_data, 1);
             fprintf(stderr,
                     "level=warn msg=\"packet rejected by the database\" shard=%u sqlstate=%s "
                     "error=\"%s\"\n",
@@ -770,8 +783,10 @@ static void submit_next(struct shard *s)
     txn.state_params = b->params;
     txn.state_lengths = b->params_len;
     txn.state_formats = state_formats;
-    if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0)
+    if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0) {
         b->state = BATCH_INFLIGHT;
+        b->submitted_ns = engine_now_ns(s->e);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -797,10 +812,10 @@ static bool rotate(struct shard *s)
 
 static void count_invalid(struct shard *s, int err)
 {
-    s->st->packets_invalid++;
+    stat_add(&s->st->packets_invalid, 1);
     unsigned i = (unsigned)-err;
     if (i < 32)
-        s->st->invalid_by_reason[i]++;
+        stat_add(&s->st->invalid_by_reason[i], 1);
 }
 
 /* Takes one decoded packet into the filling batch. Returns 1 when taken, 0 when the shard is
@@ -840,14 +855,15 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
                           .records = pkt->records_len,
                           .copy_off = (uint32_t)b->copy_len,
                           .fp_off = b->fps_len,
-                          .dev = dev_index};
+                          .dev = dev_index,
+                          .taken_ns = engine_now_ns(s->e)};
     struct dedup *win = dev_dedup_mut(s, d);
     d->last_packet_s = now_s(s);
     for (unsigned i = 0; i < pkt->records_len; i++) {
         const struct avl_record *r = &s->recs[i];
         uint64_t fp = record_fp(r);
         if (dedup_has(win, fp)) {
-            s->st->records_duplicate++;
+            stat_add(&s->st->records_duplicate, 1);
             continue;
         }
         int n =
@@ -858,7 +874,7 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
         dedup_push(win, fp);
         assert(b->fps_len < b->fps_cap);
         b->fps[b->fps_len++] = fp;
-        s->st->records_stored++;
+        stat_add(&s->st->records_stored, 1);
         if ((int64_t)r->ts_ms > bd->last_ts_ms) {
             bd->last_ts_ms = (int64_t)r->ts_ms;
             bd->lon_e7 = r->lon_e7;
@@ -873,8 +889,8 @@ static int take_packet(struct shard *s, uint32_t slot, uint32_t gen, struct dev 
     d->unacked++;
     if (b->opened_ns == 0)
         b->opened_ns = engine_now_ns(s->e);
-    s->st->packets++;
-    s->st->records += pkt->records_len;
+    stat_add(&s->st->packets, 1);
+    stat_add(&s->st->records, pkt->records_len);
     if (b->rows >= s->cfg->batch_rows)
         rotate(s); /* sealed now; if no batch is free, the next packet pauses */
     return 1;
@@ -887,7 +903,7 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     if (more_bytes) {
         /* A device waits for our answer before it sends more: bytes behind the handshake are
          * a protocol error, refused the same way on every shard. */
-        s->st->handshake_errors++;
+        stat_add(&s->st->handshake_errors, 1);
         send_reply(s, slot, gen, 0x00);
         return ENGINE_CLOSE;
     }
@@ -895,11 +911,11 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     if (owner != s->id) {
         if (imei >= (UINT64_C(1) << 56)) {
             /* The handoff key holds 56 bits (every real IMEI has 15 digits). */
-            s->st->handshake_errors++;
+            stat_add(&s->st->handshake_errors, 1);
             send_reply(s, slot, gen, 0x00);
             return ENGINE_CLOSE;
         }
-        s->st->handed_off++;
+        stat_add(&s->st->handed_off, 1);
         engine_handoff(s->e, slot, gen, owner, imei);
         return ENGINE_CONTINUE;
     }
@@ -913,13 +929,13 @@ static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t ge
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */
         struct dev *prev = &s->devs[old];
-        s->st->replaced++;
+        stat_add(&s->st->replaced, 1);
         engine_close(s->e, (uint32_t)old, prev->gen);
     }
     imap_put(&s->owned, imei, slot);
     queue_load(s, slot);
     send_loads(s);
-    cmds_on_handshake(s, slot); /* its pending commands, behind the state load */
+    cmds_on_handshake(s, slot);
     return ENGINE_CONTINUE;
 }
 
@@ -935,7 +951,7 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
     while (used < len) {
         if (d->state == DEV_LOADING) {
             /* Bytes before our answer to the handshake: a device never does that. */
-            s->st->handshake_errors++;
+            stat_add(&s->st->handshake_errors, 1);
             *verdict = ENGINE_CLOSE;
             return used;
         }
@@ -954,7 +970,7 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         const uint8_t *frame = p + used;
         switch (f.kind) {
         case AVL_FRAME_PING:
-            s->st->pings++;
+            stat_add(&s->st->pings, 1);
             used += f.bytes;
             continue;
         case AVL_FRAME_IMEI: {
@@ -971,7 +987,7 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         }
         case AVL_FRAME_GPRS:
             /* A command's answer (or another GPRS message): commands.c matches it. */
-            s->st->gprs_frames++;
+            stat_add(&s->st->gprs_frames, 1);
             cmds_on_frame(s, slot, frame, f.bytes);
             used += f.bytes;
             continue;
@@ -983,7 +999,7 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
             d->dormant = false;
             d->state = DEV_RELOADING;
             d->load_stale = false;
-            s->st->state_reloads++;
+            stat_add(&s->st->state_reloads, 1);
             queue_load(s, slot);
             send_loads(s);
             *verdict = ENGINE_HOLD;
@@ -1000,12 +1016,12 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         rc = take_packet(s, slot, gen, d, &pkt);
         if (rc == 0) {
             s->paused = true;
-            s->st->backpressure_pauses++;
+            stat_add(&s->st->backpressure_pauses, 1);
             *verdict = ENGINE_PAUSE;
             return used;
         }
         if (rc < 0) {
-            s->st->records_rejected += pkt.records_len;
+            stat_add(&s->st->records_rejected, pkt.records_len);
             count_invalid(s, AVL_E_ERR_MIN - 1 + rc); /* copyenc errors after the codec's */
             *verdict = ENGINE_CLOSE;
             return used;
@@ -1055,6 +1071,11 @@ static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
 {
     struct shard *s = user;
     (void)e;
+    if ((tag & 0xFF) >= METRICS_POLL_TAG) {
+        if (s->metrics)
+            metrics_on_poll(s->metrics, tag, revents);
+        return;
+    }
     if ((tag & 0xFF) >= CMDS_POLL_TAG_FIRST) {
         cmds_on_poll(s, tag, revents);
         return;
@@ -1083,6 +1104,32 @@ static void maintain_partitions(struct shard *s, uint64_t ms)
     if (pgsink_query(s->sink, "SELECT * FROM telemetry.ensure_partitions(7)", 0, NULL,
                      COOKIE_MAINTENANCE, ms) == 0)
         s->next_partitions_ms = ms + DAY_MS;
+}
+
+/* Gauges and the sink's counters into the shard's stats, where the metrics endpoint reads
+ * them (every loop turn: a few stores). */
+static void publish(struct shard *s)
+{
+    struct ingest_stats *st = s->st;
+    stat_set(&st->conns_open, engine_conns_open(s->e));
+    uint64_t busy = 0;
+    for (uint32_t i = 0; i < s->nbatches; i++)
+        busy += s->batches[i].state != BATCH_FREE &&
+                (s->batches[i].state != BATCH_FILLING || s->batches[i].pkts_len > 0);
+    stat_set(&st->ring_busy, busy);
+    stat_set(&st->ring_batches, s->nbatches);
+    const struct pgsink_counters *pc = pgsink_counters(s->sink);
+    stat_set(&st->pg_connects[0], pc->connects);
+    stat_set(&st->pg_connects[1], pc->control_connects);
+    stat_set(&st->pg_disconnects[0], pc->disconnects);
+    stat_set(&st->pg_disconnects[1], pc->control_disconnects);
+    stat_set(&st->pg_connect_failures[0], pc->connect_failures);
+    stat_set(&st->pg_connect_failures[1], pc->control_connect_failures);
+    for (int l = 0; l < 2; l++) {
+        enum pgsink_phase ph = pgsink_phase(s->sink, (enum pgsink_link)l);
+        stat_set(&st->pg_up[l], ph != PGSINK_PHASE_DOWN && ph != PGSINK_PHASE_CONNECTING);
+    }
+    stat_set(&st->listening, !s->draining);
 }
 
 static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
@@ -1122,6 +1169,9 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
         s->drain_deadline_ns = now_ns + (uint64_t)s->cfg->drain_timeout_ms * 1000000u;
         engine_stop_accepting(e);
     }
+    publish(s);
+    if (s->metrics)
+        metrics_tick(s->metrics, now_ns);
     uint64_t cmds_ns = cmds_tick(s, now_ns);
     if (cmds_ns && (!wake || cmds_ns < wake))
         wake = cmds_ns;
@@ -1219,6 +1269,7 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
 
 static void shard_teardown(struct shard *s)
 {
+    s->closing = true;
     pgsink_destroy(s->sink);
     cmds_teardown(s);
     for (uint32_t i = 0; i < s->nbatches; i++)
@@ -1277,6 +1328,7 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
         goto fail;
     sh->ring_fds[id] = engine_ring_fd(s->e);
     sh->engines[id] = s->e;
+    sh->engine_stats[id] = engine_stats(s->e);
     atomic_fetch_add(&sh->rings_ready, 1); /* seq_cst: publishes both stores above */
     while (atomic_load(&sh->rings_ready) < c->shards && atomic_load(&sh->start_error) == 0)
         sched_yield();
@@ -1286,7 +1338,14 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     }
     engine_set_peers(s->e, sh->ring_fds, c->shards);
     engine_set_mailboxes(s->e, sh->engines, c->shards);
+    if (id == 0 && c->metrics_fd >= 0) {
+        s->metrics = metrics_create(sh, s->e, c->metrics_fd);
+        if (!s->metrics)
+            fprintf(stderr, "level=error msg=\"metrics: out of memory; not served\"\n");
+    }
     rc = engine_run(s->e);
+    metrics_destroy(s->metrics);
+    s->metrics = NULL;
     if (rc)
         snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
     const struct engine_stats *es = engine_stats(s->e);

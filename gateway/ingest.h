@@ -16,6 +16,7 @@
 #include "gateway/router.h"
 
 struct engine;
+struct engine_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,6 +41,8 @@ struct ingest_config {
     bool devices_known;        /* accept only IMEIs enabled in public.devices */
     uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
     uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
+    int metrics_fd;            /* listening socket of the metrics endpoint (shard 0), or -1 */
+    const char *version;
     /* Commands (gateway/commands.c). redis_host NULL: no registry and no intake; commands are
      * still delivered on connect and by the sweep. */
     const char *redis_host; /* an IP address */
@@ -50,7 +53,19 @@ struct ingest_config {
     uint32_t registry_ttl_s; /* TTL of avlgate:dev:{imei}, refreshed every third of it */
 };
 
-/* Counters of one shard, on their own cache lines, written by that shard only. */
+/* A latency histogram: cumulative Prometheus buckets are summed from these on read. */
+enum { HIST_BUCKETS = 14 };
+extern const uint32_t hist_bucket_us[HIST_BUCKETS]; /* upper bounds; the last bucket is +Inf */
+struct hist {
+    uint64_t bucket[HIST_BUCKETS + 1]; /* [i]: at most hist_bucket_us[i]; [HIST_BUCKETS]: above */
+    uint64_t sum_us, count;
+};
+
+/* Counts one observation (shard thread only). */
+void hist_observe(struct hist *h, uint64_t us);
+
+/* Counters of one shard, on their own cache lines, written by that shard only (shard/stat.h:
+ * stat_add on the shard, stat_read from the metrics endpoint). */
 struct ingest_stats {
     uint64_t handshakes, handshake_rejected, handshake_errors, handed_off, replaced;
     uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
@@ -65,6 +80,14 @@ struct ingest_stats {
     uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
     uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
     uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
+    /* Gauges and copies the shard publishes every loop turn (stat_set). */
+    uint64_t conns_open, ring_busy, ring_batches;
+    uint64_t pg_up[2], pg_connects[2], pg_disconnects[2], pg_connect_failures[2];
+    uint64_t redis_up[2]; /* registry, intake (shard 0); 0 also when not configured */
+    uint64_t redis_configured;
+    uint64_t listening;       /* accepting connections */
+    struct hist copy_latency; /* a batch's transaction: submit to COMMIT's answer */
+    struct hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
 } __attribute__((aligned(64)));
 
 /* What every shard thread shares. */
@@ -75,7 +98,8 @@ struct ingest_shared {
     /* Start-up handshake between the shard threads and main: each creates its ring, publishes
      * its descriptor, then waits until every shard did. */
     int ring_fds[256];
-    struct engine *engines[256]; /* for the mailboxes between shards */
+    struct engine *engines[256];                  /* for the mailboxes between shards */
+    const struct engine_stats *engine_stats[256]; /* each engine's counters (the metrics) */
     atomic_uint rings_ready;
     atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
     atomic_uint shards_done;

@@ -17,6 +17,7 @@
 #include "gateway/ingest.h"
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
+#include "shard/stat.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -150,6 +151,7 @@ struct pkt_ref {
     uint32_t copy_off, copy_len; /* its tuples in the batch's COPY buffer */
     uint32_t fp_off, fp_len;     /* fingerprints of its stored records in the batch's fps */
     uint32_t dev;                /* index into the batch's devs */
+    uint64_t taken_ns;           /* engine time it was taken (ACK latency) */
     bool rejected;               /* settled in split mode: committed alone, or refused */
     bool refused;                /* the database refused its rows (never stored) */
 };
@@ -166,7 +168,8 @@ struct batch {
     enum batch_state state;
     uint32_t seq;
     uint64_t opened_ns;
-    uint8_t *copy; /* header, tuples; the trailer is appended at seal */
+    uint64_t submitted_ns; /* engine time of its (last) submit: COPY duration */
+    uint8_t *copy;         /* header, tuples; the trailer is appended at seal */
     size_t copy_len, copy_cap;
     uint32_t rows;
     struct pkt_ref *pkts;
@@ -222,11 +225,13 @@ struct shard {
     uint32_t load_head, load_len;
 
     bool draining;
+    bool closing; /* shard_teardown: the engine is gone, sink callbacks do nothing */
     uint64_t next_partitions_ms;
     uint64_t next_release_ms; /* release_idle_windows */
     uint64_t drain_deadline_ns;
 
-    struct cmds *cmds; /* gateway/commands.c */
+    struct cmds *cmds;       /* gateway/commands.c */
+    struct metrics *metrics; /* gateway/metrics.c: shard 0 only, with --metrics */
 
     struct avl_record recs[AVL_RECORDS_MAX];
     uint8_t header[COPYENC_HEADER_BYTES];

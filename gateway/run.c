@@ -21,6 +21,7 @@
 
 #include "gateway/codec/avl.h"
 #include "gateway/ingest.h"
+#include "gateway/metrics.h"
 #include "gateway/pgschema.h"
 #include "gateway/router.h"
 
@@ -49,7 +50,7 @@ static void usage(FILE *f)
         "  --drain-timeout-ms N    on SIGTERM, wait this long for commits and ACKs (10000)\n"
         "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
         "  --state-idle-s N        free a quiet device's duplicate window after N s (60, 0 off)\n"
-        "  --metrics HOST:PORT     accepted; served by the operability work\n"
+        "  --metrics HOST:PORT     serve GET /metrics (Prometheus) and GET /healthz there\n"
         "  --redis HOST:PORT       Redis for the device registry and the command intake\n"
         "                          (resolved once at start; none: commands still go out on\n"
         "                          connect and by the sweep)\n"
@@ -206,7 +207,9 @@ int run_main(int argc, char **argv)
     cfg.cmd_timeout_s = 30;
     cfg.cmd_attempts = 3;
     cfg.registry_ttl_s = 90;
-    const char *redis = NULL;
+    const char *redis = NULL, *metrics = NULL;
+    cfg.metrics_fd = -1;
+    cfg.version = AVLGATE_VERSION;
     const char *listen = "0.0.0.0:5027", *schema_dir = NULL;
     static char hostname[256];
     if (gethostname(hostname, sizeof hostname) != 0)
@@ -337,6 +340,7 @@ int run_main(int argc, char **argv)
             bad = parse_u32(optarg, 0, 7 * 86400, &cfg.state_idle_s);
             break;
         case O_METRICS:
+            metrics = optarg;
             break;
         case O_REDIS:
             redis = optarg;
@@ -393,6 +397,22 @@ int run_main(int argc, char **argv)
         }
         cfg.redis_host = redis_ip;
         cfg.redis_port = port;
+    }
+    if (metrics) {
+        struct sockaddr_storage ma;
+        socklen_t ml;
+        if (parse_listen(metrics, &ma, &ml) != 0) {
+            fprintf(stderr,
+                    "avlgate run: bad --metrics '%s' (want HOST:PORT with a numeric host)\n",
+                    metrics);
+            return 2;
+        }
+        char err[256];
+        cfg.metrics_fd = metrics_listen(&ma, ml, err, sizeof err);
+        if (cfg.metrics_fd < 0) {
+            fprintf(stderr, "avlgate run: --metrics %s: %s\n", metrics, err);
+            return 1;
+        }
     }
     if (cfg.bufs & (cfg.bufs - 1)) {
         fprintf(stderr, "avlgate run: --bufs %u is not a power of two\n", cfg.bufs);

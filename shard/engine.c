@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "shard/spsc.h"
+#include "shard/stat.h"
 #include "shard/uring.h"
 
 /* ---------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ static void submit_send(struct engine *e, uint32_t slot)
     c->flags |= CF_SEND;
     c->ops++;
     e->sends_in_flight++;
-    e->stats.sends++;
+    stat_add(&e->stats.sends, 1);
 }
 
 static void submit_close(struct engine *e, uint32_t slot)
@@ -358,7 +359,7 @@ static bool reasm_take(struct engine *e, struct conn *c)
     c->frame_since_s = now_s(e);
     uint64_t used = e->cfg.reasm_bufs - e->reasm_free_len;
     if (used > e->stats.reasm_used_max)
-        e->stats.reasm_used_max = used;
+        stat_set(&e->stats.reasm_used_max, used);
     return true;
 }
 
@@ -384,7 +385,7 @@ static void paused_push(struct engine *e, uint32_t slot)
     else
         e->paused_head = slot + 1;
     e->paused_tail = slot + 1;
-    e->stats.pauses++;
+    stat_add(&e->stats.pauses, 1);
 }
 
 /* Takes a closing connection off the paused list: its slot may be reused at once (the kernel
@@ -422,7 +423,7 @@ static void pause_or_hold(struct engine *e, uint32_t slot, enum engine_verdict v
     }
     assert(!(c->flags & CF_PAUSED));
     c->flags |= CF_PAUSED | CF_HELD;
-    e->stats.holds++;
+    stat_add(&e->stats.holds, 1);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -448,7 +449,7 @@ static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason
     paused_unlink(e, slot);
     c->state = CONN_CLOSING;
     c->reason = (uint8_t)reason;
-    e->stats.closed[reason]++;
+    stat_add(&e->stats.closed[reason], 1);
     e->cfg.ops->on_close(e->cfg.app, e, slot, c->gen, reason);
     if (c->ops > 0 && !(c->flags & CF_CANCELED)) {
         /* The recv, and a send the peer may never drain; anything else in flight (a pause's
@@ -628,9 +629,9 @@ static void on_accept(struct engine *e, const struct cqe_copy *q)
     if (q->res < 0) {
         /* -ENFILE: the fixed table is full and the kernel dropped the connection. */
         if (q->res != -ECANCELED)
-            e->stats.accept_errors++;
+            stat_add(&e->stats.accept_errors, 1);
     } else {
-        e->stats.accepted++;
+        stat_add(&e->stats.accepted, 1);
         conn_opened(e, (uint32_t)q->res, ENGINE_FROM_ACCEPT, 0);
     }
     if (!e->accept_armed && !e->stop_started && e->listen_fd >= 0)
@@ -649,12 +650,12 @@ static void on_recv(struct engine *e, const struct cqe_copy *q)
         c->flags &= (uint16_t) ~(CF_RECV | CF_RECV_CANCEL);
         c->ops--;
     }
-    e->stats.recv_completions++;
+    stat_add(&e->stats.recv_completions, 1);
     if (q->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = q->flags >> IORING_CQE_BUFFER_SHIFT;
         if (q->res > 0 && c->state == CONN_OPEN) {
             bool was_paused = c->flags & CF_PAUSED;
-            e->stats.recv_bytes += (uint64_t)q->res;
+            stat_add(&e->stats.recv_bytes, (uint64_t)q->res);
             c->active_s = now_s(e);
             conn_deliver(e, slot, e->bufs + (size_t)bid * e->cfg.buf_bytes, (size_t)q->res);
             if (was_paused)
@@ -670,7 +671,7 @@ static void on_recv(struct engine *e, const struct cqe_copy *q)
         conn_close(e, slot, ENGINE_CLOSE_PEER);
     } else if (q->res == -ENOBUFS) {
         /* Every buffer was taken: re-arm once this turn's buffers are back. */
-        e->stats.recv_enobufs++;
+        stat_add(&e->stats.recv_enobufs, 1);
         if (!more && !(c->flags & (CF_REARM | CF_PAUSED))) {
             c->flags |= CF_REARM;
             c->list_next = e->rearm_head;
@@ -701,7 +702,7 @@ static void on_send(struct engine *e, const struct cqe_copy *q)
         return;
     }
     size_t sent = (size_t)q->res;
-    e->stats.send_bytes += sent;
+    stat_add(&e->stats.send_bytes, sent);
     bool ref_done = false;
     if (was_ref) {
         assert(c->ref && sent <= c->ref_len - c->ref_off);
@@ -743,12 +744,12 @@ static void on_connect(struct engine *e, const struct cqe_copy *q)
         res = -ETIMEDOUT;
     if (res == 0) {
         assert(c->ops == 0);
-        e->stats.dials_connected++;
+        stat_add(&e->stats.dials_connected, 1);
         e->conns_dialing--;
         conn_opened(e, slot, ENGINE_FROM_DIAL, c->handoff_key);
         return;
     }
-    e->stats.dials_failed++;
+    stat_add(&e->stats.dials_failed, 1);
     c->state = CONN_CLOSING; /* still CF_DIAL: counted in conns_dialing until freed */
     if (e->cfg.ops->on_connect_failed)
         e->cfg.ops->on_connect_failed(e->cfg.app, e, c->handoff_key, res);
@@ -766,9 +767,9 @@ static void on_conn_done(struct engine *e, const struct cqe_copy *q)
     c->ops--;
     if (ud_op(q->user_data) == OP_HANDOFF_OUT) {
         if (q->res < 0)
-            e->stats.handoff_errors++;
+            stat_add(&e->stats.handoff_errors, 1);
         else
-            e->stats.handed_out++;
+            stat_add(&e->stats.handed_out, 1);
     }
     closing_step(e, slot);
 }
@@ -820,10 +821,10 @@ static void on_cancel_recv(struct engine *e, const struct cqe_copy *q)
 static void on_handoff_in(struct engine *e, const struct cqe_copy *q)
 {
     if (q->res < 0) {
-        e->stats.handoff_errors++;
+        stat_add(&e->stats.handoff_errors, 1);
         return;
     }
-    e->stats.handed_in++;
+    stat_add(&e->stats.handed_in, 1);
     conn_opened(e, (uint32_t)q->res, 0, q->user_data & PAYLOAD_MASK);
 }
 
@@ -835,7 +836,7 @@ static void mail_drain(struct engine *e, unsigned from)
         return;
     uint8_t msg[ENGINE_MAIL_BYTES];
     while (spsc_pop(q, msg)) {
-        e->stats.mail_received++;
+        stat_add(&e->stats.mail_received, 1);
         if (e->cfg.ops->on_mail)
             e->cfg.ops->on_mail(e->cfg.app, e, from, msg);
     }
@@ -854,7 +855,7 @@ static void mail_wake(struct engine *e)
         struct io_uring_sqe *sqe = get_sqe(e);
         io_uring_prep_msg_ring(sqe, e->peers[to], 0, ud_payload(OP_MAIL, e->cfg.shard), 0);
         io_uring_sqe_set_data64(sqe, ud_payload(OP_MAIL_WAKE, to));
-        e->stats.mail_wakes++;
+        stat_add(&e->stats.mail_wakes, 1);
     }
 }
 
@@ -863,10 +864,10 @@ int engine_mail(struct engine *e, unsigned to, const void *msg)
     if (to >= e->cfg.shards || !e->outbox[to])
         return -EINVAL;
     if (!spsc_push(e->outbox[to], msg)) {
-        e->stats.mail_full++;
+        stat_add(&e->stats.mail_full, 1);
         return -ENOBUFS;
     }
-    e->stats.mail_sent++;
+    stat_add(&e->stats.mail_sent, 1);
     e->wake[to] = true;
     e->wake_any = true;
     return 0;
@@ -966,7 +967,7 @@ static void cancel_paused_recv(struct engine *e, uint32_t slot)
         (c->flags & (CF_RECV_CANCEL | CF_CANCELED)))
         return;
     c->flags |= CF_RECV_CANCEL;
-    e->stats.pause_cancels++;
+    stat_add(&e->stats.pause_cancels, 1);
     struct io_uring_sqe *sqe = get_sqe(e);
     io_uring_prep_cancel64(sqe, ud_conn(OP_RECV, c->gen, slot), 0);
     io_uring_sqe_set_data64(sqe, ud_conn(OP_CANCEL_RECV, c->gen, slot));
@@ -984,7 +985,7 @@ void engine_resume(struct engine *e)
         c->flags &= (uint16_t)~CF_PAUSED;
         if (c->state != CONN_OPEN)
             continue;
-        e->stats.resumes++;
+        stat_add(&e->stats.resumes, 1);
         c->need = 0;
         c->active_s = now_s(e); /* a long stall is not the device's silence */
         conn_deliver(e, slot, NULL, 0);
@@ -1008,7 +1009,7 @@ int engine_resume_conn(struct engine *e, uint32_t slot, uint32_t gen)
     if (!(c->flags & CF_HELD))
         return -EINVAL;
     c->flags &= (uint16_t) ~(CF_PAUSED | CF_HELD);
-    e->stats.resumes++;
+    stat_add(&e->stats.resumes, 1);
     c->need = 0;
     c->active_s = now_s(e);
     conn_deliver(e, slot, NULL, 0);
@@ -1080,7 +1081,7 @@ int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_l
      * setsockopt + IORING_OP_BIND would need kernel 6.11 for the same result.) */
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        e->stats.dial_errors++;
+        stat_add(&e->stats.dial_errors, 1);
         return -errno;
     }
     int one = 1, ret = 0;
@@ -1102,7 +1103,7 @@ int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_l
     }
     close(fd); /* the fixed table holds its own reference to the socket */
     if (ret < 0) {
-        e->stats.dial_errors++;
+        stat_add(&e->stats.dial_errors, 1);
         return ret;
     }
     e->dial_free_len--;
@@ -1122,7 +1123,7 @@ int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_l
     io_uring_sqe_set_data64(sqe, ud_conn(OP_CONNECT, gen, slot));
     c->ops = 1;
     e->conns_dialing++;
-    e->stats.dials++;
+    stat_add(&e->stats.dials, 1);
     return 0;
 }
 
@@ -1294,8 +1295,8 @@ int engine_run(struct engine *e)
             n += got;
         }
         e->now_ns = engine_clock_ns();
-        e->stats.cqes += n;
-        e->stats.loops++;
+        stat_add(&e->stats.cqes, n);
+        stat_add(&e->stats.loops, 1);
         for (unsigned i = 0; i < n; i++)
             dispatch(e, &e->cqes[i]);
 

@@ -1,0 +1,571 @@
+/* metrics.c — GET /metrics and GET /healthz from shard 0's ring. See metrics.h. */
+#include "gateway/metrics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/codec/avl.h"
+#include "gateway/copyenc.h"
+#include "gateway/ingest.h"
+#include "shard/engine.h"
+#include "shard/stat.h"
+
+enum {
+    REQUEST_BYTES_MAX = 4096,
+    REQUEST_TIMEOUT_MS = 5000,
+    TAG_LISTEN = 0xFFFF, /* connection index of the listening socket's poll */
+};
+
+const uint32_t hist_bucket_us[HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,
+                                               25000,  50000,  100000, 250000,  500000,
+                                               1000000, 2500000, 5000000, 10000000};
+
+void hist_observe(struct hist *h, uint64_t us)
+{
+    unsigned i = 0;
+    while (i < HIST_BUCKETS && us > hist_bucket_us[i])
+        i++;
+    stat_add(&h->bucket[i], 1);
+    stat_add(&h->sum_us, us);
+    stat_add(&h->count, 1);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The exposition
+ * ------------------------------------------------------------------------------------------- */
+
+struct out {
+    char *buf;
+    size_t cap, len; /* len may pass cap: then only the needed length is known */
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = o->len < o->cap ? o->cap - o->len : 0;
+    int n = vsnprintf(room ? o->buf + o->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->len += (size_t)n;
+}
+
+static void family(struct out *o, const char *name, const char *type, const char *help)
+{
+    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One counter of struct ingest_stats, per shard. */
+struct stat_family {
+    const char *name, *help;
+    size_t off;
+    bool gauge;
+};
+
+#define ST(field) offsetof(struct ingest_stats, field)
+
+static const struct stat_family ingest_families[] = {
+    {"avlgate_handshakes_total", "Handshakes accepted by the owner shard.", ST(handshakes), false},
+    {"avlgate_handshakes_handed_off_total", "Handshakes passed to the owner shard.",
+     ST(handed_off), false},
+    {"avlgate_connections_replaced_total",
+     "Connections closed because the same IMEI connected again.", ST(replaced), false},
+    {"avlgate_packets_received_total", "AVL packets taken into a batch.", ST(packets), false},
+    {"avlgate_packets_acked_total", "AVL packets acknowledged after their commit.",
+     ST(packets_acked), false},
+    {"avlgate_acks_stale_total", "ACKs not sent: the connection was gone.", ST(acks_stale), false},
+    {"avlgate_packets_rejected_by_database_total",
+     "Packets whose rows the database refused (never acknowledged).", ST(packets_rejected_data),
+     false},
+    {"avlgate_records_received_total", "AVL records in packets taken.", ST(records), false},
+    {"avlgate_records_stored_total", "AVL records written (not re-sends).", ST(records_stored),
+     false},
+    {"avlgate_records_duplicate_total", "AVL records recognised as re-sent and not stored again.",
+     ST(records_duplicate), false},
+    {"avlgate_backpressure_pauses_total",
+     "Times the shard stopped reading its sockets: every batch sealed or in flight.",
+     ST(backpressure_pauses), false},
+    {"avlgate_batches_committed_total", "Batches committed.", ST(batches_committed), false},
+    {"avlgate_rows_committed_total", "Rows committed.", ST(rows_committed), false},
+    {"avlgate_batches_retried_total", "Transactions not committed and sent again.",
+     ST(batches_retried), false},
+    {"avlgate_batches_unknown_total",
+     "Transactions whose COMMIT outcome is unknown (held batches dropped, devices re-send).",
+     ST(batches_unknown), false},
+    {"avlgate_batches_data_error_total", "Batches split after the database refused a row.",
+     ST(batches_data_error), false},
+    {"avlgate_gprs_frames_total", "GPRS (Codec 12-15) frames received.", ST(gprs_frames), false},
+    {"avlgate_state_loads_failed_total", "Device state loads that failed and were retried.",
+     ST(state_load_failures), false},
+    {"avlgate_command_responses_unexpected_total",
+     "Codec 12 answers with no command in flight (ignored).", ST(cmd_responses_unexpected),
+     false},
+    {"avlgate_command_sweeps_total", "Rounds of the open-command sweep.", ST(cmd_sweeps), false},
+    {"avlgate_command_wakes_total", "Command stream entries routed to this shard.", ST(cmd_wakes),
+     false},
+    {"avlgate_registry_writes_total", "Device registry writes and deletes sent to Redis.",
+     ST(registry_writes), false},
+    {"avlgate_redis_errors_total", "Redis commands that failed or got no answer.",
+     ST(registry_errors), false},
+    {"avlgate_replies_published_total", "Command outcomes added to avlgate:replies.",
+     ST(replies_published), false},
+    {"avlgate_replies_unpublished_total", "Command outcomes not published (Redis down).",
+     ST(replies_unpublished), false},
+    {"avlgate_connections_open", "Device connections open.", ST(conns_open), true},
+    {"avlgate_row_ring_batches_busy", "Batches of the row ring filling, sealed or in flight.",
+     ST(ring_busy), true},
+    {"avlgate_row_ring_batches", "Batches in the row ring.", ST(ring_batches), true},
+    {"avlgate_listening", "1 while the shard accepts connections.", ST(listening), true},
+};
+
+/* One counter of struct engine_stats, per shard. */
+#define ES(field) offsetof(struct engine_stats, field)
+static const struct stat_family engine_families[] = {
+    {"avlgate_connections_accepted_total", "Connections accepted.", ES(accepted), false},
+    {"avlgate_connections_handed_in_total", "Connections received from another shard.",
+     ES(handed_in), false},
+    {"avlgate_receive_bytes_total", "Bytes received from devices.", ES(recv_bytes), false},
+    {"avlgate_send_bytes_total", "Bytes sent to devices.", ES(send_bytes), false},
+    {"avlgate_receive_buffer_exhausted_total",
+     "Receives that found no provided buffer free (re-armed).", ES(recv_enobufs), false},
+    {"avlgate_loop_turns_total", "Turns of the shard's io_uring loop.", ES(loops), false},
+};
+
+static uint64_t field_at(const void *base, size_t off)
+{
+    return stat_read((const uint64_t *)(const void *)((const char *)base + off));
+}
+
+static const struct ingest_stats *shard_stats(const struct ingest_shared *sh, unsigned i)
+{
+    return &sh->stats[i];
+}
+
+static void render_families(struct out *o, const struct ingest_shared *sh,
+                            const struct stat_family *f, size_t n, bool engine)
+{
+    unsigned shards = sh->cfg->shards;
+    for (size_t k = 0; k < n; k++) {
+        family(o, f[k].name, f[k].gauge ? "gauge" : "counter", f[k].help);
+        for (unsigned i = 0; i < shards; i++) {
+            const void *base = engine ? (const void *)sh->engine_stats[i]
+                                      : (const void *)shard_stats(sh, i);
+            put(o, "%s{shard=\"%u\"} %" PRIu64 "\n", f[k].name, i, field_at(base, f[k].off));
+        }
+    }
+}
+
+static void render_hist(struct out *o, const struct ingest_shared *sh, const char *name,
+                        const char *help, size_t off)
+{
+    family(o, name, "histogram", help);
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
+        const struct hist *h =
+            (const struct hist *)(const void *)((const char *)shard_stats(sh, i) + off);
+        uint64_t cum = 0;
+        for (unsigned b = 0; b <= HIST_BUCKETS; b++) {
+            cum += stat_read(&h->bucket[b]);
+            if (b < HIST_BUCKETS)
+                put(o, "%s_bucket{shard=\"%u\",le=\"%g\"} %" PRIu64 "\n", name, i,
+                    hist_bucket_us[b] / 1e6, cum);
+            else
+                put(o, "%s_bucket{shard=\"%u\",le=\"+Inf\"} %" PRIu64 "\n", name, i, cum);
+        }
+        put(o, "%s_sum{shard=\"%u\"} %.6f\n", name, i, stat_read(&h->sum_us) / 1e6);
+        put(o, "%s_count{shard=\"%u\"} %" PRIu64 "\n", name, i, stat_read(&h->count));
+    }
+}
+
+/* The name of invalid_by_reason[i]: codec errors by -err, the COPY encoder's after them. */
+static const char *invalid_reason(unsigned i)
+{
+    if (i <= (unsigned)-AVL_E_ERR_MIN)
+        return avl_strerror(-(int)i);
+    return copyenc_strerror((int)(1 - AVL_E_ERR_MIN) - (int)i);
+}
+
+size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
+{
+    struct out o = {.buf = buf, .cap = cap};
+    unsigned shards = sh->cfg->shards;
+    family(&o, "avlgate_build_info", "gauge", "The running version.");
+    put(&o, "avlgate_build_info{version=\"%s\"} 1\n", sh->cfg->version ? sh->cfg->version : "");
+    family(&o, "avlgate_shards", "gauge", "Shards (io_uring threads) of this process.");
+    put(&o, "avlgate_shards %u\n", shards);
+
+    render_families(&o, sh, ingest_families, sizeof ingest_families / sizeof ingest_families[0],
+                    false);
+    render_families(&o, sh, engine_families, sizeof engine_families / sizeof engine_families[0],
+                    true);
+
+    family(&o, "avlgate_connections_closed_total", "counter", "Connections closed, by reason.");
+    for (unsigned i = 0; i < shards; i++) {
+        const struct engine_stats *es = sh->engine_stats[i];
+        for (int r = 0; r < ENGINE_CLOSE_REASONS; r++)
+            put(&o, "avlgate_connections_closed_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
+                i, engine_close_reason_name((enum engine_close_reason)r),
+                stat_read(&es->closed[r]));
+    }
+    family(&o, "avlgate_handshakes_rejected_total", "counter",
+           "Handshakes refused: unknown or disabled device, or a protocol error.");
+    for (unsigned i = 0; i < shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        put(&o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"unknown_device\"} %" PRIu64
+            "\n",
+            i, stat_read(&st->handshake_rejected));
+        put(&o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"protocol\"} %" PRIu64 "\n",
+            i, stat_read(&st->handshake_errors));
+    }
+    family(&o, "avlgate_packets_invalid_total", "counter",
+           "Packets refused (never acknowledged), by reason.");
+    for (unsigned i = 0; i < shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        for (unsigned r = 1; r < 32; r++) {
+            uint64_t v = stat_read(&st->invalid_by_reason[r]);
+            if (v)
+                put(&o, "avlgate_packets_invalid_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
+                    i, invalid_reason(r), v);
+        }
+    }
+    family(&o, "avlgate_commands_total", "counter",
+           "Codec 12 commands: frames written (sent, a resend counts again) and outcomes.");
+    for (unsigned i = 0; i < shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        const struct {
+            const char *status;
+            const uint64_t *v;
+        } c[] = {{"sent", &st->cmds_sent},
+                 {"answered", &st->cmds_answered},
+                 {"failed", &st->cmds_failed},
+                 {"expired", &st->cmds_expired}};
+        for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+            put(&o, "avlgate_commands_total{shard=\"%u\",status=\"%s\"} %" PRIu64 "\n", i,
+                c[k].status, stat_read(c[k].v));
+    }
+
+    static const char *const links[2] = {"data", "control"};
+    family(&o, "avlgate_postgres_up", "gauge", "1 while the shard's database link is connected.");
+    for (unsigned i = 0; i < shards; i++)
+        for (int l = 0; l < 2; l++)
+            put(&o, "avlgate_postgres_up{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i, links[l],
+                stat_read(&shard_stats(sh, i)->pg_up[l]));
+    family(&o, "avlgate_postgres_connects_total", "counter",
+           "Database connections established (the first, then each reconnect).");
+    for (unsigned i = 0; i < shards; i++)
+        for (int l = 0; l < 2; l++)
+            put(&o, "avlgate_postgres_connects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i,
+                links[l], stat_read(&shard_stats(sh, i)->pg_connects[l]));
+    family(&o, "avlgate_postgres_disconnects_total", "counter", "Established database links lost.");
+    for (unsigned i = 0; i < shards; i++)
+        for (int l = 0; l < 2; l++)
+            put(&o, "avlgate_postgres_disconnects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n",
+                i, links[l], stat_read(&shard_stats(sh, i)->pg_disconnects[l]));
+    family(&o, "avlgate_postgres_connect_failures_total", "counter",
+           "Database connection attempts that failed.");
+    for (unsigned i = 0; i < shards; i++)
+        for (int l = 0; l < 2; l++)
+            put(&o, "avlgate_postgres_connect_failures_total{shard=\"%u\",link=\"%s\"} %" PRIu64
+                "\n",
+                i, links[l], stat_read(&shard_stats(sh, i)->pg_connect_failures[l]));
+    static const char *const rlinks[2] = {"registry", "intake"};
+    family(&o, "avlgate_redis_up", "gauge",
+           "1 while the shard's Redis link is connected (the intake is shard 0's).");
+    for (unsigned i = 0; i < shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        if (!stat_read(&st->redis_configured))
+            continue;
+        for (int l = 0; l < 2; l++)
+            if (l == 0 || i == 0)
+                put(&o, "avlgate_redis_up{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i, rlinks[l],
+                    stat_read(&st->redis_up[l]));
+    }
+
+    render_hist(&o, sh, "avlgate_copy_duration_seconds",
+                "A batch's transaction, from submit to the answer to its COMMIT.",
+                offsetof(struct ingest_stats, copy_latency));
+    render_hist(&o, sh, "avlgate_ack_latency_seconds",
+                "A packet, from taken into a batch to its ACK queued after the commit.",
+                offsetof(struct ingest_stats, ack_latency));
+    return o.len;
+}
+
+size_t metrics_health(const struct ingest_shared *sh, char *buf, size_t cap, int *ok)
+{
+    struct out o = {.buf = buf, .cap = cap};
+    *ok = 1;
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        if (!stat_read(&st->listening)) {
+            put(&o, "shard %u: not listening\n", i);
+            *ok = 0;
+        }
+        if (!stat_read(&st->pg_up[0])) {
+            put(&o, "shard %u: database link down\n", i);
+            *ok = 0;
+        }
+    }
+    if (*ok)
+        put(&o, "ok\n");
+    return o.len < cap ? o.len : cap;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The server
+ * ------------------------------------------------------------------------------------------- */
+
+struct hconn {
+    int fd; /* -1: free */
+    uint32_t gen;
+    bool polled, writing;
+    uint64_t deadline_ns;
+    char req[REQUEST_BYTES_MAX];
+    size_t req_len;
+    char *out; /* the response */
+    size_t out_len, out_off, out_cap;
+};
+
+struct metrics {
+    struct ingest_shared *sh;
+    struct engine *e;
+    int listen_fd;
+    bool listen_polled;
+    struct hconn conns[METRICS_CONNS_MAX];
+};
+
+int metrics_listen(const struct sockaddr_storage *addr, socklen_t len, char *err, size_t cap)
+{
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, cap, "metrics: socket: %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)addr, len) != 0 || listen(fd, 64) != 0) {
+        int e = errno;
+        snprintf(err, cap, "metrics: cannot listen: %s%s", strerror(e),
+                 e == EADDRINUSE ? " (another process has the port)" : "");
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static uint64_t tag_of(uint32_t index, uint32_t gen)
+{
+    return (uint64_t)METRICS_POLL_TAG | (uint64_t)index << 8 | (uint64_t)gen << 24;
+}
+
+struct metrics *metrics_create(struct ingest_shared *sh, struct engine *e, int listen_fd)
+{
+    struct metrics *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->sh = sh;
+    m->e = e;
+    m->listen_fd = listen_fd;
+    for (int i = 0; i < METRICS_CONNS_MAX; i++)
+        m->conns[i].fd = -1;
+    return m;
+}
+
+static void hconn_close(struct metrics *m, struct hconn *c)
+{
+    if (c->fd < 0)
+        return;
+    /* An armed poll holds the socket open: cancel it (its completion then has a stale gen). */
+    if (c->polled)
+        engine_poll_cancel(m->e, tag_of((uint32_t)(c - m->conns), c->gen));
+    close(c->fd);
+    c->fd = -1;
+    c->gen++;
+    c->polled = false;
+    free(c->out);
+    c->out = NULL;
+    c->out_cap = 0;
+}
+
+void metrics_destroy(struct metrics *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < METRICS_CONNS_MAX; i++)
+        hconn_close(m, &m->conns[i]);
+    close(m->listen_fd);
+    free(m);
+}
+
+static void respond(struct metrics *m, struct hconn *c, int status, const char *reason,
+                    const char *type, const char *body, size_t body_len)
+{
+    char head[256];
+    int h = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, reason, type, body_len);
+    size_t need = (size_t)h + body_len;
+    if (need > c->out_cap) {
+        char *p = realloc(c->out, need);
+        if (!p) {
+            hconn_close(m, c);
+            return;
+        }
+        c->out = p;
+        c->out_cap = need;
+    }
+    memcpy(c->out, head, (size_t)h);
+    memcpy(c->out + h, body, body_len);
+    c->out_len = need;
+    c->out_off = 0;
+    c->writing = true;
+}
+
+/* The request is in: build the response. */
+static void serve(struct metrics *m, struct hconn *c)
+{
+    const char *r = c->req;
+    bool get = strncmp(r, "GET ", 4) == 0, head = false;
+    if (!get && strncmp(r, "HEAD ", 5) == 0)
+        head = true;
+    const char *path = r + (get ? 4 : 5);
+    size_t plen = strcspn(path, " ?\r\n");
+    if (!get && !head) {
+        respond(m, c, 405, "Method Not Allowed", "text/plain", "GET only\n", 9);
+        return;
+    }
+    if (plen == 8 && memcmp(path, "/metrics", 8) == 0) {
+        size_t n = metrics_render(m->sh, NULL, 0);
+        char *body = malloc(n + 1);
+        if (!body) {
+            hconn_close(m, c);
+            return;
+        }
+        size_t got = metrics_render(m->sh, body, n + 1);
+        if (got > n) /* a shard added lines meanwhile: never; render fits what it measured */
+            got = n;
+        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body,
+                head ? 0 : got);
+        free(body);
+        return;
+    }
+    if (plen == 8 && memcmp(path, "/healthz", 8) == 0) {
+        char body[4096];
+        int ok;
+        size_t n = metrics_health(m->sh, body, sizeof body, &ok);
+        respond(m, c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body,
+                head ? 0 : n);
+        return;
+    }
+    respond(m, c, 404, "Not Found", "text/plain", "not found: /metrics or /healthz\n", 32);
+}
+
+static void conn_io(struct metrics *m, struct hconn *c)
+{
+    if (!c->writing) {
+        for (;;) {
+            ssize_t n = recv(c->fd, c->req + c->req_len, sizeof c->req - 1 - c->req_len, 0);
+            if (n > 0) {
+                c->req_len += (size_t)n;
+                c->req[c->req_len] = 0;
+                if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n")) {
+                    serve(m, c);
+                    break;
+                }
+                if (c->req_len == sizeof c->req - 1) {
+                    respond(m, c, 431, "Request Header Fields Too Large", "text/plain", "", 0);
+                    break;
+                }
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return; /* polled again */
+            hconn_close(m, c); /* closed or failed before a whole request */
+            return;
+        }
+        if (c->fd < 0)
+            return;
+    }
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        break;
+    }
+    hconn_close(m, c); /* sent (or the client went away) */
+}
+
+static void accept_all(struct metrics *m, uint64_t now_ns)
+{
+    for (;;) {
+        int free_i = -1;
+        for (int i = 0; i < METRICS_CONNS_MAX && free_i < 0; i++)
+            if (m->conns[i].fd < 0)
+                free_i = i;
+        if (free_i < 0)
+            return; /* the rest wait in the backlog */
+        int fd = accept4(m->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        struct hconn *c = &m->conns[free_i];
+        c->fd = fd;
+        c->req_len = 0;
+        c->writing = false;
+        c->out_len = c->out_off = 0;
+        c->deadline_ns = now_ns + (uint64_t)REQUEST_TIMEOUT_MS * 1000000u;
+        conn_io(m, c); /* the request is often there already */
+    }
+}
+
+void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
+{
+    uint32_t index = (uint32_t)(tag >> 8) & 0xFFFF, gen = (uint32_t)(tag >> 24);
+    if (index == TAG_LISTEN) {
+        m->listen_polled = false;
+        if (revents > 0)
+            accept_all(m, engine_now_ns(m->e));
+        return;
+    }
+    if (index >= METRICS_CONNS_MAX)
+        return;
+    struct hconn *c = &m->conns[index];
+    if (c->gen != gen)
+        return; /* a closed connection's poll */
+    c->polled = false;
+    if (c->fd >= 0)
+        conn_io(m, c);
+}
+
+void metrics_tick(struct metrics *m, uint64_t now_ns)
+{
+    if (!m->listen_polled &&
+        engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
+        m->listen_polled = true;
+    for (uint32_t i = 0; i < METRICS_CONNS_MAX; i++) {
+        struct hconn *c = &m->conns[i];
+        if (c->fd < 0)
+            continue;
+        if (now_ns >= c->deadline_ns) {
+            hconn_close(m, c);
+            continue;
+        }
+        if (!c->polled &&
+            engine_poll(m->e, c->fd, c->writing ? POLLOUT : POLLIN, tag_of(i, c->gen)) == 0)
+            c->polled = true;
+    }
+}

@@ -28,8 +28,8 @@ enum {
     TAG_LISTEN = 0xFFFF, /* connection index of the listening socket's poll */
 };
 
-const uint32_t hist_bucket_us[HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,
-                                               25000,  50000,  100000, 250000,  500000,
+const uint32_t hist_bucket_us[HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
+                                               25000,   50000,   100000,  250000,  500000,
                                                1000000, 2500000, 5000000, 10000000};
 
 void hist_observe(struct hist *h, uint64_t us)
@@ -78,8 +78,8 @@ struct stat_family {
 
 static const struct stat_family ingest_families[] = {
     {"avlgate_handshakes_total", "Handshakes accepted by the owner shard.", ST(handshakes), false},
-    {"avlgate_handshakes_handed_off_total", "Handshakes passed to the owner shard.",
-     ST(handed_off), false},
+    {"avlgate_handshakes_handed_off_total", "Handshakes passed to the owner shard.", ST(handed_off),
+     false},
     {"avlgate_connections_replaced_total",
      "Connections closed because the same IMEI connected again.", ST(replaced), false},
     {"avlgate_packets_received_total", "AVL packets taken into a batch.", ST(packets), false},
@@ -110,8 +110,7 @@ static const struct stat_family ingest_families[] = {
     {"avlgate_state_loads_failed_total", "Device state loads that failed and were retried.",
      ST(state_load_failures), false},
     {"avlgate_command_responses_unexpected_total",
-     "Codec 12 answers with no command in flight (ignored).", ST(cmd_responses_unexpected),
-     false},
+     "Codec 12 answers with no command in flight (ignored).", ST(cmd_responses_unexpected), false},
     {"avlgate_command_sweeps_total", "Rounds of the open-command sweep.", ST(cmd_sweeps), false},
     {"avlgate_command_wakes_total", "Command stream entries routed to this shard.", ST(cmd_wakes),
      false},
@@ -160,8 +159,8 @@ static void render_families(struct out *o, const struct ingest_shared *sh,
     for (size_t k = 0; k < n; k++) {
         family(o, f[k].name, f[k].gauge ? "gauge" : "counter", f[k].help);
         for (unsigned i = 0; i < shards; i++) {
-            const void *base = engine ? (const void *)sh->engine_stats[i]
-                                      : (const void *)shard_stats(sh, i);
+            const void *base =
+                engine ? (const void *)sh->engine_stats[i] : (const void *)shard_stats(sh, i);
             put(o, "%s{shard=\"%u\"} %" PRIu64 "\n", f[k].name, i, field_at(base, f[k].off));
         }
     }
@@ -214,15 +213,15 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     for (unsigned i = 0; i < shards; i++) {
         const struct engine_stats *es = sh->engine_stats[i];
         for (int r = 0; r < ENGINE_CLOSE_REASONS; r++)
-            put(&o, "avlgate_connections_closed_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
-                i, engine_close_reason_name((enum engine_close_reason)r),
-                stat_read(&es->closed[r]));
+            put(&o, "avlgate_connections_closed_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n", i,
+                engine_close_reason_name((enum engine_close_reason)r), stat_read(&es->closed[r]));
     }
     family(&o, "avlgate_handshakes_rejected_total", "counter",
            "Handshakes refused: unknown or disabled device, or a protocol error.");
     for (unsigned i = 0; i < shards; i++) {
         const struct ingest_stats *st = shard_stats(sh, i);
-        put(&o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"unknown_device\"} %" PRIu64
+        put(&o,
+            "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"unknown_device\"} %" PRIu64
             "\n",
             i, stat_read(&st->handshake_rejected));
         put(&o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"protocol\"} %" PRIu64 "\n",
@@ -270,14 +269,14 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     family(&o, "avlgate_postgres_disconnects_total", "counter", "Established database links lost.");
     for (unsigned i = 0; i < shards; i++)
         for (int l = 0; l < 2; l++)
-            put(&o, "avlgate_postgres_disconnects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n",
-                i, links[l], stat_read(&shard_stats(sh, i)->pg_disconnects[l]));
+            put(&o, "avlgate_postgres_disconnects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i,
+                links[l], stat_read(&shard_stats(sh, i)->pg_disconnects[l]));
     family(&o, "avlgate_postgres_connect_failures_total", "counter",
            "Database connection attempts that failed.");
     for (unsigned i = 0; i < shards; i++)
         for (int l = 0; l < 2; l++)
-            put(&o, "avlgate_postgres_connect_failures_total{shard=\"%u\",link=\"%s\"} %" PRIu64
-                "\n",
+            put(&o,
+                "avlgate_postgres_connect_failures_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n",
                 i, links[l], stat_read(&shard_stats(sh, i)->pg_connect_failures[l]));
     static const char *const rlinks[2] = {"registry", "intake"};
     family(&o, "avlgate_redis_up", "gauge",
@@ -318,7 +317,8 @@ size_t metrics_health(const struct ingest_shared *sh, char *buf, size_t cap, int
     }
     if (*ok)
         put(&o, "ok\n");
-    return o.len < cap ? o.len : cap;
+    /* Cut short: cap - 1 bytes of text, then vsnprintf's NUL, which is not part of the body. */
+    return o.len < cap ? o.len : (cap ? cap - 1 : 0);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -446,17 +446,27 @@ static void serve(struct metrics *m, struct hconn *c)
         return;
     }
     if (plen == 8 && memcmp(path, "/metrics", 8) == 0) {
-        size_t n = metrics_render(m->sh, NULL, 0);
-        char *body = malloc(n + 1);
-        if (!body) {
+        /* The other shards count on while we render: a value that gains a digit, or an invalid
+         * reason seen for the first time, makes this render longer than the one that measured.
+         * Leave room for that, and render again (bounded) in the rare case it was not enough:
+         * a text cut short is a failed scrape. */
+        size_t need = metrics_render(m->sh, NULL, 0), cap = 0, got = 0;
+        char *body = NULL;
+        for (int attempt = 0; attempt < 4 && (!body || got >= cap); attempt++) {
+            cap = need + need / 16 + 256;
+            char *p = realloc(body, cap);
+            if (!p)
+                break;
+            body = p;
+            got = metrics_render(m->sh, body, cap);
+            need = got;
+        }
+        if (!body || got >= cap) {
+            free(body);
             hconn_close(m, c);
             return;
         }
-        size_t got = metrics_render(m->sh, body, n + 1);
-        if (got > n) /* a shard added lines meanwhile: never; render fits what it measured */
-            got = n;
-        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body,
-                head ? 0 : got);
+        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, head ? 0 : got);
         free(body);
         return;
     }
@@ -490,7 +500,7 @@ static void conn_io(struct metrics *m, struct hconn *c)
                 continue;
             }
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return; /* polled again */
+                return;        /* polled again */
             hconn_close(m, c); /* closed or failed before a whole request */
             return;
         }
@@ -553,8 +563,7 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
 
 void metrics_tick(struct metrics *m, uint64_t now_ns)
 {
-    if (!m->listen_polled &&
-        engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
+    if (!m->listen_polled && engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
         m->listen_polled = true;
     for (uint32_t i = 0; i < METRICS_CONNS_MAX; i++) {
         struct hconn *c = &m->conns[i];

@@ -20,46 +20,11 @@
 #include <unistd.h>
 
 #include "gateway/codec/avl.h"
+#include "gateway/config.h"
 #include "gateway/ingest.h"
 #include "gateway/metrics.h"
 #include "gateway/pgschema.h"
 #include "gateway/router.h"
-
-static void usage(FILE *f)
-{
-    fprintf(
-        f,
-        "usage: avlgate run --pg CONNINFO [options]\n"
-        "\n"
-        "  --listen HOST:PORT      device port (default 0.0.0.0:5027)\n"
-        "  --shards N              shard threads (default: online CPUs)\n"
-        "  --pin                   pin shard i to CPU i\n"
-        "  --pg CONNINFO           libpq conninfo or URI (required; give an IP address)\n"
-        "  --instance ID           this instance's name (default: the host name)\n"
-        "  --batch-rows N          seal a batch at N rows (default 1000)\n"
-        "  --batch-ms N            or when its first row is N ms old (default 10)\n"
-        "  --batches N             batches per shard, the row ring (default 4)\n"
-        "  --conns-max N           connections per shard (default 10000, <= RLIMIT_NOFILE)\n"
-        "  --bufs N                receive buffers per shard, power of two (default 1024)\n"
-        "  --buf-bytes N           bytes per receive buffer (default 4096)\n"
-        "  --idle-timeout-s N      close a silent connection after N s (default 600, 0 off)\n"
-        "  --frame-timeout-s N     close when a frame stays incomplete N s (default 30)\n"
-        "  --frame-bytes-max N     largest frame accepted (default 65536)\n"
-        "  --devices any|known     known: only IMEIs enabled in public.devices (default any)\n"
-        "  --apply-schema DIR      apply DIR/*.sql before starting (tests, demo)\n"
-        "  --drain-timeout-ms N    on SIGTERM, wait this long for commits and ACKs (10000)\n"
-        "  --wait-batch-us N       once a completion is in, wait up to N us for more (100)\n"
-        "  --state-idle-s N        free a quiet device's duplicate window after N s (60, 0 off)\n"
-        "  --metrics HOST:PORT     serve GET /metrics (Prometheus) and GET /healthz there\n"
-        "  --redis HOST:PORT       Redis for the device registry and the command intake\n"
-        "                          (resolved once at start; none: commands still go out on\n"
-        "                          connect and by the sweep)\n"
-        "  --cmd-sweep-s N         look for open commands of connected devices every N s (3,\n"
-        "                          0 off)\n"
-        "  --cmd-timeout-s N       wait N s for a command's answer before sending it again (30)\n"
-        "  --cmd-attempts N        sends before a command is failed (3)\n"
-        "  --registry-ttl-s N      TTL of a device's registry entry, refreshed every third (90)\n");
-}
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
@@ -100,20 +65,19 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
     return 0;
 }
 
-/* An instance id names Redis keys and streams (avlgate:cmd:<instance>). */
-static bool instance_valid(const char *s)
+/* The shards listen with SO_REUSEPORT, which would let this process share the port with
+ * another gateway (the kernel spreading devices over both) instead of failing: a plain bind
+ * first says whether anything holds the port. Returns 0 or -errno. */
+static int port_free(const struct sockaddr_storage *ss, socklen_t len)
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* TIME_WAIT is not "in use" */
+    int rc = bind(fd, (const struct sockaddr *)ss, len) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
 }
 
 /* HOST:PORT to a numeric address (resolved once here: hiredis would resolve a name with a
@@ -188,204 +152,26 @@ static void *shard_thread(void *p)
 
 int run_main(int argc, char **argv)
 {
-    static struct ingest_config cfg;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg.shards = cpus > 0 ? (unsigned)cpus : 1;
-    cfg.batch_rows = 1000;
-    cfg.batch_ms = 10;
-    cfg.batches = 4;
-    cfg.conns_max = 10000;
-    cfg.bufs = 1024;
-    cfg.buf_bytes = 4096;
-    cfg.idle_timeout_s = 600;
-    cfg.frame_timeout_s = 30;
-    cfg.frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
-    cfg.drain_timeout_ms = 10000;
-    cfg.wait_batch_us = 100;
-    cfg.state_idle_s = 60;
-    cfg.cmd_sweep_s = 3;
-    cfg.cmd_timeout_s = 30;
-    cfg.cmd_attempts = 3;
-    cfg.registry_ttl_s = 90;
-    const char *redis = NULL, *metrics = NULL;
-    cfg.metrics_fd = -1;
+    static struct run_options o;
+    extern char **environ;
+    int prc = config_load(&o, argc, argv, environ, stderr);
+    if (prc)
+        return prc; /* config_load said why */
+    if (o.help) {
+        config_usage(stdout);
+        return 0;
+    }
+    if (o.print_config) {
+        config_print(&o, stdout);
+        return 0;
+    }
+    struct ingest_config cfg = o.cfg;
     cfg.version = AVLGATE_VERSION;
-    const char *listen = "0.0.0.0:5027", *schema_dir = NULL;
-    static char hostname[256];
-    if (gethostname(hostname, sizeof hostname) != 0)
-        snprintf(hostname, sizeof hostname, "avlgate");
-    cfg.instance = hostname;
-
-    enum {
-        O_LISTEN = 256,
-        O_SHARDS,
-        O_PIN,
-        O_PG,
-        O_INSTANCE,
-        O_BATCH_ROWS,
-        O_BATCH_MS,
-        O_BATCHES,
-        O_CONNS,
-        O_BUFS,
-        O_BUF_BYTES,
-        O_IDLE,
-        O_FRAME_TO,
-        O_FRAME_MAX,
-        O_DEVICES,
-        O_SCHEMA,
-        O_DRAIN,
-        O_WAIT_BATCH,
-        O_STATE_IDLE,
-        O_METRICS,
-        O_REDIS,
-        O_CMD_SWEEP,
-        O_CMD_TIMEOUT,
-        O_CMD_ATTEMPTS,
-        O_REGISTRY_TTL,
-        O_HELP
-    };
-    static const struct option opts[] = {
-        {"listen", required_argument, 0, O_LISTEN},
-        {"shards", required_argument, 0, O_SHARDS},
-        {"pin", no_argument, 0, O_PIN},
-        {"pg", required_argument, 0, O_PG},
-        {"instance", required_argument, 0, O_INSTANCE},
-        {"batch-rows", required_argument, 0, O_BATCH_ROWS},
-        {"batch-ms", required_argument, 0, O_BATCH_MS},
-        {"batches", required_argument, 0, O_BATCHES},
-        {"conns-max", required_argument, 0, O_CONNS},
-        {"bufs", required_argument, 0, O_BUFS},
-        {"buf-bytes", required_argument, 0, O_BUF_BYTES},
-        {"idle-timeout-s", required_argument, 0, O_IDLE},
-        {"frame-timeout-s", required_argument, 0, O_FRAME_TO},
-        {"frame-bytes-max", required_argument, 0, O_FRAME_MAX},
-        {"devices", required_argument, 0, O_DEVICES},
-        {"apply-schema", required_argument, 0, O_SCHEMA},
-        {"drain-timeout-ms", required_argument, 0, O_DRAIN},
-        {"wait-batch-us", required_argument, 0, O_WAIT_BATCH},
-        {"state-idle-s", required_argument, 0, O_STATE_IDLE},
-        {"metrics", required_argument, 0, O_METRICS},
-        {"redis", required_argument, 0, O_REDIS},
-        {"cmd-sweep-s", required_argument, 0, O_CMD_SWEEP},
-        {"cmd-timeout-s", required_argument, 0, O_CMD_TIMEOUT},
-        {"cmd-attempts", required_argument, 0, O_CMD_ATTEMPTS},
-        {"registry-ttl-s", required_argument, 0, O_REGISTRY_TTL},
-        {"help", no_argument, 0, O_HELP},
-        {0, 0, 0, 0},
-    };
-    optind = 1;
-    int o;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int bad = 0;
-        switch (o) {
-        case O_LISTEN:
-            listen = optarg;
-            break;
-        case O_SHARDS:
-            bad = parse_u32(optarg, 1, 256, &cfg.shards);
-            break;
-        case O_PIN:
-            cfg.pin = true;
-            break;
-        case O_PG:
-            cfg.pg_conninfo = optarg;
-            break;
-        case O_INSTANCE:
-            cfg.instance = optarg;
-            break;
-        case O_BATCH_ROWS:
-            bad = parse_u32(optarg, 1, 1000000, &cfg.batch_rows);
-            break;
-        case O_BATCH_MS:
-            bad = parse_u32(optarg, 0, 60000, &cfg.batch_ms);
-            break;
-        case O_BATCHES:
-            bad = parse_u32(optarg, 2, 16, &cfg.batches);
-            break;
-        case O_CONNS:
-            bad = parse_u32(optarg, 1, 1u << 20, &cfg.conns_max);
-            break;
-        case O_BUFS:
-            bad = parse_u32(optarg, 1, 32768, &cfg.bufs);
-            break;
-        case O_BUF_BYTES:
-            bad = parse_u32(optarg, 256, 1u << 20, &cfg.buf_bytes);
-            break;
-        case O_IDLE:
-            bad = parse_u32(optarg, 0, 7 * 86400, &cfg.idle_timeout_s);
-            break;
-        case O_FRAME_TO:
-            bad = parse_u32(optarg, 0, 3600, &cfg.frame_timeout_s);
-            break;
-        case O_FRAME_MAX:
-            bad = parse_u32(optarg, AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN,
-                            AVL_FRAME_BYTES_MAX_CEILING, &cfg.frame_bytes_max);
-            break;
-        case O_DEVICES:
-            if (strcmp(optarg, "known") == 0)
-                cfg.devices_known = true;
-            else if (strcmp(optarg, "any") != 0)
-                bad = -1;
-            break;
-        case O_SCHEMA:
-            schema_dir = optarg;
-            break;
-        case O_DRAIN:
-            bad = parse_u32(optarg, 0, 600000, &cfg.drain_timeout_ms);
-            break;
-        case O_WAIT_BATCH:
-            bad = parse_u32(optarg, 0, 10000, &cfg.wait_batch_us);
-            break;
-        case O_STATE_IDLE:
-            bad = parse_u32(optarg, 0, 7 * 86400, &cfg.state_idle_s);
-            break;
-        case O_METRICS:
-            metrics = optarg;
-            break;
-        case O_REDIS:
-            redis = optarg;
-            break;
-        case O_CMD_SWEEP:
-            bad = parse_u32(optarg, 0, 86400, &cfg.cmd_sweep_s);
-            break;
-        case O_CMD_TIMEOUT:
-            bad = parse_u32(optarg, 1, 86400, &cfg.cmd_timeout_s);
-            break;
-        case O_CMD_ATTEMPTS:
-            bad = parse_u32(optarg, 1, 100, &cfg.cmd_attempts);
-            break;
-        case O_REGISTRY_TTL:
-            bad = parse_u32(optarg, 3, 86400, &cfg.registry_ttl_s);
-            break;
-        case O_HELP:
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "avlgate run: bad value '%s' for --%s\n", optarg,
-                    opts[o - O_LISTEN].name);
-            return 2;
-        }
-    }
-    if (optind != argc || !cfg.pg_conninfo) {
-        fprintf(stderr, "avlgate run: %s\n",
-                optind != argc ? "unexpected arguments" : "--pg CONNINFO is required");
-        usage(stderr);
-        return 2;
-    }
+    const char *listen = o.listen, *redis = o.redis, *metrics = o.metrics,
+               *schema_dir = o.schema_dir;
     if (parse_listen(listen, &cfg.listen_addr, &cfg.listen_addr_len) != 0) {
         fprintf(stderr, "avlgate run: bad --listen '%s' (want HOST:PORT with a numeric host)\n",
                 listen);
-        return 2;
-    }
-    if (!instance_valid(cfg.instance)) {
-        fprintf(stderr,
-                "avlgate run: bad --instance '%s' (1 to 64 of A-Z a-z 0-9 . _ -; it names Redis "
-                "keys)\n",
-                cfg.instance);
         return 2;
     }
     static char redis_ip[INET6_ADDRSTRLEN];
@@ -397,6 +183,12 @@ int run_main(int argc, char **argv)
         }
         cfg.redis_host = redis_ip;
         cfg.redis_port = port;
+    }
+    int prc2 = port_free(&cfg.listen_addr, cfg.listen_addr_len);
+    if (prc2 != 0) {
+        fprintf(stderr, "avlgate run: cannot listen on %s: %s%s\n", listen, strerror(-prc2),
+                prc2 == -EADDRINUSE ? " (another process has the port)" : "");
+        return 1;
     }
     if (metrics) {
         struct sockaddr_storage ma;
@@ -413,10 +205,6 @@ int run_main(int argc, char **argv)
             fprintf(stderr, "avlgate run: --metrics %s: %s\n", metrics, err);
             return 1;
         }
-    }
-    if (cfg.bufs & (cfg.bufs - 1)) {
-        fprintf(stderr, "avlgate run: --bufs %u is not a power of two\n", cfg.bufs);
-        return 2;
     }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && cfg.conns_max > rl.rlim_cur) {

@@ -1,0 +1,440 @@
+/* config.c — `avlgate run`'s options from flags, the environment and a config file. See
+ * config.h. One table describes every option: its flag, its checks, its help line. */
+#include "gateway/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gateway/codec/avl.h"
+
+enum kind {
+    K_U32,     /* a number in [lo, hi] */
+    K_STR,     /* text */
+    K_SWITCH,  /* a flag without value; true/false elsewhere */
+    K_DEVICES, /* any | known */
+    K_CONFIG,  /* --config FILE: a flag or AVLGATE_CONFIG, not a file key */
+    K_ACTION,  /* --print-config, --help: flags only */
+};
+
+enum source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_FLAG };
+static const char *const source_names[] = {"default", "file", "environment", "flag"};
+
+struct opt {
+    const char *name;
+    enum kind kind;
+    size_t off; /* into struct run_options */
+    uint32_t lo, hi;
+    const char *arg, *help;
+};
+
+#define CFG(f) offsetof(struct run_options, cfg.f)
+#define RO(f)  offsetof(struct run_options, f)
+
+static const struct opt opts[] = {
+    {"pg", K_STR, CFG(pg_conninfo), 0, 0, "CONNINFO", "libpq conninfo or URI (required; give an IP address)"},
+    {"listen", K_STR, RO(listen), 0, 0, "HOST:PORT", "device port (default 0.0.0.0:5027)"},
+    {"shards", K_U32, CFG(shards), 1, 256, "N", "shard threads (default: online CPUs)"},
+    {"pin", K_SWITCH, CFG(pin), 0, 0, NULL, "pin shard i to CPU i"},
+    {"instance", K_STR, CFG(instance), 0, 0, "ID", "this instance's name, in Redis keys (default: the host name)"},
+    {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (1000)"},
+    {"batch-ms", K_U32, CFG(batch_ms), 0, 60000, "N", "or when its first row is N ms old (10)"},
+    {"batches", K_U32, CFG(batches), 2, 16, "N", "batches per shard, the row ring (4)"},
+    {"conns-max", K_U32, CFG(conns_max), 1, 1u << 20, "N", "connections per shard (10000, <= RLIMIT_NOFILE)"},
+    {"bufs", K_U32, CFG(bufs), 1, 32768, "N", "receive buffers per shard, a power of two (1024)"},
+    {"buf-bytes", K_U32, CFG(buf_bytes), 256, 1u << 20, "N", "bytes per receive buffer (4096)"},
+    {"idle-timeout-s", K_U32, CFG(idle_timeout_s), 0, 7 * 86400, "N", "close a silent connection after N s (600, 0 off)"},
+    {"frame-timeout-s", K_U32, CFG(frame_timeout_s), 0, 3600, "N", "close when a frame stays incomplete N s (30)"},
+    {"frame-bytes-max", K_U32, CFG(frame_bytes_max), AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN, AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
+    {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known", "known: only IMEIs enabled in public.devices (any)"},
+    {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR", "apply DIR/*.sql before starting (tests, demo)"},
+    {"drain-timeout-ms", K_U32, CFG(drain_timeout_ms), 0, 600000, "N", "on SIGTERM, wait this long for commits and ACKs (10000)"},
+    {"wait-batch-us", K_U32, CFG(wait_batch_us), 0, 10000, "N", "once a completion is in, wait up to N us for more (100)"},
+    {"state-idle-s", K_U32, CFG(state_idle_s), 0, 7 * 86400, "N", "free a quiet device's duplicate window after N s (60, 0 off)"},
+    {"metrics", K_STR, RO(metrics), 0, 0, "HOST:PORT", "serve GET /metrics (Prometheus) and GET /healthz there"},
+    {"redis", K_STR, RO(redis), 0, 0, "HOST:PORT", "Redis for the device registry and the command intake (resolved once at start)"},
+    {"cmd-sweep-s", K_U32, CFG(cmd_sweep_s), 0, 86400, "N", "look for open commands of connected devices every N s (3, 0 off)"},
+    {"cmd-timeout-s", K_U32, CFG(cmd_timeout_s), 1, 86400, "N", "wait N s for a command's answer before sending it again (30)"},
+    {"cmd-attempts", K_U32, CFG(cmd_attempts), 1, 100, "N", "sends before a command is failed (3)"},
+    {"registry-ttl-s", K_U32, CFG(registry_ttl_s), 3, 86400, "N", "TTL of a device's registry entry, refreshed every third (90)"},
+    {"config", K_CONFIG, RO(config), 0, 0, "FILE", "read key = value lines from FILE (flags and AVLGATE_* win)"},
+    {"print-config", K_ACTION, RO(print_config), 0, 0, NULL, "print the effective configuration and exit"},
+    {"help", K_ACTION, RO(help), 0, 0, NULL, "this text"},
+};
+enum { NOPTS = sizeof opts / sizeof opts[0] };
+_Static_assert((int)NOPTS <= (int)CONFIG_OPTIONS_MAX, "room for every option's source");
+
+void config_usage(FILE *f)
+{
+    fprintf(f, "usage: avlgate run --pg CONNINFO [options]\n\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s%s%s", opts[i].name, opts[i].arg ? " " : "",
+                 opts[i].arg ? opts[i].arg : "");
+        fprintf(f, "  %-24s%s\n", flag, opts[i].help);
+    }
+    fprintf(f, "\nEvery option is also AVLGATE_<NAME> in the environment (AVLGATE_BATCH_ROWS) "
+               "and a key\nof the --config file (batch-rows = 1000); flags win over the "
+               "environment, which wins\nover the file.\n");
+}
+
+static void *field(struct run_options *o, const struct opt *op)
+{
+    return (char *)o + op->off;
+}
+
+static bool parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Sets one option from text; false with the reason in why. */
+static bool set(struct run_options *o, const struct opt *op, const char *v, enum source src,
+                char *why, size_t cap)
+{
+    switch (op->kind) {
+    case K_U32: {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno || end == v || *end || v[0] == '-' || x < op->lo || x > op->hi) {
+            snprintf(why, cap, "bad value '%s' (want a whole number %u..%u)", v, op->lo, op->hi);
+            return false;
+        }
+        *(uint32_t *)field(o, op) = (uint32_t)x;
+        return true;
+    }
+    case K_STR:
+    case K_CONFIG:
+        if (v[0] == '\0') {
+            snprintf(why, cap, "empty value");
+            return false;
+        }
+        /* argv strings live as long as the process; the file's and environment's are copied */
+        *(const char **)field(o, op) = src == SRC_FLAG ? v : strdup(v);
+        return *(const char **)field(o, op) != NULL;
+    case K_SWITCH:
+    case K_ACTION: {
+        bool b = true;
+        if (src != SRC_FLAG && !parse_bool(v, &b)) {
+            snprintf(why, cap, "bad value '%s' (want true or false)", v);
+            return false;
+        }
+        *(bool *)field(o, op) = b;
+        return true;
+    }
+    case K_DEVICES:
+        if (strcmp(v, "known") != 0 && strcmp(v, "any") != 0) {
+            snprintf(why, cap, "bad value '%s' (want any or known)", v);
+            return false;
+        }
+        *(bool *)field(o, op) = strcmp(v, "known") == 0;
+        return true;
+    }
+    return false;
+}
+
+static const struct opt *find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+static void defaults(struct run_options *o)
+{
+    static char hostname[256];
+    memset(o, 0, sizeof *o);
+    struct ingest_config *c = &o->cfg;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    c->shards = cpus > 0 ? (unsigned)(cpus > 256 ? 256 : cpus) : 1;
+    c->batch_rows = 1000;
+    c->batch_ms = 10;
+    c->batches = 4;
+    c->conns_max = 10000;
+    c->bufs = 1024;
+    c->buf_bytes = 4096;
+    c->idle_timeout_s = 600;
+    c->frame_timeout_s = 30;
+    c->frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
+    c->drain_timeout_ms = 10000;
+    c->wait_batch_us = 100;
+    c->state_idle_s = 60;
+    c->cmd_sweep_s = 3;
+    c->cmd_timeout_s = 30;
+    c->cmd_attempts = 3;
+    c->registry_ttl_s = 90;
+    c->metrics_fd = -1;
+    if (gethostname(hostname, sizeof hostname) != 0 || hostname[0] == '\0')
+        snprintf(hostname, sizeof hostname, "avlgate");
+    hostname[sizeof hostname - 1] = '\0';
+    c->instance = hostname;
+    o->listen = "0.0.0.0:5027";
+}
+
+/* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
+static int load_file(struct run_options *o, const char *path, FILE *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(err, "avlgate run: config %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char line[4096];
+    unsigned n = 0;
+    int rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        n++;
+        size_t len = strlen(line);
+        if (len == sizeof line - 1 && line[len - 1] != '\n') {
+            fprintf(err, "avlgate run: config %s:%u: line longer than %zu bytes\n", path, n,
+                    sizeof line - 2);
+            rc = 2;
+            break;
+        }
+        char *p = line;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0' || *p == '#')
+            continue;
+        /* a trailing comment: whitespace then '#' */
+        for (char *h = strchr(p, '#'); h; h = strchr(h + 1, '#'))
+            if (h > p && isspace((unsigned char)h[-1])) {
+                *h = '\0';
+                break;
+            }
+        char *eq = strchr(p, '=');
+        char *end = p + strlen(p);
+        while (end > p && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!eq) {
+            fprintf(err, "avlgate run: config %s:%u: want 'key = value', got '%s'\n", path, n, p);
+            rc = 2;
+            break;
+        }
+        char *k = p, *kend = eq;
+        while (kend > k && isspace((unsigned char)kend[-1]))
+            kend--;
+        char *v = eq + 1;
+        while (isspace((unsigned char)*v))
+            v++;
+        size_t vlen = strlen(v);
+        if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') {
+            v[vlen - 1] = '\0';
+            v++;
+        }
+        const struct opt *op = find(k, (size_t)(kend - k));
+        if (!op || op->kind == K_CONFIG || op->kind == K_ACTION) {
+            fprintf(err, "avlgate run: config %s:%u: unknown key '%.*s'\n", path, n,
+                    (int)(kend - k), k);
+            rc = 2;
+            break;
+        }
+        char why[160];
+        if (!set(o, op, v, SRC_FILE, why, sizeof why)) {
+            fprintf(err, "avlgate run: config %s:%u: %s: %s\n", path, n, op->name, why);
+            rc = 2;
+            break;
+        }
+        o->source[op - opts] = SRC_FILE;
+    }
+    fclose(f);
+    return rc;
+}
+
+/* AVLGATE_<NAME> of option op, into buf. */
+static void env_name(const struct opt *op, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "AVLGATE_%s", op->name);
+    for (size_t i = 8; i < n && i < cap; i++)
+        buf[i] = buf[i] == '-' ? '_' : (char)toupper((unsigned char)buf[i]);
+}
+
+static const char *env_get(char **envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+            return *e + n + 1;
+    return NULL;
+}
+
+int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err)
+{
+    defaults(o);
+    /* The flags first, into a scratch copy: --config and the actions must be known before
+     * the file is read, and flags win over everything, so they are applied last again. */
+    struct option longopts[NOPTS + 1];
+    for (size_t i = 0; i < NOPTS; i++)
+        longopts[i] = (struct option){opts[i].name,
+                                      opts[i].kind == K_SWITCH || opts[i].kind == K_ACTION
+                                          ? no_argument
+                                          : required_argument,
+                                      NULL, 256 + (int)i};
+    longopts[NOPTS] = (struct option){0, 0, 0, 0};
+    const char *config_flag = NULL;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (c == ':') {
+            fprintf(err, "avlgate run: %s needs a value\n", argv[optind - 1]);
+            return 2;
+        }
+        if (c < 256) {
+            fprintf(err, "avlgate run: unknown option '%s' (avlgate run --help)\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+        if (opts[c - 256].kind == K_CONFIG)
+            config_flag = optarg;
+    }
+    if (optind != argc) {
+        fprintf(err, "avlgate run: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    char name[64], why[160];
+    const char *config = config_flag ? config_flag : env_get(envp, "AVLGATE_CONFIG");
+    if (config) {
+        o->config = config;
+        int rc = load_file(o, config, err);
+        if (rc)
+            return rc;
+    }
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (opts[i].kind == K_ACTION || opts[i].kind == K_CONFIG)
+            continue;
+        env_name(&opts[i], name, sizeof name);
+        const char *v = env_get(envp, name);
+        if (!v)
+            continue;
+        if (!set(o, &opts[i], v, SRC_ENV, why, sizeof why)) {
+            fprintf(err, "avlgate run: environment %s: %s\n", name, why);
+            return 2;
+        }
+        o->source[i] = SRC_ENV;
+    }
+    /* A misspelt variable would otherwise be ignored without a word. */
+    for (char **e = envp; e && *e; e++) {
+        if (strncmp(*e, "AVLGATE_", 8) != 0 || strncmp(*e, "AVLGATE_TEST_", 13) == 0 ||
+            strncmp(*e, "AVLGATE_CONFIG=", 15) == 0)
+            continue;
+        size_t len = strcspn(*e, "=");
+        bool known = false;
+        for (size_t i = 0; i < NOPTS && !known; i++) {
+            env_name(&opts[i], name, sizeof name);
+            known = strlen(name) == len && strncmp(*e, name, len) == 0;
+        }
+        if (!known)
+            fprintf(err, "level=warn msg=\"unknown environment variable ignored\" name=%.*s\n",
+                    (int)len, *e);
+    }
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        const struct opt *op = &opts[c - 256];
+        if (!set(o, op, optarg ? optarg : "", SRC_FLAG, why, sizeof why)) {
+            fprintf(err, "avlgate run: --%s: %s\n", op->name, why);
+            return 2;
+        }
+        o->source[op - opts] = SRC_FLAG;
+    }
+    if (o->help || o->print_config)
+        return 0;
+    if (!o->cfg.pg_conninfo) {
+        fprintf(err, "avlgate run: --pg CONNINFO is required (or AVLGATE_PG, or pg = in the "
+                     "config file)\n");
+        return 2;
+    }
+    if (o->cfg.bufs & (o->cfg.bufs - 1)) {
+        fprintf(err, "avlgate run: --bufs %u is not a power of two\n", o->cfg.bufs);
+        return 2;
+    }
+    const char *id = o->cfg.instance;
+    size_t n = strlen(id);
+    bool ok = n > 0 && n <= 64;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = isalnum((unsigned char)id[i]) || id[i] == '.' || id[i] == '_' || id[i] == '-';
+    if (!ok) {
+        fprintf(err,
+                "avlgate run: bad --instance '%s' (1 to 64 of A-Z a-z 0-9 . _ -; it names Redis "
+                "keys)\n",
+                id);
+        return 2;
+    }
+    return 0;
+}
+
+/* conninfo with the value of password= (or the password of a URI) replaced by ***. */
+static void masked(const char *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", s);
+    char *p = strstr(out, "password=");
+    if (p) {
+        p += 9;
+        size_t n = strcspn(p, " ");
+        memmove(p + 3, p + n, strlen(p + n) + 1);
+        memcpy(p, "***", 3);
+        return;
+    }
+    char *scheme = strstr(out, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+    if (at && colon && colon < at) {
+        memmove(colon + 4, at, strlen(at) + 1);
+        memcpy(colon + 1, "***", 3);
+    }
+}
+
+void config_print(const struct run_options *o, FILE *out)
+{
+    fprintf(out, "# avlgate run: the effective configuration (a valid --config file)\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        const struct opt *op = &opts[i];
+        const void *p = (const char *)o + op->off;
+        const char *src = source_names[o->source[i]];
+        char buf[1024];
+        switch (op->kind) {
+        case K_U32:
+            fprintf(out, "%s = %u  # %s\n", op->name, *(const uint32_t *)p, src);
+            break;
+        case K_SWITCH:
+            fprintf(out, "%s = %s  # %s\n", op->name, *(const bool *)p ? "true" : "false", src);
+            break;
+        case K_DEVICES:
+            fprintf(out, "%s = %s  # %s\n", op->name, *(const bool *)p ? "known" : "any", src);
+            break;
+        case K_STR: {
+            const char *v = *(const char *const *)p;
+            if (!v) {
+                fprintf(out, "# %s =   (not set)\n", op->name);
+                break;
+            }
+            if (strcmp(op->name, "pg") == 0) {
+                masked(v, buf, sizeof buf);
+                v = buf;
+            }
+            fprintf(out, "%s = %s  # %s\n", op->name, v, src);
+            break;
+        }
+        case K_CONFIG:
+        case K_ACTION:
+            break;
+        }
+    }
+}

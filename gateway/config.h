@@ -1,0 +1,55 @@
+/* config.h — the options of `avlgate run`, from three sources.
+ *
+ * Every option is a long flag (`--batch-rows 1000`), an environment variable (its name upper
+ * case with '-' as '_' after AVLGATE_: AVLGATE_BATCH_ROWS=1000) and a key of the config file
+ * given with --config FILE (`batch-rows = 1000`). A flag wins over the environment, which wins
+ * over the file, which wins over the default. The file: one `key = value` per line; blank lines
+ * and lines starting with '#' are ignored, as is a trailing ` # comment` (whitespace, then '#');
+ * the value is the rest of the line, trimmed, optionally in double quotes. A switch (`pin`)
+ * takes true/false, yes/no, on/off or 1/0 in the file and the environment.
+ *
+ * Errors name the source: "config /etc/avlgate.conf:12: unknown key 'batchrows'",
+ * "environment AVLGATE_SHARDS: bad value 'x' (want 1..256)", "--bufs: ...". Values are
+ * checked here (ranges, formats); what needs the system (a port in use, a database that does
+ * not answer) is checked by `avlgate run` as it starts. */
+#ifndef AVLGATE_GATEWAY_CONFIG_H
+#define AVLGATE_GATEWAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "gateway/ingest.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { CONFIG_OPTIONS_MAX = 48 };
+
+/* The options, parsed and checked; addresses still as text (run.c resolves and binds). */
+struct run_options {
+    struct ingest_config cfg; /* numbers, switches, pg_conninfo, instance */
+    const char *listen;       /* HOST:PORT */
+    const char *redis;        /* HOST:PORT or NULL */
+    const char *metrics;      /* HOST:PORT or NULL */
+    const char *schema_dir;   /* --apply-schema, or NULL */
+    const char *config;       /* --config FILE, or NULL */
+    bool print_config, help;
+    unsigned char source[CONFIG_OPTIONS_MAX]; /* per option: default, file, environment, flag */
+};
+
+/* Fills o from the defaults, the config file, the environment (envp, NULL-terminated
+ * NAME=VALUE strings) and argv, in that order of precedence reversed. Returns 0, or 2 after
+ * writing why to err (usage or value error), or 1 (the config file cannot be read). */
+int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err);
+
+/* The effective configuration as a config file (`key = value  # source`), secrets masked. */
+void config_print(const struct run_options *o, FILE *out);
+
+void config_usage(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AVLGATE_GATEWAY_CONFIG_H */

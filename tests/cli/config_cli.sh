@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# config_cli.sh — `avlgate run`'s configuration with the real binary, no servers: precedence
+# (flag > AVLGATE_* > --config file > default) read back with --print-config, the file's
+# syntax, --print-config's output as a config file again, clear errors (unknown key with its
+# line, bad values, unknown option, missing file, a port another process holds), a password
+# masked, and a database that does not answer at start: retried with backoff and said so,
+# not an exit.
+# usage: config_cli.sh AVLGATE
+set -euo pipefail
+[ $# -eq 1 ] || { echo "usage: $0 AVLGATE" >&2; exit 2; }
+avlgate=$1
+tmp=$(mktemp -d)
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+# Only what this test sets: no AVLGATE_* from the caller's environment.
+while IFS='=' read -r name _; do unset "$name"; done < <(env | grep '^AVLGATE_' || true)
+
+passed=0
+fail() {
+    echo "FAIL: $1" >&2
+    echo "--- stdout:" >&2; cat "$tmp/out" >&2 2>/dev/null || true
+    echo "--- stderr:" >&2; cat "$tmp/err" >&2 2>/dev/null || true
+    echo "$passed passed, 1 failed" >&2
+    exit 1
+}
+ok() { passed=$((passed + 1)); }
+run() { rc=0; "$avlgate" run "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?; }
+want_rc() { [ "$rc" -eq "$1" ] || fail "$2: exit status $rc, want $1"; ok; }
+want_line() { grep -qxF -- "$1" "$tmp/out" || fail "$2: no line '$1'"; ok; }
+want_err() { grep -qF -- "$1" "$tmp/err" || fail "$2: stderr lacks '$1'"; ok; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# 1. Defaults and sources.
+run --print-config
+want_rc 0 "print-config"
+want_line "batch-rows = 1000  # default" "default batch-rows"
+want_line "devices = any  # default" "default devices"
+want_line "# pg =   (not set)" "pg not set"
+
+cat >"$tmp/a.conf" <<'CONF'
+# a comment
+batch-rows = 55   # a trailing comment
+shards=3
+batch-ms = 7
+pg = "host=10.0.0.5 port=5432 password=s3cret dbname=fleet"
+pin = yes
+devices = known
+instance = gw-1
+CONF
+AVLGATE_SHARDS=5 AVLGATE_BATCH_MS=8 run --config "$tmp/a.conf" --batch-ms 9 --print-config
+want_rc 0 "print-config with all sources"
+want_line "batch-rows = 55  # file" "file value"
+want_line "shards = 5  # environment" "environment beats file"
+want_line "batch-ms = 9  # flag" "flag beats environment and file"
+want_line "pin = true  # file" "switch from the file"
+want_line "devices = known  # file" "devices from the file"
+want_line "instance = gw-1  # file" "instance from the file"
+want_line "pg = host=10.0.0.5 port=5432 password=*** dbname=fleet  # file" "password masked"
+grep -q s3cret "$tmp/out" && fail "the password was printed"
+ok
+
+# 2. --print-config's output is a config file that gives the same configuration.
+AVLGATE_PIN=true run --print-config --conns-max 123 --listen 127.0.0.1:1 --pg 'host=127.0.0.1'
+cp "$tmp/out" "$tmp/printed.conf"
+run --config "$tmp/printed.conf" --print-config
+want_rc 0 "the printed configuration as a file"
+want_line "conns-max = 123  # file" "round trip conns-max"
+want_line "pin = true  # file" "round trip pin"
+want_line "listen = 127.0.0.1:1  # file" "round trip listen"
+AVLGATE_CONFIG="$tmp/printed.conf" run --print-config
+want_line "conns-max = 123  # file" "AVLGATE_CONFIG names the file"
+
+# 3. Errors: named, with the source, exit 2 (1 for a file that cannot be read).
+printf 'batch-rows = 5\nbatchrows = 5\n' >"$tmp/bad.conf"
+run --config "$tmp/bad.conf" --pg x
+want_rc 2 "unknown key"
+want_err "config $tmp/bad.conf:2: unknown key 'batchrows'" "unknown key with file and line"
+printf 'shards = many\n' >"$tmp/bad2.conf"
+run --config "$tmp/bad2.conf" --pg x
+want_rc 2 "bad value in the file"
+want_err "config $tmp/bad2.conf:1: shards: bad value 'many' (want a whole number 1..256)" "file value"
+printf 'just words\n' >"$tmp/bad3.conf"
+run --config "$tmp/bad3.conf" --pg x
+want_rc 2 "not key = value"
+want_err "want 'key = value'" "line without ="
+AVLGATE_BATCH_ROWS=0 run --pg x
+want_rc 2 "bad environment value"
+want_err "environment AVLGATE_BATCH_ROWS: bad value '0' (want a whole number 1..1000000)" "env value"
+AVLGATE_PIN=maybe run --pg x
+want_rc 2 "bad switch value"
+want_err "environment AVLGATE_PIN: bad value 'maybe'" "env switch"
+run --pg x --bufs 1000
+want_rc 2 "bufs not a power of two"
+want_err "--bufs 1000 is not a power of two" "bufs"
+run --pg x --devices some
+want_rc 2 "bad devices"
+want_err "--devices: bad value 'some' (want any or known)" "devices"
+run --pg x --instance 'a b'
+want_rc 2 "bad instance"
+want_err "bad --instance 'a b'" "instance"
+run --pg x --no-such-option
+want_rc 2 "unknown option"
+want_err "unknown option '--no-such-option'" "unknown option"
+run --batch-rows 5
+want_rc 2 "no pg"
+want_err "--pg CONNINFO is required" "pg required"
+run --config "$tmp/missing.conf" --pg x
+want_rc 1 "missing file"
+want_err "config $tmp/missing.conf: No such file or directory" "missing file"
+AVLGATE_BATCHROWS=1 run --print-config
+want_rc 0 "unknown AVLGATE_ variable"
+want_err "unknown environment variable ignored\" name=AVLGATE_BATCHROWS" "misspelt variable said"
+
+# 4. Ports another process holds: the device port (whatever listens there, SO_REUSEPORT or
+# not) and the metrics port. Checked before the database is tried.
+port=$(free_port)
+python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' "$port" &
+pids+=($!)
+for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+run --pg 'host=127.0.0.1 port=1' --listen "127.0.0.1:$port"
+want_rc 1 "device port in use"
+want_err "cannot listen on 127.0.0.1:$port: Address already in use (another process has the port)" "device port"
+run --pg 'host=127.0.0.1 port=1' --listen "127.0.0.1:$(free_port)" --metrics "127.0.0.1:$port"
+want_rc 1 "metrics port in use"
+want_err "(another process has the port)" "metrics port"
+
+# 5. A database that does not answer at start: retried with backoff, said, stopped by SIGTERM.
+"$avlgate" run --pg 'host=127.0.0.1 port=1 connect_timeout=1' --listen "127.0.0.1:$(free_port)" \
+    >"$tmp/out" 2>"$tmp/err" &
+gw=$!
+pids+=("$gw")
+for _ in $(seq 1 50); do grep -q "database unreachable at start; retrying" "$tmp/err" && break; sleep 0.1; done
+want_err "database unreachable at start; retrying" "unreachable database said"
+kill -0 "$gw" 2>/dev/null || fail "the gateway exited while the database was unreachable"
+ok
+kill -TERM "$gw"
+rc=0
+wait "$gw" || rc=$?
+want_rc 0 "SIGTERM while waiting for the database"
+
+echo "config_cli: $passed checks passed"

@@ -37,33 +37,51 @@ struct opt {
 #define RO(f)  offsetof(struct run_options, f)
 
 static const struct opt opts[] = {
-    {"pg", K_STR, CFG(pg_conninfo), 0, 0, "CONNINFO", "libpq conninfo or URI (required; give an IP address)"},
+    {"pg", K_STR, CFG(pg_conninfo), 0, 0, "CONNINFO",
+     "libpq conninfo or URI (required; give an IP address)"},
     {"listen", K_STR, RO(listen), 0, 0, "HOST:PORT", "device port (default 0.0.0.0:5027)"},
     {"shards", K_U32, CFG(shards), 1, 256, "N", "shard threads (default: online CPUs)"},
     {"pin", K_SWITCH, CFG(pin), 0, 0, NULL, "pin shard i to CPU i"},
-    {"instance", K_STR, CFG(instance), 0, 0, "ID", "this instance's name, in Redis keys (default: the host name)"},
+    {"instance", K_STR, CFG(instance), 0, 0, "ID",
+     "this instance's name, in Redis keys (default: the host name)"},
     {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (1000)"},
     {"batch-ms", K_U32, CFG(batch_ms), 0, 60000, "N", "or when its first row is N ms old (10)"},
     {"batches", K_U32, CFG(batches), 2, 16, "N", "batches per shard, the row ring (4)"},
-    {"conns-max", K_U32, CFG(conns_max), 1, 1u << 20, "N", "connections per shard (10000, <= RLIMIT_NOFILE)"},
+    {"conns-max", K_U32, CFG(conns_max), 1, 1u << 20, "N",
+     "connections per shard (10000, <= RLIMIT_NOFILE)"},
     {"bufs", K_U32, CFG(bufs), 1, 32768, "N", "receive buffers per shard, a power of two (1024)"},
     {"buf-bytes", K_U32, CFG(buf_bytes), 256, 1u << 20, "N", "bytes per receive buffer (4096)"},
-    {"idle-timeout-s", K_U32, CFG(idle_timeout_s), 0, 7 * 86400, "N", "close a silent connection after N s (600, 0 off)"},
-    {"frame-timeout-s", K_U32, CFG(frame_timeout_s), 0, 3600, "N", "close when a frame stays incomplete N s (30)"},
-    {"frame-bytes-max", K_U32, CFG(frame_bytes_max), AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN, AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
-    {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known", "known: only IMEIs enabled in public.devices (any)"},
-    {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR", "apply DIR/*.sql before starting (tests, demo)"},
-    {"drain-timeout-ms", K_U32, CFG(drain_timeout_ms), 0, 600000, "N", "on SIGTERM, wait this long for commits and ACKs (10000)"},
-    {"wait-batch-us", K_U32, CFG(wait_batch_us), 0, 10000, "N", "once a completion is in, wait up to N us for more (100)"},
-    {"state-idle-s", K_U32, CFG(state_idle_s), 0, 7 * 86400, "N", "free a quiet device's duplicate window after N s (60, 0 off)"},
-    {"metrics", K_STR, RO(metrics), 0, 0, "HOST:PORT", "serve GET /metrics (Prometheus) and GET /healthz there"},
-    {"redis", K_STR, RO(redis), 0, 0, "HOST:PORT", "Redis for the device registry and the command intake (resolved once at start)"},
-    {"cmd-sweep-s", K_U32, CFG(cmd_sweep_s), 0, 86400, "N", "look for open commands of connected devices every N s (3, 0 off)"},
-    {"cmd-timeout-s", K_U32, CFG(cmd_timeout_s), 1, 86400, "N", "wait N s for a command's answer before sending it again (30)"},
+    {"idle-timeout-s", K_U32, CFG(idle_timeout_s), 0, 7 * 86400, "N",
+     "close a silent connection after N s (600, 0 off)"},
+    {"frame-timeout-s", K_U32, CFG(frame_timeout_s), 0, 3600, "N",
+     "close when a frame stays incomplete N s (30)"},
+    {"frame-bytes-max", K_U32, CFG(frame_bytes_max), AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN,
+     AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
+    {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known",
+     "known: only IMEIs enabled in public.devices (any)"},
+    {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR",
+     "apply DIR/*.sql before starting (tests, demo)"},
+    {"drain-timeout-ms", K_U32, CFG(drain_timeout_ms), 0, 600000, "N",
+     "on SIGTERM, wait this long for commits and ACKs (10000)"},
+    {"wait-batch-us", K_U32, CFG(wait_batch_us), 0, 10000, "N",
+     "once a completion is in, wait up to N us for more (100)"},
+    {"state-idle-s", K_U32, CFG(state_idle_s), 0, 7 * 86400, "N",
+     "free a quiet device's duplicate window after N s (60, 0 off)"},
+    {"metrics", K_STR, RO(metrics), 0, 0, "HOST:PORT",
+     "serve GET /metrics (Prometheus) and GET /healthz there"},
+    {"redis", K_STR, RO(redis), 0, 0, "HOST:PORT",
+     "Redis for the device registry and the command intake (resolved once at start)"},
+    {"cmd-sweep-s", K_U32, CFG(cmd_sweep_s), 0, 86400, "N",
+     "look for open commands of connected devices every N s (3, 0 off)"},
+    {"cmd-timeout-s", K_U32, CFG(cmd_timeout_s), 1, 86400, "N",
+     "wait N s for a command's answer before sending it again (30)"},
     {"cmd-attempts", K_U32, CFG(cmd_attempts), 1, 100, "N", "sends before a command is failed (3)"},
-    {"registry-ttl-s", K_U32, CFG(registry_ttl_s), 3, 86400, "N", "TTL of a device's registry entry, refreshed every third (90)"},
-    {"config", K_CONFIG, RO(config), 0, 0, "FILE", "read key = value lines from FILE (flags and AVLGATE_* win)"},
-    {"print-config", K_ACTION, RO(print_config), 0, 0, NULL, "print the effective configuration and exit"},
+    {"registry-ttl-s", K_U32, CFG(registry_ttl_s), 3, 86400, "N",
+     "TTL of a device's registry entry, refreshed every third (90)"},
+    {"config", K_CONFIG, RO(config), 0, 0, "FILE",
+     "read key = value lines from FILE (flags and AVLGATE_* win)"},
+    {"print-config", K_ACTION, RO(print_config), 0, 0, NULL,
+     "print the effective configuration and exit"},
     {"help", K_ACTION, RO(help), 0, 0, NULL, "this text"},
 };
 enum { NOPTS = sizeof opts / sizeof opts[0] };
@@ -90,7 +108,8 @@ static void *field(struct run_options *o, const struct opt *op)
 
 static bool parse_bool(const char *v, bool *out)
 {
-    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no",
+                                                                                "off"};
     for (size_t i = 0; i < 4; i++) {
         if (strcasecmp(v, yes[i]) == 0) {
             *out = true;
@@ -283,11 +302,10 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
      * the file is read, and flags win over everything, so they are applied last again. */
     struct option longopts[NOPTS + 1];
     for (size_t i = 0; i < NOPTS; i++)
-        longopts[i] = (struct option){opts[i].name,
-                                      opts[i].kind == K_SWITCH || opts[i].kind == K_ACTION
-                                          ? no_argument
-                                          : required_argument,
-                                      NULL, 256 + (int)i};
+        longopts[i] = (struct option){
+            opts[i].name,
+            opts[i].kind == K_SWITCH || opts[i].kind == K_ACTION ? no_argument : required_argument,
+            NULL, 256 + (int)i};
     longopts[NOPTS] = (struct option){0, 0, 0, 0};
     const char *config_flag = NULL;
     optind = 1;

@@ -466,8 +466,17 @@ static void dedup_from_text(struct dedup *d, const char *text)
     }
 }
 
-/* Cookies of control queries that are not a device's state load. */
+/* Cookies of control queries that are not a device's state load (slot << 32 | gen, with
+ * slot < 2^20) nor a command query (top bit: commands.h). */
 #define COOKIE_MAINTENANCE ((void *)(uintptr_t)UINT64_MAX)
+#define COOKIE_ALLOWLIST   ((void *)(uintptr_t)(UINT64_C(1) << 62))
+
+/* Of these IMEIs (a chunk of the shard's devices), those not enabled in public.devices. */
+#define REVOKED_SQL                                                                                \
+    "SELECT k.imei FROM unnest($1::bigint[]) AS k(imei) WHERE NOT EXISTS (SELECT 1 FROM "          \
+    "public.devices d WHERE d.imei = k.imei AND d.enabled)"
+
+static void on_allowlist(struct shard *s, const PGresult *res);
 
 static void on_query_done(void *user, void *cookie, const PGresult *res, int err)
 {
@@ -479,6 +488,10 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
             (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK))
             fprintf(stderr, "level=warn msg=\"maintenance query failed\" shard=%u err=%d %s\n",
                     s->id, err, res ? PQresultErrorMessage(res) : "");
+        return;
+    }
+    if (cookie == COOKIE_ALLOWLIST) {
+        on_allowlist(s, res);
         return;
     }
     uint64_t ck = (uint64_t)(uintptr_t)cookie;
@@ -530,6 +543,73 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     stat_add(&s->st->handshakes, 1);
     send_reply(s, slot, gen, 0x01);
     cmds_on_device_open(s, slot, strcmp(PQgetvalue(res, 0, 3), "t") == 0);
+}
+
+/* One step of the allow-list walk a SIGHUP starts (with --devices known): asks which of the
+ * next chunk of connected devices are no longer enabled; on_allowlist closes them. */
+static void allowlist_step(struct shard *s)
+{
+    const struct ingest_config *c = s->cfg;
+    unsigned gen = atomic_load_explicit(&s->sh->allowlist_gen, memory_order_relaxed);
+    if (gen != s->allow_gen && !s->allow_in_flight) {
+        s->allow_gen = gen;
+        if (c->devices_known) {
+            s->allow_cursor = 0; /* a new round (one in progress starts over) */
+            s->allow_checked = 0;
+            s->allow_closed = 0;
+        }
+    }
+    if (s->allow_in_flight || s->allow_cursor >= c->conns_max)
+        return;
+    char *o = s->allow_imeis, *end = s->allow_imeis + sizeof s->allow_imeis;
+    *o++ = '{';
+    unsigned n = 0;
+    uint32_t cur = s->allow_cursor;
+    while (cur < c->conns_max && n < ALLOW_CHUNK) {
+        const struct dev *d = &s->devs[cur++];
+        if (d->state != DEV_OPEN && !dev_loading(d))
+            continue;
+        o += snprintf(o, (size_t)(end - o), n ? ",%" PRIu64 : "%" PRIu64, d->imei);
+        n++;
+    }
+    *o++ = '}';
+    *o = 0;
+    if (n > 0) {
+        const char *params[1] = {s->allow_imeis};
+        if (pgsink_query(s->sink, REVOKED_SQL, 1, params, COOKIE_ALLOWLIST, now_ms(s)) != 0)
+            return; /* the control link is down or full: this chunk again next turn */
+        s->allow_in_flight = true;
+        s->allow_checked += n;
+    }
+    s->allow_cursor = cur;
+    if (cur >= c->conns_max && n == 0)
+        fprintf(stderr,
+                "level=info msg=\"allow-list checked\" shard=%u devices=%u closed=%" PRIu64 "\n",
+                s->id, s->allow_checked, s->allow_closed);
+}
+
+static void on_allowlist(struct shard *s, const PGresult *res)
+{
+    s->allow_in_flight = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "level=warn msg=\"allow-list check failed; SIGHUP again\" shard=%u %s\n",
+                s->id, res ? PQresultErrorMessage(res) : "");
+        s->allow_cursor = s->cfg->conns_max;
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        uint64_t imei = strtoull(PQgetvalue(res, i, 0), NULL, 10);
+        int64_t slot = imap_get(&s->owned, imei);
+        if (slot < 0)
+            continue;
+        engine_close(s->e, (uint32_t)slot, s->devs[slot].gen);
+        stat_add(&s->st->devices_revoked, 1);
+        s->allow_closed++;
+    }
+    if (s->allow_cursor >= s->cfg->conns_max)
+        fprintf(stderr,
+                "level=info msg=\"allow-list checked\" shard=%u devices=%u closed=%" PRIu64 "\n",
+                s->id, s->allow_checked, s->allow_closed);
 }
 
 /* Releases the windows of open devices that sent no packet for state_idle_s: an idle
@@ -1149,6 +1229,7 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
     }
     submit_next(s);
     send_loads(s);
+    allowlist_step(s);
     sink_arm_polls(s);
     if (s->cfg->state_idle_s && ms >= s->next_release_ms) {
         release_idle_windows(s);
@@ -1223,6 +1304,7 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
 {
     const struct ingest_config *c = s->cfg;
     s->nbatches = c->batches < 2 ? 2 : (c->batches > BATCHES_MAX ? BATCHES_MAX : c->batches);
+    s->allow_cursor = c->conns_max; /* no allow-list walk before a SIGHUP */
     s->devs = map_zero((size_t)c->conns_max * sizeof *s->devs);
     uint32_t map = 1;
     while (map < 2 * c->conns_max)

@@ -74,6 +74,7 @@ struct ingest_stats {
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
     uint64_t invalid_by_reason[32]; /* by -avl_err, and copyenc errors at 24 + -err */
     uint64_t state_load_failures, state_reloads, windows_released;
+    uint64_t devices_revoked; /* closed after SIGHUP: no longer enabled in public.devices */
     /* Commands: frames written (a resend counts again), outcomes, and what was refused. */
     uint64_t cmds_fetched, cmds_sent, cmds_answered, cmds_failed, cmds_expired;
     uint64_t cmd_responses_unexpected, cmd_responses_truncated, cmd_frames_ignored;
@@ -104,6 +105,7 @@ struct ingest_shared {
     atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
     atomic_uint shards_done;
     atomic_uint loops_done;     /* engines out of their loop: none is freed before all are */
+    atomic_uint allowlist_gen;  /* SIGHUP: each shard re-checks its devices when it changes */
     struct ingest_stats *stats; /* cfg->shards entries, each written by its shard only */
 };
 

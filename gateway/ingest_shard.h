@@ -36,6 +36,7 @@ enum {
     DEDUP_PARAM_BYTES = PGSINK_ARRAY_ELEM_BYTES + 8 * DEDUP_FP_MAX,
     DEV_PARAM_BYTES = 3 * PGSINK_ARRAY_INT8_BYTES + 2 * PGSINK_ARRAY_INT4_BYTES + DEDUP_PARAM_BYTES,
     STATE_FIXED_BYTES = 6 * PGSINK_ARRAY_HEADER_BYTES + 4,
+    ALLOW_CHUNK = 2048, /* IMEIs per allow-list query after SIGHUP */
 };
 
 _Static_assert((int)PGSINK_ARRAY_NULL_BYTES <= (int)PGSINK_ARRAY_INT4_BYTES,
@@ -226,6 +227,13 @@ struct shard {
 
     bool draining;
     bool closing; /* shard_teardown: the engine is gone, sink callbacks do nothing */
+    /* The allow-list walk after SIGHUP (--devices known): slots [allow_cursor, conns_max) still
+     * to check, one query of up to ALLOW_CHUNK IMEIs in flight. */
+    unsigned allow_gen;
+    uint32_t allow_cursor, allow_checked;
+    uint64_t allow_closed;
+    bool allow_in_flight;
+    char allow_imeis[ALLOW_CHUNK * 18 + 4];
     uint64_t next_partitions_ms;
     uint64_t next_release_ms; /* release_idle_windows */
     uint64_t drain_deadline_ns;

@@ -220,7 +220,9 @@ int run_main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    sigset_t all = sigs; /* and SIGHUP: re-check the connected devices against the allow-list */
+    sigaddset(&all, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     PGconn *pg = connect_retry(cfg.pg_conninfo, &sigs);
@@ -277,7 +279,15 @@ int run_main(int argc, char **argv)
     /* Wait for a stop signal, or for a shard that ended by itself (start-up failure). */
     for (;;) {
         struct timespec tick = {.tv_sec = 0, .tv_nsec = 200000000};
-        int sig = sigtimedwait(&sigs, NULL, &tick);
+        int sig = sigtimedwait(&all, NULL, &tick);
+        if (sig == SIGHUP) {
+            fprintf(stderr,
+                    "level=info msg=\"SIGHUP: checking connected devices against "
+                    "public.devices\" devices=%s\n",
+                    cfg.devices_known ? "known" : "any (nothing to check)");
+            atomic_fetch_add(&shared.allowlist_gen, 1);
+            continue;
+        }
         if (sig > 0) {
             fprintf(stderr, "level=info msg=\"stopping: draining\" signal=%d\n", sig);
             break;

@@ -662,6 +662,47 @@ static void test_devices_known(void **state)
     CHECK(rows_of(known) == 3, "known device: %lld rows", rows_of(known));
 }
 
+/* SIGHUP with --devices known: connected devices no longer enabled in public.devices are
+ * closed; enabled ones stay and keep being acknowledged. */
+static void test_sighup_allowlist(void **state)
+{
+    (void)state;
+    begin("sighup_allowlist");
+    const uint64_t stays = IMEI_BASE + 710, revoked = IMEI_BASE + 711;
+    PGconn *c = pgtest_connect(&T.gw.db);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO public.devices (imei, name, enabled) VALUES (%" PRIu64
+             ", 'stays', true), (%" PRIu64 ", 'revoked', true)",
+             stays, revoked);
+    pgtest_exec(c, sql);
+    gwproc_start(&T.gw, (const char *const[]){"--devices", "known", NULL});
+    struct device a, b;
+    gwproc_dev_open(&T.gw, &a, stays);
+    gwproc_dev_open(&T.gw, &b, revoked);
+    snprintf(sql, sizeof sql, "UPDATE public.devices SET enabled = false WHERE imei = %" PRIu64,
+             revoked);
+    pgtest_exec(c, sql);
+    PQfinish(c);
+    /* Without SIGHUP nothing happens to a connected device. */
+    device_sleep_ms(300);
+    CHECK(device_quiet(&b), "the disabled device was closed before SIGHUP");
+    CHECK(kill(T.gw.pid, SIGHUP) == 0, "kill: %s", strerror(errno));
+    size_t bytes = 0;
+    CHECK(device_wait_closed(&b, WAIT_MS, &bytes, NULL) == 0, "not closed after SIGHUP");
+    CHECK(bytes == 0, "%zu bytes to the revoked device", bytes);
+    device_close(&b);
+    uint8_t out[PKT_BYTES];
+    size_t len = gwproc_encode_series(AVL_CODEC_8, gwproc_recent_ts_ms(&T.gw), 1000,
+                                      fleet_tag(1, 0, 0), 2, out, sizeof out);
+    gwproc_send_acked(&a, out, len, 2, 0, 0);
+    device_close(&a);
+    struct gwproc_stats st = gwproc_term(&T.gw);
+    (void)st;
+    CHECK(gwproc_log_count(&T.gw, "allow-list checked") >= 1, "no 'allow-list checked' line");
+    CHECK(gwproc_log_count(&T.gw, "closed=1") == 1, "want one shard to say closed=1");
+}
+
 /* PostgreSQL stopped mid-stream and started again, twice: a fast shutdown, then an immediate
  * one (crash-like; commits in flight end with an unknown outcome). The row ring is tiny
  * (--batch-rows 4 --batches 2), so eight devices fill it and the shard pauses. No ACK while
@@ -1458,6 +1499,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fragmented_coalesced, teardown),
         cmocka_unit_test_teardown(test_ack_after_commit, teardown),
         cmocka_unit_test_teardown(test_devices_known, teardown),
+        cmocka_unit_test_teardown(test_sighup_allowlist, teardown),
         cmocka_unit_test_teardown(test_poison_resend_same_batch, teardown),
         cmocka_unit_test_teardown(test_ordering, teardown),
         cmocka_unit_test_teardown(test_resend_replacing, teardown),

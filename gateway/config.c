@@ -351,8 +351,10 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
     }
     /* A misspelt variable would otherwise be ignored without a word. */
     for (char **e = envp; e && *e; e++) {
+        /* AVLGATE_TEST_*, AVLGATE_PGTMP and AVLGATE_REDISTMP are the test harness's. */
         if (strncmp(*e, "AVLGATE_", 8) != 0 || strncmp(*e, "AVLGATE_TEST_", 13) == 0 ||
-            strncmp(*e, "AVLGATE_CONFIG=", 15) == 0)
+            strncmp(*e, "AVLGATE_CONFIG=", 15) == 0 || strncmp(*e, "AVLGATE_PGTMP=", 14) == 0 ||
+            strncmp(*e, "AVLGATE_REDISTMP=", 17) == 0)
             continue;
         size_t len = strcspn(*e, "=");
         bool known = false;

@@ -72,7 +72,7 @@ struct ingest_stats {
     uint64_t packets_invalid, records_rejected, packets_rejected_data;
     uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
-    uint64_t invalid_by_reason[32]; /* by -avl_err, and copyenc errors at 24 + -err */
+    uint64_t invalid_by_reason[32]; /* by -avl_err, copyenc errors at 25 + -err */
     uint64_t state_load_failures, state_reloads, windows_released;
     uint64_t devices_revoked; /* closed after SIGHUP: no longer enabled in public.devices */
     /* Commands: frames written (a resend counts again), outcomes, and what was refused. */

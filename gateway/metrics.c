@@ -566,7 +566,12 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
 
 void metrics_tick(struct metrics *m, uint64_t now_ns)
 {
-    if (!m->listen_polled && engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
+    bool room = false;
+    for (uint32_t i = 0; i < METRICS_CONNS_MAX && !room; i++)
+        room = m->conns[i].fd < 0;
+    /* With every slot busy the backlog waits: a level-triggered poll would fire at once. */
+    if (room && !m->listen_polled &&
+        engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
         m->listen_polled = true;
     for (uint32_t i = 0; i < METRICS_CONNS_MAX; i++) {
         struct hconn *c = &m->conns[i];

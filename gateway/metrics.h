@@ -42,8 +42,9 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents);
 /* Arms what is not armed, closes connections past their deadline. Every loop turn. */
 void metrics_tick(struct metrics *m, uint64_t now_ns);
 
-/* The exposition of every shard's counters into buf (cap bytes). Returns the length, or the
- * length it needs when that is more than cap (nothing usable written then). */
+/* The exposition of every shard's counters into buf (cap bytes, NUL-terminated when cap > 0).
+ * Returns the length of the whole text: it is complete in buf only when that is below cap
+ * (the shards keep counting: render again with room to spare when it is not). */
 size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap);
 /* The /healthz body into buf; returns its length and sets *ok. */
 size_t metrics_health(const struct ingest_shared *sh, char *buf, size_t cap, int *ok);

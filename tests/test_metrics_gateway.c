@@ -1,0 +1,483 @@
+/* test_metrics_gateway.c — the real gateway's --metrics endpoint over TCP: GET /metrics and
+ * GET /healthz from a running `avlgate run` (tests/support/gwproc.h) on the pg fixture's server.
+ *
+ * Every /metrics body goes through the strict parser of the text format
+ * (tests/support/promtext.h). Cases: counters move by exactly what a device sent (packets,
+ * records, ACK latency observations) and the connection gauge follows the device; the paths
+ * (/healthz, 404, 405, HEAD, a query string), more clients at once than the server has slots,
+ * and a second gateway on the same metrics port (exit 1 at start, naming the port); /healthz
+ * 503 while the fixture's PostgreSQL is stopped, 200 again after it is back.
+ *
+ * One case stops the fixture's server and starts it again: ctest runs this test with
+ * RUN_SERIAL, and the teardown restarts the server if the case failed while it was down. The
+ * HTTP client is plain blocking sockets with a receive timeout; every wait is bounded. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "gateway/codec/avl.h"
+#include "gateway/ingest.h"
+#include "tests/support/device.h"
+#include "tests/support/gwproc.h"
+#include "tests/support/promtext.h"
+
+enum {
+    SHARDS = GWPROC_SHARDS,
+    HTTP_TIMEOUT_MS = 5000,
+    HTTP_BYTES_MAX = 4 << 20,
+    PKT_BYTES = 2048,
+    ERR_BYTES = 512,
+};
+
+#define IMEI_BASE UINT64_C(356307042449000)
+
+static struct {
+    struct gwproc gw;
+    uint16_t metrics_port;
+    char metrics_addr[32];
+    pid_t second; /* a second gateway started by a case, or 0 */
+} T;
+
+/* The case's gateway with --metrics on a free loopback port. */
+static void begin_with_metrics(const char *name)
+{
+    memset(&T, 0, sizeof T);
+    gwproc_begin(&T.gw, "test_metrics_gateway", name, "test_metrics");
+    T.metrics_port = device_free_port();
+    snprintf(T.metrics_addr, sizeof T.metrics_addr, "127.0.0.1:%u", T.metrics_port);
+    gwproc_start(&T.gw, (const char *const[]){"--metrics", T.metrics_addr, NULL});
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (T.second > 0) {
+        kill(T.second, SIGKILL);
+        gwproc_waitpid(T.second, 10000);
+        T.second = 0;
+    }
+    gwproc_end(&T.gw);
+    return 0;
+}
+
+/* ---- HTTP over a plain socket ------------------------------------------------------------- */
+
+struct http_resp {
+    int status;
+    char *raw;        /* the whole response, NUL-terminated (heap) */
+    const char *body; /* into raw */
+    size_t body_len;
+    char content_type[128];
+};
+
+static void http_free(struct http_resp *r)
+{
+    free(r->raw);
+    memset(r, 0, sizeof *r);
+}
+
+/* A connected socket to the metrics port with send and receive timeouts, or -errno. */
+static int http_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct timeval tv = {.tv_sec = HTTP_TIMEOUT_MS / 1000, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static void http_send(int fd, const char *request)
+{
+    size_t len = strlen(request), off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, request + off, len - off, MSG_NOSIGNAL);
+        CHECK(n > 0, "http: send: %s", n < 0 ? strerror(errno) : "nothing sent");
+        off += (size_t)n;
+    }
+}
+
+/* Reads the response until the server closes (Connection: close) and checks its framing:
+ * a status line, headers, and a body of exactly Content-Length bytes. */
+static void http_read(int fd, struct http_resp *r, bool head_request)
+{
+    memset(r, 0, sizeof *r);
+    size_t cap = 64 * 1024, len = 0;
+    r->raw = malloc(cap);
+    assert_non_null(r->raw);
+    uint64_t deadline = device_now_ms() + HTTP_TIMEOUT_MS;
+    for (;;) {
+        if (len + 1 == cap) {
+            CHECK(cap < HTTP_BYTES_MAX, "http: response above %d bytes", HTTP_BYTES_MAX);
+            cap *= 2;
+            r->raw = realloc(r->raw, cap);
+            assert_non_null(r->raw);
+        }
+        ssize_t n = recv(fd, r->raw + len, cap - 1 - len, 0);
+        if (n == 0)
+            break;
+        CHECK(n > 0, "http: recv: %s (after %zu bytes)", strerror(errno), len);
+        len += (size_t)n;
+        CHECK(device_now_ms() < deadline, "http: the response took over %d ms", HTTP_TIMEOUT_MS);
+    }
+    r->raw[len] = '\0';
+    CHECK(memchr(r->raw, '\0', len) == NULL, "http: a NUL byte in the response");
+    int consumed = 0;
+    CHECK(sscanf(r->raw, "HTTP/1.1 %3d %*[^\r]\r\n%n", &r->status, &consumed) == 1 && consumed > 0,
+          "http: bad status line: %.60s", r->raw);
+    const char *end = strstr(r->raw, "\r\n\r\n");
+    CHECK(end != NULL, "http: no end of headers");
+    r->body = end + 4;
+    r->body_len = len - (size_t)(r->body - r->raw);
+    long content_length = -1;
+    for (const char *h = r->raw + consumed; h < end;) {
+        const char *eol = strstr(h, "\r\n");
+        if (strncasecmp(h, "Content-Length: ", 16) == 0)
+            content_length = strtol(h + 16, NULL, 10);
+        if (strncasecmp(h, "Content-Type: ", 14) == 0)
+            snprintf(r->content_type, sizeof r->content_type, "%.*s", (int)(eol - h - 14), h + 14);
+        h = eol + 2;
+    }
+    CHECK(content_length >= 0, "http: no Content-Length");
+    if (!head_request)
+        CHECK((size_t)content_length == r->body_len, "http: Content-Length %ld, body of %zu bytes",
+              content_length, r->body_len);
+    else
+        CHECK(r->body_len == 0, "http: HEAD answered with a body of %zu bytes", r->body_len);
+}
+
+/* One request on a connection of its own. */
+static void http_do(const char *method, const char *path, struct http_resp *r)
+{
+    int fd = http_connect(T.metrics_port);
+    CHECK(fd >= 0, "http: connect to %u: %s", T.metrics_port, strerror(-fd));
+    char req[512];
+    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: test\r\n\r\n", method,
+             path, T.metrics_addr);
+    http_send(fd, req);
+    http_read(fd, r, strcmp(method, "HEAD") == 0);
+    close(fd);
+}
+
+/* GET /metrics, parsed strictly into t. */
+static void scrape(struct prom_text *t)
+{
+    struct http_resp r;
+    http_do("GET", "/metrics", &r);
+    CHECK(r.status == 200, "/metrics: status %d", r.status);
+    CHECK(strncmp(r.content_type, "text/plain; version=0.0.4", 25) == 0,
+          "/metrics: Content-Type %s", r.content_type);
+    char err[ERR_BYTES];
+    if (prom_parse(r.body, r.body_len, t, err, sizeof err) != 0) {
+        printf("%.*s", (int)r.body_len, r.body);
+        http_free(&r);
+        CHECK(false, "/metrics is not valid text format: %s", err);
+    }
+    http_free(&r);
+}
+
+/* The sum over the shards of a family without other labels, or of its series with one
+ * label=value (label NULL: all). */
+static double sum_of(const struct prom_text *t, const char *name, const char *label,
+                     const char *value)
+{
+    CHECK(prom_count(t, name, NULL) > 0, "/metrics has no %s", name);
+    return label ? prom_sum(t, name, label, value, NULL) : prom_sum(t, name, NULL);
+}
+
+/* Waits until GET /healthz answers status with a body that holds every needle (NULL-ended). */
+static void wait_health(int status, int timeout_ms, const char *const *needles)
+{
+    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        struct http_resp r;
+        http_do("GET", "/healthz", &r);
+        bool ok = r.status == status;
+        for (unsigned i = 0; ok && needles && needles[i]; i++)
+            ok = strstr(r.body, needles[i]) != NULL;
+        if (ok) {
+            http_free(&r);
+            return;
+        }
+        if (device_now_ms() >= deadline) {
+            printf("last /healthz: %d\n%s\n", r.status, r.body);
+            http_free(&r);
+            CHECK(false, "/healthz did not answer %d as wanted within %d ms", status, timeout_ms);
+        }
+        http_free(&r);
+        device_sleep_ms(50); /* bounded polling of the endpoint */
+    }
+}
+
+/* Waits until the sum of avlgate_connections_open satisfies want (at least / exactly). */
+static void wait_conns_open(double want, bool exactly, int timeout_ms)
+{
+    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        struct prom_text t;
+        scrape(&t);
+        double open = sum_of(&t, "avlgate_connections_open", NULL, NULL);
+        prom_free(&t);
+        if (exactly ? open == want : open >= want)
+            return;
+        CHECK(device_now_ms() < deadline, "avlgate_connections_open is %g, want %s%g", open,
+              exactly ? "" : "at least ", want);
+        device_sleep_ms(20); /* bounded polling of the endpoint */
+    }
+}
+
+/* ---- cases -------------------------------------------------------------------------------- */
+
+/* A device sends N packets of known record counts and waits for each ACK: between a scrape
+ * before and one after, the counters rose by exactly that. */
+static void test_counters_follow_traffic(void **state)
+{
+    (void)state;
+    begin_with_metrics("traffic");
+    wait_health(200, 15000, (const char *const[]){"ok\n", NULL});
+
+    struct prom_text t0;
+    scrape(&t0);
+    CHECK(prom_find(&t0, "avlgate_shards", NULL) &&
+              prom_find(&t0, "avlgate_shards", NULL)->value == SHARDS,
+          "avlgate_shards");
+    CHECK(prom_count(&t0, "avlgate_build_info", NULL) == 1, "avlgate_build_info");
+    CHECK(prom_count(&t0, "avlgate_packets_acked_total", NULL) == SHARDS,
+          "one avlgate_packets_acked_total series per shard");
+    CHECK(sum_of(&t0, "avlgate_listening", NULL, NULL) == SHARDS, "every shard listens");
+    CHECK(sum_of(&t0, "avlgate_postgres_up", "link", "data") == SHARDS, "data links up");
+    CHECK(prom_count(&t0, "avlgate_redis_up", NULL) == 0, "avlgate_redis_up without --redis");
+    CHECK(prom_count(&t0, "avlgate_ack_latency_seconds_bucket", NULL) ==
+              SHARDS * (HIST_BUCKETS + 1),
+          "ACK latency buckets");
+    prom_free(&t0);
+
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, IMEI_BASE + 1);
+    wait_conns_open(1, false, 2000);
+
+    enum { N = 6 };
+    static const unsigned records[N] = {1, 2, 3, 4, 5, 6};
+    struct prom_text before, after;
+    scrape(&before);
+    uint64_t ts = gwproc_recent_ts_ms(&T.gw);
+    unsigned records_sum = 0;
+    size_t bytes_sum = 0;
+    uint64_t t_start = device_now_ms();
+    for (unsigned p = 0; p < N; p++) {
+        uint8_t pkt[PKT_BYTES];
+        size_t len = gwproc_encode_series(AVL_CODEC_8E, ts, 1000, 1000 + p * 100, records[p], pkt,
+                                          sizeof pkt);
+        ts += records[p] * 1000;
+        gwproc_send_acked(&d, pkt, len, records[p], 0, 0);
+        records_sum += records[p];
+        bytes_sum += len;
+    }
+    double elapsed_s = (double)(device_now_ms() - t_start + 2) / 1000.0;
+    scrape(&after);
+
+    struct {
+        const char *name, *label, *value;
+        double want; /* the exact rise, or -1 for "at least one" */
+    } rises[] = {
+        {"avlgate_packets_acked_total", NULL, NULL, N},
+        {"avlgate_packets_received_total", NULL, NULL, N},
+        {"avlgate_records_received_total", NULL, NULL, records_sum},
+        {"avlgate_records_stored_total", NULL, NULL, records_sum},
+        {"avlgate_rows_committed_total", NULL, NULL, records_sum},
+        {"avlgate_records_duplicate_total", NULL, NULL, 0},
+        {"avlgate_acks_stale_total", NULL, NULL, 0},
+        {"avlgate_ack_latency_seconds_count", NULL, NULL, N},
+        {"avlgate_ack_latency_seconds_bucket", "le", "+Inf", N},
+        {"avlgate_batches_committed_total", NULL, NULL, -1},
+        {"avlgate_copy_duration_seconds_count", NULL, NULL, -1},
+    };
+    for (size_t k = 0; k < sizeof rises / sizeof rises[0]; k++) {
+        double rise = sum_of(&after, rises[k].name, rises[k].label, rises[k].value) -
+                      sum_of(&before, rises[k].name, rises[k].label, rises[k].value);
+        if (rises[k].want >= 0)
+            CHECK(rise == rises[k].want, "%s rose by %g, want %g", rises[k].name, rise,
+                  rises[k].want);
+        else
+            CHECK(rise >= 1, "%s rose by %g, want at least 1", rises[k].name, rise);
+    }
+    /* Every transaction is one observation of the COPY histogram; without splits, one batch. */
+    double commits = sum_of(&after, "avlgate_batches_committed_total", NULL, NULL) -
+                     sum_of(&before, "avlgate_batches_committed_total", NULL, NULL);
+    double copies = sum_of(&after, "avlgate_copy_duration_seconds_count", NULL, NULL) -
+                    sum_of(&before, "avlgate_copy_duration_seconds_count", NULL, NULL);
+    CHECK(commits == copies, "%g batches committed, %g COPY durations observed", commits, copies);
+    /* One packet at a time: the latencies add up to less than the time it all took. */
+    double lat = sum_of(&after, "avlgate_ack_latency_seconds_sum", NULL, NULL) -
+                 sum_of(&before, "avlgate_ack_latency_seconds_sum", NULL, NULL);
+    CHECK(lat > 0 && lat <= elapsed_s, "ACK latencies add up to %g s over %g s", lat, elapsed_s);
+    double recv = sum_of(&after, "avlgate_receive_bytes_total", NULL, NULL) -
+                  sum_of(&before, "avlgate_receive_bytes_total", NULL, NULL);
+    CHECK(recv >= (double)bytes_sum, "%g bytes received, %zu sent", recv, bytes_sum);
+    CHECK(sum_of(&after, "avlgate_connections_open", NULL, NULL) >= 1,
+          "avlgate_connections_open while the device is connected");
+    CHECK(prom_count(&after, "avlgate_packets_invalid_total", NULL) == 0,
+          "invalid packets counted");
+    prom_free(&before);
+    prom_free(&after);
+
+    /* Stored rows agree with the counter. */
+    CHECK(gwproc_sql_ll(&T.gw, "SELECT count(*) FROM telemetry.positions") == records_sum,
+          "rows stored");
+
+    device_close(&d);
+    wait_conns_open(0, true, 5000);
+}
+
+/* The paths and methods, more clients at once than the server's slots, and a second gateway
+ * that asks for the same metrics port. */
+static void test_paths_and_port_in_use(void **state)
+{
+    (void)state;
+    begin_with_metrics("paths");
+    wait_health(200, 15000, NULL);
+    struct http_resp r;
+    http_do("GET", "/healthz", &r);
+    CHECK(r.status == 200 && r.body_len == 3 && memcmp(r.body, "ok\n", 3) == 0,
+          "/healthz: %d \"%s\"", r.status, r.body);
+    http_free(&r);
+    http_do("GET", "/nope", &r);
+    CHECK(r.status == 404, "/nope: status %d", r.status);
+    http_free(&r);
+    http_do("GET", "/metricsx", &r);
+    CHECK(r.status == 404, "/metricsx: status %d", r.status);
+    http_free(&r);
+    http_do("POST", "/metrics", &r);
+    CHECK(r.status == 405, "POST /metrics: status %d", r.status);
+    http_free(&r);
+    http_do("HEAD", "/metrics", &r);
+    CHECK(r.status == 200, "HEAD /metrics: status %d", r.status);
+    http_free(&r);
+    http_do("GET", "/metrics?x=1", &r);
+    CHECK(r.status == 200, "/metrics?x=1: status %d", r.status);
+    http_free(&r);
+
+    /* More clients than METRICS_CONNS_MAX (8) at once: the rest wait in the backlog. */
+    enum { CLIENTS = 12 };
+    int fds[CLIENTS];
+    for (unsigned i = 0; i < CLIENTS; i++) {
+        fds[i] = http_connect(T.metrics_port);
+        CHECK(fds[i] >= 0, "client %u: connect: %s", i, strerror(-fds[i]));
+        http_send(fds[i], "GET /metrics HTTP/1.1\r\n\r\n");
+    }
+    for (unsigned i = 0; i < CLIENTS; i++) {
+        http_read(fds[i], &r, false);
+        close(fds[i]);
+        CHECK(r.status == 200, "client %u: status %d", i, r.status);
+        struct prom_text t;
+        char err[ERR_BYTES];
+        CHECK(prom_parse(r.body, r.body_len, &t, err, sizeof err) == 0, "client %u: %s", i, err);
+        prom_free(&t);
+        http_free(&r);
+    }
+
+    /* A second gateway on the same metrics port: exit 1 at start, saying so. */
+    char listen[32], log[PATH_MAX];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", device_free_port());
+    snprintf(log, sizeof log, "%s/test_metrics_gateway_paths_second.log", gwproc_logdir());
+    unlink(log);
+    const char *argv[] = {
+        gwproc_avlgate(), "run",       "--listen",     listen, "--shards", "2", "--pg",
+        T.gw.db.conninfo, "--metrics", T.metrics_addr, NULL};
+    T.second = gwproc_spawn(argv, log);
+    int status = gwproc_waitpid(T.second, 15000);
+    CHECK(status != -1, "the second gateway did not exit within 15 s");
+    T.second = 0;
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+          "the second gateway ended with status 0x%x, want exit 1", status);
+    FILE *f = fopen(log, "r");
+    CHECK(f != NULL, "no log %s", log);
+    char text[4096];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char needle[64];
+    snprintf(needle, sizeof needle, "--metrics %s", T.metrics_addr);
+    CHECK(strstr(text, needle) && strstr(text, "Address already in use"),
+          "the second gateway's message does not name the port in use: %s", text);
+    /* The first one still serves. */
+    http_do("GET", "/healthz", &r);
+    CHECK(r.status == 200, "/healthz after the second gateway: %d", r.status);
+    http_free(&r);
+}
+
+/* /healthz is 503 with the reasons while the database is stopped, 200 once it is back; the
+ * exposition is served all along and says the same. */
+static void test_healthz_database_down(void **state)
+{
+    (void)state;
+    begin_with_metrics("healthz_db");
+    wait_health(200, 15000, (const char *const[]){"ok\n", NULL});
+    struct prom_text t;
+    scrape(&t);
+    double disconnects0 = sum_of(&t, "avlgate_postgres_disconnects_total", "link", "data");
+    double connects0 = sum_of(&t, "avlgate_postgres_connects_total", "link", "data");
+    prom_free(&t);
+
+    gwproc_pgtmp(&T.gw, "stop");
+    wait_health(503, 15000,
+                (const char *const[]){"shard 0: database link down\n",
+                                      "shard 1: database link down\n", NULL});
+    struct http_resp r;
+    http_do("GET", "/healthz", &r);
+    CHECK(r.status == 503 && !strstr(r.body, "ok") && !strstr(r.body, "not listening"),
+          "/healthz while the database is down: %d \"%s\"", r.status, r.body);
+    http_free(&r);
+    scrape(&t);
+    CHECK(sum_of(&t, "avlgate_postgres_up", "link", "data") == 0, "data links up while down");
+    CHECK(sum_of(&t, "avlgate_listening", NULL, NULL) == SHARDS, "still listening");
+    CHECK(sum_of(&t, "avlgate_postgres_disconnects_total", "link", "data") >= disconnects0 + SHARDS,
+          "each shard's lost data link counted");
+    prom_free(&t);
+
+    gwproc_pgtmp(&T.gw, "start");
+    PQreset(T.gw.db.conn);
+    CHECK(PQstatus(T.gw.db.conn) == CONNECTION_OK, "reconnect: %s", PQerrorMessage(T.gw.db.conn));
+    wait_health(200, 30000, (const char *const[]){"ok\n", NULL});
+    scrape(&t);
+    CHECK(sum_of(&t, "avlgate_postgres_up", "link", "data") == SHARDS, "data links back");
+    CHECK(sum_of(&t, "avlgate_postgres_connects_total", "link", "data") >= connects0 + SHARDS,
+          "each shard's reconnect counted");
+    prom_free(&t);
+    CHECK(gwproc_running(&T.gw), "the gateway died");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_counters_follow_traffic, teardown),
+        cmocka_unit_test_teardown(test_paths_and_port_in_use, teardown),
+        cmocka_unit_test_teardown(test_healthz_database_down, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -73,7 +73,6 @@ enum {
                                       next waits this long: a late answer to an earlier
                                       write must not be taken for the next one's */
     INTAKE_RETRY_MS = 1000,        /* after an intake error */
-    LOG_EVERY_MS = 10000,          /* rate limit of repeated warnings */
     INTAKE_COUNT = 128,            /* entries per XREADGROUP */
     INTAKE_BLOCK_MS = 2000,
     REPLIES_MAXLEN = 100000,
@@ -176,8 +175,7 @@ struct cmds {
     uint64_t next_sweep_ms;
     bool sweep_in_flight;
     uint64_t next_intake_ms;
-    uint64_t next_redis_log_ms;
-    uint64_t redis_errors_unlogged;
+    struct ratelimit log_redis, log_refused, log_cut; /* repeated warnings */
 
     char scratch[2 * CMD_RESPONSE_MAX + 1]; /* an answer as text or hex */
     char sweep_imeis[SWEEP_CHUNK * 18 + 4]; /* "{imei,imei,...}" */
@@ -691,10 +689,12 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
                                    : -1;
     if (len <= 0) {
         stat_add(&s->st->cmd_payload_too_long, 1);
-        fprintf(stderr,
-                "level=warn msg=\"command not sent: payload too long\" shard=%u id=%" PRId64
-                " imei=%" PRIu64 " bytes=%zu max=%d\n",
-                s->id, id, d->imei, n, CMD_PAYLOAD_MAX);
+        uint64_t held;
+        if (ratelimit_allow(&s->cmds->log_refused, now_ms(s), &held))
+            fprintf(stderr,
+                    "level=warn msg=\"command not sent: payload too long\" shard=%u id=%" PRId64
+                    " imei=%" PRIu64 " bytes=%zu max=%d suppressed=%" PRIu64 "\n",
+                    s->id, id, d->imei, n, CMD_PAYLOAD_MAX, held);
         conclude(s, k, OUT_FAILED);
         return;
     }
@@ -720,11 +720,12 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
         } else if (refused) {
             /* Will never be taken (a constraint or trigger of the business plane): say so
              * once and let the row be; the sweep may offer it again. */
-            fprintf(
-                stderr,
-                "level=warn msg=\"command outcome refused by the database\" shard=%u id=%" PRId64
-                " outcome=%s sqlstate=%s\n",
-                s->id, k->id, outcome_names[k->outcome], state);
+            uint64_t held;
+            if (ratelimit_allow(&s->cmds->log_refused, now_ms(s), &held))
+                fprintf(stderr,
+                        "level=warn msg=\"command outcome refused by the database\" shard=%u "
+                        "id=%" PRId64 " outcome=%s sqlstate=%s suppressed=%" PRIu64 "\n",
+                        s->id, k->id, outcome_names[k->outcome], state, held);
             k->outcome = OUT_NONE;
         }
         if (k->outcome != OUT_NONE) {
@@ -875,9 +876,12 @@ void cmds_on_frame(struct shard *s, uint32_t slot, const uint8_t *frame, size_t 
         for (int back = 0; back < 3 && (m->text[keep] & 0xC0) == 0x80; back++)
             keep--;
         stat_add(&s->st->cmd_responses_truncated, 1);
-        fprintf(stderr,
-                "level=warn msg=\"command answer cut\" shard=%u id=%" PRId64 " bytes=%u kept=%d\n",
-                s->id, k->id, m->text_len, CMD_RESPONSE_MAX);
+        uint64_t held;
+        if (ratelimit_allow(&s->cmds->log_cut, now_ms(s), &held))
+            fprintf(stderr,
+                    "level=warn msg=\"command answer cut\" shard=%u id=%" PRId64
+                    " bytes=%u kept=%u suppressed=%" PRIu64 "\n",
+                    s->id, k->id, m->text_len, keep, held);
     }
     memcpy(k->response, m->text, keep);
     k->response_len = keep;
@@ -1179,17 +1183,12 @@ static void on_redis_reply(void *user, void *cookie, const redisReply *r)
         stat_add(&s->st->registry_errors, 1);
         if (!r)
             return; /* the link dropped (or is being destroyed, with the engine gone) */
-        uint64_t ms = now_ms(s);
-        if (ms >= c->next_redis_log_ms) {
+        uint64_t held;
+        if (ratelimit_allow(&c->log_redis, now_ms(s), &held))
             fprintf(stderr,
                     "level=warn msg=\"redis command failed\" shard=%u error=\"%s\" "
                     "suppressed=%" PRIu64 "\n",
-                    s->id, r->str, c->redis_errors_unlogged);
-            c->redis_errors_unlogged = 0;
-            c->next_redis_log_ms = ms + LOG_EVERY_MS;
-        } else {
-            c->redis_errors_unlogged++;
-        }
+                    s->id, r->str, held);
     }
 }
 

@@ -795,10 +795,12 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
         if (b->split) {
             struct pkt_ref *p = &b->pkts[b->split_next];
             stat_add(&s->st->packets_rejected_data, 1);
-            fprintf(stderr,
-                    "level=warn msg=\"packet rejected by the database\" shard=%u sqlstate=%s "
-                    "error=\"%s\"\n",
-                    s->id, res->sqlstate, res->message);
+            uint64_t held;
+            if (ratelimit_allow(&s->log_rejected, now_ms(s), &held))
+                fprintf(stderr,
+                        "level=warn msg=\"packet rejected by the database\" shard=%u sqlstate=%s "
+                        "imei=%" PRIu64 " error=\"%s\" suppressed=%" PRIu64 "\n",
+                        s->id, res->sqlstate, b->devs[p->dev].imei, res->message, held);
             p->rejected = true;
             p->refused = true;
             forget_refused(s, b, p);

@@ -16,6 +16,7 @@
 #include "gateway/copyenc.h"
 #include "gateway/ingest.h"
 #include "gateway/pgsink.h"
+#include "gateway/ratelimit.h"
 #include "shard/engine.h"
 #include "shard/stat.h"
 
@@ -227,6 +228,7 @@ struct shard {
 
     bool draining;
     bool closing; /* shard_teardown: the engine is gone, sink callbacks do nothing */
+    struct ratelimit log_rejected; /* "packet rejected by the database" */
     /* The allow-list walk after SIGHUP (--devices known): slots [allow_cursor, conns_max) still
      * to check, one query of up to ALLOW_CHUNK IMEIs in flight. */
     unsigned allow_gen;

@@ -53,6 +53,7 @@
 
 #include "gateway/codec/avl.h"
 #include "gateway/ingest_shard.h"
+#include "gateway/logfmt.h"
 #include "gateway/redislink.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
@@ -1125,10 +1126,11 @@ static void on_intake_reply(struct shard *s, enum rkind kind, const redisReply *
     }
     if (kind == R_GROUP) {
         /* OK, or BUSYGROUP: the group is there. Re-read our own pending entries first. */
+        char q[256];
         if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
             fprintf(stderr,
                     "level=warn msg=\"command intake: XGROUP CREATE failed\" error=\"%s\"\n",
-                    r->str);
+                    logfmt_q(q, sizeof q, r->str));
         c->intake = IN_PENDING;
         snprintf(c->intake_from, sizeof c->intake_from, "0");
         intake_read(s);
@@ -1137,10 +1139,11 @@ static void on_intake_reply(struct shard *s, enum rkind kind, const redisReply *
     c->intake_reading = false;
     if (r->type == REDIS_REPLY_ERROR) {
         /* NOGROUP: the stream went away (Redis restarted without our link noticing). */
+        char q[256];
         fprintf(stderr,
                 "level=warn msg=\"command intake: XREADGROUP failed; again in %d ms\" "
                 "error=\"%s\"\n",
-                INTAKE_RETRY_MS, r->str);
+                INTAKE_RETRY_MS, logfmt_q(q, sizeof q, r->str));
         c->intake = IN_DOWN;
         c->next_intake_ms = now_ms(s) + INTAKE_RETRY_MS;
         return; /* the tick starts again */
@@ -1184,11 +1187,12 @@ static void on_redis_reply(void *user, void *cookie, const redisReply *r)
         if (!r)
             return; /* the link dropped (or is being destroyed, with the engine gone) */
         uint64_t held;
+        char q[256];
         if (ratelimit_allow(&c->log_redis, now_ms(s), &held))
             fprintf(stderr,
                     "level=warn msg=\"redis command failed\" shard=%u error=\"%s\" "
                     "suppressed=%" PRIu64 "\n",
-                    s->id, r->str, held);
+                    s->id, logfmt_q(q, sizeof q, r->str), held);
     }
 }
 
@@ -1220,6 +1224,9 @@ static void sweep_step(struct shard *s, uint64_t ms)
     uint32_t max = s->cfg->conns_max;
     if (c->sweep_in_flight)
         return;
+    enum pgsink_phase ph = pgsink_phase(s->sink, PGSINK_LINK_CONTROL);
+    if (ph != PGSINK_PHASE_IDLE && ph != PGSINK_PHASE_BUSY)
+        return; /* the control link is down: no chunk would go out (and no rescans meanwhile) */
     if (c->sweep_cursor >= max) {
         if (!s->cfg->cmd_sweep_s || ms < c->next_sweep_ms)
             return;

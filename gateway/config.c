@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+
 #include "gateway/codec/avl.h"
 
 enum kind {
@@ -233,17 +235,9 @@ static int load_file(struct run_options *o, const char *path, FILE *err)
             p++;
         if (*p == '\0' || *p == '#')
             continue;
-        /* a trailing comment: whitespace then '#' */
-        for (char *h = strchr(p, '#'); h; h = strchr(h + 1, '#'))
-            if (h > p && isspace((unsigned char)h[-1])) {
-                *h = '\0';
-                break;
-            }
         char *eq = strchr(p, '=');
-        char *end = p + strlen(p);
-        while (end > p && isspace((unsigned char)end[-1]))
-            *--end = '\0';
         if (!eq) {
+            p[strcspn(p, "\r\n")] = '\0';
             fprintf(err, "avlgate run: config %s:%u: want 'key = value', got '%s'\n", path, n, p);
             rc = 2;
             break;
@@ -254,10 +248,36 @@ static int load_file(struct run_options *o, const char *path, FILE *err)
         char *v = eq + 1;
         while (isspace((unsigned char)*v))
             v++;
-        size_t vlen = strlen(v);
-        if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') {
-            v[vlen - 1] = '\0';
+        char *rest;
+        if (*v == '"') {
+            /* Quoted: everything to the closing quote, '#' and spaces included. */
+            char *close = strchr(v + 1, '"');
+            if (!close) {
+                fprintf(err, "avlgate run: config %s:%u: no closing quote\n", path, n);
+                rc = 2;
+                break;
+            }
+            *close = '\0';
             v++;
+            rest = close + 1;
+        } else {
+            /* A trailing comment (whitespace, then '#'), then trailing whitespace. */
+            for (char *h = strchr(v, '#'); h; h = strchr(h + 1, '#'))
+                if (h > v && isspace((unsigned char)h[-1])) {
+                    *h = '\0';
+                    break;
+                }
+            char *end = v + strlen(v);
+            while (end > v && isspace((unsigned char)end[-1]))
+                *--end = '\0';
+            rest = end;
+        }
+        while (isspace((unsigned char)*rest))
+            rest++;
+        if (*rest != '\0' && *rest != '#') {
+            fprintf(err, "avlgate run: config %s:%u: text after the closing quote\n", path, n);
+            rc = 2;
+            break;
         }
         const struct opt *op = find(k, (size_t)(kend - k));
         if (!op || op->kind == K_CONFIG || op->kind == K_ACTION) {
@@ -316,9 +336,28 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
             fprintf(err, "avlgate run: %s needs a value\n", argv[optind - 1]);
             return 2;
         }
+        const char *typed = argv[optind - 1];
         if (c < 256) {
-            fprintf(err, "avlgate run: unknown option '%s' (avlgate run --help)\n",
-                    argv[optind - 1]);
+            const char *eq = strchr(typed, '=');
+            const struct opt *op = eq && strncmp(typed, "--", 2) == 0
+                                       ? find(typed + 2, (size_t)(eq - typed - 2))
+                                       : NULL;
+            if (op)
+                fprintf(err, "avlgate run: --%s takes no value\n", op->name);
+            else
+                fprintf(err, "avlgate run: unknown option '%s' (avlgate run --help)\n", typed);
+            return 2;
+        }
+        /* getopt_long takes unique prefixes (--conn for --conns-max); the file and the
+         * environment need the whole name, so the command line does too. */
+        const struct opt *op = &opts[c - 256];
+        if (optarg && typed == optarg)
+            typed = argv[optind - 2]; /* "--name value": the name is the word before */
+        size_t nl = strlen(op->name);
+        if (strncmp(typed, "--", 2) != 0 || strncmp(typed + 2, op->name, nl) != 0 ||
+            (typed[2 + nl] != '\0' && typed[2 + nl] != '=')) {
+            fprintf(err, "avlgate run: unknown option '%s' (did you mean --%s?)\n", typed,
+                    op->name);
             return 2;
         }
         if (opts[c - 256].kind == K_CONFIG)
@@ -375,9 +414,10 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
         }
         o->source[op - opts] = SRC_FLAG;
     }
-    if (o->help || o->print_config)
+    if (o->help)
         return 0;
-    if (!o->cfg.pg_conninfo) {
+    /* --print-config says what run would refuse too: a printed file is one run takes. */
+    if (!o->cfg.pg_conninfo && !o->print_config) {
         fprintf(err, "avlgate run: --pg CONNINFO is required (or AVLGATE_PG, or pg = in the "
                      "config file)\n");
         return 2;
@@ -401,24 +441,57 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
     return 0;
 }
 
-/* conninfo with the value of password= (or the password of a URI) replaced by ***. */
+/* Appends text to out (cap bytes in all), cutting at the end. */
+static void append(char *out, size_t cap, size_t *len, const char *text)
+{
+    size_t n = strlen(text);
+    if (*len + n >= cap)
+        n = *len + 1 < cap ? cap - 1 - *len : 0;
+    memcpy(out + *len, text, n);
+    *len += n;
+    out[*len] = '\0';
+}
+
+/* The conninfo (keywords or URI) as libpq parses it, in keyword form, with password and
+ * sslpassword shown as ***: never the secret, however it was written. */
 static void masked(const char *s, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", s);
-    char *p = strstr(out, "password=");
-    if (p) {
-        p += 9;
-        size_t n = strcspn(p, " ");
-        memmove(p + 3, p + n, strlen(p + n) + 1);
-        memcpy(p, "***", 3);
+    char *why = NULL;
+    PQconninfoOption *all = PQconninfoParse(s, &why);
+    out[0] = '\0';
+    if (!all) {
+        PQfreemem(why);
+        snprintf(out, cap, "(not a conninfo libpq can parse; not shown)");
         return;
     }
-    char *scheme = strstr(out, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
-    char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
-    if (at && colon && colon < at) {
-        memmove(colon + 4, at, strlen(at) + 1);
-        memcpy(colon + 1, "***", 3);
+    size_t len = 0;
+    for (const PQconninfoOption *o = all; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        bool secret = strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "sslpassword") == 0;
+        if (len)
+            append(out, cap, &len, " ");
+        append(out, cap, &len, o->keyword);
+        append(out, cap, &len, "=");
+        if (secret) {
+            append(out, cap, &len, "***");
+            continue;
+        }
+        bool plain = o->val[0] != '\0' && strpbrk(o->val, " '\\") == NULL;
+        if (!plain)
+            append(out, cap, &len, "'");
+        for (const char *v = o->val; *v; v++) {
+            char ch[3] = {*v, 0, 0};
+            if (*v == '\'' || *v == '\\') {
+                ch[0] = '\\';
+                ch[1] = *v;
+            }
+            append(out, cap, &len, ch);
+        }
+        if (!plain)
+            append(out, cap, &len, "'");
     }
+    PQconninfoFree(all);
 }
 
 void config_print(const struct run_options *o, FILE *out)
@@ -449,7 +522,11 @@ void config_print(const struct run_options *o, FILE *out)
                 masked(v, buf, sizeof buf);
                 v = buf;
             }
-            fprintf(out, "%s = %s  # %s\n", op->name, v, src);
+            /* Quoted when a '#' or a space at either end would change how the file reads it. */
+            bool quote = strchr(v, '#') || isspace((unsigned char)v[0]) ||
+                         isspace((unsigned char)v[strlen(v) - 1]) || v[0] == '"';
+            fprintf(out, "%s = %s%s%s  # %s\n", op->name, quote ? "\"" : "", v, quote ? "\"" : "",
+                    src);
             break;
         }
         case K_CONFIG:

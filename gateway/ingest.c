@@ -48,6 +48,7 @@
 #include "gateway/commands.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest_shard.h"
+#include "gateway/logfmt.h"
 #include "gateway/metrics.h"
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
@@ -485,9 +486,12 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
         return; /* pgsink_destroy after the engine is gone: nothing to act on */
     if (cookie == COOKIE_MAINTENANCE) {
         if (!res ||
-            (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK))
-            fprintf(stderr, "level=warn msg=\"maintenance query failed\" shard=%u err=%d %s\n",
-                    s->id, err, res ? PQresultErrorMessage(res) : "");
+            (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK)) {
+            char q[256];
+            fprintf(stderr,
+                    "level=warn msg=\"maintenance query failed\" shard=%u err=%d error=\"%s\"\n",
+                    s->id, err, logfmt_q(q, sizeof q, res ? PQresultErrorMessage(res) : ""));
+        }
         return;
     }
     if (cookie == COOKIE_ALLOWLIST) {
@@ -561,6 +565,9 @@ static void allowlist_step(struct shard *s)
     }
     if (s->allow_in_flight || s->allow_cursor >= c->conns_max)
         return;
+    enum pgsink_phase ph = pgsink_phase(s->sink, PGSINK_LINK_CONTROL);
+    if (ph != PGSINK_PHASE_IDLE && ph != PGSINK_PHASE_BUSY)
+        return; /* the control link is down: the walk waits for it (no rescans meanwhile) */
     char *o = s->allow_imeis, *end = s->allow_imeis + sizeof s->allow_imeis;
     *o++ = '{';
     unsigned n = 0;
@@ -591,9 +598,16 @@ static void allowlist_step(struct shard *s)
 static void on_allowlist(struct shard *s, const PGresult *res)
 {
     s->allow_in_flight = false;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "level=warn msg=\"allow-list check failed; SIGHUP again\" shard=%u %s\n",
-                s->id, res ? PQresultErrorMessage(res) : "");
+    if (!res) {
+        s->allow_cursor = 0; /* the link dropped with the chunk: the round starts over */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char q[256];
+        fprintf(stderr,
+                "level=warn msg=\"allow-list check failed; SIGHUP again\" shard=%u "
+                "error=\"%s\"\n",
+                s->id, logfmt_q(q, sizeof q, PQresultErrorMessage(res)));
         s->allow_cursor = s->cfg->conns_max;
         return;
     }
@@ -602,7 +616,8 @@ static void on_allowlist(struct shard *s, const PGresult *res)
         int64_t slot = imap_get(&s->owned, imei);
         if (slot < 0)
             continue;
-        engine_close(s->e, (uint32_t)slot, s->devs[slot].gen);
+        if (engine_close(s->e, (uint32_t)slot, s->devs[slot].gen) != 0)
+            continue; /* gone meanwhile */
         stat_add(&s->st->devices_revoked, 1);
         s->allow_closed++;
     }
@@ -796,11 +811,13 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
             struct pkt_ref *p = &b->pkts[b->split_next];
             stat_add(&s->st->packets_rejected_data, 1);
             uint64_t held;
+            char q[256];
             if (ratelimit_allow(&s->log_rejected, now_ms(s), &held))
                 fprintf(stderr,
                         "level=warn msg=\"packet rejected by the database\" shard=%u sqlstate=%s "
                         "imei=%" PRIu64 " error=\"%s\" suppressed=%" PRIu64 "\n",
-                        s->id, res->sqlstate, b->devs[p->dev].imei, res->message, held);
+                        s->id, res->sqlstate, b->devs[p->dev].imei,
+                        logfmt_q(q, sizeof q, res->message), held);
             p->rejected = true;
             p->refused = true;
             forget_refused(s, b, p);
@@ -1272,13 +1289,15 @@ static void on_sink_state(void *user, enum pgsink_link link, bool connected)
 {
     struct shard *s = user;
     const char *name = link == PGSINK_LINK_DATA ? "data" : "control";
-    if (connected)
+    if (connected) {
         fprintf(stderr, "level=info msg=\"database link up\" shard=%u link=%s\n", s->id, name);
-    else
-        fprintf(stderr,
-                "level=warn msg=\"database link down; reconnecting with backoff\" shard=%u "
-                "link=%s error=\"%s\"\n",
-                s->id, name, pgsink_last_error(s->sink, link));
+        return;
+    }
+    char q[256];
+    fprintf(stderr,
+            "level=warn msg=\"database link down; reconnecting with backoff\" shard=%u "
+            "link=%s error=\"%s\"\n",
+            s->id, name, logfmt_q(q, sizeof q, pgsink_last_error(s->sink, link)));
 }
 
 static const struct engine_ops ingest_ops = {
@@ -1430,8 +1449,17 @@ int ingest_shard_run(struct ingest_shared *sh, unsigned id)
     rc = engine_run(s->e);
     metrics_destroy(s->metrics);
     s->metrics = NULL;
-    if (rc)
+    /* Out of the loop: this shard neither listens nor talks to the database any more (the
+     * metrics and /healthz say so at once, even while it waits for the others below). */
+    stat_set(&s->st->listening, 0);
+    stat_set(&s->st->pg_up[0], 0);
+    stat_set(&s->st->pg_up[1], 0);
+    if (rc) {
         snprintf(err, sizeof err, "shard %u: io_uring loop failed: %s", id, strerror(-rc));
+        fprintf(stderr, "level=error msg=\"%s; stopping the process\"\n", err);
+        err[0] = '\0';                         /* said */
+        atomic_store(&sh->shard_failed, true); /* main stops the others */
+    }
     const struct engine_stats *es = engine_stats(s->e);
     /* One line per shard (written at once: the shards stop together). */
     const struct ingest_stats *st = s->st;

@@ -106,6 +106,7 @@ struct ingest_shared {
     atomic_uint shards_done;
     atomic_uint loops_done;     /* engines out of their loop: none is freed before all are */
     atomic_uint allowlist_gen;  /* SIGHUP: each shard re-checks its devices when it changes */
+    atomic_bool shard_failed;   /* a shard's loop ended with an error: main stops them all */
     struct ingest_stats *stats; /* cfg->shards entries, each written by its shard only */
 };
 

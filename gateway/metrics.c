@@ -143,6 +143,13 @@ static const struct stat_family engine_families[] = {
     {"avlgate_receive_buffer_exhausted_total",
      "Receives that found no provided buffer free (re-armed).", ES(recv_enobufs), false},
     {"avlgate_loop_turns_total", "Turns of the shard's io_uring loop.", ES(loops), false},
+    {"avlgate_connections_accept_errors_total",
+     "Accepts that failed (the shard's connection table full: --conns-max), devices dropped.",
+     ES(accept_errors), false},
+    {"avlgate_handoff_errors_total", "Connections that could not be passed to their owner shard.",
+     ES(handoff_errors), false},
+    {"avlgate_mail_full_total", "Messages to another shard refused: its mailbox was full.",
+     ES(mail_full), false},
 };
 
 static uint64_t field_at(const void *base, size_t off)
@@ -186,7 +193,9 @@ static void render_hist(struct out *o, const struct ingest_shared *sh, const cha
                 put(o, "%s_bucket{shard=\"%u\",le=\"+Inf\"} %" PRIu64 "\n", name, i, cum);
         }
         put(o, "%s_sum{shard=\"%u\"} %.6f\n", name, i, stat_read(&h->sum_us) / 1e6);
-        put(o, "%s_count{shard=\"%u\"} %" PRIu64 "\n", name, i, stat_read(&h->count));
+        /* The +Inf total, not h->count read apart: an observation landing between the two
+         * reads would make them differ, which the format forbids. */
+        put(o, "%s_count{shard=\"%u\"} %" PRIu64 "\n", name, i, cum);
     }
 }
 
@@ -317,6 +326,10 @@ size_t metrics_health(const struct ingest_shared *sh, char *buf, size_t cap, int
             put(&o, "shard %u: database link down\n", i);
             *ok = 0;
         }
+        if (!stat_read(&st->pg_up[1])) {
+            put(&o, "shard %u: database control link down (no handshake can finish)\n", i);
+            *ok = 0;
+        }
     }
     if (*ok)
         put(&o, "ok\n");
@@ -344,6 +357,7 @@ struct metrics {
     struct engine *e;
     int listen_fd;
     bool listen_polled;
+    uint64_t accept_pause_until_ns;
     struct hconn conns[METRICS_CONNS_MAX];
 };
 
@@ -388,9 +402,12 @@ static void hconn_close(struct metrics *m, struct hconn *c)
 {
     if (c->fd < 0)
         return;
-    /* An armed poll holds the socket open: cancel it (its completion then has a stale gen). */
-    if (c->polled)
+    /* An armed poll holds the socket open: shutting it down completes the poll (as does the
+     * cancel, when an SQE is free); its completion then carries a stale gen. */
+    if (c->polled) {
+        shutdown(c->fd, SHUT_RDWR);
         engine_poll_cancel(m->e, tag_of((uint32_t)(c - m->conns), c->gen));
+    }
     close(c->fd);
     c->fd = -1;
     c->gen++;
@@ -533,8 +550,11 @@ static void accept_all(struct metrics *m, uint64_t now_ns)
         if (free_i < 0)
             return; /* the rest wait in the backlog */
         int fd = accept4(m->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                m->accept_pause_until_ns = now_ns + 100000000u; /* EMFILE...: no hot loop */
             return;
+        }
         struct hconn *c = &m->conns[free_i];
         c->fd = fd;
         c->req_len = 0;
@@ -570,7 +590,7 @@ void metrics_tick(struct metrics *m, uint64_t now_ns)
     for (uint32_t i = 0; i < METRICS_CONNS_MAX && !room; i++)
         room = m->conns[i].fd < 0;
     /* With every slot busy the backlog waits: a level-triggered poll would fire at once. */
-    if (room && !m->listen_polled &&
+    if (room && !m->listen_polled && now_ns >= m->accept_pause_until_ns &&
         engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
         m->listen_polled = true;
     for (uint32_t i = 0; i < METRICS_CONNS_MAX; i++) {

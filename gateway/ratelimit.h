@@ -9,6 +9,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { RATELIMIT_WINDOW_MS = 10000, RATELIMIT_BURST = 10 };
 
 struct ratelimit {
@@ -33,5 +37,9 @@ static inline bool ratelimit_allow(struct ratelimit *r, uint64_t now_ms, uint64_
     r->suppressed = 0;
     return true;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* AVLGATE_GATEWAY_RATELIMIT_H */

@@ -48,6 +48,8 @@
  */
 #include "gateway/redislink.h"
 
+#include "gateway/logfmt.h"
+
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
@@ -269,12 +271,13 @@ static void link_lost(struct redislink *l, uint64_t now_ms)
     l->want_write = false;
     l->connected = false;
     l->retry_at_ms = now_ms + backoff_ms(l, now_ms);
+    char q[256];
     if (was_up) {
         l->counters.disconnects++;
         fprintf(stderr,
                 "level=warn msg=\"redis link down; reconnecting with backoff\" link=%s "
                 "error=\"%s\"\n",
-                l->name, l->error);
+                l->name, logfmt_q(q, sizeof q, l->error));
         l->outage_logged = true;
     } else {
         l->counters.connect_failures++;
@@ -283,7 +286,7 @@ static void link_lost(struct redislink *l, uint64_t now_ms)
             fprintf(stderr,
                     "level=warn msg=\"redis unreachable; retrying with backoff\" link=%s "
                     "addr=%s error=\"%s\"\n",
-                    l->name, l->addr, l->error);
+                    l->name, l->addr, logfmt_q(q, sizeof q, l->error));
         l->outage_logged = true;
     }
     fifo_fail_all(l);

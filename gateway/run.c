@@ -62,7 +62,10 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
     memcpy(ss, ai->ai_addr, ai->ai_addrlen);
     *len = ai->ai_addrlen;
     freeaddrinfo(ai);
-    return 0;
+    /* Port 0 would give every shard's listener its own ephemeral port, none of them said. */
+    in_port_t port = ss->ss_family == AF_INET6 ? ((struct sockaddr_in6 *)ss)->sin6_port
+                                               : ((struct sockaddr_in *)ss)->sin_port;
+    return port == 0 ? -1 : 0;
 }
 
 /* The shards listen with SO_REUSEPORT, which would let this process share the port with
@@ -292,7 +295,7 @@ int run_main(int argc, char **argv)
             fprintf(stderr, "level=info msg=\"stopping: draining\" signal=%d\n", sig);
             break;
         }
-        if (atomic_load(&shared.shards_done) > 0)
+        if (atomic_load(&shared.shards_done) > 0 || atomic_load(&shared.shard_failed))
             break;
     }
     atomic_store(&shared.stop, true);

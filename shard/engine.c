@@ -1509,7 +1509,10 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
     int ret = check_config(cfg, err, err_cap);
     if (ret)
         return ret;
-    struct engine *e = calloc(1, sizeof *e);
+    /* 64-byte aligned: the counters (struct engine_stats) sit on their own cache lines. */
+    struct engine *e = aligned_alloc(64, (sizeof *e + 63) / 64 * 64);
+    if (e)
+        memset(e, 0, sizeof *e);
     if (!e) {
         snprintf(err, err_cap, "engine: out of memory");
         return -ENOMEM;

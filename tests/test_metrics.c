@@ -594,14 +594,22 @@ static void test_health(void **state)
     assert_int_equal(n, 3);
     assert_memory_equal(body, "ok\n", 3);
 
-    /* The control link, Redis and the counters do not matter; the data link and the listener
-     * do, each shard's in turn. */
-    stats[0].pg_up[1] = 0;
+    /* Redis and the counters do not matter; both database links and the listener do, each
+     * shard's in turn (without the control link no handshake can finish). */
     stats[0].redis_configured = 1;
     stats[0].redis_up[0] = 0;
     n = metrics_health(&sh, body, sizeof body, &ok);
     assert_int_equal(ok, 1);
     assert_int_equal(n, 3);
+
+    stats[0].pg_up[1] = 0;
+    n = metrics_health(&sh, body, sizeof body, &ok);
+    assert_int_equal(ok, 0);
+    static const char want_control[] =
+        "shard 0: database control link down (no handshake can finish)\n";
+    assert_int_equal(n, strlen(want_control));
+    assert_memory_equal(body, want_control, n);
+    stats[0].pg_up[1] = 1;
 
     stats[1].pg_up[0] = 0;
     stats[2].listening = 0;

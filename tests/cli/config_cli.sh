@@ -55,7 +55,15 @@ want_line "batch-ms = 9  # flag" "flag beats environment and file"
 want_line "pin = true  # file" "switch from the file"
 want_line "devices = known  # file" "devices from the file"
 want_line "instance = gw-1  # file" "instance from the file"
-want_line "pg = host=10.0.0.5 port=5432 password=*** dbname=fleet  # file" "password masked"
+want_line "pg = password=*** dbname=fleet host=10.0.0.5 port=5432  # file" "password masked (libpq order)"
+run --print-config --pg "host=a sslpassword=k password='my secret' application_name=x"
+want_line "pg = password=*** host=a application_name=x sslpassword=***  # flag" "both passwords masked"
+grep -q "secret\|=k" "$tmp/out" && fail "a password was printed"
+ok
+run --print-config --pg "postgresql://u:hunter2@10.0.0.9:5433/fleet"
+grep -q hunter2 "$tmp/out" && fail "a URI's password was printed"
+ok
+want_line "pg = user=u password=*** dbname=fleet host=10.0.0.9 port=5433  # flag" "URI parsed and masked"
 grep -q s3cret "$tmp/out" && fail "the password was printed"
 ok
 
@@ -69,6 +77,18 @@ want_line "pin = true  # file" "round trip pin"
 want_line "listen = 127.0.0.1:1  # file" "round trip listen"
 AVLGATE_CONFIG="$tmp/printed.conf" run --print-config
 want_line "conns-max = 123  # file" "AVLGATE_CONFIG names the file"
+
+# A '#' or edge spaces survive the round trip through --print-config (quoted), and a quoted
+# value keeps its '#'.
+run --print-config --instance gw1 --apply-schema "/tmp/a #b"
+want_line 'apply-schema = "/tmp/a #b"  # flag' "a value with # is quoted"
+cp "$tmp/out" "$tmp/quoted.conf"
+run --config "$tmp/quoted.conf" --print-config
+want_line 'apply-schema = "/tmp/a #b"  # file' "quoted value read back"
+printf 'apply-schema = "x" y\n' >"$tmp/q.conf"
+run --config "$tmp/q.conf" --print-config
+want_rc 2 "text after the closing quote"
+want_err "text after the closing quote" "after the quote"
 
 # 3. Errors: named, with the source, exit 2 (1 for a file that cannot be read).
 printf 'batch-rows = 5\nbatchrows = 5\n' >"$tmp/bad.conf"
@@ -101,6 +121,17 @@ want_err "bad --instance 'a b'" "instance"
 run --pg x --no-such-option
 want_rc 2 "unknown option"
 want_err "unknown option '--no-such-option'" "unknown option"
+run --pg x --pin=true
+want_rc 2 "a switch with a value"
+want_err "--pin takes no value" "switch value"
+run --pg x --conn 5
+want_rc 2 "an abbreviated option"
+want_err "unknown option '--conn' (did you mean --conns-max?)" "abbreviation"
+run --pg x --bufs 1000 --print-config
+want_rc 2 "print-config checks what run checks"
+run --pg 'host=127.0.0.1 port=1' --listen 127.0.0.1:0
+want_rc 2 "port 0"
+want_err "bad --listen '127.0.0.1:0'" "port 0 refused"
 run --batch-rows 5
 want_rc 2 "no pg"
 want_err "--pg CONNINFO is required" "pg required"

@@ -24,8 +24,9 @@ conninfo=$("$top/tests/pg/pgtmp.sh" start "$pgdir")
 echo "   $conninfo"
 
 echo "== avlgate run (log: var/avlgate.log)"
+mport=$((port + 1))
 "$top/$build/bin/avlgate" run --pg "$conninfo" --listen "127.0.0.1:$port" --shards 2 \
-  --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
+  --metrics "127.0.0.1:$mport" --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
 gw_pid=$!
 for _ in $(seq 1 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
@@ -47,6 +48,13 @@ SELECT imei, ts, round(lon::numeric, 5) AS lon, round(lat::numeric, 5) AS lat, s
   FROM telemetry.positions ORDER BY received_at DESC, ts DESC LIMIT 5;
 SELECT count(*) AS devices_with_state, max(last_ts) AS newest_fix FROM public.device_state;
 SQL
+
+echo "== what the gateway counted (GET http://127.0.0.1:$mport/metrics, a few series)"
+if exec 3<>"/dev/tcp/127.0.0.1/$mport"; then
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  grep -E '^avlgate_(connections_accepted_total|packets_acked_total|records_stored_total|rows_committed_total|ack_latency_seconds_(sum|count))' <&3 || true
+  exec 3<&-
+fi
 
 echo "== stopping the gateway (SIGTERM drains)"
 kill -TERM "$gw_pid"

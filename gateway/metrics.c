@@ -345,6 +345,7 @@ struct hconn {
     int fd; /* -1: free */
     uint32_t gen;
     bool polled, writing;
+    bool head_only; /* a HEAD request */
     uint64_t deadline_ns;
     char req[REQUEST_BYTES_MAX];
     size_t req_len;
@@ -435,6 +436,8 @@ static void respond(struct metrics *m, struct hconn *c, int status, const char *
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      status, reason, type, body_len);
+    if (c->head_only)
+        body_len = 0; /* HEAD: the GET's headers, Content-Length included; no body */
     size_t need = (size_t)h + body_len;
     if (need > c->out_cap) {
         char *p = realloc(c->out, need);
@@ -459,6 +462,7 @@ static void serve(struct metrics *m, struct hconn *c)
     bool get = strncmp(r, "GET ", 4) == 0, head = false;
     if (!get && strncmp(r, "HEAD ", 5) == 0)
         head = true;
+    c->head_only = head;
     const char *path = r + (get ? 4 : 5);
     size_t plen = strcspn(path, " ?\r\n");
     if (!get && !head) {
@@ -486,7 +490,7 @@ static void serve(struct metrics *m, struct hconn *c)
             hconn_close(m, c);
             return;
         }
-        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, head ? 0 : got);
+        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, got);
         free(body);
         return;
     }
@@ -494,8 +498,7 @@ static void serve(struct metrics *m, struct hconn *c)
         char body[4096];
         int ok;
         size_t n = metrics_health(m->sh, body, sizeof body, &ok);
-        respond(m, c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body,
-                head ? 0 : n);
+        respond(m, c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body, n);
         return;
     }
     respond(m, c, 404, "Not Found", "text/plain", "not found: /metrics or /healthz\n", 32);
@@ -559,6 +562,7 @@ static void accept_all(struct metrics *m, uint64_t now_ns)
         c->fd = fd;
         c->req_len = 0;
         c->writing = false;
+        c->head_only = false;
         c->out_len = c->out_off = 0;
         c->deadline_ns = now_ns + (uint64_t)REQUEST_TIMEOUT_MS * 1000000u;
         conn_io(m, c); /* the request is often there already */
@@ -604,5 +608,27 @@ void metrics_tick(struct metrics *m, uint64_t now_ns)
         if (!c->polled &&
             engine_poll(m->e, c->fd, c->writing ? POLLOUT : POLLIN, tag_of(i, c->gen)) == 0)
             c->polled = true;
+    }
+}
+
+void metrics_answer_starting(int listen_fd, const char *why)
+{
+    for (;;) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        /* Read the request (briefly: this is the main thread, still starting), then answer. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char req[REQUEST_BYTES_MAX];
+        if (poll(&p, 1, 200) > 0)
+            (void)!recv(fd, req, sizeof req, 0);
+        char body[256], out[512];
+        int b = snprintf(body, sizeof body, "starting: %s\n", why);
+        int n = snprintf(out, sizeof out,
+                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                         "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                         b, body);
+        (void)!send(fd, out, (size_t)n, MSG_NOSIGNAL);
+        close(fd);
     }
 }

@@ -42,6 +42,11 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents);
 /* Arms what is not armed, closes connections past their deadline. Every loop turn. */
 void metrics_tick(struct metrics *m, uint64_t now_ns);
 
+/* Before the shards run (the database does not answer yet): answers every connection waiting
+ * on listen_fd with 503 and `starting: why`, so probes see a start-up, not a hang. Returns
+ * when none is waiting. Main thread, at start-up only. */
+void metrics_answer_starting(int listen_fd, const char *why);
+
 /* The exposition of every shard's counters into buf (cap bytes, NUL-terminated when cap > 0).
  * Returns the length of the whole text: it is complete in buf only when that is below cap
  * (the shards keep counting: render again with room to spare when it is not). */

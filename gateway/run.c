@@ -117,7 +117,7 @@ static int resolve_redis(const char *s, char *ip, size_t cap)
 }
 
 /* Connects with backoff until it works or a signal asks to stop; says what it waits for. */
-static PGconn *connect_retry(const char *conninfo, const sigset_t *stop_signals)
+static PGconn *connect_retry(const char *conninfo, const sigset_t *stop_signals, int metrics_fd)
 {
     unsigned delay_ms = 500;
     for (;;) {
@@ -132,10 +132,14 @@ static PGconn *connect_retry(const char *conninfo, const sigset_t *stop_signals)
                 "level=warn msg=\"database unreachable at start; retrying\" retry_ms=%u "
                 "error=\"%s\"\n",
                 delay_ms, msg);
-        struct timespec ts = {.tv_sec = delay_ms / 1000,
-                              .tv_nsec = (long)(delay_ms % 1000) * 1000000};
-        if (sigtimedwait(stop_signals, NULL, &ts) > 0)
-            return NULL;
+        /* Wait in slices, answering /healthz and /metrics probes with 503 meanwhile. */
+        for (unsigned waited = 0; waited < delay_ms; waited += 100) {
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
+            if (sigtimedwait(stop_signals, NULL, &ts) > 0)
+                return NULL;
+            if (metrics_fd >= 0)
+                metrics_answer_starting(metrics_fd, "database unreachable");
+        }
         delay_ms = delay_ms * 2 > 10000 ? 10000 : delay_ms * 2;
     }
 }
@@ -228,7 +232,7 @@ int run_main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    PGconn *pg = connect_retry(cfg.pg_conninfo, &sigs);
+    PGconn *pg = connect_retry(cfg.pg_conninfo, &sigs, cfg.metrics_fd);
     if (!pg)
         return 0; /* asked to stop while waiting */
     char err[1024];

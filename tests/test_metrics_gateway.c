@@ -85,6 +85,7 @@ struct http_resp {
     const char *body; /* into raw */
     size_t body_len;
     char content_type[128];
+    long content_length; /* as the headers say */
 };
 
 static void http_free(struct http_resp *r)
@@ -164,6 +165,7 @@ static void http_read(int fd, struct http_resp *r, bool head_request)
         h = eol + 2;
     }
     CHECK(content_length >= 0, "http: no Content-Length");
+    r->content_length = content_length;
     if (!head_request)
         CHECK((size_t)content_length == r->body_len, "http: Content-Length %ld, body of %zu bytes",
               content_length, r->body_len);
@@ -377,6 +379,8 @@ static void test_paths_and_port_in_use(void **state)
     http_free(&r);
     http_do("HEAD", "/metrics", &r);
     CHECK(r.status == 200, "HEAD /metrics: status %d", r.status);
+    CHECK(r.content_length > 1000, "HEAD /metrics: Content-Length %ld, want the GET's length",
+          r.content_length);
     http_free(&r);
     http_do("GET", "/metrics?x=1", &r);
     CHECK(r.status == 200, "/metrics?x=1: status %d", r.status);

@@ -159,14 +159,24 @@ want_rc 1 "metrics port in use"
 want_err "(another process has the port)" "metrics port"
 
 # 5. A database that does not answer at start: retried with backoff, said, stopped by SIGTERM.
+mport=$(free_port)
 "$avlgate" run --pg 'host=127.0.0.1 port=1 connect_timeout=1' --listen "127.0.0.1:$(free_port)" \
-    >"$tmp/out" 2>"$tmp/err" &
+    --metrics "127.0.0.1:$mport" >"$tmp/out" 2>"$tmp/err" &
 gw=$!
 pids+=("$gw")
 for _ in $(seq 1 50); do grep -q "database unreachable at start; retrying" "$tmp/err" && break; sleep 0.1; done
 want_err "database unreachable at start; retrying" "unreachable database said"
 kill -0 "$gw" 2>/dev/null || fail "the gateway exited while the database was unreachable"
 ok
+# A probe meanwhile gets 503 "starting", not a hang.
+exec 3<>"/dev/tcp/127.0.0.1/$mport" || fail "metrics port not open while starting"
+printf 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+resp=$(timeout 5 cat <&3 || true)
+exec 3<&-
+case "$resp" in
+*"HTTP/1.1 503 Service Unavailable"*"starting: database unreachable"*) ok ;;
+*) fail "healthz while starting: '$resp'" ;;
+esac
 kill -TERM "$gw"
 rc=0
 wait "$gw" || rc=$?

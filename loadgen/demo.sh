@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# demo.sh — `make demo`: a throwaway PostgreSQL under ./var, the schema, the gateway, a burst
-# of simulated devices, and what landed. Everything it starts, it stops on exit.
+# demo.sh — `make demo`: a throwaway PostgreSQL and Redis under ./var, the schema, the
+# gateway, a burst of simulated devices and what landed, the gateway's metrics, then a Codec 12
+# command sent to a simulated tracker and its answer. Everything it starts, it stops on exit.
 #
 # usage: loadgen/demo.sh BUILD_DIR [DEVICES PACKETS RECORDS]
 set -euo pipefail
@@ -9,12 +10,15 @@ devices=${2:-200} packets=${3:-20} records=${4:-10}
 top=$(cd "$(dirname "$0")/.." && pwd)
 var="$top/var"
 pgdir="$var/pg"
+redisdir="$var/redis"
 port=${AVLGATE_DEMO_PORT:-5027}
 mkdir -p "$var"
 
-gw_pid=
+gw_pid= lg_pid=
 cleanup() {
+  [ -n "$lg_pid" ] && kill -TERM "$lg_pid" 2>/dev/null && wait "$lg_pid" 2>/dev/null || true
   [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null || true
+  "$top/tests/redis/redistmp.sh" stop "$redisdir" >/dev/null 2>&1 || true
   "$top/tests/pg/pgtmp.sh" stop "$pgdir" || true
 }
 trap cleanup EXIT
@@ -23,10 +27,15 @@ echo "== PostgreSQL (throwaway, under $pgdir)"
 conninfo=$("$top/tests/pg/pgtmp.sh" start "$pgdir")
 echo "   $conninfo"
 
+echo "== Redis (throwaway, under $redisdir)"
+redis=$("$top/tests/redis/redistmp.sh" start "$redisdir")
+echo "   $redis"
+
 echo "== avlgate run (log: var/avlgate.log)"
 mport=$((port + 1))
 "$top/$build/bin/avlgate" run --pg "$conninfo" --listen "127.0.0.1:$port" --shards 2 \
-  --metrics "127.0.0.1:$mport" --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
+  --metrics "127.0.0.1:$mport" --redis "$redis" --instance demo \
+  --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
 gw_pid=$!
 for _ in $(seq 1 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
@@ -55,6 +64,21 @@ if exec 3<>"/dev/tcp/127.0.0.1/$mport"; then
   grep -E '^avlgate_(connections_accepted_total|packets_acked_total|records_stored_total|rows_committed_total|ack_latency_seconds_(sum|count))' <&3 || true
   exec 3<&-
 fi
+
+echo "== a command: 5 trackers online (avlgate-loadgen answers commands), one gets 'getinfo'"
+imei=352093081429150
+"$top/$build/bin/avlgate-loadgen" --connect "127.0.0.1:$port" --devices 5 --imei-base "$imei" \
+  --period-s 2 --duration-s 20 --command-reply "RTC:2026/11/28 GPS:1 SAT:9 demo OK" \
+  >"$var/loadgen.log" 2>&1 &
+lg_pid=$!
+for _ in $(seq 1 50); do
+  [ "$(redis-cli -h "${redis%:*}" -p "${redis##*:}" exists "avlgate:dev:{$imei}")" = 1 ] && break
+  sleep 0.1
+done
+"$top/$build/bin/avlgate" command send --pg "$conninfo" --redis "$redis" --wait 10 "$imei" getinfo
+"$top/$build/bin/avlgate" command list --pg "$conninfo" --limit 3
+kill -TERM "$lg_pid" 2>/dev/null && wait "$lg_pid" 2>/dev/null || true
+lg_pid=
 
 echo "== stopping the gateway (SIGTERM drains)"
 kill -TERM "$gw_pid"

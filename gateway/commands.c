@@ -976,8 +976,7 @@ void cmds_on_query_done(struct shard *s, uint64_t cookie, const PGresult *res, i
             return;
         }
         for (int i = 0; i < PQntuples(res); i++) {
-            uint64_t imei = strtoull(PQgetvalue(res, i, 0), NULL, 10);
-            int64_t slot = imap_get(&s->owned, imei);
+            int64_t slot = owned_slot_of_row(s, res, i);
             if (slot < 0)
                 continue;
             struct dev *d = &s->devs[slot];

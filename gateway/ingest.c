@@ -612,8 +612,7 @@ static void on_allowlist(struct shard *s, const PGresult *res)
         return;
     }
     for (int i = 0; i < PQntuples(res); i++) {
-        uint64_t imei = strtoull(PQgetvalue(res, i, 0), NULL, 10);
-        int64_t slot = imap_get(&s->owned, imei);
+        int64_t slot = owned_slot_of_row(s, res, i);
         if (slot < 0)
             continue;
         if (engine_close(s->e, (uint32_t)slot, s->devs[slot].gen) != 0)

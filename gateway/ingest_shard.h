@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <xxhash.h>
@@ -249,6 +250,13 @@ struct shard {
     uint8_t split_params[DEV_PARAM_BYTES + STATE_FIXED_BYTES];
     struct bdev split_dev;
 };
+
+/* The slot of the connection this shard owns for the IMEI in row `row`, column 0, of a query's
+ * answer; -1 when none is connected here (any more). */
+static inline int64_t owned_slot_of_row(const struct shard *s, const PGresult *res, int row)
+{
+    return imap_get(&s->owned, strtoull(PQgetvalue(res, row, 0), NULL, 10));
+}
 
 static inline uint64_t now_ms(const struct shard *s)
 {

@@ -34,6 +34,7 @@
 #include "gateway/pgsink.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/pgtest.h"
+#include "tests/support/testutil.h"
 
 enum {
     DONE_MAX = 512,
@@ -44,9 +45,7 @@ enum {
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return tu_now_ms();
 }
 
 static const char *pgtmp_script(void)

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "gateway/redislink.h"
+#include "tests/support/testutil.h"
 
 enum {
     COOKIES_MAX = 4096,
@@ -42,9 +43,7 @@ enum {
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return tu_now_ms();
 }
 
 static const char *redistmp_script(void)

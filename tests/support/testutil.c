@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int hexval(char c)
 {
@@ -551,4 +552,11 @@ struct avl_io_elem *tu_record_srcs(const struct avl_record *recs, size_t n,
         }
     }
     return elems;
+}
+
+uint64_t tu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }

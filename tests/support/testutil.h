@@ -74,6 +74,11 @@ const struct tu_json *tu_json_get(const struct tu_json *v, const char *key);
  * test targets do not link). */
 int64_t tu_round_i64(double x);
 
+/* ---- clocks ------------------------------------------------------------------------------ */
+
+/* CLOCK_MONOTONIC in ms (the clock pgsink and redislink take their now_ms from). */
+uint64_t tu_now_ms(void);
+
 /* ---- calendar ---------------------------------------------------------------------------- */
 
 /* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" (UTC) into ms since 1970; false if it is not that. */

@@ -53,6 +53,7 @@
 #include "gateway/router.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"
+#include "tests/support/testutil.h"
 #include "tests/support/pgtest.h"
 
 #ifndef AVLGATE_REDISTMP
@@ -104,19 +105,13 @@ static struct {
 /* Runs redistmp.sh verb on the test's directory; start records the address it prints. */
 static void redistmp(const char *verb)
 {
-    char cmd[2 * PATH_MAX + 64];
-    snprintf(cmd, sizeof cmd, "'%s' %s '%s'", AVLGATE_REDISTMP, verb, R.dir);
-    FILE *p = popen(cmd, "r");
-    CHECK(p != NULL, "cannot run %s", cmd);
-    char line[sizeof R.addr] = "";
-    char *got = fgets(line, sizeof line, p);
-    int status = pclose(p);
-    CHECK(status == 0, "%s failed (status %d)", cmd, status);
+    char line[sizeof R.addr];
+    int status = tu_script(AVLGATE_REDISTMP, verb, R.dir, line, sizeof line);
+    CHECK(status == 0, "redistmp.sh %s %s failed (status %d)", verb, R.dir, status);
     if (strcmp(verb, "start") == 0) {
-        CHECK(got != NULL, "%s printed no address", cmd);
-        line[strcspn(line, "\r\n")] = '\0';
+        CHECK(line[0] != '\0', "redistmp.sh start printed no address");
         const char *colon = strrchr(line, ':');
-        CHECK(colon != NULL, "%s printed '%s'", cmd, line);
+        CHECK(colon != NULL, "redistmp.sh start printed '%s'", line);
         snprintf(R.addr, sizeof R.addr, "%s", line);
         R.port = atoi(colon + 1);
         R.down = false;

@@ -57,20 +57,12 @@ static const char *pgtmp_script(void)
 /* Runs `pgtmp.sh verb dir`; with out, its first output line goes there. */
 static void pgtmp(const char *verb, const char *dir, char *out, size_t cap)
 {
-    char cmd[PATH_MAX + 256];
-    snprintf(cmd, sizeof cmd, "'%s' %s '%s'", pgtmp_script(), verb, dir);
-    FILE *p = popen(cmd, "r");
-    if (p == NULL)
-        fail_msg("cannot run %s", cmd);
-    char line[512] = "";
-    char *got = fgets(line, sizeof line, p);
-    int status = pclose(p);
-    if (status != 0 || (out && !got))
-        fail_msg("%s failed (status %d)", cmd, status);
-    if (out) {
-        line[strcspn(line, "\r\n")] = '\0';
+    char line[512];
+    int status = tu_script(pgtmp_script(), verb, dir, line, sizeof line);
+    if (status != 0 || (out && !line[0]))
+        fail_msg("%s %s %s failed (status %d)", pgtmp_script(), verb, dir, status);
+    if (out)
         snprintf(out, cap, "%s", line);
-    }
 }
 
 static PGconn *side_connect(const char *conninfo)

@@ -55,20 +55,12 @@ static const char *redistmp_script(void)
 /* Runs `redistmp.sh verb dir`; with out, its first output line goes there. */
 static void redistmp(const char *verb, const char *dir, char *out, size_t cap)
 {
-    char cmd[PATH_MAX + 256];
-    snprintf(cmd, sizeof cmd, "'%s' %s '%s'", redistmp_script(), verb, dir);
-    FILE *p = popen(cmd, "r");
-    if (p == NULL)
-        fail_msg("cannot run %s", cmd);
-    char line[512] = "";
-    char *got = fgets(line, sizeof line, p);
-    int status = pclose(p);
-    if (status != 0 || (out && !got))
-        fail_msg("%s failed (status %d)", cmd, status);
-    if (out) {
-        line[strcspn(line, "\r\n")] = '\0';
+    char line[512];
+    int status = tu_script(redistmp_script(), verb, dir, line, sizeof line);
+    if (status != 0 || (out && !line[0]))
+        fail_msg("%s %s %s failed (status %d)", redistmp_script(), verb, dir, status);
+    if (out)
         snprintf(out, cap, "%s", line);
-    }
 }
 
 /* "127.0.0.1:6379" -> host, port */

@@ -1,5 +1,6 @@
 /* pgtest.c — see pgtest.h. Test-only: allocates freely; every failure fails the test. */
 #include "tests/support/pgtest.h"
+#include "tests/support/testutil.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,17 +28,11 @@ const char *pgtest_server_conninfo(void)
         fail_msg("AVLGATE_PGTMP and AVLGATE_TEST_PGDIR must be set (ctest sets them; by hand: "
                  "AVLGATE_PGTMP=tests/pg/pgtmp.sh AVLGATE_TEST_PGDIR=DIR after "
                  "`pgtmp.sh start DIR`)");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' conninfo '%s'", script, dir);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        fail_msg("cannot run %s", cmd);
-    char line[512] = "";
-    char *got = fgets(line, sizeof line, p);
-    int status = pclose(p);
-    if (!got || status != 0)
-        fail_msg("%s failed (status %d): is the pg fixture running?", cmd, status);
-    line[strcspn(line, "\r\n")] = '\0';
+    char line[512];
+    int status = tu_script(script, "conninfo", dir, line, sizeof line);
+    if (!line[0] || status != 0)
+        fail_msg("%s conninfo %s failed (status %d): is the pg fixture running?", script, dir,
+                 status);
     snprintf(server_conninfo, sizeof server_conninfo, "%s", line);
     return server_conninfo;
 }

@@ -560,3 +560,21 @@ uint64_t tu_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+int tu_script(const char *script, const char *verb, const char *dir, char *out, size_t cap)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' %s '%s'", script, verb, dir);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    char line[512] = "";
+    if (fgets(line, sizeof line, p) == NULL)
+        line[0] = '\0';
+    int status = pclose(p);
+    if (out && cap > 0) {
+        line[strcspn(line, "\r\n")] = '\0';
+        snprintf(out, cap, "%s", line);
+    }
+    return status;
+}

@@ -79,6 +79,12 @@ int64_t tu_round_i64(double x);
 /* CLOCK_MONOTONIC in ms (the clock pgsink and redislink take their now_ms from). */
 uint64_t tu_now_ms(void);
 
+/* ---- the throwaway-server scripts (tests/pg/pgtmp.sh, tests/redis/redistmp.sh) ---------- */
+
+/* Runs `'script' verb 'dir'` and returns its exit status; its first output line (without the
+ * newline) goes to out when out is not NULL ("" when it printed nothing). */
+int tu_script(const char *script, const char *verb, const char *dir, char *out, size_t cap);
+
 /* ---- calendar ---------------------------------------------------------------------------- */
 
 /* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" (UTC) into ms since 1970; false if it is not that. */

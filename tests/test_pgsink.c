@@ -58,11 +58,9 @@ static const char *pgtmp_script(void)
 static void pgtmp(const char *verb, const char *dir, char *out, size_t cap)
 {
     char line[512];
-    int status = tu_script(pgtmp_script(), verb, dir, line, sizeof line);
-    if (status != 0 || (out && !line[0]))
+    int status = tu_script(pgtmp_script(), verb, dir, out ? out : line, out ? cap : sizeof line);
+    if (status != 0 || (out && !out[0]))
         fail_msg("%s %s %s failed (status %d)", pgtmp_script(), verb, dir, status);
-    if (out)
-        snprintf(out, cap, "%s", line);
 }
 
 static PGconn *side_connect(const char *conninfo)

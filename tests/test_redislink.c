@@ -56,11 +56,9 @@ static const char *redistmp_script(void)
 static void redistmp(const char *verb, const char *dir, char *out, size_t cap)
 {
     char line[512];
-    int status = tu_script(redistmp_script(), verb, dir, line, sizeof line);
-    if (status != 0 || (out && !line[0]))
+    int status = tu_script(redistmp_script(), verb, dir, out ? out : line, out ? cap : sizeof line);
+    if (status != 0 || (out && !out[0]))
         fail_msg("%s %s %s failed (status %d)", redistmp_script(), verb, dir, status);
-    if (out)
-        snprintf(out, cap, "%s", line);
 }
 
 /* "127.0.0.1:6379" -> host, port */

@@ -16,7 +16,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "loadgen/packetgen.h"
 

@@ -49,7 +49,7 @@
 
 #include <libpq-fe.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/pgschema.h"
 #include "loadgen/packetgen.h"

@@ -51,9 +51,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/ingest_shard.h"
-#include "gateway/logfmt.h"
+#include "gateway/log.h"
 #include "gateway/redislink.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
@@ -198,7 +198,7 @@ static uint64_t qcookie(enum qkind k, uint64_t payload)
 /* A device's connection as 56 bits: slot (32) and generation (24). */
 static uint64_t conn_key(uint32_t slot, uint32_t gen)
 {
-    return (uint64_t)slot << 24 | (gen & 0xFFFFFFu);
+    return engine_key(slot, gen);
 }
 
 /* Redis reply cookies. */
@@ -605,9 +605,9 @@ static bool detached_of(const struct shard *s, uint64_t imei)
 /* The fetch's answer: the current command, if any, and the ids it expired. */
 static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
 {
-    uint32_t slot = (uint32_t)(key >> 24), gen = (uint32_t)(key & 0xFFFFFFu);
+    uint32_t slot = engine_key_slot(key), gen = engine_key_gen(key);
     struct dev *d = &s->devs[slot];
-    bool ours = (d->gen & 0xFFFFFFu) == gen && d->state != DEV_FREE && d->state != DEV_HANDSHAKE;
+    bool ours = d->gen == gen && d->state != DEV_FREE && d->state != DEV_HANDSHAKE;
     if (ours)
         d->cmd_flags &= (uint8_t)~CMDF_FETCHING;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {

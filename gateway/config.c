@@ -13,7 +13,8 @@
 
 #include <libpq-fe.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
+#include "shard/engine.h"
 
 enum kind {
     K_U32,     /* a number in [lo, hi] */
@@ -42,7 +43,8 @@ static const struct opt opts[] = {
     {"pg", K_STR, CFG(pg_conninfo), 0, 0, "CONNINFO",
      "libpq conninfo or URI (required; give an IP address)"},
     {"listen", K_STR, RO(listen), 0, 0, "HOST:PORT", "device port (default 0.0.0.0:5027)"},
-    {"shards", K_U32, CFG(shards), 1, 256, "N", "shard threads (default: online CPUs)"},
+    {"shards", K_U32, CFG(shards), 1, ENGINE_SHARDS_MAX, "N",
+     "shard threads (default: online CPUs)"},
     {"pin", K_SWITCH, CFG(pin), 0, 0, NULL, "pin shard i to CPU i"},
     {"instance", K_STR, CFG(instance), 0, 0, "ID",
      "this instance's name, in Redis keys (default: the host name)"},
@@ -185,7 +187,7 @@ static void defaults(struct run_options *o)
     memset(o, 0, sizeof *o);
     struct ingest_config *c = &o->cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    c->shards = cpus > 0 ? (unsigned)(cpus > 256 ? 256 : cpus) : 1;
+    c->shards = cpus > 0 ? (unsigned)(cpus > ENGINE_SHARDS_MAX ? ENGINE_SHARDS_MAX : cpus) : 1;
     c->batch_rows = 1000;
     c->batch_ms = 10;
     c->batches = 4;

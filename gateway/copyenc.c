@@ -22,7 +22,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "gateway/bytes.h"
+#include "codec/bytes.h"
 
 /* timestamptz is µs since 2000-01-01; this is that instant in µs since 1970. */
 #define PG_EPOCH_UNIX_US INT64_C(946684800000000)

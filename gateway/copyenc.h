@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 #ifdef __cplusplus
 extern "C" {

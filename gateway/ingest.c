@@ -44,13 +44,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/commands.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest_shard.h"
-#include "gateway/logfmt.h"
+#include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/pgsink.h"
+#include "gateway/tags.h"
 #include "shard/engine.h"
 
 /* A device's state when it connects, and whether it has open commands (one probe of the partial
@@ -1162,14 +1163,14 @@ static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
     dev_dedup_drop(s, d);
     d->dormant = false;
     d->state = DEV_FREE;
-    d->gen = (gen + 1) & 0xFFFFFFu; /* the engine's next generation for this slot */
+    d->gen = engine_gen_next(gen);
 }
 
 static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
 {
     struct shard *s = user;
     (void)e;
-    if ((tag & 0xFF) >= METRICS_POLL_TAG) {
+    if (poll_tag_owner(tag) == POLL_METRICS) {
         if (s->metrics)
             metrics_on_poll(s->metrics, tag, revents);
         return;

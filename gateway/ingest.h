@@ -14,9 +14,7 @@
 #include <sys/socket.h>
 
 #include "gateway/router.h"
-
-struct engine;
-struct engine_stats;
+#include "shard/engine.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -91,6 +89,9 @@ struct ingest_stats {
     struct hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
 } __attribute__((aligned(64)));
 
+_Static_assert((int)ENGINE_SHARDS_MAX == (int)ROUTER_SHARDS_MAX,
+               "the router places devices on exactly the shards the engines can link");
+
 /* What every shard thread shares. */
 struct ingest_shared {
     const struct ingest_config *cfg;
@@ -98,9 +99,9 @@ struct ingest_shared {
     atomic_bool stop;
     /* Start-up handshake between the shard threads and main: each creates its ring, publishes
      * its descriptor, then waits until every shard did. */
-    int ring_fds[256];
-    struct engine *engines[256];                  /* for the mailboxes between shards */
-    const struct engine_stats *engine_stats[256]; /* each engine's counters (the metrics) */
+    int ring_fds[ENGINE_SHARDS_MAX];
+    struct engine *engines[ENGINE_SHARDS_MAX];                  /* the mailboxes between shards */
+    const struct engine_stats *engine_stats[ENGINE_SHARDS_MAX]; /* their counters (metrics) */
     atomic_uint rings_ready;
     atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
     atomic_uint shards_done;

@@ -13,7 +13,7 @@
 #include <time.h>
 #include <xxhash.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest.h"
 #include "gateway/pgsink.h"

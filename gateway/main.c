@@ -6,7 +6,7 @@
 
 #include "gateway/cli/command.h"
 #include "gateway/cli/decode.h"
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/run.h"
 
 #ifndef AVLGATE_VERSION

@@ -16,9 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest.h"
+#include "gateway/tags.h"
 #include "shard/engine.h"
 #include "shard/stat.h"
 
@@ -383,7 +384,7 @@ int metrics_listen(const struct sockaddr_storage *addr, socklen_t len, char *err
 
 static uint64_t tag_of(uint32_t index, uint32_t gen)
 {
-    return (uint64_t)METRICS_POLL_TAG | (uint64_t)index << 8 | (uint64_t)gen << 24;
+    return poll_tag(POLL_METRICS, (uint64_t)index | (uint64_t)gen << 16);
 }
 
 struct metrics *metrics_create(struct ingest_shared *sh, struct engine *e, int listen_fd)
@@ -571,7 +572,8 @@ static void accept_all(struct metrics *m, uint64_t now_ns)
 
 void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
 {
-    uint32_t index = (uint32_t)(tag >> 8) & 0xFFFF, gen = (uint32_t)(tag >> 24);
+    uint64_t payload = poll_tag_payload(tag);
+    uint32_t index = (uint32_t)payload & 0xFFFF, gen = (uint32_t)(payload >> 16);
     if (index == TAG_LISTEN) {
         m->listen_polled = false;
         if (revents > 0)

@@ -27,7 +27,7 @@ struct engine;
 struct ingest_shared;
 struct metrics;
 
-enum { METRICS_CONNS_MAX = 8, METRICS_POLL_TAG = 4 /* poll tags from here on (tag & 0xFF) */ };
+enum { METRICS_CONNS_MAX = 8 };
 
 /* Binds and listens on addr (non-blocking, SO_REUSEADDR): at start-up, so that a port in use
  * is a start-up error. Returns the descriptor or -errno with a message in err. */
@@ -37,7 +37,7 @@ int metrics_listen(const struct sockaddr_storage *addr, socklen_t len, char *err
 struct metrics *metrics_create(struct ingest_shared *sh, struct engine *e, int listen_fd);
 /* Closes the listening socket and every HTTP connection. NULL is a no-op. */
 void metrics_destroy(struct metrics *m);
-/* A poll with a tag from METRICS_POLL_TAG on fired. */
+/* A poll whose tag's owner is POLL_METRICS (gateway/tags.h) fired. */
 void metrics_on_poll(struct metrics *m, uint64_t tag, int revents);
 /* Arms what is not armed, closes connections past their deadline. Every loop turn. */
 void metrics_tick(struct metrics *m, uint64_t now_ns);

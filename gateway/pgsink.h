@@ -50,7 +50,7 @@
 
 #include <libpq-fe.h>
 
-#include "gateway/bytes.h"
+#include "codec/bytes.h"
 #include "gateway/copyenc.h"
 
 #ifdef __cplusplus

@@ -48,7 +48,7 @@
  */
 #include "gateway/redislink.h"
 
-#include "gateway/logfmt.h"
+#include "gateway/log.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

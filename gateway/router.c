@@ -18,7 +18,7 @@
 
 #include <xxhash.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 _Static_assert(sizeof(struct router_point) == 16, "a ring point is 16 bytes");
 _Static_assert((uint64_t)ROUTER_SHARDS_MAX *ROUTER_VNODES_MAX <= UINT32_MAX,

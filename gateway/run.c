@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/config.h"
 #include "gateway/ingest.h"
 #include "gateway/metrics.h"

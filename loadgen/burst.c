@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "loadgen/packetgen.h"
 
 enum dev_phase { PH_HANDSHAKE, PH_PACKET, PH_DONE, PH_FAILED };

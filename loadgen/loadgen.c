@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "loadgen/hist.h"
 #include "loadgen/packetgen.h"
 #include "loadgen/verify.h"

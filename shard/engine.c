@@ -61,8 +61,10 @@ enum op {
     OP_CONNECT,      /* engine_connect's IORING_OP_CONNECT on the fixed file */
 };
 
-#define GEN_MASK     0xFFFFFFu
-#define PAYLOAD_MASK ((UINT64_C(1) << 56) - 1)
+#define GEN_MASK     ENGINE_GEN_MASK
+#define PAYLOAD_MASK ENGINE_KEY_MAX
+_Static_assert(ENGINE_KEY_BITS == 56 && ENGINE_GEN_BITS <= 24, "op (8) | gen | slot (32)");
+_Static_assert(ENGINE_SHARDS_MAX <= 256, "conn.handoff_to is a uint8_t");
 
 static uint64_t ud_conn(enum op op, uint32_t gen, uint32_t slot)
 {
@@ -189,14 +191,14 @@ struct engine {
     uint32_t paused_head, paused_tail; /* slot + 1 */
     uint32_t rearm_head;               /* slot + 1 */
 
-    int peers[256];
+    int peers[ENGINE_SHARDS_MAX];
     unsigned peers_len;
 
     /* Mailboxes: inbox[i] is the queue shard i fills for us (NULL for ourselves), outbox[i]
      * is shard i's inbox[our id]; wake[i] says a message went to shard i this turn. */
-    struct spsc *inbox[256];
-    struct spsc *outbox[256];
-    bool wake[256];
+    struct spsc *inbox[ENGINE_SHARDS_MAX];
+    struct spsc *outbox[ENGINE_SHARDS_MAX];
+    bool wake[ENGINE_SHARDS_MAX];
     bool wake_any;
 
     uint64_t now_ns;
@@ -792,7 +794,7 @@ static void on_close_done(struct engine *e, const struct cqe_copy *q)
     c->flags = 0;
     c->out_len = 0;
     c->state = CONN_FREE;
-    c->gen = (c->gen + 1) & GEN_MASK;
+    c->gen = engine_gen_next(c->gen);
     if (dial) {
         assert(e->conns_dialing > 0);
         e->conns_dialing--;
@@ -875,7 +877,7 @@ int engine_mail(struct engine *e, unsigned to, const void *msg)
 
 void engine_set_mailboxes(struct engine *e, struct engine *const *all, unsigned shards)
 {
-    assert(shards == e->cfg.shards && shards <= 256);
+    assert(shards == e->cfg.shards && shards <= ENGINE_SHARDS_MAX);
     for (unsigned i = 0; i < shards; i++)
         e->outbox[i] = i == e->cfg.shard ? NULL : all[i]->inbox[e->cfg.shard];
 }
@@ -1497,7 +1499,8 @@ static int check_config(const struct engine_config *cfg, char *err, size_t err_c
         return -EINVAL;
     }
     if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
-        cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards || cfg->shards > 256) {
+        cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards ||
+        cfg->shards > ENGINE_SHARDS_MAX) {
         snprintf(err, err_cap, "engine configuration out of range");
         return -EINVAL;
     }
@@ -1588,7 +1591,7 @@ void engine_free(struct engine *e)
         munmap(e->conns, (size_t)e->cfg.conns_max * sizeof *e->conns);
     free(e->reasm_free);
     free(e->dial_free);
-    for (unsigned i = 0; i < 256; i++)
+    for (unsigned i = 0; i < ENGINE_SHARDS_MAX; i++)
         free(e->inbox[i]);
     free(e);
 }

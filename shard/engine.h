@@ -30,6 +30,40 @@ extern "C" {
 
 struct engine;
 
+/* A connection's name is (slot, gen): gen has ENGINE_GEN_BITS bits and changes each time the
+ * slot is reused. engine_key packs both into one ENGINE_KEY_BITS-bit value (what a handoff, a
+ * poll tag or an application's cookie can carry); engine_key_slot/_gen unpack it. The
+ * application never does this arithmetic itself. */
+enum {
+    ENGINE_GEN_BITS = 24,
+    ENGINE_KEY_BITS = 56,   /* handoff keys and poll tags: the payload beside the op */
+    ENGINE_SHARDS_MAX = 256 /* shards (engines) one process can link with mailboxes */
+};
+#define ENGINE_GEN_MASK ((UINT32_C(1) << ENGINE_GEN_BITS) - 1)
+#define ENGINE_KEY_MAX  ((UINT64_C(1) << ENGINE_KEY_BITS) - 1)
+_Static_assert(32 + ENGINE_GEN_BITS <= ENGINE_KEY_BITS, "a key holds a slot and a generation");
+
+static inline uint64_t engine_key(uint32_t slot, uint32_t gen)
+{
+    return (uint64_t)slot << ENGINE_GEN_BITS | (gen & ENGINE_GEN_MASK);
+}
+
+static inline uint32_t engine_key_slot(uint64_t key)
+{
+    return (uint32_t)(key >> ENGINE_GEN_BITS);
+}
+
+static inline uint32_t engine_key_gen(uint64_t key)
+{
+    return (uint32_t)key & ENGINE_GEN_MASK;
+}
+
+/* The generation a slot's next connection will have after one of generation gen. */
+static inline uint32_t engine_gen_next(uint32_t gen)
+{
+    return (gen + 1) & ENGINE_GEN_MASK;
+}
+
 /* What on_data tells the engine about the bytes it was given. */
 enum engine_verdict {
     ENGINE_CONTINUE, /* consumed what it could; the rest is an incomplete frame (see *need) */
@@ -209,10 +243,10 @@ int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_l
 
 /* Closes the connection (on_close follows with ENGINE_CLOSE_APP). -ESTALE if already gone. */
 int engine_close(struct engine *e, uint32_t slot, uint32_t gen);
-/* Passes the connection to shard `to` with a 56-bit key; the other shard's on_open gets it.
- * This shard stops reading it at once; its on_close(ENGINE_CLOSE_HANDED_OFF) follows when
- * the descriptor left. Bytes already received and not consumed are dropped: hand off only
- * between frames. Returns 0, -ESTALE, or -EINVAL (key above 2^56 or bad shard). */
+/* Passes the connection to shard `to` with a key of at most ENGINE_KEY_MAX; the other shard's
+ * on_open gets it. This shard stops reading it at once; its on_close(ENGINE_CLOSE_HANDED_OFF)
+ * follows when the descriptor left. Bytes already received and not consumed are dropped: hand off
+ * only between frames. Returns 0, -ESTALE, or -EINVAL (key above ENGINE_KEY_MAX or bad shard). */
 int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key);
 /* Resumes every connection paused by ENGINE_PAUSE: their kept bytes are offered to on_data
  * again (in pause order) until the application pauses again. */

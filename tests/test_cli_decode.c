@@ -16,7 +16,7 @@
 #include "gateway/cli/decode.h"
 #include "gateway/cli/hexline.h"
 #include "gateway/cli/json.h"
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "tests/support/testutil.h"
 
 /* ------------------------------------------------------------------------------------------

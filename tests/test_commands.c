@@ -49,7 +49,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/router.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"

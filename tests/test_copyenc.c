@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/testutil.h"

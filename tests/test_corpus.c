@@ -26,7 +26,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "tests/support/testutil.h"
 
 /* ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "tests/support/testutil.h"
 
 struct crc_case {

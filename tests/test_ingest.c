@@ -39,7 +39,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/router.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/device.h"

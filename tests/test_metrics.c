@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/ingest.h"
 #include "gateway/metrics.h"

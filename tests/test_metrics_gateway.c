@@ -32,7 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/ingest.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"

@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/pgschema.h"
 #include "loadgen/packetgen.h"

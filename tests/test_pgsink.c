@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/pgsink.h"
 #include "loadgen/packetgen.h"

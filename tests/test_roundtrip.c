@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/testutil.h"
 

@@ -20,7 +20,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "gateway/router.h"
 #include "tests/support/testutil.h"
 

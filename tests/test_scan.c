@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "tests/support/testutil.h"
 
 /* ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 #include "tests/support/testutil.h"
 
 enum { VECTORS_EXPECTED = 24 };

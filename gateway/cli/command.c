@@ -39,7 +39,7 @@
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 enum {
     COMMAND_IMEI_DIGITS = AVL_IMEI_CANONICAL_DIGITS, /* what `send` and `list` accept */

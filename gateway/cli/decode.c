@@ -1,6 +1,6 @@
 /* decode.c — owns `avlgate decode`, the operator's answer to "what did this device send?":
  * option parsing, the input files in order, and the JSON object written for every frame or
- * error. The wire format is the codec's business (gateway/codec/avl.h); this file only
+ * error. The wire format is the codec's business (codec/avl.h); this file only
  * chooses which codec call a line needs and prints what it returns. One object per frame,
  * in input order, each tagged with its 1-based physical line; a line that fails stops at its
  * first error. Single-threaded. */

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 #include "gateway/cli/json.h"
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

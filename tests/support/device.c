@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 enum {
     TRACKERS_MAX = 256,     /* trackers in one trackers_poll() */

@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 #ifndef AVLGATE_BIN
 #error "AVLGATE_BIN (the avlgate binary) must be defined by the build"

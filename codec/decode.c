@@ -5,8 +5,8 @@
  * packet; GPRS messages point at their payload. Every length and count read from the wire is
  * checked against the bytes that remain before it is used, every cursor stays inside
  * [p, p + len), and the parse must end exactly at the closing count. Nothing allocates. */
-#include "gateway/codec/avl.h"
-#include "gateway/codec/internal.h"
+#include "codec/avl.h"
+#include "codec/internal.h"
 
 #include <assert.h>
 

@@ -3,11 +3,11 @@
  * Slicing-by-8 over build-time tables: one 8-byte load and eight table lookups per 8 input
  * bytes, then a byte loop for the tail. Stateless and thread-safe. The CRC register is 16 bits,
  * so it only mixes into the first two bytes of each 8-byte word. */
-#include "gateway/codec/avl.h"
+#include "codec/avl.h"
 
 #include <string.h>
 
-#include "gateway/codec/crc16_tables.h"
+#include "codec/crc16_tables.h"
 
 _Static_assert(AVL_CRC16_SLICES == 8, "the loop below folds eight bytes per step");
 

@@ -1,6 +1,6 @@
 /* names.c — the printable names of codec errors and codec ids. Static strings only. */
-#include "gateway/codec/avl.h"
-#include "gateway/codec/internal.h"
+#include "codec/avl.h"
+#include "codec/internal.h"
 
 static const char *const err_names[] = {
     [-AVL_NEED_MORE] = "need_more",

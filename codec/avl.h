@@ -14,8 +14,8 @@
  * Decoded values that point into the input (IO elements, message payloads) stay valid only as
  * long as the caller keeps those input bytes; the codec never copies them.
  */
-#ifndef AVLGATE_GATEWAY_CODEC_AVL_H
-#define AVLGATE_GATEWAY_CODEC_AVL_H
+#ifndef AVLGATE_CODEC_AVL_H
+#define AVLGATE_CODEC_AVL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -355,4 +355,4 @@ int avl_encode_command(uint8_t *out, size_t cap, const uint8_t *text, uint32_t t
 }
 #endif
 
-#endif /* AVLGATE_GATEWAY_CODEC_AVL_H */
+#endif /* AVLGATE_CODEC_AVL_H */

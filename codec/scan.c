@@ -6,8 +6,8 @@
  * bodies (the decoders do). Each check is made as soon as its bytes are visible, so garbage
  * is refused before the caller waits for more of it, while a strict prefix of a valid frame
  * always gives AVL_NEED_MORE. Stateless: the caller keeps the mode (handshake or data). */
-#include "gateway/codec/avl.h"
-#include "gateway/codec/internal.h"
+#include "codec/avl.h"
+#include "codec/internal.h"
 
 #include <assert.h>
 

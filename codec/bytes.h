@@ -1,8 +1,8 @@
 /* bytes.h — big-endian loads and stores, shared by the codec (the Teltonika wire format), the
  * COPY BINARY encoder and the sink's binary parameters (PostgreSQL's wire format). memcpy +
  * bswap: one load or store and one bswap, no alignment assumed. */
-#ifndef AVLGATE_GATEWAY_BYTES_H
-#define AVLGATE_GATEWAY_BYTES_H
+#ifndef AVLGATE_CODEC_BYTES_H
+#define AVLGATE_CODEC_BYTES_H
 
 #include <stdint.h>
 #include <string.h>
@@ -57,4 +57,4 @@ static inline void put_be64(uint8_t *p, uint64_t v)
 }
 #endif
 
-#endif /* AVLGATE_GATEWAY_BYTES_H */
+#endif /* AVLGATE_CODEC_BYTES_H */

@@ -1,21 +1,21 @@
 /* internal.h — what the codec's .c files share and nobody else uses: loads and stores of a
- * given width (on gateway/bytes.h), and the few protocol rules that both the decoders and the
+ * given width (on codec/bytes.h), and the few protocol rules that both the decoders and the
  * encoders apply. */
-#ifndef AVLGATE_GATEWAY_CODEC_INTERNAL_H
-#define AVLGATE_GATEWAY_CODEC_INTERNAL_H
+#ifndef AVLGATE_CODEC_INTERNAL_H
+#define AVLGATE_CODEC_INTERNAL_H
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "gateway/bytes.h"
+#include "codec/bytes.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* The encoders' size sums assume a 64-bit size_t (an 8E record can describe over 4 GiB of NX
- * elements before the per-record ceiling check); gateway/bytes.h assumes little-endian. Both
+ * elements before the per-record ceiling check); codec/bytes.h assumes little-endian. Both
  * hold on every machine avlgate targets; say so where it would break. */
 _Static_assert(SIZE_MAX > UINT32_MAX, "the codec assumes a 64-bit size_t");
 
@@ -66,4 +66,4 @@ static inline void put_be_width(uint8_t *p, unsigned width, uint64_t v)
 }
 #endif
 
-#endif /* AVLGATE_GATEWAY_CODEC_INTERNAL_H */
+#endif /* AVLGATE_CODEC_INTERNAL_H */

@@ -5,8 +5,8 @@
  * or writes nothing and names the reason (AVL_E_ENCODE_RANGE before AVL_E_NO_SPACE). The
  * decoder's output re-encodes to the same bytes: elements go group by group in the order
  * given, and the decoder yields them in wire order. */
-#include "gateway/codec/avl.h"
-#include "gateway/codec/internal.h"
+#include "codec/avl.h"
+#include "codec/internal.h"
 
 enum {
     GROUPS = 5, /* N1 N2 N4 N8 NX */

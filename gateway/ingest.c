@@ -698,7 +698,7 @@ static void ack_packet(struct shard *s, const struct pkt_ref *p)
         return;
     }
     stat_add(&s->st->packets_acked, 1);
-    hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
+    prom_hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
     struct dev *d = &s->devs[p->slot];
     if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0)
         cmds_on_acked(s, p->slot); /* a command may go now, after the ACK */
@@ -759,7 +759,7 @@ static void on_txn_done(void *user, void *cookie, const struct pgsink_txn_result
     assert(b->state == BATCH_INFLIGHT);
     switch (res->outcome) {
     case PGSINK_COMMITTED:
-        hist_observe(&s->st->copy_latency, (engine_now_ns(s->e) - b->submitted_ns) / 1000u);
+        prom_hist_observe(&s->st->copy_latency, (engine_now_ns(s->e) - b->submitted_ns) / 1000u);
         if (b->split) {
             /* One packet of a split batch committed. */
             struct pkt_ref *p = &b->pkts[b->split_next];

@@ -52,15 +52,17 @@ struct ingest_config {
 };
 
 /* A latency histogram: cumulative Prometheus buckets are summed from these on read. */
-enum { HIST_BUCKETS = 14 };
-extern const uint32_t hist_bucket_us[HIST_BUCKETS]; /* upper bounds; the last bucket is +Inf */
-struct hist {
-    uint64_t bucket[HIST_BUCKETS + 1]; /* [i]: at most hist_bucket_us[i]; [HIST_BUCKETS]: above */
+enum { PROM_HIST_BUCKETS = 14 };
+extern const uint32_t
+    prom_hist_bucket_us[PROM_HIST_BUCKETS]; /* upper bounds; the last bucket is +Inf */
+struct prom_hist {
+    uint64_t bucket[PROM_HIST_BUCKETS +
+                    1]; /* [i]: at most prom_hist_bucket_us[i]; [PROM_HIST_BUCKETS]: above */
     uint64_t sum_us, count;
 };
 
 /* Counts one observation (shard thread only). */
-void hist_observe(struct hist *h, uint64_t us);
+void prom_hist_observe(struct prom_hist *h, uint64_t us);
 
 /* Counters of one shard, on their own cache lines, written by that shard only (shard/stat.h:
  * stat_add on the shard, stat_read from the metrics endpoint). */
@@ -84,9 +86,9 @@ struct ingest_stats {
     uint64_t pg_up[2], pg_connects[2], pg_disconnects[2], pg_connect_failures[2];
     uint64_t redis_up[2]; /* registry, intake (shard 0); 0 also when not configured */
     uint64_t redis_configured;
-    uint64_t listening;       /* accepting connections */
-    struct hist copy_latency; /* a batch's transaction: submit to COMMIT's answer */
-    struct hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
+    uint64_t listening;            /* accepting connections */
+    struct prom_hist copy_latency; /* a batch's transaction: submit to COMMIT's answer */
+    struct prom_hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
 } __attribute__((aligned(64)));
 
 _Static_assert((int)ENGINE_SHARDS_MAX == (int)ROUTER_SHARDS_MAX,

@@ -29,14 +29,14 @@ enum {
     TAG_LISTEN = 0xFFFF, /* connection index of the listening socket's poll */
 };
 
-const uint32_t hist_bucket_us[HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
-                                               25000,   50000,   100000,  250000,  500000,
-                                               1000000, 2500000, 5000000, 10000000};
+const uint32_t prom_hist_bucket_us[PROM_HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
+                                                         25000,   50000,   100000,  250000,  500000,
+                                                         1000000, 2500000, 5000000, 10000000};
 
-void hist_observe(struct hist *h, uint64_t us)
+void prom_hist_observe(struct prom_hist *h, uint64_t us)
 {
     unsigned i = 0;
-    while (i < HIST_BUCKETS && us > hist_bucket_us[i])
+    while (i < PROM_HIST_BUCKETS && us > prom_hist_bucket_us[i])
         i++;
     stat_add(&h->bucket[i], 1);
     stat_add(&h->sum_us, us);
@@ -182,14 +182,14 @@ static void render_hist(struct out *o, const struct ingest_shared *sh, const cha
 {
     family(o, name, "histogram", help);
     for (unsigned i = 0; i < sh->cfg->shards; i++) {
-        const struct hist *h =
-            (const struct hist *)(const void *)((const char *)shard_stats(sh, i) + off);
+        const struct prom_hist *h =
+            (const struct prom_hist *)(const void *)((const char *)shard_stats(sh, i) + off);
         uint64_t cum = 0;
-        for (unsigned b = 0; b <= HIST_BUCKETS; b++) {
+        for (unsigned b = 0; b <= PROM_HIST_BUCKETS; b++) {
             cum += stat_read(&h->bucket[b]);
-            if (b < HIST_BUCKETS)
+            if (b < PROM_HIST_BUCKETS)
                 put(o, "%s_bucket{shard=\"%u\",le=\"%g\"} %" PRIu64 "\n", name, i,
-                    hist_bucket_us[b] / 1e6, cum);
+                    prom_hist_bucket_us[b] / 1e6, cum);
             else
                 put(o, "%s_bucket{shard=\"%u\",le=\"+Inf\"} %" PRIu64 "\n", name, i, cum);
         }

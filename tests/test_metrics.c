@@ -445,7 +445,7 @@ static void check_hist(const struct prom_text *t, const char *name, const char *
     snprintf(bucket, sizeof bucket, "%s_bucket", name);
     snprintf(sum, sizeof sum, "%s_sum", name);
     snprintf(count, sizeof count, "%s_count", name);
-    assert_int_equal(prom_count(t, bucket, "shard", sl, NULL), HIST_BUCKETS + 1);
+    assert_int_equal(prom_count(t, bucket, "shard", sl, NULL), PROM_HIST_BUCKETS + 1);
     unsigned b = 0;
     uint64_t sum_us = 0;
     for (size_t k = 0; k < n; k++)
@@ -456,14 +456,14 @@ static void check_hist(const struct prom_text *t, const char *name, const char *
             continue;
         const char *le = prom_label(s, "le");
         uint64_t bound_us = UINT64_MAX;
-        if (b < HIST_BUCKETS) {
+        if (b < PROM_HIST_BUCKETS) {
             char *end;
             double le_s = strtod(le, &end);
             assert_true(*end == '\0');
-            if (abs_d(le_s - hist_bucket_us[b] / 1e6) > 1e-12)
+            if (abs_d(le_s - prom_hist_bucket_us[b] / 1e6) > 1e-12)
                 fail_msg("%s shard %s bucket %u: le=\"%s\", want %g", name, sl, b, le,
-                         hist_bucket_us[b] / 1e6);
-            bound_us = hist_bucket_us[b];
+                         prom_hist_bucket_us[b] / 1e6);
+            bound_us = prom_hist_bucket_us[b];
         } else {
             assert_string_equal(le, "+Inf");
         }
@@ -474,7 +474,7 @@ static void check_hist(const struct prom_text *t, const char *name, const char *
             fail_msg("%s{shard=\"%s\",le=\"%s\"} = %g, want %" PRIu64, name, sl, le, s->value, cum);
         b++;
     }
-    assert_int_equal(b, HIST_BUCKETS + 1);
+    assert_int_equal(b, PROM_HIST_BUCKETS + 1);
     assert_true(VALUE(t, count, "shard", sl, NULL) == (double)n);
     double got_sum = VALUE(t, sum, "shard", sl, NULL);
     if (abs_d(got_sum - sum_us / 1e6) > 1e-6)
@@ -485,10 +485,10 @@ static void test_histograms(void **state)
 {
     (void)state;
     for (size_t k = 0; k < sizeof ack_obs_us / sizeof ack_obs_us[0]; k++)
-        hist_observe(&stats[0].ack_latency, ack_obs_us[k]);
+        prom_hist_observe(&stats[0].ack_latency, ack_obs_us[k]);
     for (size_t k = 0; k < sizeof copy_obs_us / sizeof copy_obs_us[0]; k++)
-        hist_observe(&stats[2].copy_latency, copy_obs_us[k]);
-    hist_observe(&stats[1].copy_latency, 42); /* and shard 1's ack_latency stays empty */
+        prom_hist_observe(&stats[2].copy_latency, copy_obs_us[k]);
+    prom_hist_observe(&stats[1].copy_latency, 42); /* and shard 1's ack_latency stays empty */
     static const uint64_t one_42[] = {42};
     struct prom_text t;
     render_parsed(&t);
@@ -551,7 +551,7 @@ static void test_render_length(void **state)
 {
     (void)state;
     stats[1].invalid_by_reason[-AVL_E_CRC_MISMATCH] = 1;
-    hist_observe(&stats[0].ack_latency, 1234);
+    prom_hist_observe(&stats[0].ack_latency, 1234);
     enum { BIG = 1 << 20 };
     char *big = malloc(BIG);
     assert_non_null(big);

@@ -275,7 +275,7 @@ static void test_counters_follow_traffic(void **state)
     CHECK(sum_of(&t0, "avlgate_postgres_up", "link", "data") == SHARDS, "data links up");
     CHECK(prom_count(&t0, "avlgate_redis_up", NULL) == 0, "avlgate_redis_up without --redis");
     CHECK(prom_count(&t0, "avlgate_ack_latency_seconds_bucket", NULL) ==
-              SHARDS * (HIST_BUCKETS + 1),
+              SHARDS * (PROM_HIST_BUCKETS + 1),
           "ACK latency buckets");
     prom_free(&t0);
 

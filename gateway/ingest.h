@@ -1,10 +1,11 @@
-/* ingest.h — the gateway's shards: Teltonika sessions on the engine, decoded rows batched into
- * PostgreSQL, ACKs after commit.
+/* ingest.h — the gateway's shards: what run.c starts, what every shard thread shares, and the
+ * counters the metrics endpoint reads.
  *
- * One ingest shard per engine, on the engine's thread. It owns the device sessions of its
- * connections (handshake, IMEI, duplicate-detection state), its ring of batches (the bounded
- * "row ring"), and its pgsink. What it shares with the other shards is read-only after start
- * (the configuration and the router) except the stop flag. */
+ * One shard per engine, on the engine's thread (ingest_shard_run). Its modules are listed in
+ * gateway/shard_state.h: sessions, the row ring, duplicate windows, command delivery, the Redis
+ * registry and the command intake, wired onto the engine by gateway/ingest.c. What a shard shares
+ * with the others is read-only after start (the configuration, the router) except the stop and
+ * SIGHUP flags and the start-up handshake below. */
 #ifndef AVLGATE_GATEWAY_INGEST_H
 #define AVLGATE_GATEWAY_INGEST_H
 
@@ -41,8 +42,8 @@ struct ingest_config {
     uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
     int metrics_fd;            /* listening socket of the metrics endpoint (shard 0), or -1 */
     const char *version;
-    /* Commands (gateway/commands.c). redis_host NULL: no registry and no intake; commands are
-     * still delivered on connect and by the sweep. */
+    /* Commands (gateway/delivery.c, registry.c, intake.c). redis_host NULL: no registry and no
+     * intake; commands are still delivered on connect and by the sweep. */
     const char *redis_host; /* an IP address */
     int redis_port;
     uint32_t cmd_sweep_s;    /* look for open commands of connected devices this often; 0: off */

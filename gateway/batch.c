@@ -1,0 +1,697 @@
+/* batch.c — the row ring of a gateway shard (batch.h). The shard's thread only.
+ *
+ * The life of a packet: shard.c's on_data decodes it in place and hands it to batch_take, which
+ * drops the records the device already sent (its duplicate window, dedup.h), encodes the rest as
+ * COPY BINARY tuples straight into the filling batch and notes (slot, generation, record count)
+ * for the ACK. A batch is sealed at batch_rows or batch_ms and committed as one transaction with
+ * the device_state rows of its devices. On COMMIT every packet of the batch is acknowledged with
+ * its full record count, duplicates included.
+ *
+ * Each batch keeps a snapshot of the window of every device it holds, so a device that
+ * reconnects while its packets wait in uncommitted batches starts from that snapshot, not from
+ * the older one in the database (batch_pending_dedup).
+ *
+ * Outcomes of a batch: committed -> ACK; not committed -> sent again (in order); unknown ->
+ * never sent again: every batch still held is dropped unacknowledged and the connections of
+ * their devices closed, so each device reloads its state from the database and re-sends; data
+ * error -> the batch is split into one transaction per packet, the packets the database
+ * rejects are refused with a counted reason and their connections closed. */
+#include "gateway/batch.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "gateway/delivery.h"
+#include "gateway/log.h"
+#include "gateway/session.h"
+#include "gateway/tags.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * One batch
+ * ------------------------------------------------------------------------------------------- */
+
+static void batch_reset(struct batch *b)
+{
+    b->state = BATCH_FREE;
+    b->copy_len = COPYENC_HEADER_BYTES;
+    b->rows = 0;
+    b->pkts_len = 0;
+    b->fps_len = 0;
+    b->devs_len = 0;
+    b->split = false;
+    b->split_next = 0;
+    memset(b->dev_map, 0, ((size_t)b->dev_map_mask + 1) * sizeof *b->dev_map);
+}
+
+/* Makes a free batch the one being filled. */
+static void batch_open(struct batches *r, struct batch *b)
+{
+    assert(b->state == BATCH_FREE && b->pkts_len == 0);
+    b->state = BATCH_FILLING;
+    b->seq = r->next_seq++;
+    b->opened_ns = 0;
+}
+
+static int batch_alloc(const struct ingest_config *c, struct batch *b)
+{
+    /* Room for batch_rows typical rows, and always for one packet of the largest frame
+     * (copyenc_row_bytes_max sums to at most 5 x its bytes plus the fixed part per record). */
+    b->copy_cap = (size_t)c->batch_rows * ROW_BYTES_PLANNED + 5 * (size_t)c->frame_bytes_max +
+                  (size_t)AVL_RECORDS_MAX * (COPYENC_ROW_FIXED_BYTES + 2) + COPYENC_HEADER_BYTES +
+                  COPYENC_TRAILER_BYTES;
+    b->pkts_cap = c->batch_rows;
+    b->fps_cap = c->batch_rows + AVL_RECORDS_MAX; /* as many as rows can be */
+    b->devs_cap = c->batch_rows;
+    uint32_t map = 1;
+    while (map < 2 * b->devs_cap)
+        map <<= 1;
+    b->dev_map_mask = map - 1;
+    b->params_cap = (size_t)b->devs_cap * DEV_PARAM_BYTES + STATE_FIXED_BYTES;
+    assert(b->params_cap <= INT_MAX); /* a parameter's length is an int */
+    b->copy = malloc(b->copy_cap);
+    b->pkts = calloc(b->pkts_cap, sizeof *b->pkts);
+    b->fps = calloc(b->fps_cap, sizeof *b->fps);
+    b->devs = calloc(b->devs_cap, sizeof *b->devs);
+    b->dev_map = calloc(map, sizeof *b->dev_map);
+    b->params_buf = malloc(b->params_cap);
+    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_buf)
+        return -ENOMEM;
+    copyenc_header(b->copy);
+    batch_reset(b);
+    return 0;
+}
+
+static void batch_free(struct batch *b)
+{
+    free(b->copy);
+    free(b->pkts);
+    free(b->fps);
+    free(b->devs);
+    free(b->dev_map);
+    free(b->params_buf);
+}
+
+/* The batch's entry for imei, created if missing; NULL when the batch holds no more devices. */
+static struct bdev *batch_dev(struct batch *b, uint64_t imei, uint32_t *index)
+{
+    uint32_t i = (uint32_t)XXH3_64bits(&imei, sizeof imei) & b->dev_map_mask;
+    for (;; i = (i + 1) & b->dev_map_mask) {
+        uint32_t at = b->dev_map[i];
+        if (at == 0)
+            break;
+        if (b->devs[at - 1].imei == imei) {
+            *index = at - 1;
+            return &b->devs[at - 1];
+        }
+    }
+    if (b->devs_len == b->devs_cap)
+        return NULL;
+    struct bdev *d = &b->devs[b->devs_len];
+    memset(d, 0, sizeof *d);
+    d->imei = imei;
+    d->last_ts_ms = -1;
+    b->dev_map[i] = ++b->devs_len;
+    *index = b->devs_len - 1;
+    return d;
+}
+
+/* The batch's entry for imei, or NULL (the entries live outside the struct: not const). */
+static struct bdev *batch_find_dev(const struct batch *b, uint64_t imei)
+{
+    for (uint32_t i = (uint32_t)XXH3_64bits(&imei, sizeof imei) & b->dev_map_mask;;
+         i = (i + 1) & b->dev_map_mask) {
+        uint32_t at = b->dev_map[i];
+        if (at == 0)
+            return NULL;
+        if (b->devs[at - 1].imei == imei)
+            return &b->devs[at - 1];
+    }
+}
+
+/* Closes the COPY stream; the state parameters are built when the batch is submitted. */
+static void batch_seal(struct batch *b)
+{
+    assert(b->state == BATCH_FILLING && b->pkts_len > 0);
+    assert(b->copy_len + COPYENC_TRAILER_BYTES <= b->copy_cap);
+    copyenc_trailer(b->copy + b->copy_len);
+    b->state = BATCH_SEALED;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The state statement's parameters
+ * ------------------------------------------------------------------------------------------- */
+
+/* A device's dedup as one bytea element: its fingerprints oldest first, each big-endian (the
+ * order dedup_from_text reads back from device_state_get's hex). */
+static uint8_t *put_dedup(uint8_t *o, const struct dedup *d)
+{
+    o = pgsink_array_elem(o, 8u * d->len);
+    for (unsigned k = 0; k < d->len; k++)
+        o = pgsink_put_be64(o, dedup_at(d, k));
+    return o;
+}
+
+/* The parameter formats build_state_params writes: the instance stays text (it is already a
+ * string, and text's binary form is the same bytes), the rest binary. */
+static const int state_formats[STATE_PARAMS] = {
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_TEXT,   PGSINK_FORMAT_BINARY,
+};
+
+/* One element of array column col (imei, last_ts, received, lon, lat, dedup) for device d; a is
+ * the array's header (for a NULL element). */
+static uint8_t *put_state_elem(uint8_t *a, uint8_t *o, int col, const struct bdev *d)
+{
+    bool stored = d->last_ts_ms >= 0;
+    switch (col) {
+    case 0:
+        assert(d->imei <= (uint64_t)INT64_MAX);
+        return pgsink_array_int8(o, (int64_t)d->imei);
+    case 1:
+        return stored ? pgsink_array_int8(o, d->last_ts_ms) : pgsink_array_null(a, o);
+    case 2:
+        return pgsink_array_int8(o, d->received_ms);
+    case 3:
+        return stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
+    case 4:
+        return stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
+    default:
+        return put_dedup(o, &d->dedup);
+    }
+}
+
+/* Writes the state statement's parameters for devs[0 .. n-1] into buf (cap bytes, at least
+ * n * DEV_PARAM_BYTES + STATE_FIXED_BYTES): the six arrays and the shard in binary, the
+ * instance as text (state_formats); values and lengths point into buf and at the config.
+ * A device without a stored record in the batch (last_ts_ms < 0) has NULL last_ts, lon and
+ * lat, and an empty dedup is an empty bytea, not NULL: as the text arrays were. */
+static void build_state_params(const struct shard *s, const struct bdev *devs, uint32_t n,
+                               uint8_t *buf, size_t cap, const char *params[STATE_PARAMS],
+                               int lengths[STATE_PARAMS])
+{
+    static const uint32_t oids[6] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
+                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA};
+    assert(n > 0 && (size_t)n * DEV_PARAM_BYTES + STATE_FIXED_BYTES <= cap);
+    /* Each array is written in one pass over the devices; the regions follow each other. */
+    uint8_t *o = buf;
+    for (int col = 0; col < 6; col++) {
+        uint8_t *a = o;
+        o = pgsink_array_begin(o, oids[col], n);
+        for (uint32_t i = 0; i < n; i++)
+            o = put_state_elem(a, o, col, &devs[i]);
+        params[col] = (const char *)a;
+        lengths[col] = (int)(o - a);
+    }
+    params[6] = s->cfg->instance;
+    lengths[6] = 0;
+    params[7] = (const char *)o;
+    o = pgsink_put_be32(o, s->id);
+    lengths[7] = 4;
+    assert((size_t)(o - buf) <= cap);
+    (void)cap;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * ACKs and the ring
+ * ------------------------------------------------------------------------------------------- */
+
+/* Acknowledges one committed packet with its full record count. */
+static void ack_packet(struct shard *s, const struct pkt_ref *p)
+{
+    uint8_t ack[AVL_TCP_ACK_BYTES];
+    avl_encode_tcp_ack(ack, p->records);
+    if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) != 0) {
+        stat_add(&s->st->acks_stale, 1); /* the connection is gone: the device re-sends, we dedup */
+        return;
+    }
+    stat_add(&s->st->packets_acked, 1);
+    prom_hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
+    struct dev *d = session_dev(s, p->slot);
+    if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0)
+        delivery_on_acked(s, p->slot); /* a command may go now, after the ACK */
+}
+
+static void ack_batch(struct shard *s, struct batch *b)
+{
+    for (uint32_t i = 0; i < b->pkts_len; i++)
+        if (!b->pkts[i].rejected)
+            ack_packet(s, &b->pkts[i]);
+}
+
+/* A batch came free: the connections paused for room may go on. */
+static void resume_if_paused(struct shard *s)
+{
+    if (s->paused) {
+        s->paused = false;
+        engine_resume(s->e);
+        delivery_on_resume(s);
+    }
+}
+
+static void batch_release(struct shard *s, struct batch *b)
+{
+    struct batches *r = s->ring;
+    batch_reset(b);
+    while (r->batches[r->oldest].state == BATCH_FREE && r->oldest != r->fill)
+        r->oldest = (r->oldest + 1) % r->nbatches;
+    resume_if_paused(s);
+}
+
+static struct batch *filling(struct batches *r)
+{
+    return &r->batches[r->fill];
+}
+
+/* Seals the filling batch and opens the next; false when there is no free batch. */
+static bool rotate(struct batches *r)
+{
+    uint32_t next = (r->fill + 1) % r->nbatches;
+    if (r->batches[next].state != BATCH_FREE)
+        return false;
+    batch_seal(filling(r));
+    r->fill = next;
+    batch_open(r, filling(r));
+    return true;
+}
+
+const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei)
+{
+    const struct batches *r = s->ring;
+    const struct dedup *best = NULL;
+    for (uint32_t k = 0, i = r->oldest; k < r->nbatches; k++, i = (i + 1) % r->nbatches) {
+        const struct batch *b = &r->batches[i];
+        if (b->state == BATCH_FREE)
+            continue;
+        const struct bdev *d = batch_find_dev(b, imei);
+        if (d)
+            best = &d->dedup; /* later batches are newer */
+    }
+    return best;
+}
+
+bool batch_holding(const struct shard *s)
+{
+    const struct batches *r = s->ring;
+    bool held = false;
+    for (uint32_t i = 0; i < r->nbatches; i++)
+        held |= r->batches[i].state != BATCH_FREE && r->batches[i].state != BATCH_FILLING;
+    return held || r->batches[r->fill].pkts_len > 0;
+}
+
+uint32_t batch_busy(const struct shard *s)
+{
+    const struct batches *r = s->ring;
+    uint32_t busy = 0;
+    for (uint32_t i = 0; i < r->nbatches; i++)
+        busy += r->batches[i].state != BATCH_FREE &&
+                (r->batches[i].state != BATCH_FILLING || r->batches[i].pkts_len > 0);
+    return busy;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Outcomes
+ * ------------------------------------------------------------------------------------------- */
+
+/* The database refused packet p of batch b: its records were never stored, so no state may
+ * say they were. Take p's fingerprints out of every snapshot of the device taken after p — in
+ * b and in later batches (their parameters are built at submit) — so neither a split
+ * transaction nor a reconnecting device (batch_pending_dedup) counts them; the live session is
+ * closed (session_close_owner). */
+static void forget_refused(struct shard *s, const struct batch *b, const struct pkt_ref *p)
+{
+    struct batches *r = s->ring;
+    uint64_t imei = b->devs[p->dev].imei;
+    uint32_t from = (uint32_t)(b - r->batches);
+    /* k = 0 is b itself: a device that reconnects now takes its state from there. */
+    for (uint32_t k = 0; k < r->nbatches; k++) {
+        struct batch *later = &r->batches[(from + k) % r->nbatches];
+        if (later->state == BATCH_FREE)
+            continue;
+        struct bdev *d = batch_find_dev(later, imei);
+        if (d)
+            dedup_remove(&d->dedup, b->fps + p->fp_off, p->fp_len);
+    }
+}
+
+/* A batch holding devs[0 .. n-1] committed: loads of them in flight are asked again. */
+static void mark_loads_stale(struct shard *s, const struct bdev *devs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        session_mark_load_stale(s, devs[i].imei);
+}
+
+/* In split mode, the packet just settled: on to the next, or the batch is done. */
+static void split_advance(struct shard *s, struct batch *b)
+{
+    b->split_next++;
+    if (b->split_next < b->pkts_len)
+        b->state = BATCH_SEALED;
+    else
+        batch_release(s, b);
+}
+
+static void on_committed(struct shard *s, struct batch *b)
+{
+    prom_hist_observe(&s->st->copy_latency, (engine_now_ns(s->e) - b->submitted_ns) / 1000u);
+    if (b->split) {
+        /* One packet of a split batch committed. */
+        struct pkt_ref *p = &b->pkts[b->split_next];
+        ack_packet(s, p);
+        p->rejected = true; /* done: never again */
+        mark_loads_stale(s, &b->devs[p->dev], 1);
+        split_advance(s, b);
+        return;
+    }
+    stat_add(&s->st->batches_committed, 1);
+    stat_add(&s->st->rows_committed, b->rows);
+    mark_loads_stale(s, b->devs, b->devs_len);
+    ack_batch(s, b);
+    batch_release(s, b);
+}
+
+/* After an unknown outcome: nothing held may be sent any more (its device states may include
+ * the unknown batch's records). Drop every batch unacknowledged and close the connections of
+ * their devices; each reloads its state from the database when it reconnects. */
+static void abandon_all(struct shard *s)
+{
+    struct batches *r = s->ring;
+    for (uint32_t i = 0; i < r->nbatches; i++) {
+        struct batch *b = &r->batches[i];
+        if (b->state == BATCH_FREE)
+            continue;
+        for (uint32_t k = 0; k < b->pkts_len; k++)
+            engine_close(s->e, b->pkts[k].slot, b->pkts[k].gen);
+        /* Also a replacing connection that took its state from this batch (pending snapshot). */
+        for (uint32_t k = 0; k < b->devs_len; k++)
+            session_close_owner(s, b->devs[k].imei);
+        batch_reset(b);
+    }
+    r->oldest = r->fill;
+    batch_open(r, filling(r));
+    resume_if_paused(s);
+}
+
+static void on_unknown(struct shard *s, const struct batch *b, int backend_pid)
+{
+    stat_add(&s->st->batches_unknown, 1);
+    log_line(LOG_ERROR, "commit outcome unknown; dropping held batches",
+             "shard=%u batch=%u backend_pid=%d", s->id, b->seq, backend_pid);
+    if (backend_pid > 0) {
+        /* A backend that has not noticed the broken link may still commit later. End it
+         * (waiting up to 5 s) before the state loads that follow on the same control link:
+         * they are answered in order, so each load sees the batch's final outcome. */
+        char pid[16];
+        snprintf(pid, sizeof pid, "%d", backend_pid);
+        const char *params[1] = {pid};
+        if (pgsink_query(s->sink, "SELECT pg_catalog.pg_terminate_backend($1::int, 5000)", 1,
+                         params, query_cookie(Q_MAINTENANCE, 0), now_ms(s)) != 0)
+            log_line(LOG_WARN,
+                     "cannot end the backend of the unknown commit; state loads may see it "
+                     "commit late",
+                     "shard=%u backend_pid=%d", s->id, backend_pid);
+    }
+    abandon_all(s);
+}
+
+/* The database refused the one packet of a split transaction. */
+static void refuse_packet(struct shard *s, struct batch *b, const struct pgsink_txn_result *res)
+{
+    struct pkt_ref *p = &b->pkts[b->split_next];
+    uint64_t imei = b->devs[p->dev].imei;
+    char q[256];
+    stat_add(&s->st->packets_rejected_data, 1);
+    log_limited(&s->ring->log_rejected, now_ms(s), LOG_WARN, "packet rejected by the database",
+                "shard=%u sqlstate=%s imei=%" PRIu64 " error=\"%s\"", s->id, res->sqlstate, imei,
+                logfmt_q(q, sizeof q, res->message));
+    p->rejected = true;
+    p->refused = true;
+    forget_refused(s, b, p);
+    engine_close(s->e, p->slot, p->gen);
+    /* A replacing connection may hold this packet's records as sent (its state came from this
+     * batch): it would take the re-send for a duplicate and ACK it. */
+    session_close_owner(s, imei);
+    split_advance(s, b);
+}
+
+static void on_data_error(struct shard *s, struct batch *b, const struct pgsink_txn_result *res)
+{
+    stat_add(&s->st->batches_data_error, 1);
+    if (b->split) {
+        refuse_packet(s, b, res);
+        return;
+    }
+    b->split = true;
+    b->split_next = 0;
+    b->state = BATCH_SEALED;
+}
+
+void batch_on_txn_done(struct shard *s, void *cookie, const struct pgsink_txn_result *res)
+{
+    struct batch *b = cookie;
+    assert(b->state == BATCH_INFLIGHT);
+    switch (res->outcome) {
+    case PGSINK_COMMITTED:
+        on_committed(s, b);
+        return;
+    case PGSINK_NOT_COMMITTED:
+        stat_add(&s->st->batches_retried, 1);
+        b->state = BATCH_SEALED; /* the oldest: it goes again first */
+        return;
+    case PGSINK_UNKNOWN:
+        on_unknown(s, b, res->backend_pid);
+        return;
+    case PGSINK_DATA_ERROR:
+        on_data_error(s, b, res);
+        return;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Submit
+ * ------------------------------------------------------------------------------------------- */
+
+/* The transaction of a whole batch. Its state parameters are built at submit, not at seal: a
+ * packet refused meanwhile in an older batch has had its fingerprints taken out of these
+ * snapshots (forget_refused). */
+static void txn_whole(const struct shard *s, struct batch *b, struct pgsink_txn *txn)
+{
+    build_state_params(s, b->devs, b->devs_len, b->params_buf, b->params_cap, b->params,
+                       b->params_len);
+    b->iov[0] = (struct iovec){b->copy, b->copy_len + COPYENC_TRAILER_BYTES};
+    txn->copy = b->iov;
+    txn->copy_iovs = 1;
+}
+
+/* The transaction of the next packet of a split batch; false when none is left. */
+static bool txn_split(struct shard *s, struct batch *b, struct pgsink_txn *txn)
+{
+    struct batches *r = s->ring;
+    while (b->split_next < b->pkts_len && b->pkts[b->split_next].rejected)
+        b->split_next++;
+    if (b->split_next == b->pkts_len)
+        return false;
+    const struct pkt_ref *p = &b->pkts[b->split_next];
+    /* The device's state as of this packet: the batch's snapshot without the records of its
+     * packets that were refused or are not committed yet (those after this one). */
+    r->split_dev = b->devs[p->dev];
+    for (uint32_t j = 0; j < b->pkts_len; j++) {
+        const struct pkt_ref *q = &b->pkts[j];
+        if (q->dev == p->dev && j != b->split_next && (q->refused || j > b->split_next))
+            dedup_remove(&r->split_dev.dedup, b->fps + q->fp_off, q->fp_len);
+    }
+    build_state_params(s, &r->split_dev, 1, r->split_params, sizeof r->split_params, b->params,
+                       b->params_len);
+    b->iov[0] = (struct iovec){r->header, COPYENC_HEADER_BYTES};
+    b->iov[1] = (struct iovec){b->copy + p->copy_off, p->copy_len};
+    b->iov[2] = (struct iovec){r->trailer, COPYENC_TRAILER_BYTES};
+    txn->copy = b->iov;
+    txn->copy_iovs = 3;
+    return true;
+}
+
+/* Submits the oldest sealed batch (or the next packet of a split one) when the sink is free. */
+static void submit_next(struct shard *s)
+{
+    struct batch *b = &s->ring->batches[s->ring->oldest];
+    if (b->state != BATCH_SEALED || !pgsink_ready(s->sink))
+        return;
+    struct pgsink_txn txn = {0};
+    if (!b->split) {
+        txn_whole(s, b, &txn);
+    } else if (!txn_split(s, b, &txn)) {
+        batch_release(s, b);
+        return;
+    }
+    txn.state_params = b->params;
+    txn.state_lengths = b->params_len;
+    txn.state_formats = state_formats;
+    if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0) {
+        b->state = BATCH_INFLIGHT;
+        b->submitted_ns = engine_now_ns(s->e);
+    }
+}
+
+uint64_t batch_tick(struct shard *s, uint64_t now_ns)
+{
+    struct batch *b = filling(s->ring);
+    uint64_t wake = 0;
+    if (b->pkts_len > 0) {
+        uint64_t due = b->opened_ns + (uint64_t)s->cfg->batch_ms * 1000000u;
+        if (now_ns >= due || s->draining)
+            rotate(s->ring);
+        else
+            wake = due;
+    }
+    submit_next(s);
+    return wake;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Packets
+ * ------------------------------------------------------------------------------------------- */
+
+/* The bytes the packet's rows may take, or a copyenc error when a record cannot be stored (a
+ * packet goes in whole or not at all). */
+static int64_t packet_bound(const struct avl_packet *pkt, const struct avl_record *recs)
+{
+    size_t bound = 0;
+    for (unsigned i = 0; i < pkt->records_len; i++) {
+        const struct avl_record *r = &recs[i];
+        if (r->angle_deg > INT16_MAX)
+            return COPYENC_E_ANGLE_RANGE;
+        if (r->speed_kmh > INT16_MAX)
+            return COPYENC_E_SPEED_RANGE;
+        bound += copyenc_row_bytes_max(r);
+    }
+    return (int64_t)bound;
+}
+
+/* The batch with room for the packet: the filling one, or the next after sealing it; NULL
+ * when the ring is full. */
+static struct batch *room_for(struct shard *s, const struct dev *d, const struct avl_packet *pkt,
+                              size_t bound)
+{
+    struct batch *b = filling(s->ring);
+    for (int attempt = 0;; attempt++) {
+        bool fits = b->copy_len + bound + COPYENC_TRAILER_BYTES <= b->copy_cap &&
+                    b->pkts_len < b->pkts_cap &&
+                    b->rows + pkt->records_len <= s->cfg->batch_rows + AVL_RECORDS_MAX &&
+                    (b->devs_len < b->devs_cap || batch_find_dev(b, d->imei));
+        if (fits)
+            return b;
+        if (attempt > 0 || b->pkts_len == 0 || !rotate(s->ring))
+            return NULL;
+        b = filling(s->ring);
+    }
+}
+
+/* Encodes the records not in the device's window into b, growing the window; bd takes the
+ * newest stored position. */
+static void store_records(struct shard *s, struct batch *b, struct bdev *bd, struct dedup *win,
+                          const struct avl_packet *pkt, const struct avl_record *recs,
+                          int64_t received_us)
+{
+    for (unsigned i = 0; i < pkt->records_len; i++) {
+        const struct avl_record *r = &recs[i];
+        uint64_t fp = dedup_fp(r);
+        if (dedup_has(win, fp)) {
+            stat_add(&s->st->records_duplicate, 1);
+            continue;
+        }
+        int n =
+            copyenc_row(b->copy + b->copy_len, b->copy_cap - b->copy_len, bd->imei, r, received_us);
+        assert(n > 0); /* ranges were checked and the space reserved */
+        b->copy_len += (size_t)n;
+        b->rows++;
+        dedup_push(win, fp);
+        assert(b->fps_len < b->fps_cap);
+        b->fps[b->fps_len++] = fp;
+        stat_add(&s->st->records_stored, 1);
+        if ((int64_t)r->ts_ms > bd->last_ts_ms) {
+            bd->last_ts_ms = (int64_t)r->ts_ms;
+            bd->lon_e7 = r->lon_e7;
+            bd->lat_e7 = r->lat_e7;
+        }
+    }
+}
+
+int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
+               const struct avl_packet *pkt, const struct avl_record *recs)
+{
+    int64_t bound = packet_bound(pkt, recs);
+    if (bound < 0)
+        return (int)bound;
+    struct batch *b = room_for(s, d, pkt, (size_t)bound);
+    if (!b)
+        return 0;
+    uint32_t dev_index;
+    struct bdev *bd = batch_dev(b, d->imei, &dev_index);
+    assert(bd);
+    int64_t received_us = wall_us();
+    struct pkt_ref *p = &b->pkts[b->pkts_len];
+    *p = (struct pkt_ref){.slot = slot,
+                          .gen = gen,
+                          .records = pkt->records_len,
+                          .copy_off = (uint32_t)b->copy_len,
+                          .fp_off = b->fps_len,
+                          .dev = dev_index,
+                          .taken_ns = engine_now_ns(s->e)};
+    struct dedup *win = dedup_win_mut(&s->sess->wins, &d->win);
+    d->last_packet_s = now_s(s);
+    store_records(s, b, bd, win, pkt, recs, received_us);
+    p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
+    p->fp_len = b->fps_len - p->fp_off;
+    bd->received_ms = received_us / 1000;
+    bd->dedup = *win;
+    b->pkts_len++;
+    d->unacked++;
+    if (b->opened_ns == 0)
+        b->opened_ns = engine_now_ns(s->e);
+    stat_add(&s->st->packets, 1);
+    stat_add(&s->st->records, pkt->records_len);
+    if (b->rows >= s->cfg->batch_rows)
+        rotate(s->ring); /* sealed now; if no batch is free, the next packet pauses */
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------------------------- */
+
+int batch_setup(struct shard *s, char *err, size_t cap)
+{
+    const struct ingest_config *c = s->cfg;
+    struct batches *r = calloc(1, sizeof *r);
+    s->ring = r;
+    if (!r) {
+        snprintf(err, cap, "shard %u: out of memory for batches", s->id);
+        return -ENOMEM;
+    }
+    r->nbatches = c->batches < 2 ? 2 : (c->batches > BATCHES_MAX ? BATCHES_MAX : c->batches);
+    for (uint32_t i = 0; i < r->nbatches; i++)
+        if (batch_alloc(c, &r->batches[i])) {
+            snprintf(err, cap, "shard %u: out of memory for batches", s->id);
+            return -ENOMEM;
+        }
+    batch_open(r, &r->batches[0]);
+    copyenc_header(r->header);
+    copyenc_trailer(r->trailer);
+    return 0;
+}
+
+void batch_teardown(struct shard *s)
+{
+    struct batches *r = s->ring;
+    if (!r)
+        return;
+    for (uint32_t i = 0; i < r->nbatches; i++)
+        batch_free(&r->batches[i]);
+    free(r);
+    s->ring = NULL;
+}

@@ -1,0 +1,223 @@
+/* registry.c — the device registry and the registry link of a gateway shard (registry.h). The
+ * shard's thread only. */
+#include "gateway/registry.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/redislink.h"
+#include "gateway/session.h"
+
+/* KEYS[1] the registry key; ARGV instance, shard, epoch, ttl. A newer epoch stays. */
+static const char REGISTER_LUA[] =
+    "local e = redis.call('HGET', KEYS[1], 'epoch') "
+    "if e and tonumber(e) > tonumber(ARGV[3]) then return 0 end "
+    "redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'shard', ARGV[2], 'epoch', ARGV[3]) "
+    "redis.call('EXPIRE', KEYS[1], ARGV[4]) return 1";
+
+/* KEYS[1] the registry key; ARGV instance, epoch: delete it only if it is still this one. */
+static const char UNREGISTER_LUA[] = "if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] and "
+                                     "redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
+                                     "return redis.call('DEL', KEYS[1]) end return 0";
+
+static bool registered(const struct registry *r, uint32_t slot)
+{
+    return r->registered[slot / 64] >> (slot % 64) & 1;
+}
+
+static void set_registered(struct registry *r, uint32_t slot, bool on)
+{
+    uint64_t bit = UINT64_C(1) << (slot % 64);
+    r->registered[slot / 64] =
+        on ? r->registered[slot / 64] | bit : r->registered[slot / 64] & ~bit;
+}
+
+bool registry_up(const struct shard *s)
+{
+    const struct redislink *l = s->reg->link;
+    return l && redislink_up(l);
+}
+
+int registry_send(struct shard *s, int argc, const char *const *argv, const size_t *lens,
+                  enum redis_kind kind)
+{
+    if (!registry_up(s))
+        return -ENOTCONN;
+    return redislink_command(s->reg->link, argc, argv, lens, redis_cookie(kind), now_ms(s));
+}
+
+void registry_xack(struct shard *s, const char *id)
+{
+    const char *argv[] = {"XACK", s->reg->stream, REDIS_GROUP, id};
+    (void)registry_send(s, 4, argv, NULL, R_XACK);
+}
+
+static void registry_key(char *out, size_t cap, uint64_t imei)
+{
+    snprintf(out, cap, "avlgate:dev:{%015" PRIu64 "}", imei);
+}
+
+static void registry_write(struct shard *s, uint32_t slot)
+{
+    const struct dev *d = session_dev(s, slot);
+    char key[48], shard[16], epoch[24], ttl[16];
+    registry_key(key, sizeof key, d->imei);
+    snprintf(shard, sizeof shard, "%u", s->id);
+    snprintf(epoch, sizeof epoch, "%" PRIu64, d->accepted_ms);
+    snprintf(ttl, sizeof ttl, "%u", s->cfg->registry_ttl_s);
+    const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance, shard, epoch, ttl};
+    if (registry_send(s, 8, argv, NULL, R_REGISTRY) == 0) {
+        set_registered(s->reg, slot, true);
+        stat_add(&s->st->registry_writes, 1);
+        s->reg->in_flight++;
+    }
+}
+
+void registry_on_open(struct shard *s, uint32_t slot)
+{
+    registry_write(s, slot);
+}
+
+void registry_on_close(struct shard *s, uint32_t slot)
+{
+    if (!registered(s->reg, slot))
+        return;
+    set_registered(s->reg, slot, false);
+    const struct dev *d = session_dev(s, slot);
+    char key[48], epoch[24];
+    registry_key(key, sizeof key, d->imei);
+    snprintf(epoch, sizeof epoch, "%" PRIu64, d->accepted_ms);
+    const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch};
+    if (registry_send(s, 6, argv, NULL, R_REGISTRY) == 0) {
+        stat_add(&s->st->registry_writes, 1);
+        s->reg->in_flight++;
+    }
+}
+
+/* One step of the refresh walk: writes while fewer than REGISTRY_IN_FLIGHT_MAX await their
+ * reply (the walk goes on as replies come back). A round starts every third of the TTL, and at
+ * once when the link comes (back) up. */
+static void registry_walk(struct shard *s, uint64_t ms)
+{
+    struct registry *r = s->reg;
+    if (!registry_up(s))
+        return;
+    if (r->cursor >= s->cfg->conns_max && ms >= r->next_round_ms) {
+        r->cursor = 0;
+        r->next_round_ms = ms + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;
+    }
+    while (r->cursor < s->cfg->conns_max && r->in_flight < REGISTRY_IN_FLIGHT_MAX) {
+        uint32_t slot = r->cursor++;
+        const struct dev *d = session_dev(s, slot);
+        if (d->state == DEV_OPEN || d->state == DEV_RELOADING)
+            registry_write(s, slot);
+    }
+}
+
+/* A reply on the registry link: registry writes, replies and XACKs; errors counted and said. */
+static void on_reply(void *user, void *cookie, const redisReply *reply)
+{
+    struct shard *s = user;
+    struct registry *r = s->reg;
+    if (redis_cookie_kind(cookie) == R_REGISTRY && r->in_flight > 0)
+        r->in_flight--;
+    if (reply && reply->type != REDIS_REPLY_ERROR)
+        return;
+    stat_add(&s->st->registry_errors, 1);
+    if (!reply)
+        return; /* the link dropped (or is being destroyed, with the engine gone) */
+    char q[256];
+    log_limited(&r->log_redis, now_ms(s), LOG_WARN, "redis command failed", "shard=%u error=\"%s\"",
+                s->id, logfmt_q(q, sizeof q, reply->str));
+}
+
+static void on_state(void *user, bool up)
+{
+    struct shard *s = user;
+    if (up) {
+        /* Redis may have restarted empty: write every device again now. */
+        s->reg->cursor = 0;
+        s->reg->next_round_ms = now_ms(s) + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;
+    }
+}
+
+void registry_arm(struct shard *s)
+{
+    struct registry *r = s->reg;
+    if (!r->link)
+        return;
+    linkpoll_arm(&r->poll, s->e, POLL_REDIS_REGISTRY, redislink_fd(r->link),
+                 redislink_events(r->link), redislink_fd_epoch(r->link), true);
+}
+
+void registry_on_poll(struct shard *s, uint64_t tag, int revents)
+{
+    struct registry *r = s->reg;
+    if (!r->link)
+        return;
+    if (linkpoll_done(&r->poll, tag, revents, redislink_fd_epoch(r->link)))
+        redislink_on_io(r->link, revents < 0 ? (short)POLLERR : (short)revents, now_ms(s));
+}
+
+uint64_t registry_tick(struct shard *s, uint64_t now_ns)
+{
+    struct registry *r = s->reg;
+    uint64_t ms = now_ns / 1000000u, wake = 0;
+    if (r->link)
+        redislink_tick(r->link, ms);
+    stat_set(&s->st->redis_up[0], registry_up(s));
+    stat_set(&s->st->redis_configured, s->cfg->redis_host != NULL);
+    registry_walk(s, ms);
+    if (r->link) {
+        uint64_t d = redislink_next_deadline_ms(r->link);
+        if (d != UINT64_MAX)
+            wake = d * 1000000u;
+    }
+    if (r->cursor < s->cfg->conns_max && registry_up(s) && r->in_flight < REGISTRY_IN_FLIGHT_MAX)
+        wake = now_ns; /* the walk goes on next turn */
+    return wake;
+}
+
+int registry_setup(struct shard *s, char *err, size_t cap)
+{
+    const struct ingest_config *cfg = s->cfg;
+    struct registry *r = calloc(1, sizeof *r);
+    s->reg = r;
+    if (r)
+        r->registered = calloc(((size_t)cfg->conns_max + 63) / 64, sizeof *r->registered);
+    if (!r || !r->registered) {
+        snprintf(err, cap, "shard %u: out of memory for the registry", s->id);
+        return -ENOMEM;
+    }
+    r->cursor = cfg->conns_max; /* no round before the link is up */
+    snprintf(r->stream, sizeof r->stream, "avlgate:cmd:%s", cfg->instance);
+    if (!cfg->redis_host)
+        return 0;
+    struct redislink_config rc = {
+        .host = cfg->redis_host,
+        .port = cfg->redis_port,
+        .name = "registry",
+        .reply_timeout_ms = 10000,
+        .on_reply = on_reply,
+        .on_state = on_state,
+        .user = s,
+    };
+    r->link = redislink_create(&rc, err, cap);
+    return r->link ? 0 : -errno;
+}
+
+void registry_teardown(struct shard *s)
+{
+    struct registry *r = s->reg;
+    if (!r)
+        return;
+    redislink_destroy(r->link);
+    free(r->registered);
+    free(r);
+    s->reg = NULL;
+}

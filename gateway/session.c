@@ -1,0 +1,454 @@
+/* session.c — the device on each connection of a gateway shard (session.h). The shard's thread
+ * only.
+ *
+ * A connection opens in DEV_HANDSHAKE. Its IMEI frame is answered by the owner shard only
+ * (router_owner, the consistent hash of the IMEI): any other shard hands the socket over, key =
+ * the IMEI. The owner takes the device (a second connection of the same IMEI replaces the first:
+ * its state is the freshest there is), loads its state from the database on the control link
+ * (DEV_LOADING) and answers 0x01 when the load is in (DEV_OPEN), or 0x00 when --devices known
+ * and the device is not enabled. Uncommitted batches know more than the database: the window of
+ * the newest one that holds the device wins over the stored one.
+ *
+ * A load whose answer may predate a COMMIT of the device's rows (load_stale) is asked again. A
+ * device quiet for state_idle_s gives its window back (dormant); its next packet waits for its
+ * state to be loaded again (DEV_RELOADING, the connection held by the engine). */
+#include "gateway/session.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+#include "gateway/pgsink.h"
+#include "gateway/router.h"
+#include "gateway/tags.h"
+#include "gateway/zmap.h"
+
+/* A device's state when it connects, and whether it has open commands (one probe of the partial
+ * index: the command itself is fetched only when there is one — a connection storm then costs
+ * one statement per device, not two). */
+#define STATE_LOAD_SQL                                                                             \
+    "SELECT s.last_ts_ms, s.dedup, s.enabled, EXISTS (SELECT 1 FROM public.commands c "            \
+    "WHERE c.imei = $1::bigint AND c.status IN ('pending', 'sent')) "                              \
+    "FROM telemetry.device_state_get($1) AS s"
+
+/* Of these IMEIs (a chunk of the shard's devices), those not enabled in public.devices. */
+#define REVOKED_SQL                                                                                \
+    "SELECT k.imei FROM unnest($1::bigint[]) AS k(imei) WHERE NOT EXISTS (SELECT 1 FROM "          \
+    "public.devices d WHERE d.imei = k.imei AND d.enabled)"
+
+static void send_reply(struct shard *s, uint32_t slot, uint32_t gen, uint8_t byte)
+{
+    engine_send(s->e, slot, gen, &byte, 1);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * State loads
+ * ------------------------------------------------------------------------------------------- */
+
+/* Whether the load queue's entry (an engine key) still stands for a device waiting to send its
+ * load. */
+static bool load_entry_live(const struct shard *s, uint64_t key)
+{
+    const struct dev *d = session_dev(s, engine_key_slot(key));
+    return d->gen == engine_key_gen(key) && dev_loading(d) && d->load_queued;
+}
+
+static void queue_load(struct shard *s, uint32_t slot)
+{
+    struct sessions *ss = s->sess;
+    struct dev *d = &ss->devs[slot];
+    if (d->load_queued)
+        return;
+    uint32_t cap = s->cfg->conns_max;
+    if (ss->load_len == cap) {
+        /* Full of entries of connections gone since (the control link was down while devices
+         * came and went): keep the live ones, in order. There is at most one live entry per
+         * slot and this slot has none, so room remains. */
+        uint32_t kept = 0;
+        for (uint32_t k = 0; k < ss->load_len; k++) {
+            uint64_t key = ss->load_queue[(ss->load_head + k) % cap];
+            if (load_entry_live(s, key))
+                ss->load_queue[(ss->load_head + kept++) % cap] = key;
+        }
+        ss->load_len = kept;
+        assert(kept < cap);
+    }
+    d->load_queued = true;
+    ss->load_queue[(ss->load_head + ss->load_len) % cap] = engine_key(slot, d->gen);
+    ss->load_len++;
+}
+
+void session_send_loads(struct shard *s)
+{
+    struct sessions *ss = s->sess;
+    while (ss->load_len > 0) {
+        uint64_t key = ss->load_queue[ss->load_head];
+        struct dev *d = session_dev(s, engine_key_slot(key));
+        if (!load_entry_live(s, key)) {
+            ss->load_head = (ss->load_head + 1) % s->cfg->conns_max;
+            ss->load_len--;
+            continue;
+        }
+        char imei[24];
+        snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
+        const char *params[1] = {imei};
+        if (pgsink_query(s->sink, STATE_LOAD_SQL, 1, params, query_cookie(Q_STATE_LOAD, key),
+                         now_ms(s)) != 0)
+            return; /* down or full: the next tick tries again */
+        d->load_queued = false;
+        ss->load_head = (ss->load_head + 1) % s->cfg->conns_max;
+        ss->load_len--;
+    }
+}
+
+const struct dev *session_loading(const struct shard *s, uint64_t key)
+{
+    const struct dev *d = session_dev(s, engine_key_slot(key));
+    return d->gen == engine_key_gen(key) && dev_loading(d) ? d : NULL;
+}
+
+/* The device's window from the load: the pending snapshot if any, else the stored one. */
+static void load_window(struct shard *s, struct dev *d, const PGresult *res,
+                        const struct dedup *pending)
+{
+    struct dedup_pool *pool = &s->sess->wins;
+    if (pending) {
+        dedup_win_set(pool, &d->win, pending);
+        return;
+    }
+    struct dedup *w = dedup_win_mut(pool, &d->win);
+    dedup_from_text(w, PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1));
+    if (w->len == 0)
+        dedup_win_drop(pool, &d->win);
+}
+
+bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
+                     const struct dedup *pending, bool *has_commands)
+{
+    uint32_t slot = engine_key_slot(key), gen = engine_key_gen(key);
+    struct dev *d = session_dev(s, slot);
+    if (!session_loading(s, key))
+        return false; /* the connection went away meanwhile */
+    bool reload = d->state == DEV_RELOADING;
+    if (d->load_stale) {
+        /* The answer may predate a commit of this device's rows, whose batch is gone now:
+         * neither it nor the pending snapshot knows those records. Ask again. */
+        d->load_stale = false;
+        queue_load(s, slot);
+        return false;
+    }
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        stat_add(&s->st->state_load_failures, 1);
+        queue_load(s, slot);
+        return false;
+    }
+    if (!reload && s->cfg->devices_known &&
+        (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
+        stat_add(&s->st->handshake_rejected, 1);
+        send_reply(s, slot, gen, 0x00);
+        engine_close(s->e, slot, gen);
+        return false;
+    }
+    load_window(s, d, res, pending);
+    d->state = DEV_OPEN;
+    d->last_packet_s = now_s(s);
+    if (reload) {
+        engine_resume_conn(s->e, slot, gen); /* its held packet goes on */
+        return false;
+    }
+    stat_add(&s->st->handshakes, 1);
+    send_reply(s, slot, gen, 0x01);
+    d->accepted_ms = (uint64_t)wall_ms();
+    *has_commands = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    return true;
+}
+
+void session_reload(struct shard *s, uint32_t slot)
+{
+    struct dev *d = session_dev(s, slot);
+    assert(d->state == DEV_OPEN && d->dormant);
+    d->dormant = false;
+    d->state = DEV_RELOADING;
+    d->load_stale = false;
+    stat_add(&s->st->state_reloads, 1);
+    queue_load(s, slot);
+    session_send_loads(s);
+}
+
+void session_mark_load_stale(struct shard *s, uint64_t imei)
+{
+    int64_t slot = imap_get(&s->sess->owned, imei);
+    if (slot < 0)
+        return;
+    struct dev *d = session_dev(s, (uint32_t)slot);
+    if (dev_loading(d) && !d->load_queued)
+        d->load_stale = true;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------------------- */
+
+void session_on_open(struct shard *s, uint32_t slot, uint32_t gen)
+{
+    struct dev *d = session_dev(s, slot);
+    d->gen = gen;
+    d->state = DEV_HANDSHAKE;
+    d->load_queued = false;
+    d->unacked = 0;
+}
+
+/* This shard owns imei: the connection in slot takes the device, replacing an older one. */
+static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
+{
+    struct sessions *ss = s->sess;
+    struct dev *d = &ss->devs[slot];
+    int64_t old = imap_get(&ss->owned, imei);
+    d->imei = imei;
+    d->state = DEV_LOADING;
+    d->load_stale = false;
+    d->dormant = false;
+    dedup_win_drop(&ss->wins, &d->win);
+    if (old >= 0 && (uint32_t)old != slot) {
+        /* A second connection replaces the first; its state is the freshest there is. */
+        stat_add(&s->st->replaced, 1);
+        engine_close(s->e, (uint32_t)old, ss->devs[old].gen);
+    }
+    imap_put(&ss->owned, imei, slot);
+    queue_load(s, slot);
+    session_send_loads(s);
+}
+
+enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_t gen,
+                                         uint64_t imei, bool more_bytes)
+{
+    if (more_bytes) {
+        /* A device waits for our answer before it sends more: bytes behind the handshake are
+         * a protocol error, refused the same way on every shard. */
+        stat_add(&s->st->handshake_errors, 1);
+        send_reply(s, slot, gen, 0x00);
+        return SESSION_REFUSED;
+    }
+    unsigned owner = router_owner(s->sh->router, imei);
+    if (owner != s->id) {
+        if (imei > ENGINE_KEY_MAX) {
+            /* The handoff key holds 56 bits (every real IMEI has 15 digits). */
+            stat_add(&s->st->handshake_errors, 1);
+            send_reply(s, slot, gen, 0x00);
+            return SESSION_REFUSED;
+        }
+        stat_add(&s->st->handed_off, 1);
+        engine_handoff(s->e, slot, gen, owner, imei);
+        return SESSION_HANDED_OFF;
+    }
+    take_device(s, slot, imei);
+    return SESSION_OWNED;
+}
+
+void session_close_owner(struct shard *s, uint64_t imei)
+{
+    int64_t slot = imap_get(&s->sess->owned, imei);
+    if (slot >= 0)
+        engine_close(s->e, (uint32_t)slot, session_dev(s, (uint32_t)slot)->gen);
+}
+
+int64_t session_owned_slot_of_row(const struct shard *s, const PGresult *res, int row)
+{
+    return imap_get(&s->sess->owned, strtoull(PQgetvalue(res, row, 0), NULL, 10));
+}
+
+void session_on_close(struct shard *s, uint32_t slot, uint32_t gen)
+{
+    struct sessions *ss = s->sess;
+    struct dev *d = &ss->devs[slot];
+    assert(d->gen == gen);
+    if (dev_owned(d) && imap_get(&ss->owned, d->imei) == (int64_t)slot)
+        imap_del(&ss->owned, d->imei);
+    dedup_win_drop(&ss->wins, &d->win);
+    d->dormant = false;
+    d->unacked = 0;
+    d->state = DEV_FREE;
+    d->gen = engine_gen_next(gen);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The allow-list walk and idle windows
+ * ------------------------------------------------------------------------------------------- */
+
+static void allowlist_said(const struct shard *s)
+{
+    log_line(LOG_INFO, "allow-list checked", "shard=%u devices=%u closed=%" PRIu64, s->id,
+             s->sess->allow_checked, s->sess->allow_closed);
+}
+
+/* A SIGHUP since the last round starts a new one (one in progress starts over). */
+static void allowlist_start(struct shard *s)
+{
+    struct sessions *ss = s->sess;
+    unsigned gen = atomic_load_explicit(&s->sh->allowlist_gen, memory_order_relaxed);
+    if (gen == ss->allow_gen || ss->allow_in_flight)
+        return;
+    ss->allow_gen = gen;
+    if (s->cfg->devices_known) {
+        ss->allow_cursor = 0;
+        ss->allow_checked = 0;
+        ss->allow_closed = 0;
+    }
+}
+
+unsigned session_imei_array(struct shard *s, uint32_t *cursor, unsigned max,
+                            bool (*pick)(struct shard *s, uint32_t slot), char *buf, size_t cap)
+{
+    char *o = buf, *end = buf + cap;
+    assert(cap >= (size_t)max * 18 + 4); /* 15-digit IMEIs and commas, braces, NUL */
+    *o++ = '{';
+    unsigned n = 0;
+    uint32_t cur = *cursor;
+    while (cur < s->cfg->conns_max && n < max) {
+        uint32_t slot = cur++;
+        if (!pick(s, slot))
+            continue;
+        o += snprintf(o, (size_t)(end - o), n ? ",%" PRIu64 : "%" PRIu64, s->sess->devs[slot].imei);
+        n++;
+    }
+    assert(o + 2 <= end);
+    *o++ = '}';
+    *o = 0;
+    *cursor = cur;
+    return n;
+}
+
+static bool pick_owned(struct shard *s, uint32_t slot)
+{
+    return dev_owned(session_dev(s, slot));
+}
+
+void session_allowlist_step(struct shard *s)
+{
+    struct sessions *ss = s->sess;
+    allowlist_start(s);
+    if (ss->allow_in_flight || ss->allow_cursor >= s->cfg->conns_max)
+        return;
+    enum pgsink_phase ph = pgsink_phase(s->sink, PGSINK_LINK_CONTROL);
+    if (ph != PGSINK_PHASE_IDLE && ph != PGSINK_PHASE_BUSY)
+        return; /* the control link is down: the walk waits for it (no rescans meanwhile) */
+    uint32_t cur = ss->allow_cursor;
+    unsigned n = session_imei_array(s, &cur, SESSION_ALLOW_CHUNK, pick_owned, ss->allow_imeis,
+                                    sizeof ss->allow_imeis);
+    if (n > 0) {
+        const char *params[1] = {ss->allow_imeis};
+        if (pgsink_query(s->sink, REVOKED_SQL, 1, params, query_cookie(Q_ALLOWLIST, 0),
+                         now_ms(s)) != 0)
+            return; /* the control link is down or full: this chunk again next turn */
+        ss->allow_in_flight = true;
+        ss->allow_checked += n;
+    }
+    ss->allow_cursor = cur;
+    if (cur >= s->cfg->conns_max && n == 0)
+        allowlist_said(s);
+}
+
+void session_on_allowlist(struct shard *s, const PGresult *res)
+{
+    struct sessions *ss = s->sess;
+    ss->allow_in_flight = false;
+    if (!res) {
+        ss->allow_cursor = 0; /* the link dropped with the chunk: the round starts over */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char q[256];
+        log_line(LOG_WARN, "allow-list check failed; SIGHUP again", "shard=%u error=\"%s\"", s->id,
+                 logfmt_q(q, sizeof q, PQresultErrorMessage(res)));
+        ss->allow_cursor = s->cfg->conns_max;
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        int64_t slot = session_owned_slot_of_row(s, res, i);
+        if (slot < 0)
+            continue;
+        if (engine_close(s->e, (uint32_t)slot, ss->devs[slot].gen) != 0)
+            continue; /* gone meanwhile */
+        stat_add(&s->st->devices_revoked, 1);
+        ss->allow_closed++;
+    }
+    if (ss->allow_cursor >= s->cfg->conns_max)
+        allowlist_said(s);
+}
+
+/* Releases the windows of open devices that sent no packet for state_idle_s: an idle
+ * connection then costs no window. The state is in device_state (or in a batch still held,
+ * which the pending snapshot finds); the device's next packet waits for it (DEV_RELOADING). */
+static void release_idle_windows(struct shard *s)
+{
+    struct sessions *ss = s->sess;
+    uint32_t now = now_s(s), idle = s->cfg->state_idle_s;
+    for (uint32_t slot = 0; slot < s->cfg->conns_max; slot++) {
+        struct dev *d = &ss->devs[slot];
+        if (d->state != DEV_OPEN || !d->win || now - d->last_packet_s < idle)
+            continue;
+        dedup_win_drop(&ss->wins, &d->win);
+        d->dormant = true;
+        stat_add(&s->st->windows_released, 1);
+    }
+}
+
+void session_release_idle(struct shard *s, uint64_t ms)
+{
+    struct sessions *ss = s->sess;
+    if (!s->cfg->state_idle_s || ms < ss->next_release_ms)
+        return;
+    release_idle_windows(s);
+    /* Every SESSION_RELEASE_EVERY_MS, or twice per state_idle_s when that is shorter. */
+    uint64_t every = (uint64_t)s->cfg->state_idle_s * 500u;
+    ss->next_release_ms =
+        ms + (every < SESSION_RELEASE_EVERY_MS ? every : SESSION_RELEASE_EVERY_MS);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------------------------- */
+
+int session_setup(struct shard *s, char *err, size_t cap)
+{
+    const struct ingest_config *c = s->cfg;
+    struct sessions *ss = calloc(1, sizeof *ss);
+    s->sess = ss;
+    if (!ss)
+        goto oom;
+    ss->allow_cursor = c->conns_max; /* no allow-list walk before a SIGHUP */
+    ss->devs = zmap((size_t)c->conns_max * sizeof *ss->devs);
+    uint32_t map = 1;
+    while (map < 2 * c->conns_max)
+        map <<= 1;
+    ss->owned.mask = map - 1;
+    ss->owned.keys = zmap((size_t)map * sizeof *ss->owned.keys);
+    ss->owned.slots = zmap((size_t)map * sizeof *ss->owned.slots);
+    ss->load_queue = calloc(c->conns_max, sizeof *ss->load_queue);
+    if (!ss->devs || !ss->owned.keys || !ss->owned.slots || !ss->load_queue ||
+        dedup_pool_init(&ss->wins, c->conns_max) != 0)
+        goto oom;
+    return 0;
+oom:
+    snprintf(err, cap, "shard %u: out of memory for %u connections", s->id, c->conns_max);
+    return -ENOMEM;
+}
+
+void session_teardown(struct shard *s)
+{
+    struct sessions *ss = s->sess;
+    if (!ss)
+        return;
+    uint32_t conns = s->cfg->conns_max, cells = ss->owned.mask + 1;
+    dedup_pool_destroy(&ss->wins);
+    free(ss->load_queue);
+    zunmap(ss->devs, (size_t)conns * sizeof *ss->devs);
+    zunmap(ss->owned.keys, (size_t)cells * sizeof *ss->owned.keys);
+    zunmap(ss->owned.slots, (size_t)cells * sizeof *ss->owned.slots);
+    free(ss);
+    s->sess = NULL;
+}

@@ -1,0 +1,151 @@
+/* session.h — the device on each connection of a gateway shard: its handshake, which shard owns
+ * it (handed over when the hash ring says another), the replacement of an older connection of
+ * the same IMEI, its state loaded from the database before its handshake is answered, the
+ * allow-list walk after SIGHUP (--devices known), and the release of quiet devices' windows.
+ *
+ * struct sessions is this module's; the shard's thread only. Who writes a struct dev's fields:
+ * session.c all of them, except `unacked` (batch.c counts taken and acknowledged packets;
+ * session.c zeroes it at open and close) and the window behind `win` (batch.c appends the
+ * fingerprints of records it takes, through dedup_win_mut). Others read. */
+#ifndef AVLGATE_GATEWAY_SESSION_H
+#define AVLGATE_GATEWAY_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "gateway/dedup.h"
+#include "gateway/imap.h"
+#include "gateway/shard_state.h"
+#include "shard/engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* DEV_HANDSHAKE: accepted, no IMEI yet. DEV_LOADING: handshake in, state load in flight, not
+ * answered yet. DEV_OPEN: answered 0x01, packets flow. DEV_RELOADING: an open device whose window
+ * was released while it was quiet sent a packet; the connection is held (ENGINE_HOLD, the bytes
+ * kept by the engine) until its state is loaded again. */
+enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING };
+
+/* A connection's session. Small on purpose (an idle connection costs this, its engine slot, its
+ * IMEI map cell and delivery.c's per-connection state): the duplicate-detection window lives in
+ * the pool and only a device with fingerprints holds one. */
+struct dev {
+    uint32_t gen : ENGINE_GEN_BITS; /* the engine's generation of the connection */
+    uint32_t state : 3;             /* enum dev_state */
+    uint32_t load_queued : 1;       /* in the load queue, not sent yet */
+    uint32_t load_stale : 1;        /* a batch of this device committed while its load flew */
+    uint32_t dormant : 1;   /* open, window released after state_idle_s quiet: reload first */
+    uint32_t win;           /* its window in the pool (dedup.h handle); 0: none */
+    uint32_t last_packet_s; /* engine seconds of its last packet taken */
+    uint32_t unacked;       /* packets taken on this connection and not yet acknowledged */
+    uint64_t imei;
+    uint64_t accepted_ms; /* wall-clock ms its handshake was accepted (the registry's epoch) */
+};
+_Static_assert(sizeof(struct dev) == 32, "a connection's session stays small");
+
+static inline bool dev_loading(const struct dev *d)
+{
+    return d->state == DEV_LOADING || d->state == DEV_RELOADING;
+}
+
+/* This shard owns the device on the connection (its handshake reached the owner). */
+static inline bool dev_owned(const struct dev *d)
+{
+    return d->state == DEV_OPEN || dev_loading(d);
+}
+
+enum {
+    SESSION_ALLOW_CHUNK = 2048,     /* IMEIs per allow-list query after SIGHUP */
+    SESSION_RELEASE_EVERY_MS = 5000 /* how often idle devices' windows are looked for */
+};
+
+struct sessions {
+    struct dev *devs;       /* conns_max, indexed by engine slot */
+    struct imap owned;      /* IMEI -> slot of the devices this shard owns */
+    struct dedup_pool wins; /* one window per connection slot */
+    /* Devices whose state load waits to be sent (control link down or full): engine keys. */
+    uint64_t *load_queue;
+    uint32_t load_head, load_len;
+    /* The allow-list walk: slots [allow_cursor, conns_max) still to check, one query of up to
+     * SESSION_ALLOW_CHUNK IMEIs in flight. */
+    unsigned allow_gen;
+    uint32_t allow_cursor, allow_checked;
+    uint64_t allow_closed;
+    bool allow_in_flight;
+    uint64_t next_release_ms;
+    char allow_imeis[SESSION_ALLOW_CHUNK * 18 + 4];
+};
+
+int session_setup(struct shard *s, char *err, size_t cap);
+void session_teardown(struct shard *s);
+
+/* The session of the connection in engine slot `slot`. */
+static inline struct dev *session_dev(const struct shard *s, uint32_t slot)
+{
+    return &s->sess->devs[slot];
+}
+
+/* The engine opened a connection (accepted, or handed over: the caller then calls
+ * session_handshake with the handoff key's IMEI). */
+void session_on_open(struct shard *s, uint32_t slot, uint32_t gen);
+
+enum session_handshake {
+    SESSION_REFUSED,    /* answered 0x00: close */
+    SESSION_HANDED_OFF, /* passed to the owner shard */
+    SESSION_OWNED,      /* owned here: its state load is on its way */
+};
+/* The device's IMEI arrived (more_bytes: bytes follow it in the same read, which a device never
+ * sends before our answer). */
+enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_t gen,
+                                         uint64_t imei, bool more_bytes);
+
+/* The answer to a state load (key: the connection's engine_key; res NULL when the link dropped).
+ * pending: the newest snapshot of the device's window in an uncommitted batch, or NULL (it knows
+ * more than the database). Returns true when the handshake was accepted now (0x01 sent): then
+ * *has_commands says whether the device has open commands. */
+bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
+                     const struct dedup *pending, bool *has_commands);
+/* The device of a state load's key while its load is awaited, or NULL (gone meanwhile). */
+const struct dev *session_loading(const struct shard *s, uint64_t key);
+/* Sends the loads that wait, while the control link takes them. */
+void session_send_loads(struct shard *s);
+
+/* An open device's packet arrived while its window is released (dev.dormant): its state is
+ * loaded again and the connection held until then (the caller answers ENGINE_HOLD). */
+void session_reload(struct shard *s, uint32_t slot);
+
+/* A batch holding imei committed: a state load of it in flight may predate that COMMIT and is
+ * asked again when it answers. */
+void session_mark_load_stale(struct shard *s, uint64_t imei);
+/* Closes the connection that owns imei now, if any (its window may count records that will never
+ * be stored: it must reconnect and load its state). */
+void session_close_owner(struct shard *s, uint64_t imei);
+/* The slot of the connection this shard owns for the IMEI in row `row`, column 0, of a query's
+ * answer; -1 when none is connected here (any more). */
+int64_t session_owned_slot_of_row(const struct shard *s, const PGresult *res, int row);
+
+/* A chunk of the shard's devices as a bigint[] literal ("{imei,imei}") in buf (cap bytes, room
+ * for max IMEIs): the slots from *cursor on for which pick() says yes, at most max of them;
+ * *cursor moves past the last slot looked at. Returns how many were written. */
+unsigned session_imei_array(struct shard *s, uint32_t *cursor, unsigned max,
+                            bool (*pick)(struct shard *s, uint32_t slot), char *buf, size_t cap);
+
+/* The connection is closing (after the command side's own on_close). */
+void session_on_close(struct shard *s, uint32_t slot, uint32_t gen);
+
+/* One step of the allow-list walk a SIGHUP starts (with --devices known), and its answer. */
+void session_allowlist_step(struct shard *s);
+void session_on_allowlist(struct shard *s, const PGresult *res);
+/* Releases the windows of open devices quiet for state_idle_s (when due). */
+void session_release_idle(struct shard *s, uint64_t ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AVLGATE_GATEWAY_SESSION_H */

@@ -14,6 +14,7 @@
 #include <libpq-fe.h>
 
 #include "codec/avl.h"
+#include "gateway/log.h"
 #include "shard/engine.h"
 
 enum kind {
@@ -212,6 +213,78 @@ static void defaults(struct run_options *o)
     o->listen = "0.0.0.0:5027";
 }
 
+/* The value after a file line's '=': quoted (everything to the closing quote, '#' and spaces
+ * included) or bare (cut at a trailing comment: whitespace, then '#'; then trimmed). Cuts the
+ * line in place. NULL with the reason in why. */
+static char *file_value(char *v, char *why, size_t cap)
+{
+    while (isspace((unsigned char)*v))
+        v++;
+    char *rest;
+    if (*v == '"') {
+        char *close = strchr(v + 1, '"');
+        if (!close) {
+            snprintf(why, cap, "no closing quote");
+            return NULL;
+        }
+        *close = '\0';
+        v++;
+        rest = close + 1;
+    } else {
+        for (char *h = strchr(v, '#'); h; h = strchr(h + 1, '#'))
+            if (h > v && isspace((unsigned char)h[-1])) {
+                *h = '\0';
+                break;
+            }
+        char *end = v + strlen(v);
+        while (end > v && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        rest = end;
+    }
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (*rest != '\0' && *rest != '#') {
+        snprintf(why, cap, "text after the closing quote");
+        return NULL;
+    }
+    return v;
+}
+
+/* One line of the file (blank, a comment, or key = value) applied to o; false with the reason
+ * in why. Cuts the line in place. */
+static bool file_line(struct run_options *o, char *line, char *why, size_t cap)
+{
+    char *p = line;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p == '\0' || *p == '#')
+        return true;
+    char *eq = strchr(p, '=');
+    if (!eq) {
+        p[strcspn(p, "\r\n")] = '\0';
+        snprintf(why, cap, "want 'key = value', got '%s'", p);
+        return false;
+    }
+    char *k = p, *kend = eq;
+    while (kend > k && isspace((unsigned char)kend[-1]))
+        kend--;
+    char *v = file_value(eq + 1, why, cap);
+    if (!v)
+        return false;
+    const struct opt *op = find(k, (size_t)(kend - k));
+    if (!op || op->kind == K_CONFIG || op->kind == K_ACTION) {
+        snprintf(why, cap, "unknown key '%.*s'", (int)(kend - k), k);
+        return false;
+    }
+    char bad[160];
+    if (!set(o, op, v, SRC_FILE, bad, sizeof bad)) {
+        snprintf(why, cap, "%s: %s", op->name, bad);
+        return false;
+    }
+    o->source[op - opts] = SRC_FILE;
+    return true;
+}
+
 /* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
 static int load_file(struct run_options *o, const char *path, FILE *err)
 {
@@ -221,80 +294,23 @@ static int load_file(struct run_options *o, const char *path, FILE *err)
         return 1;
     }
     char line[4096];
+    char why[sizeof line + 256]; /* may quote the whole line */
     unsigned n = 0;
     int rc = 0;
     while (rc == 0 && fgets(line, sizeof line, f)) {
         n++;
         size_t len = strlen(line);
+        bool ok;
         if (len == sizeof line - 1 && line[len - 1] != '\n') {
-            fprintf(err, "avlgate run: config %s:%u: line longer than %zu bytes\n", path, n,
-                    sizeof line - 2);
-            rc = 2;
-            break;
-        }
-        char *p = line;
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0' || *p == '#')
-            continue;
-        char *eq = strchr(p, '=');
-        if (!eq) {
-            p[strcspn(p, "\r\n")] = '\0';
-            fprintf(err, "avlgate run: config %s:%u: want 'key = value', got '%s'\n", path, n, p);
-            rc = 2;
-            break;
-        }
-        char *k = p, *kend = eq;
-        while (kend > k && isspace((unsigned char)kend[-1]))
-            kend--;
-        char *v = eq + 1;
-        while (isspace((unsigned char)*v))
-            v++;
-        char *rest;
-        if (*v == '"') {
-            /* Quoted: everything to the closing quote, '#' and spaces included. */
-            char *close = strchr(v + 1, '"');
-            if (!close) {
-                fprintf(err, "avlgate run: config %s:%u: no closing quote\n", path, n);
-                rc = 2;
-                break;
-            }
-            *close = '\0';
-            v++;
-            rest = close + 1;
+            snprintf(why, sizeof why, "line longer than %zu bytes", sizeof line - 2);
+            ok = false;
         } else {
-            /* A trailing comment (whitespace, then '#'), then trailing whitespace. */
-            for (char *h = strchr(v, '#'); h; h = strchr(h + 1, '#'))
-                if (h > v && isspace((unsigned char)h[-1])) {
-                    *h = '\0';
-                    break;
-                }
-            char *end = v + strlen(v);
-            while (end > v && isspace((unsigned char)end[-1]))
-                *--end = '\0';
-            rest = end;
+            ok = file_line(o, line, why, sizeof why);
         }
-        while (isspace((unsigned char)*rest))
-            rest++;
-        if (*rest != '\0' && *rest != '#') {
-            fprintf(err, "avlgate run: config %s:%u: text after the closing quote\n", path, n);
+        if (!ok) {
+            fprintf(err, "avlgate run: config %s:%u: %s\n", path, n, why);
             rc = 2;
-            break;
         }
-        const struct opt *op = find(k, (size_t)(kend - k));
-        if (!op || op->kind == K_CONFIG || op->kind == K_ACTION) {
-            fprintf(err, "avlgate run: config %s:%u: unknown key '%.*s'\n", path, n,
-                    (int)(kend - k), k);
-            rc = 2;
-            break;
-        }
-        char why[160];
-        if (!set(o, op, v, SRC_FILE, why, sizeof why)) {
-            fprintf(err, "avlgate run: config %s:%u: %s: %s\n", path, n, op->name, why);
-            rc = 2;
-            break;
-        }
-        o->source[op - opts] = SRC_FILE;
     }
     fclose(f);
     return rc;
@@ -317,19 +333,22 @@ static const char *env_get(char **envp, const char *name)
     return NULL;
 }
 
-int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err)
+/* The getopt_long table of opts: option i comes back as 256 + i. */
+static void long_options(struct option longopts[NOPTS + 1])
 {
-    defaults(o);
-    /* The flags first, into a scratch copy: --config and the actions must be known before
-     * the file is read, and flags win over everything, so they are applied last again. */
-    struct option longopts[NOPTS + 1];
     for (size_t i = 0; i < NOPTS; i++)
         longopts[i] = (struct option){
             opts[i].name,
             opts[i].kind == K_SWITCH || opts[i].kind == K_ACTION ? no_argument : required_argument,
             NULL, 256 + (int)i};
     longopts[NOPTS] = (struct option){0, 0, 0, 0};
-    const char *config_flag = NULL;
+}
+
+/* The first pass over the flags: each one spelt in full and given a value where it takes one,
+ * and no other arguments; applies nothing, only notes --config FILE. Returns 0 or 2. */
+static int scan_flags(int argc, char **argv, const struct option *longopts,
+                      const char **config_flag, FILE *err)
+{
     optind = 1;
     opterr = 0;
     int c;
@@ -362,21 +381,20 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
                     op->name);
             return 2;
         }
-        if (opts[c - 256].kind == K_CONFIG)
-            config_flag = optarg;
+        if (op->kind == K_CONFIG)
+            *config_flag = optarg;
     }
     if (optind != argc) {
         fprintf(err, "avlgate run: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    return 0;
+}
+
+/* The AVLGATE_<NAME> variables of envp, over the file's values. Returns 0 or 2. */
+static int load_env(struct run_options *o, char **envp, FILE *err)
+{
     char name[64], why[160];
-    const char *config = config_flag ? config_flag : env_get(envp, "AVLGATE_CONFIG");
-    if (config) {
-        o->config = config;
-        int rc = load_file(o, config, err);
-        if (rc)
-            return rc;
-    }
     for (size_t i = 0; i < NOPTS; i++) {
         if (opts[i].kind == K_ACTION || opts[i].kind == K_CONFIG)
             continue;
@@ -390,7 +408,13 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
         }
         o->source[i] = SRC_ENV;
     }
-    /* A misspelt variable would otherwise be ignored without a word. */
+    return 0;
+}
+
+/* A misspelt variable would otherwise be ignored without a word. */
+static void warn_unknown_env(char **envp)
+{
+    char name[64];
     for (char **e = envp; e && *e; e++) {
         /* AVLGATE_TEST_*, AVLGATE_PGTMP and AVLGATE_REDISTMP are the test harness's. */
         if (strncmp(*e, "AVLGATE_", 8) != 0 || strncmp(*e, "AVLGATE_TEST_", 13) == 0 ||
@@ -404,10 +428,18 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
             known = strlen(name) == len && strncmp(*e, name, len) == 0;
         }
         if (!known)
-            fprintf(err, "level=warn msg=\"unknown environment variable ignored\" name=%.*s\n",
-                    (int)len, *e);
+            log_line(LOG_WARN, "unknown environment variable ignored", "name=%.*s", (int)len, *e);
     }
+}
+
+/* The second pass over the flags (scan_flags checked them): applied last, they win. Returns 0
+ * or 2. */
+static int apply_flags(struct run_options *o, int argc, char **argv, const struct option *longopts,
+                       FILE *err)
+{
+    char why[160];
     optind = 1;
+    int c;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         const struct opt *op = &opts[c - 256];
         if (!set(o, op, optarg ? optarg : "", SRC_FLAG, why, sizeof why)) {
@@ -416,8 +448,22 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
         }
         o->source[op - opts] = SRC_FLAG;
     }
-    if (o->help)
-        return 0;
+    return 0;
+}
+
+/* 1 to 64 of A-Z a-z 0-9 . _ - (it names Redis keys). */
+static bool instance_ok(const char *id)
+{
+    size_t n = strlen(id);
+    bool ok = n > 0 && n <= 64;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = isalnum((unsigned char)id[i]) || id[i] == '.' || id[i] == '_' || id[i] == '-';
+    return ok;
+}
+
+/* What no single option says: the options together. Returns 0 or 2. */
+static int check_options(const struct run_options *o, FILE *err)
+{
     /* --print-config says what run would refuse too: a printed file is one run takes. */
     if (!o->cfg.pg_conninfo && !o->print_config) {
         fprintf(err, "avlgate run: --pg CONNINFO is required (or AVLGATE_PG, or pg = in the "
@@ -428,19 +474,42 @@ int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE 
         fprintf(err, "avlgate run: --bufs %u is not a power of two\n", o->cfg.bufs);
         return 2;
     }
-    const char *id = o->cfg.instance;
-    size_t n = strlen(id);
-    bool ok = n > 0 && n <= 64;
-    for (size_t i = 0; i < n && ok; i++)
-        ok = isalnum((unsigned char)id[i]) || id[i] == '.' || id[i] == '_' || id[i] == '-';
-    if (!ok) {
+    if (!instance_ok(o->cfg.instance)) {
         fprintf(err,
                 "avlgate run: bad --instance '%s' (1 to 64 of A-Z a-z 0-9 . _ -; it names Redis "
                 "keys)\n",
-                id);
+                o->cfg.instance);
         return 2;
     }
     return 0;
+}
+
+int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err)
+{
+    defaults(o);
+    /* The flags are read twice: first for their spelling and --config, which must be known
+     * before the file is read; then applied last, since they win over everything. */
+    struct option longopts[NOPTS + 1];
+    long_options(longopts);
+    const char *config_flag = NULL;
+    int rc = scan_flags(argc, argv, longopts, &config_flag, err);
+    if (rc)
+        return rc;
+    const char *config = config_flag ? config_flag : env_get(envp, "AVLGATE_CONFIG");
+    if (config) {
+        o->config = config;
+        rc = load_file(o, config, err);
+        if (rc)
+            return rc;
+    }
+    rc = load_env(o, envp, err);
+    if (rc)
+        return rc;
+    warn_unknown_env(envp);
+    rc = apply_flags(o, argc, argv, longopts, err);
+    if (rc || o->help)
+        return rc;
+    return check_options(o, err);
 }
 
 /* Appends text to out (cap bytes in all), cutting at the end. */

@@ -208,52 +208,61 @@ static const char *invalid_reason(unsigned i)
     return copyenc_strerror((int)(1 - AVL_E_ERR_MIN) - (int)i);
 }
 
-size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
+static void render_header(struct out *o, const struct ingest_shared *sh)
 {
-    struct out o = {.buf = buf, .cap = cap};
-    unsigned shards = sh->cfg->shards;
-    family(&o, "avlgate_build_info", "gauge", "The running version.");
-    put(&o, "avlgate_build_info{version=\"%s\"} 1\n", sh->cfg->version ? sh->cfg->version : "");
-    family(&o, "avlgate_shards", "gauge", "Shards (io_uring threads) of this process.");
-    put(&o, "avlgate_shards %u\n", shards);
+    family(o, "avlgate_build_info", "gauge", "The running version.");
+    put(o, "avlgate_build_info{version=\"%s\"} 1\n", sh->cfg->version ? sh->cfg->version : "");
+    family(o, "avlgate_shards", "gauge", "Shards (io_uring threads) of this process.");
+    put(o, "avlgate_shards %u\n", sh->cfg->shards);
+}
 
-    render_families(&o, sh, ingest_families, sizeof ingest_families / sizeof ingest_families[0],
-                    false);
-    render_families(&o, sh, engine_families, sizeof engine_families / sizeof engine_families[0],
-                    true);
-
-    family(&o, "avlgate_connections_closed_total", "counter", "Connections closed, by reason.");
-    for (unsigned i = 0; i < shards; i++) {
+static void render_closed(struct out *o, const struct ingest_shared *sh)
+{
+    family(o, "avlgate_connections_closed_total", "counter", "Connections closed, by reason.");
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
         const struct engine_stats *es = sh->engine_stats[i];
         for (int r = 0; r < ENGINE_CLOSE_REASONS; r++)
-            put(&o, "avlgate_connections_closed_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n", i,
+            put(o, "avlgate_connections_closed_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n", i,
                 engine_close_reason_name((enum engine_close_reason)r), stat_read(&es->closed[r]));
     }
-    family(&o, "avlgate_handshakes_rejected_total", "counter",
+}
+
+static void render_handshakes_rejected(struct out *o, const struct ingest_shared *sh)
+{
+    family(o, "avlgate_handshakes_rejected_total", "counter",
            "Handshakes refused: unknown or disabled device, or a protocol error.");
-    for (unsigned i = 0; i < shards; i++) {
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
         const struct ingest_stats *st = shard_stats(sh, i);
-        put(&o,
+        put(o,
             "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"unknown_device\"} %" PRIu64
             "\n",
             i, stat_read(&st->handshake_rejected));
-        put(&o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"protocol\"} %" PRIu64 "\n",
+        put(o, "avlgate_handshakes_rejected_total{shard=\"%u\",reason=\"protocol\"} %" PRIu64 "\n",
             i, stat_read(&st->handshake_errors));
     }
-    family(&o, "avlgate_packets_invalid_total", "counter",
+}
+
+/* Only the reasons seen: most of the 31 never are. */
+static void render_invalid(struct out *o, const struct ingest_shared *sh)
+{
+    family(o, "avlgate_packets_invalid_total", "counter",
            "Packets refused (never acknowledged), by reason.");
-    for (unsigned i = 0; i < shards; i++) {
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
         const struct ingest_stats *st = shard_stats(sh, i);
         for (unsigned r = 1; r < 32; r++) {
             uint64_t v = stat_read(&st->invalid_by_reason[r]);
             if (v)
-                put(&o, "avlgate_packets_invalid_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
-                    i, invalid_reason(r), v);
+                put(o, "avlgate_packets_invalid_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n", i,
+                    invalid_reason(r), v);
         }
     }
-    family(&o, "avlgate_commands_total", "counter",
+}
+
+static void render_commands(struct out *o, const struct ingest_shared *sh)
+{
+    family(o, "avlgate_commands_total", "counter",
            "Codec 12 commands: frames written (sent, a resend counts again) and outcomes.");
-    for (unsigned i = 0; i < shards; i++) {
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
         const struct ingest_stats *st = shard_stats(sh, i);
         const struct {
             const char *status;
@@ -263,47 +272,72 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
                  {"failed", &st->cmds_failed},
                  {"expired", &st->cmds_expired}};
         for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
-            put(&o, "avlgate_commands_total{shard=\"%u\",status=\"%s\"} %" PRIu64 "\n", i,
+            put(o, "avlgate_commands_total{shard=\"%u\",status=\"%s\"} %" PRIu64 "\n", i,
                 c[k].status, stat_read(c[k].v));
     }
+}
 
+/* A pair of counters of struct ingest_stats per shard, one per database link (data, control). */
+static const struct stat_family pg_link_families[] = {
+    {"avlgate_postgres_up", "1 while the shard's database link is connected.", ST(pg_up), true},
+    {"avlgate_postgres_connects_total",
+     "Database connections established (the first, then each reconnect).", ST(pg_connects), false},
+    {"avlgate_postgres_disconnects_total", "Established database links lost.", ST(pg_disconnects),
+     false},
+    {"avlgate_postgres_connect_failures_total", "Database connection attempts that failed.",
+     ST(pg_connect_failures), false},
+};
+
+#define LINK_PAIR(field) (sizeof((struct ingest_stats *)0)->field == 2 * sizeof(uint64_t))
+_Static_assert(LINK_PAIR(pg_up) && LINK_PAIR(pg_connects) && LINK_PAIR(pg_disconnects) &&
+                   LINK_PAIR(pg_connect_failures),
+               "pg_link_families reads two uint64_t per field");
+#undef LINK_PAIR
+
+static void render_pg_links(struct out *o, const struct ingest_shared *sh)
+{
     static const char *const links[2] = {"data", "control"};
-    family(&o, "avlgate_postgres_up", "gauge", "1 while the shard's database link is connected.");
-    for (unsigned i = 0; i < shards; i++)
-        for (int l = 0; l < 2; l++)
-            put(&o, "avlgate_postgres_up{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i, links[l],
-                stat_read(&shard_stats(sh, i)->pg_up[l]));
-    family(&o, "avlgate_postgres_connects_total", "counter",
-           "Database connections established (the first, then each reconnect).");
-    for (unsigned i = 0; i < shards; i++)
-        for (int l = 0; l < 2; l++)
-            put(&o, "avlgate_postgres_connects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i,
-                links[l], stat_read(&shard_stats(sh, i)->pg_connects[l]));
-    family(&o, "avlgate_postgres_disconnects_total", "counter", "Established database links lost.");
-    for (unsigned i = 0; i < shards; i++)
-        for (int l = 0; l < 2; l++)
-            put(&o, "avlgate_postgres_disconnects_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i,
-                links[l], stat_read(&shard_stats(sh, i)->pg_disconnects[l]));
-    family(&o, "avlgate_postgres_connect_failures_total", "counter",
-           "Database connection attempts that failed.");
-    for (unsigned i = 0; i < shards; i++)
-        for (int l = 0; l < 2; l++)
-            put(&o,
-                "avlgate_postgres_connect_failures_total{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n",
-                i, links[l], stat_read(&shard_stats(sh, i)->pg_connect_failures[l]));
+    for (size_t k = 0; k < sizeof pg_link_families / sizeof pg_link_families[0]; k++) {
+        const struct stat_family *f = &pg_link_families[k];
+        family(o, f->name, f->gauge ? "gauge" : "counter", f->help);
+        for (unsigned i = 0; i < sh->cfg->shards; i++)
+            for (int l = 0; l < 2; l++)
+                put(o, "%s{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", f->name, i, links[l],
+                    field_at(shard_stats(sh, i), f->off + (size_t)l * sizeof(uint64_t)));
+    }
+}
+
+/* Only shards with Redis configured; the intake link is shard 0's alone. */
+static void render_redis_links(struct out *o, const struct ingest_shared *sh)
+{
     static const char *const rlinks[2] = {"registry", "intake"};
-    family(&o, "avlgate_redis_up", "gauge",
+    family(o, "avlgate_redis_up", "gauge",
            "1 while the shard's Redis link is connected (the intake is shard 0's).");
-    for (unsigned i = 0; i < shards; i++) {
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
         const struct ingest_stats *st = shard_stats(sh, i);
         if (!stat_read(&st->redis_configured))
             continue;
         for (int l = 0; l < 2; l++)
             if (l == 0 || i == 0)
-                put(&o, "avlgate_redis_up{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i, rlinks[l],
+                put(o, "avlgate_redis_up{shard=\"%u\",link=\"%s\"} %" PRIu64 "\n", i, rlinks[l],
                     stat_read(&st->redis_up[l]));
     }
+}
 
+size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
+{
+    struct out o = {.buf = buf, .cap = cap};
+    render_header(&o, sh);
+    render_families(&o, sh, ingest_families, sizeof ingest_families / sizeof ingest_families[0],
+                    false);
+    render_families(&o, sh, engine_families, sizeof engine_families / sizeof engine_families[0],
+                    true);
+    render_closed(&o, sh);
+    render_handshakes_rejected(&o, sh);
+    render_invalid(&o, sh);
+    render_commands(&o, sh);
+    render_pg_links(&o, sh);
+    render_redis_links(&o, sh);
     render_hist(&o, sh, "avlgate_copy_duration_seconds",
                 "A batch's transaction, from submit to the answer to its COMMIT.",
                 offsetof(struct ingest_stats, copy_latency));

@@ -394,88 +394,110 @@ static char *read_sql(const char *path, char *err, size_t err_cap)
     return text;
 }
 
-int pgschema_apply(PGconn *conn, const char *dir, char *err, size_t err_cap)
+/* The *.sql files of dir, sorted by name, into names (heap strings the caller frees, even
+ * after a failure). Returns 0, or PGSCHEMA_E_FAIL with err set. */
+static int list_sql_files(const char *dir, char *names[PGSCHEMA_FILES_MAX], size_t *names_len,
+                          char *err, size_t err_cap)
 {
-    char *names[PGSCHEMA_FILES_MAX];
-    size_t names_len = 0;
-    int rc = PGSCHEMA_E_FAIL;
-    if (err_cap > 0)
-        err[0] = '\0';
-
     DIR *d = opendir(dir);
     if (!d) {
         snprintf(err, err_cap, "schema dir %s: %s", dir, strerror(errno));
         return PGSCHEMA_E_FAIL;
     }
+    int rc = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
+    while (rc == 0 && (de = readdir(d)) != NULL) {
         if (!is_sql_file(de->d_name))
             continue;
-        if (names_len == PGSCHEMA_FILES_MAX) {
+        if (*names_len == PGSCHEMA_FILES_MAX) {
             snprintf(err, err_cap, "schema dir %s: more than %d .sql files", dir,
                      PGSCHEMA_FILES_MAX);
-            goto out;
-        }
-        names[names_len] = strdup(de->d_name);
-        if (!names[names_len]) {
+            rc = PGSCHEMA_E_FAIL;
+        } else if ((names[*names_len] = strdup(de->d_name)) == NULL) {
             snprintf(err, err_cap, "schema dir %s: out of memory", dir);
-            goto out;
+            rc = PGSCHEMA_E_FAIL;
+        } else {
+            (*names_len)++;
         }
-        names_len++;
     }
-    if (names_len == 0) {
+    closedir(d);
+    if (rc == 0 && *names_len == 0) {
         snprintf(err, err_cap, "schema dir %s: no .sql files", dir);
-        goto out;
+        rc = PGSCHEMA_E_FAIL;
     }
-    qsort(names, names_len, sizeof names[0], name_cmp);
+    if (rc == 0)
+        qsort(names, *names_len, sizeof names[0], name_cmp);
+    return rc;
+}
 
-    /* NOTICEs ("already exists, skipping") are noise on every re-apply: raise the session's
-     * client_min_messages to warning while the files run, then put the caller's value back.
-     * (A notice receiver cannot be swapped and restored: libpq does not return its arg.) */
-    char saved_level[64] = "";
+/* NOTICEs ("already exists, skipping") are noise on every re-apply: raises the session's
+ * client_min_messages to warning while the files run, saving the caller's value into saved
+ * ("" if it could not be read) for notices_restore. (A notice receiver cannot be swapped and
+ * restored: libpq does not return its arg.) */
+static void notices_quiet(PGconn *conn, char *saved, size_t saved_cap)
+{
+    saved[0] = '\0';
     PGresult *lvl = PQexec(conn, "SELECT pg_catalog.current_setting('client_min_messages')");
     if (PQresultStatus(lvl) == PGRES_TUPLES_OK && PQntuples(lvl) == 1)
-        snprintf(saved_level, sizeof saved_level, "%s", PQgetvalue(lvl, 0, 0));
+        snprintf(saved, saved_cap, "%s", PQgetvalue(lvl, 0, 0));
     PQclear(lvl);
     PQclear(PQexec(conn, "SET client_min_messages = warning"));
-    rc = 0;
-    for (size_t i = 0; i < names_len && rc >= 0; i++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        char *text = read_sql(path, err, err_cap);
-        if (!text) {
+}
+
+static void notices_restore(PGconn *conn, const char *saved)
+{
+    if (!saved[0])
+        return;
+    const char *params[1] = {saved};
+    PQclear(PQexecParams(conn, "SELECT pg_catalog.set_config('client_min_messages', $1, false)", 1,
+                         NULL, params, NULL, NULL, 0));
+}
+
+/* Runs one file as one query string. Returns 0, or PGSCHEMA_E_FAIL with err set; either way
+ * the connection is left idle (a transaction the file left open is rolled back). */
+static int apply_file(PGconn *conn, const char *dir, const char *name, char *err, size_t err_cap)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *text = read_sql(path, err, err_cap);
+    if (!text)
+        return PGSCHEMA_E_FAIL;
+    PGresult *res = PQexec(conn, text);
+    free(text);
+    int rc = 0;
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+        set_pg_error(err, err_cap, path, res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+        rc = PGSCHEMA_E_FAIL;
+    }
+    PQclear(res);
+    /* A failed file leaves its BEGIN open and aborted; a file without COMMIT leaves it
+     * open. Either way the connection goes back idle. */
+    if (PQtransactionStatus(conn) == PQTRANS_INERROR ||
+        PQtransactionStatus(conn) == PQTRANS_INTRANS) {
+        PQclear(PQexec(conn, "ROLLBACK"));
+        if (rc == 0) {
+            snprintf(err, err_cap, "%s: leaves a transaction open (missing COMMIT)", path);
             rc = PGSCHEMA_E_FAIL;
-            break;
-        }
-        PGresult *res = PQexec(conn, text);
-        free(text);
-        ExecStatusType st = PQresultStatus(res);
-        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) {
-            rc++;
-        } else {
-            set_pg_error(err, err_cap, path,
-                         res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
-            rc = PGSCHEMA_E_FAIL;
-        }
-        PQclear(res);
-        /* A failed file leaves its BEGIN open and aborted; a file without COMMIT leaves it
-         * open. Either way the connection goes back idle. */
-        if (PQtransactionStatus(conn) == PQTRANS_INERROR ||
-            PQtransactionStatus(conn) == PQTRANS_INTRANS) {
-            PQclear(PQexec(conn, "ROLLBACK"));
-            if (rc >= 0) {
-                snprintf(err, err_cap, "%s: leaves a transaction open (missing COMMIT)", path);
-                rc = PGSCHEMA_E_FAIL;
-            }
         }
     }
-    if (saved_level[0]) {
-        const char *params[1] = {saved_level};
-        PQclear(PQexecParams(conn, "SELECT pg_catalog.set_config('client_min_messages', $1, false)",
-                             1, NULL, params, NULL, NULL, 0));
+    return rc;
+}
+
+int pgschema_apply(PGconn *conn, const char *dir, char *err, size_t err_cap)
+{
+    char *names[PGSCHEMA_FILES_MAX];
+    size_t names_len = 0;
+    if (err_cap > 0)
+        err[0] = '\0';
+    int rc = list_sql_files(dir, names, &names_len, err, err_cap);
+    if (rc == 0) {
+        char saved_level[64];
+        notices_quiet(conn, saved_level, sizeof saved_level);
+        for (size_t i = 0; i < names_len && rc >= 0; i++)
+            rc = apply_file(conn, dir, names[i], err, err_cap) < 0 ? PGSCHEMA_E_FAIL : rc + 1;
+        notices_restore(conn, saved_level);
     }
-out:
-    closedir(d);
     for (size_t i = 0; i < names_len; i++)
         free(names[i]);
     return rc;

@@ -22,6 +22,7 @@
 #include "codec/avl.h"
 #include "gateway/config.h"
 #include "gateway/ingest.h"
+#include "gateway/log.h"
 #include "gateway/metrics.h"
 #include "gateway/pgschema.h"
 #include "gateway/router.h"
@@ -128,10 +129,8 @@ static PGconn *connect_retry(const char *conninfo, const sigset_t *stop_signals,
         snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
         msg[strcspn(msg, "\n")] = '\0';
         PQfinish(c);
-        fprintf(stderr,
-                "level=warn msg=\"database unreachable at start; retrying\" retry_ms=%u "
-                "error=\"%s\"\n",
-                delay_ms, msg);
+        log_line(LOG_WARN, "database unreachable at start; retrying", "retry_ms=%u error=\"%s\"",
+                 delay_ms, msg);
         /* Wait in slices, answering /healthz and /metrics probes with 503 meanwhile. */
         for (unsigned waited = 0; waited < delay_ms; waited += 100) {
             struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
@@ -157,84 +156,108 @@ static void *shard_thread(void *p)
     return NULL;
 }
 
-int run_main(int argc, char **argv)
+/* What `avlgate run` holds from start-up to exit; the shard threads point into it. */
+struct run_state {
+    struct run_options o;
+    struct ingest_config cfg; /* o.cfg with the addresses resolved */
+    char redis_ip[INET6_ADDRSTRLEN];
+    sigset_t stop_sigs; /* SIGTERM, SIGINT */
+    sigset_t all_sigs;  /* and SIGHUP */
+    struct router router;
+    void *router_mem;
+    struct ingest_shared shared;
+    struct thread_arg *args;
+    pthread_t *threads;
+};
+
+enum { RUN_STOPPED = -1 }; /* start-up was asked to stop (a signal): exit 0 */
+
+/* --listen and --redis from text to addresses. Returns 0 or 2. */
+static int run_resolve(struct run_state *st)
 {
-    static struct run_options o;
-    extern char **environ;
-    int prc = config_load(&o, argc, argv, environ, stderr);
-    if (prc)
-        return prc; /* config_load said why */
-    if (o.help) {
-        config_usage(stdout);
-        return 0;
-    }
-    if (o.print_config) {
-        config_print(&o, stdout);
-        return 0;
-    }
-    struct ingest_config cfg = o.cfg;
-    cfg.version = AVLGATE_VERSION;
-    const char *listen = o.listen, *redis = o.redis, *metrics = o.metrics,
-               *schema_dir = o.schema_dir;
-    if (parse_listen(listen, &cfg.listen_addr, &cfg.listen_addr_len) != 0) {
+    const struct run_options *o = &st->o;
+    if (parse_listen(o->listen, &st->cfg.listen_addr, &st->cfg.listen_addr_len) != 0) {
         fprintf(stderr, "avlgate run: bad --listen '%s' (want HOST:PORT with a numeric host)\n",
-                listen);
+                o->listen);
         return 2;
     }
-    static char redis_ip[INET6_ADDRSTRLEN];
-    if (redis) {
-        int port = resolve_redis(redis, redis_ip, sizeof redis_ip);
+    if (o->redis) {
+        int port = resolve_redis(o->redis, st->redis_ip, sizeof st->redis_ip);
         if (port < 0) {
-            fprintf(stderr, "avlgate run: bad --redis '%s' (want HOST:PORT)\n", redis);
+            fprintf(stderr, "avlgate run: bad --redis '%s' (want HOST:PORT)\n", o->redis);
             return 2;
         }
-        cfg.redis_host = redis_ip;
-        cfg.redis_port = port;
+        st->cfg.redis_host = st->redis_ip;
+        st->cfg.redis_port = port;
     }
-    int prc2 = port_free(&cfg.listen_addr, cfg.listen_addr_len);
-    if (prc2 != 0) {
-        fprintf(stderr, "avlgate run: cannot listen on %s: %s%s\n", listen, strerror(-prc2),
-                prc2 == -EADDRINUSE ? " (another process has the port)" : "");
+    return 0;
+}
+
+/* The device port must be free; the metrics port is bound here (shard 0 serves it later).
+ * Returns 0, 1 or 2 (a bad --metrics). */
+static int run_claim_ports(struct run_state *st)
+{
+    const struct run_options *o = &st->o;
+    struct ingest_config *cfg = &st->cfg;
+    int rc = port_free(&cfg->listen_addr, cfg->listen_addr_len);
+    if (rc != 0) {
+        fprintf(stderr, "avlgate run: cannot listen on %s: %s%s\n", o->listen, strerror(-rc),
+                rc == -EADDRINUSE ? " (another process has the port)" : "");
         return 1;
     }
-    if (metrics) {
-        struct sockaddr_storage ma;
-        socklen_t ml;
-        if (parse_listen(metrics, &ma, &ml) != 0) {
-            fprintf(stderr,
-                    "avlgate run: bad --metrics '%s' (want HOST:PORT with a numeric host)\n",
-                    metrics);
-            return 2;
-        }
-        char err[256];
-        cfg.metrics_fd = metrics_listen(&ma, ml, err, sizeof err);
-        if (cfg.metrics_fd < 0) {
-            fprintf(stderr, "avlgate run: --metrics %s: %s\n", metrics, err);
-            return 1;
-        }
+    if (!o->metrics)
+        return 0;
+    struct sockaddr_storage ma;
+    socklen_t ml;
+    if (parse_listen(o->metrics, &ma, &ml) != 0) {
+        fprintf(stderr, "avlgate run: bad --metrics '%s' (want HOST:PORT with a numeric host)\n",
+                o->metrics);
+        return 2;
     }
+    char err[256];
+    cfg->metrics_fd = metrics_listen(&ma, ml, err, sizeof err);
+    if (cfg->metrics_fd < 0) {
+        fprintf(stderr, "avlgate run: --metrics %s: %s\n", o->metrics, err);
+        return 1;
+    }
+    return 0;
+}
+
+/* Each shard's fixed file table holds conns_max descriptors. Returns 0 or 1. */
+static int run_check_rlimit(const struct ingest_config *cfg)
+{
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && cfg.conns_max > rl.rlim_cur) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && cfg->conns_max > rl.rlim_cur) {
         fprintf(stderr,
                 "avlgate run: --conns-max %u is above RLIMIT_NOFILE %llu, which caps each "
                 "shard's fixed file table (raise LimitNOFILE / ulimit -n, or add shards)\n",
-                cfg.conns_max, (unsigned long long)rl.rlim_cur);
+                cfg->conns_max, (unsigned long long)rl.rlim_cur);
         return 1;
     }
+    return 0;
+}
 
-    /* Signals go to the main thread only: the shards inherit this mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigset_t all = sigs; /* and SIGHUP: re-check the connected devices against the allow-list */
-    sigaddset(&all, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
+/* Signals go to the main thread only: the shards inherit this mask. */
+static void run_block_signals(struct run_state *st)
+{
+    sigemptyset(&st->stop_sigs);
+    sigaddset(&st->stop_sigs, SIGTERM);
+    sigaddset(&st->stop_sigs, SIGINT);
+    st->all_sigs = st->stop_sigs; /* SIGHUP: re-check the connected devices (allow-list) */
+    sigaddset(&st->all_sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &st->all_sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    PGconn *pg = connect_retry(cfg.pg_conninfo, &sigs, cfg.metrics_fd);
+/* Waits for the database, applies --apply-schema, checks the schema, makes the coming days'
+ * partitions. Returns 0, 1 or RUN_STOPPED. */
+static int run_prepare_database(const struct run_state *st)
+{
+    const struct ingest_config *cfg = &st->cfg;
+    const char *schema_dir = st->o.schema_dir;
+    PGconn *pg = connect_retry(cfg->pg_conninfo, &st->stop_sigs, cfg->metrics_fd);
     if (!pg)
-        return 0; /* asked to stop while waiting */
+        return RUN_STOPPED;
     char err[1024];
     if (schema_dir && pgschema_apply(pg, schema_dir, err, sizeof err) < 0) {
         fprintf(stderr, "avlgate run: applying %s: %s\n", schema_dir, err);
@@ -247,85 +270,146 @@ int run_main(int argc, char **argv)
         return 1;
     }
     if (pgschema_ensure_partitions(pg, 7, err, sizeof err) < 0)
-        fprintf(stderr,
-                "level=warn msg=\"partitions not created; rows go to the default "
-                "partition\" error=\"%s\"\n",
-                err);
+        log_line(LOG_WARN, "partitions not created; rows go to the default partition",
+                 "error=\"%s\"", err);
     PQfinish(pg);
+    return 0;
+}
 
-    size_t rbytes = router_storage_bytes(cfg.shards, ROUTER_VNODES_DEFAULT);
-    void *rstore = aligned_alloc(64, (rbytes + 63) / 64 * 64);
-    static struct router router;
-    if (!rstore || router_init(&router, cfg.shards, ROUTER_VNODES_DEFAULT, rstore, rbytes) != 0) {
+/* The shard ring, the shared state and the per-shard counters; then one thread per shard.
+ * Returns 0 or 1. */
+static int run_start_shards(struct run_state *st)
+{
+    const unsigned shards = st->cfg.shards;
+    size_t rbytes = router_storage_bytes(shards, ROUTER_VNODES_DEFAULT);
+    st->router_mem = aligned_alloc(64, (rbytes + 63) / 64 * 64);
+    if (!st->router_mem ||
+        router_init(&st->router, shards, ROUTER_VNODES_DEFAULT, st->router_mem, rbytes) != 0) {
         fprintf(stderr, "avlgate run: cannot build the shard ring\n");
         return 1;
     }
-    static struct ingest_shared shared;
-    shared.cfg = &cfg;
-    shared.router = &router;
-    shared.stats = aligned_alloc(64, sizeof *shared.stats * cfg.shards);
-    struct thread_arg *args = calloc(cfg.shards, sizeof *args);
-    pthread_t *threads = calloc(cfg.shards, sizeof *threads);
-    if (!shared.stats || !args || !threads) {
+    struct ingest_shared *shared = &st->shared;
+    shared->cfg = &st->cfg;
+    shared->router = &st->router;
+    shared->stats = aligned_alloc(64, sizeof *shared->stats * shards);
+    st->args = calloc(shards, sizeof *st->args);
+    st->threads = calloc(shards, sizeof *st->threads);
+    if (!shared->stats || !st->args || !st->threads) {
         fprintf(stderr, "avlgate run: out of memory\n");
         return 1;
     }
-    memset(shared.stats, 0, sizeof *shared.stats * cfg.shards);
-    for (unsigned i = 0; i < cfg.shards; i++) {
-        args[i] = (struct thread_arg){.shared = &shared, .shard = i};
-        if (pthread_create(&threads[i], NULL, shard_thread, &args[i]) != 0) {
+    memset(shared->stats, 0, sizeof *shared->stats * shards);
+    for (unsigned i = 0; i < shards; i++) {
+        st->args[i] = (struct thread_arg){.shared = shared, .shard = i};
+        if (pthread_create(&st->threads[i], NULL, shard_thread, &st->args[i]) != 0) {
             fprintf(stderr, "avlgate run: cannot start shard %u: %s\n", i, strerror(errno));
             return 1;
         }
     }
-    fprintf(stderr,
-            "level=info msg=\"listening\" listen=%s shards=%u instance=%s batch_rows=%u "
-            "batch_ms=%u conns_max=%u\n",
-            listen, cfg.shards, cfg.instance, cfg.batch_rows, cfg.batch_ms, cfg.conns_max);
+    return 0;
+}
 
-    /* Wait for a stop signal, or for a shard that ended by itself (start-up failure). */
+/* Waits for a stop signal, or for a shard that ended by itself (start-up failure); answers
+ * SIGHUP meanwhile. */
+static void run_wait(struct run_state *st)
+{
     for (;;) {
         struct timespec tick = {.tv_sec = 0, .tv_nsec = 200000000};
-        int sig = sigtimedwait(&all, NULL, &tick);
+        int sig = sigtimedwait(&st->all_sigs, NULL, &tick);
         if (sig == SIGHUP) {
-            fprintf(stderr,
-                    "level=info msg=\"SIGHUP: checking connected devices against "
-                    "public.devices\" devices=%s\n",
-                    cfg.devices_known ? "known" : "any (nothing to check)");
-            atomic_fetch_add(&shared.allowlist_gen, 1);
+            log_line(LOG_INFO, "SIGHUP: checking connected devices against public.devices",
+                     "devices=%s", st->cfg.devices_known ? "known" : "any (nothing to check)");
+            atomic_fetch_add(&st->shared.allowlist_gen, 1);
             continue;
         }
         if (sig > 0) {
-            fprintf(stderr, "level=info msg=\"stopping: draining\" signal=%d\n", sig);
-            break;
+            log_line(LOG_INFO, "stopping: draining", "signal=%d", sig);
+            return;
         }
-        if (atomic_load(&shared.shards_done) > 0 || atomic_load(&shared.shard_failed))
-            break;
+        if (atomic_load(&st->shared.shards_done) > 0 || atomic_load(&st->shared.shard_failed))
+            return;
     }
-    atomic_store(&shared.stop, true);
+}
+
+/* Stops the shards (each drains) and joins them. Returns the exit status: 1 if one failed. */
+static int run_drain(struct run_state *st)
+{
+    atomic_store(&st->shared.stop, true);
     int rc = 0;
-    for (unsigned i = 0; i < cfg.shards; i++) {
-        pthread_join(threads[i], NULL);
-        if (args[i].rc)
+    for (unsigned i = 0; i < st->cfg.shards; i++) {
+        pthread_join(st->threads[i], NULL);
+        if (st->args[i].rc)
             rc = 1;
     }
+    return rc;
+}
+
+/* The last line: the shards' totals. */
+static void run_log_totals(const struct run_state *st)
+{
     uint64_t packets = 0, records = 0, stored = 0, dup = 0, acked = 0, invalid = 0;
-    for (unsigned i = 0; i < cfg.shards; i++) {
-        packets += shared.stats[i].packets;
-        records += shared.stats[i].records;
-        stored += shared.stats[i].records_stored;
-        dup += shared.stats[i].records_duplicate;
-        acked += shared.stats[i].packets_acked;
-        invalid += shared.stats[i].packets_invalid;
+    for (unsigned i = 0; i < st->cfg.shards; i++) {
+        const struct ingest_stats *s = &st->shared.stats[i];
+        packets += s->packets;
+        records += s->records;
+        stored += s->records_stored;
+        dup += s->records_duplicate;
+        acked += s->packets_acked;
+        invalid += s->packets_invalid;
     }
-    fprintf(stderr,
-            "level=info msg=\"stopped\" packets=%llu records=%llu stored=%llu duplicates=%llu "
-            "acked=%llu invalid=%llu\n",
-            (unsigned long long)packets, (unsigned long long)records, (unsigned long long)stored,
-            (unsigned long long)dup, (unsigned long long)acked, (unsigned long long)invalid);
-    free(args);
-    free(threads);
-    free(shared.stats);
-    free(rstore);
+    log_line(LOG_INFO, "stopped",
+             "packets=%llu records=%llu stored=%llu duplicates=%llu acked=%llu invalid=%llu",
+             (unsigned long long)packets, (unsigned long long)records, (unsigned long long)stored,
+             (unsigned long long)dup, (unsigned long long)acked, (unsigned long long)invalid);
+}
+
+/* The checks that need the system, in the order their errors are reported. Returns 0, 1 or 2. */
+static int run_start_checks(struct run_state *st)
+{
+    int rc = run_resolve(st);
+    if (rc == 0)
+        rc = run_claim_ports(st);
+    if (rc == 0)
+        rc = run_check_rlimit(&st->cfg);
+    return rc;
+}
+
+int run_main(int argc, char **argv)
+{
+    static struct run_state st;
+    extern char **environ;
+    int rc = config_load(&st.o, argc, argv, environ, stderr);
+    if (rc)
+        return rc; /* config_load said why */
+    if (st.o.help) {
+        config_usage(stdout);
+        return 0;
+    }
+    if (st.o.print_config) {
+        config_print(&st.o, stdout);
+        return 0;
+    }
+    st.cfg = st.o.cfg;
+    st.cfg.version = AVLGATE_VERSION;
+    rc = run_start_checks(&st);
+    if (rc)
+        return rc;
+    run_block_signals(&st);
+    rc = run_prepare_database(&st);
+    if (rc)
+        return rc == RUN_STOPPED ? 0 : rc;
+    rc = run_start_shards(&st);
+    if (rc)
+        return rc;
+    log_line(LOG_INFO, "listening",
+             "listen=%s shards=%u instance=%s batch_rows=%u batch_ms=%u conns_max=%u", st.o.listen,
+             st.cfg.shards, st.cfg.instance, st.cfg.batch_rows, st.cfg.batch_ms, st.cfg.conns_max);
+    run_wait(&st);
+    rc = run_drain(&st);
+    run_log_totals(&st);
+    free(st.args);
+    free(st.threads);
+    free(st.shared.stats);
+    free(st.router_mem);
     return rc;
 }

@@ -484,113 +484,145 @@ static void dial_cancel(struct engine *e, uint32_t slot, bool timed_out)
  * Data delivery
  * ------------------------------------------------------------------------------------------- */
 
+/* After the application's on_data: false when the connection is no longer open, or when the
+ * verdict was ENGINE_CLOSE (closed here). */
+static bool open_after_data(struct engine *e, uint32_t slot, enum engine_verdict v)
+{
+    if (e->conns[slot].state != CONN_OPEN)
+        return false;
+    if (v == ENGINE_CLOSE) {
+        conn_close(e, slot, ENGINE_CLOSE_APP);
+        return false;
+    }
+    return true;
+}
+
+/* False after closing a connection whose next frame cannot fit a reassembly buffer. */
+static bool frame_fits(struct engine *e, uint32_t slot, uint32_t need)
+{
+    if (need <= e->reasm_cap)
+        return true;
+    conn_close(e, slot, ENGINE_CLOSE_FRAME_TOO_BIG);
+    return false;
+}
+
+/* Moves *p (just received, *len > 0) into the connection's kept bytes: up to the pending
+ * frame's end, or all of it while paused. False after closing a connection whose bytes do not
+ * fit. */
+static bool reasm_top_up(struct engine *e, uint32_t slot, const uint8_t **p, size_t *len)
+{
+    struct conn *c = &e->conns[slot];
+    size_t take = *len;
+    if (!(c->flags & CF_PAUSED) && c->need > c->reasm_len && c->need - c->reasm_len < take)
+        take = c->need - c->reasm_len;
+    if (take > e->reasm_cap - c->reasm_len) {
+        /* A paused peer keeps at most a frame and two receive buffers: a device waits for its
+         * ACK, so only a pipelining peer gets here. */
+        conn_close(e, slot,
+                   (c->flags & CF_PAUSED) ? ENGINE_CLOSE_PAUSE_OVERFLOW
+                                          : ENGINE_CLOSE_FRAME_TOO_BIG);
+        return false;
+    }
+    memcpy(reasm_buf(e, c) + c->reasm_len, *p, take);
+    c->reasm_len += (uint32_t)take;
+    *p += take;
+    *len -= take;
+    return true;
+}
+
+/* conn_deliver's step for a connection with kept bytes: tops them up from *p and, once the
+ * pending frame is whole and the connection not paused, offers them to the application. True
+ * to go round again. */
+static bool deliver_kept(struct engine *e, uint32_t slot, const uint8_t **p, size_t *len)
+{
+    struct conn *c = &e->conns[slot];
+    enum engine_verdict v = ENGINE_CONTINUE;
+    uint32_t need = 0;
+    if (*len > 0 && !reasm_top_up(e, slot, p, len))
+        return false;
+    if ((c->flags & CF_PAUSED) || c->reasm_len < c->need)
+        return false;
+    uint8_t *buf = reasm_buf(e, c);
+    size_t used = e->cfg.ops->on_data(e->cfg.app, e, slot, c->gen, buf, c->reasm_len, &v, &need);
+    /* A connection closed or handed off inside on_data has given its reassembly buffer back
+     * (reasm_len is 0 now): nothing to check against any more. */
+    assert(c->state != CONN_OPEN || used <= c->reasm_len);
+    if (!open_after_data(e, slot, v))
+        return false;
+    memmove(buf, buf + used, c->reasm_len - used);
+    c->reasm_len -= (uint32_t)used;
+    if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
+        c->need = 0;
+        pause_or_hold(e, slot, v);
+        return true; /* keeps the rest of *p, if it fits */
+    }
+    if (c->reasm_len == 0) {
+        reasm_give(e, c);
+        return true;
+    }
+    assert(need > c->reasm_len);
+    if (!frame_fits(e, slot, need))
+        return false;
+    if (used > 0)
+        c->frame_since_s = now_s(e);
+    c->need = need;
+    return *len > 0;
+}
+
+/* conn_deliver's step for a connection with nothing kept: offers *p in place (no copy) and
+ * keeps what the application left of it, in a reassembly buffer taken here. True to go round
+ * again (the kept bytes are then the other step's). */
+static bool deliver_direct(struct engine *e, uint32_t slot, const uint8_t **p, size_t *len)
+{
+    struct conn *c = &e->conns[slot];
+    enum engine_verdict v = ENGINE_CONTINUE;
+    uint32_t need = 0;
+    if (*len == 0)
+        return false;
+    if (c->flags & CF_PAUSED) {
+        /* Paused with nothing kept: keep these bytes, deliver them on resume. */
+        if (!reasm_take(e, c)) {
+            conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+            return false;
+        }
+        return true;
+    }
+    size_t used = e->cfg.ops->on_data(e->cfg.app, e, slot, c->gen, *p, *len, &v, &need);
+    assert(used <= *len);
+    if (!open_after_data(e, slot, v))
+        return false;
+    *p += used;
+    *len -= used;
+    if (v == ENGINE_CONTINUE) {
+        if (*len == 0)
+            return false;
+        assert(need > *len);
+        if (!frame_fits(e, slot, need))
+            return false;
+    }
+    if (*len > 0 && !reasm_take(e, c)) {
+        conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+        return false;
+    }
+    if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
+        pause_or_hold(e, slot, v);
+        return *len > 0; /* then copies *p into the new buffer */
+    }
+    c->need = need;
+    return true;
+}
+
 /* Offers the connection's kept bytes and then p[0 .. len-1] (just received) to the
  * application, reassembling across receives, until everything is consumed, a frame is still
- * incomplete, the application pauses, or the connection closes. */
+ * incomplete, the application pauses, or the connection closes. The hot path: its steps are
+ * static functions called once, which the compiler inlines. */
 static void conn_deliver(struct engine *e, uint32_t slot, const uint8_t *p, size_t len)
 {
     struct conn *c = &e->conns[slot];
-    const struct engine_ops *ops = e->cfg.ops;
     while (c->state == CONN_OPEN) {
-        enum engine_verdict v = ENGINE_CONTINUE;
-        uint32_t need = 0;
-        if (c->reasm) {
-            uint8_t *buf = reasm_buf(e, c);
-            if (len > 0) {
-                /* Top up to the frame's end only, unless paused (then keep everything). */
-                size_t take = len;
-                if (!(c->flags & CF_PAUSED) && c->need > c->reasm_len &&
-                    c->need - c->reasm_len < take)
-                    take = c->need - c->reasm_len;
-                if (take > e->reasm_cap - c->reasm_len) {
-                    /* A paused peer keeps at most a frame and two receive buffers: a device
-                     * waits for its ACK, so only a pipelining peer gets here. */
-                    conn_close(e, slot,
-                               (c->flags & CF_PAUSED) ? ENGINE_CLOSE_PAUSE_OVERFLOW
-                                                      : ENGINE_CLOSE_FRAME_TOO_BIG);
-                    return;
-                }
-                memcpy(buf + c->reasm_len, p, take);
-                c->reasm_len += (uint32_t)take;
-                p += take;
-                len -= take;
-            }
-            if ((c->flags & CF_PAUSED) || c->reasm_len < c->need)
-                return;
-            size_t used = ops->on_data(e->cfg.app, e, slot, c->gen, buf, c->reasm_len, &v, &need);
-            /* A connection closed or handed off inside on_data has given its reassembly buffer
-             * back (reasm_len is 0 now): nothing to check against any more. */
-            if (c->state != CONN_OPEN)
-                return;
-            assert(used <= c->reasm_len);
-            if (v == ENGINE_CLOSE) {
-                conn_close(e, slot, ENGINE_CLOSE_APP);
-                return;
-            }
-            memmove(buf, buf + used, c->reasm_len - used);
-            c->reasm_len -= (uint32_t)used;
-            if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
-                c->need = 0;
-                pause_or_hold(e, slot, v);
-                continue; /* keeps the rest of p, if it fits */
-            }
-            if (c->reasm_len == 0) {
-                reasm_give(e, c);
-                continue;
-            }
-            assert(need > c->reasm_len);
-            if (need > e->reasm_cap) {
-                conn_close(e, slot, ENGINE_CLOSE_FRAME_TOO_BIG);
-                return;
-            }
-            if (used > 0)
-                c->frame_since_s = now_s(e);
-            c->need = need;
-            if (len == 0)
-                return;
-            continue;
-        }
-
-        if (len == 0)
+        bool again = c->reasm ? deliver_kept(e, slot, &p, &len) : deliver_direct(e, slot, &p, &len);
+        if (!again)
             return;
-        if (c->flags & CF_PAUSED) {
-            /* Paused with nothing kept: keep these bytes, deliver them on resume. */
-            if (!reasm_take(e, c)) {
-                conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
-                return;
-            }
-            continue;
-        }
-        size_t used = ops->on_data(e->cfg.app, e, slot, c->gen, p, len, &v, &need);
-        assert(used <= len);
-        if (c->state != CONN_OPEN)
-            return;
-        if (v == ENGINE_CLOSE) {
-            conn_close(e, slot, ENGINE_CLOSE_APP);
-            return;
-        }
-        p += used;
-        len -= used;
-        if (len == 0 && v == ENGINE_CONTINUE)
-            return;
-        if (v == ENGINE_CONTINUE) {
-            assert(need > len);
-            if (need > e->reasm_cap) {
-                conn_close(e, slot, ENGINE_CLOSE_FRAME_TOO_BIG);
-                return;
-            }
-        }
-        if (len > 0 && !reasm_take(e, c)) {
-            conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
-            return;
-        }
-        if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
-            pause_or_hold(e, slot, v);
-            if (len == 0)
-                return;
-            continue; /* copies p into the new buffer */
-        }
-        c->need = need;
     }
 }
 

@@ -431,7 +431,20 @@ static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FI
  * send
  * ---------------------------------------------------------------------------------------- */
 
-static int command_send(int argc, char **argv, FILE *out, FILE *err)
+/* A subcommand's options parser returns ARGS_OK to go on, or else the exit status. */
+enum { ARGS_OK = -1 };
+
+/* `send`'s options. */
+struct send_args {
+    const char *conninfo;
+    char host[COMMAND_REDIS_HOST_BYTES_MAX]; /* port 0: no --redis */
+    int port;
+    double wait_s;
+    long expires_s;
+    bool from_stdin;
+};
+
+static int send_parse(int argc, char **argv, struct send_args *a, FILE *out, FILE *err)
 {
     static const struct option longopts[] = {
         {"pg", required_argument, NULL, 'p'},
@@ -442,37 +455,30 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    bool from_stdin = false;
-    const char *conninfo = NULL;
-    char host[COMMAND_REDIS_HOST_BYTES_MAX] = "";
-    int port = 0;
-    double wait_s = 0;
-    long expires_s = 0;
     optind = 1;
     opterr = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'p':
-            conninfo = optarg;
+            a->conninfo = optarg;
             break;
         case 'r':
-            if (!redis_arg(optarg, host, &port))
+            if (!redis_arg(optarg, a->host, &a->port))
                 return usage_error(err, "--redis wants HOST:PORT, got '%s'", optarg);
             break;
         case 'w':
-            if (!seconds_arg(optarg, &wait_s))
+            if (!seconds_arg(optarg, &a->wait_s))
                 return usage_error(err, "--wait wants seconds above 0 (at most 86400), got '%s'",
                                    optarg);
             break;
-        case 'e': {
-            if (!long_arg(optarg, 1, COMMAND_EXPIRES_S_MAX, &expires_s))
+        case 'e':
+            if (!long_arg(optarg, 1, COMMAND_EXPIRES_S_MAX, &a->expires_s))
                 return usage_error(err, "--expires-s wants whole seconds above 0, got '%s'",
                                    optarg);
             break;
-        }
         case 's':
-            from_stdin = true;
+            a->from_stdin = true;
             break;
         case 'h':
             command_usage(out);
@@ -483,19 +489,63 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
             return usage_error(err, "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (conninfo == NULL)
+    if (a->conninfo == NULL)
         return usage_error(err, "send needs --pg CONNINFO");
-    if (from_stdin) {
+    return ARGS_OK;
+}
+
+/* `send --stdin`: the lines of stdin, over one connection to each server. */
+static int send_stdin(const struct send_args *a, FILE *out, FILE *err)
+{
+    PGconn *pg = pg_connect(a->conninfo, err);
+    if (pg == NULL)
+        return 1;
+    int status = send_lines(pg, a->host, a->port, a->expires_s, stdin, out, err);
+    PQfinish(pg);
+    return status;
+}
+
+/* `send IMEI TEXT`: inserts, routes, and with --wait waits for the outcome. */
+static int send_one(const struct send_args *a, const char *imei_s, const char *text, FILE *out,
+                    FILE *err)
+{
+    PGconn *pg = pg_connect(a->conninfo, err);
+    if (pg == NULL)
+        return 1;
+    long long id = pg_insert(pg, imei_s, text, a->expires_s, err);
+    if (id < 0) {
+        PQfinish(pg);
+        return 1;
+    }
+    fprintf(out, "command %lld queued for %s\n", id, imei_s);
+    fflush(out);
+    if (a->port != 0) {
+        redisContext *redis = NULL;
+        redis_route(&redis, a->host, a->port, id, imei_s, text, out);
+        if (redis != NULL)
+            redisFree(redis);
+    }
+    int status = 0;
+    if (a->wait_s > 0) {
+        fflush(out);
+        status = pg_wait(pg, id, a->wait_s, out, err);
+    }
+    PQfinish(pg);
+    return status;
+}
+
+static int command_send(int argc, char **argv, FILE *out, FILE *err)
+{
+    struct send_args a = {0};
+    int rc = send_parse(argc, argv, &a, out, err);
+    if (rc != ARGS_OK)
+        return rc;
+    if (a.from_stdin) {
         if (argc != optind)
             return usage_error(err, "send --stdin takes no IMEI and TEXT arguments");
-        if (wait_s > 0)
+        if (a.wait_s > 0)
             return usage_error(err, "send --stdin does not wait (use list)");
-        PGconn *pg = pg_connect(conninfo, err);
-        if (pg == NULL)
-            return 1;
-        int status = send_lines(pg, host, port, expires_s, stdin, out, err);
-        PQfinish(pg);
-        return status;
+        return send_stdin(&a, out, err);
     }
     if (argc - optind != 2)
         return usage_error(err, "send needs IMEI and TEXT");
@@ -504,30 +554,7 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
     char why[128];
     if (!send_args_ok(imei_s, text, &imei, why, sizeof why))
         return usage_error(err, "%s", why);
-
-    PGconn *pg = pg_connect(conninfo, err);
-    if (pg == NULL)
-        return 1;
-    long long id = pg_insert(pg, imei_s, text, expires_s, err);
-    if (id < 0) {
-        PQfinish(pg);
-        return 1;
-    }
-    fprintf(out, "command %lld queued for %s\n", id, imei_s);
-    fflush(out);
-    if (port != 0) {
-        redisContext *redis = NULL;
-        redis_route(&redis, host, port, id, imei_s, text, out);
-        if (redis != NULL)
-            redisFree(redis);
-    }
-    int status = 0;
-    if (wait_s > 0) {
-        fflush(out);
-        status = pg_wait(pg, id, wait_s, out, err);
-    }
-    PQfinish(pg);
-    return status;
+    return send_one(&a, imei_s, text, out, err);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -578,7 +605,14 @@ static const char list_sql[] =
                                                "ORDER BY id DESC LIMIT $1::integer";
 #undef LIST_TS
 
-static int command_list(int argc, char **argv, FILE *out, FILE *err)
+/* `list`'s options and its optional IMEI (NULL: all). */
+struct list_args {
+    const char *conninfo;
+    long limit;
+    const char *imei_s;
+};
+
+static int list_parse(int argc, char **argv, struct list_args *a, FILE *out, FILE *err)
 {
     static const struct option longopts[] = {
         {"pg", required_argument, NULL, 'p'},
@@ -586,18 +620,16 @@ static int command_list(int argc, char **argv, FILE *out, FILE *err)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *conninfo = NULL;
-    long limit = COMMAND_LIST_LIMIT_DEFAULT;
     optind = 1;
     opterr = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'p':
-            conninfo = optarg;
+            a->conninfo = optarg;
             break;
         case 'n':
-            if (!long_arg(optarg, 1, COMMAND_LIST_LIMIT_MAX, &limit))
+            if (!long_arg(optarg, 1, COMMAND_LIST_LIMIT_MAX, &a->limit))
                 return usage_error(err, "--limit wants 1..10000, got '%s'", optarg);
             break;
         case 'h':
@@ -609,30 +641,21 @@ static int command_list(int argc, char **argv, FILE *out, FILE *err)
             return usage_error(err, "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (conninfo == NULL)
+    if (a->conninfo == NULL)
         return usage_error(err, "list needs --pg CONNINFO");
     if (argc - optind > 1)
         return usage_error(err, "list takes at most one IMEI");
-    const char *imei_s = optind < argc ? argv[optind] : NULL;
+    a->imei_s = optind < argc ? argv[optind] : NULL;
     uint64_t imei;
-    if (imei_s != NULL && !imei_arg(imei_s, &imei))
-        return usage_error(err, "IMEI must be 15 digits, got '%s'", imei_s);
+    if (a->imei_s != NULL && !imei_arg(a->imei_s, &imei))
+        return usage_error(err, "IMEI must be 15 digits, got '%s'", a->imei_s);
+    return ARGS_OK;
+}
 
-    PGconn *pg = pg_connect(conninfo, err);
-    if (pg == NULL)
-        return 1;
-    char limit_s[16];
-    snprintf(limit_s, sizeof limit_s, "%ld", limit);
-    const char *params[2] = {limit_s, imei_s};
-    PGresult *r = PQexecParams(pg, list_sql, 2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fprintf(err, "avlgate command: reading public.commands failed: %s",
-                PQresultErrorMessage(r));
-        PQclear(r);
-        PQfinish(pg);
-        return 1;
-    }
-
+/* The rows of list_sql as a table: a header, then one line per row, columns padded to their
+ * widest cell. */
+static void list_print(const PGresult *r, FILE *out)
+{
     static const char *const heads[LIST_COLS] = {
         "ID", "IMEI", "STATUS", "ATTEMPTS", "CREATED", "SENT", "ANSWERED", "PAYLOAD", "RESPONSE"};
     size_t width[LIST_COLS];
@@ -665,6 +688,29 @@ static int command_list(int argc, char **argv, FILE *out, FILE *err)
             }
         }
     }
+}
+
+static int command_list(int argc, char **argv, FILE *out, FILE *err)
+{
+    struct list_args a = {.limit = COMMAND_LIST_LIMIT_DEFAULT};
+    int rc = list_parse(argc, argv, &a, out, err);
+    if (rc != ARGS_OK)
+        return rc;
+    PGconn *pg = pg_connect(a.conninfo, err);
+    if (pg == NULL)
+        return 1;
+    char limit_s[16];
+    snprintf(limit_s, sizeof limit_s, "%ld", a.limit);
+    const char *params[2] = {limit_s, a.imei_s};
+    PGresult *r = PQexecParams(pg, list_sql, 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(err, "avlgate command: reading public.commands failed: %s",
+                PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(pg);
+        return 1;
+    }
+    list_print(r, out);
     PQclear(r);
     PQfinish(pg);
     return fflush(out) == 0 ? 0 : 1;

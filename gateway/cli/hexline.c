@@ -64,6 +64,37 @@ static int read_error(void)
     return errno ? -errno : -EIO;
 }
 
+/* After a line's first '0': true if an 'x' or 'X' followed (taken: the 0x prefix); otherwise
+ * the character after the '0' is left to be read. */
+static bool hex_prefix(FILE *in)
+{
+    int x = getc_unlocked(in);
+    if (x == 'x' || x == 'X')
+        return true;
+    if (x != EOF)
+        ungetc(x, in);
+    return false;
+}
+
+/* What a line read to its end was: kind (HEXLINE_BYTES unless a problem turned it), whether it
+ * had any text, whether a nibble was left over. Keeps the bytes only for HEXLINE_BYTES. */
+static int verdict(struct hexline_reader *r, enum hexline_kind kind, bool seen_text, bool odd_digit)
+{
+    if (kind != HEXLINE_BYTES) {
+        r->bytes_len = 0;
+        return kind;
+    }
+    if (!seen_text)
+        return HEXLINE_SKIP;
+    /* An odd digit count, or "0x" with nothing after it. */
+    if (odd_digit || r->bytes_len == 0) {
+        r->bytes_len = 0;
+        return HEXLINE_BAD_HEX;
+    }
+    assert(r->bytes_len <= r->bytes_max);
+    return HEXLINE_BYTES;
+}
+
 int hexline_next(struct hexline_reader *r)
 {
     FILE *in = r->in;
@@ -89,13 +120,8 @@ int hexline_next(struct hexline_reader *r)
                 kind = HEXLINE_SKIP;
                 continue;
             }
-            if (c == '0') {
-                int x = getc_unlocked(in);
-                if (x == 'x' || x == 'X')
-                    continue;
-                if (x != EOF)
-                    ungetc(x, in);
-            }
+            if (c == '0' && hex_prefix(in))
+                continue;
         }
         int d = hexline_digit(c);
         if (d < 0) {
@@ -121,17 +147,5 @@ int hexline_next(struct hexline_reader *r)
     if (c == EOF && ferror(in))
         return read_error();
 
-    if (kind != HEXLINE_BYTES) {
-        r->bytes_len = 0;
-        return kind;
-    }
-    if (!seen_text)
-        return HEXLINE_SKIP;
-    /* An odd digit count, or "0x" with nothing after it. */
-    if (hi >= 0 || r->bytes_len == 0) {
-        r->bytes_len = 0;
-        return HEXLINE_BAD_HEX;
-    }
-    assert(r->bytes_len <= r->bytes_max);
-    return HEXLINE_BYTES;
+    return verdict(r, kind, seen_text, hi >= 0);
 }

@@ -1195,19 +1195,37 @@ static void on_redis_reply(void *user, void *cookie, const redisReply *r)
     }
 }
 
-static void on_intake_state(void *user, bool up)
+/* A Redis link's one log line per event (redislink.h): up, down, unreachable. */
+static void redis_log_event(const struct redislink *l, enum redislink_event ev)
+{
+    char q[256];
+    if (ev == REDISLINK_EVENT_UP)
+        log_line(LOG_INFO, "redis link up", "link=%s addr=%s", redislink_name(l),
+                 redislink_addr(l));
+    else if (ev == REDISLINK_EVENT_DOWN)
+        log_line(LOG_WARN, "redis link down; reconnecting with backoff", "link=%s error=\"%s\"",
+                 redislink_name(l), logfmt_q(q, sizeof q, redislink_last_error(l)));
+    else
+        log_line(LOG_WARN, "redis unreachable; retrying with backoff",
+                 "link=%s addr=%s error=\"%s\"", redislink_name(l), redislink_addr(l),
+                 logfmt_q(q, sizeof q, redislink_last_error(l)));
+}
+
+static void on_intake_state(void *user, enum redislink_event ev)
 {
     struct shard *s = user;
-    if (!up) {
+    redis_log_event(s->cmds->rl[RL_INTAKE], ev);
+    if (ev == REDISLINK_EVENT_DOWN) {
         s->cmds->intake = IN_DOWN; /* group and pending re-read again when it is back */
         s->cmds->intake_reading = false;
     }
 }
 
-static void on_redis_state(void *user, bool up)
+static void on_redis_state(void *user, enum redislink_event ev)
 {
     struct shard *s = user;
-    if (up) {
+    redis_log_event(s->cmds->rl[RL_REGISTRY], ev);
+    if (ev == REDISLINK_EVENT_UP) {
         /* Redis may have restarted empty: write every device again now. */
         s->cmds->reg_cursor = 0;
         s->cmds->next_reg_round_ms = now_ms(s) + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;

@@ -185,10 +185,11 @@ static void on_reply(void *user, void *cookie, const redisReply *r)
         on_read(s, r);
 }
 
-static void on_state(void *user, bool up)
+static void on_state(void *user, enum redislink_event ev)
 {
     struct shard *s = user;
-    if (!up) {
+    registry_log_link(s->intake->link, ev);
+    if (ev == REDISLINK_EVENT_DOWN) {
         s->intake->phase = IN_DOWN; /* group and pending re-read again when it is back */
         s->intake->reading = false;
     }

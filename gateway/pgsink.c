@@ -48,10 +48,8 @@
  * own implicit transaction. Queries are not held while the link is down: the caller gets
  * -ENOTCONN and retries on on_state(true).
  *
- * Backoff: the n-th consecutive failed attempt waits min(max, min * 2^n), drawn uniformly in
- * [delay/2, delay] so shards that lost the server together do not reconnect in step. The
- * count restarts once a link has stayed up for backoff_max_ms, so a server that accepts and
- * drops at once is not hammered at backoff_min_ms.
+ * Backoff, connect timeout and the last error: gateway/reconnect.h, one policy (and one jitter
+ * sequence) for both links, seeded with cfg.seed.
  */
 #include "gateway/pgsink.h"
 
@@ -61,11 +59,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "gateway/reconnect.h"
 
 enum {
-    PGSINK_BACKOFF_MIN_MS_DEFAULT = 100,
-    PGSINK_BACKOFF_MAX_MS_DEFAULT = 5000,
     PGSINK_CONNECT_TIMEOUT_MS_DEFAULT = 10000,
     PGSINK_COPY_BYTES_PER_IO_DEFAULT = 1024 * 1024,
     PGSINK_RESULTS_PER_IO_MAX = 64, /* results read in one pass before yielding */
@@ -81,12 +78,8 @@ struct pgsink_conn {
     bool want_write;      /* libpq holds output the socket has not taken */
     bool broken;          /* a send failed outside on_io/tick: drop the link at the next tick */
     bool more;            /* a read loop stopped at its bound with results left: tick resumes */
-    uint32_t attempts;    /* consecutive connect attempts since the last stable link */
-    uint64_t retry_at_ms; /* DOWN: when to try again */
-    uint64_t connect_deadline_ms;
-    uint64_t up_since_ms; /* 0 when the link never came up */
     int backend_pid;
-    char error[PGSINK_MESSAGE_BYTES];
+    struct reconnect rc; /* backoff, connect deadline, the last error (pgsink_last_error) */
 };
 
 struct pgsink_txn_state {
@@ -128,14 +121,11 @@ struct pgsink {
     char *begin_copy_sql; /* "BEGIN;" + copy_sql */
     char *state_sql;
     int state_nparams;
-    uint32_t backoff_min_ms;
-    uint32_t backoff_max_ms;
-    uint32_t connect_timeout_ms;
+    struct reconnect_policy reconnect; /* both links' backoff and connect timeout */
     uint32_t txn_timeout_ms;
     uint32_t query_timeout_ms;
     uint32_t queries_max;
     uint32_t copy_bytes_per_io;
-    uint64_t rng;
     char result_message[PGSINK_MESSAGE_BYTES]; /* what on_txn_done's result points at */
 };
 
@@ -143,25 +133,8 @@ static void link_down(struct pgsink *s, enum pgsink_link link, uint64_t now_ms, 
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += UINT64_C(0x9E3779B97F4A7C15));
-    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-    return z ^ (z >> 31);
-}
-
-/* Copies the first line of msg into out (cap bytes), always NUL-terminated. */
-static void copy_line(char *out, size_t cap, const char *msg)
-{
-    size_t n = 0;
-    if (msg) {
-        while (msg[n] != '\0' && msg[n] != '\n' && n + 1 < cap)
-            n++;
-        memcpy(out, msg, n);
-    }
-    out[n] = '\0';
-}
+_Static_assert((int)RECONNECT_ERROR_BYTES == (int)PGSINK_MESSAGE_BYTES,
+               "a link's last error is kept as long as a result's message");
 
 static char *dup_str(const char *str)
 {
@@ -174,7 +147,7 @@ static char *dup_str(const char *str)
 
 static void set_error(struct pgsink_conn *l, const char *msg)
 {
-    copy_line(l->error, sizeof(l->error), msg);
+    reconnect_set_error(&l->rc, msg);
 }
 
 static bool link_up(const struct pgsink_conn *l)
@@ -225,22 +198,6 @@ static int link_flush(struct pgsink_conn *l)
 
 /* ---- connecting --------------------------------------------------------------------------- */
 
-static uint32_t backoff_ms(struct pgsink *s, struct pgsink_conn *l, uint64_t now_ms)
-{
-    if (l->up_since_ms != 0 && now_ms - l->up_since_ms >= s->backoff_max_ms)
-        l->attempts = 0;
-    l->up_since_ms = 0;
-    uint64_t delay = s->backoff_min_ms;
-    for (uint32_t i = 0; i < l->attempts && delay < s->backoff_max_ms; i++)
-        delay *= 2;
-    if (delay > s->backoff_max_ms)
-        delay = s->backoff_max_ms;
-    if (l->attempts < UINT32_MAX)
-        l->attempts++;
-    uint64_t half = delay / 2;
-    return (uint32_t)(delay - half + splitmix64(&s->rng) % (half + 1));
-}
-
 /* Forgets the connection and schedules the next attempt. */
 static void link_close(struct pgsink *s, struct pgsink_conn *l, uint64_t now_ms)
 {
@@ -254,7 +211,7 @@ static void link_close(struct pgsink *s, struct pgsink_conn *l, uint64_t now_ms)
     l->broken = false;
     l->more = false;
     l->backend_pid = 0;
-    l->retry_at_ms = now_ms + backoff_ms(s, l, now_ms);
+    reconnect_schedule(&l->rc, &s->reconnect, now_ms);
 }
 
 static void connect_failed(struct pgsink *s, enum pgsink_link link, uint64_t now_ms)
@@ -287,7 +244,7 @@ static void connect_start(struct pgsink *s, enum pgsink_link link, uint64_t now_
     l->fd = PQsocket(l->conn);
     l->phase = PGSINK_PHASE_CONNECTING;
     l->connect_events = POLLOUT;
-    l->connect_deadline_ms = now_ms + s->connect_timeout_ms;
+    reconnect_attempt(&l->rc, &s->reconnect, now_ms);
 }
 
 /* The session is open: make it non-blocking, route notices, enter pipeline mode (control). */
@@ -303,9 +260,8 @@ static void connect_done(struct pgsink *s, enum pgsink_link link, uint64_t now_m
     l->fd = PQsocket(l->conn);
     l->backend_pid = PQbackendPID(l->conn);
     l->phase = PGSINK_PHASE_IDLE;
-    l->up_since_ms = now_ms != 0 ? now_ms : 1;
+    reconnect_up(&l->rc, now_ms);
     l->want_write = false;
-    l->error[0] = '\0';
     if (link == PGSINK_LINK_DATA)
         s->counters.connects++;
     else
@@ -351,7 +307,8 @@ static void txn_decide(struct pgsink *s, enum pgsink_outcome o, const char *sqls
     t->decided = true;
     t->outcome = o;
     snprintf(t->sqlstate, sizeof(t->sqlstate), "%s", sqlstate ? sqlstate : "");
-    copy_line(t->message, sizeof(t->message), message);
+    message = message ? message : "";
+    snprintf(t->message, sizeof(t->message), "%.*s", (int)strcspn(message, "\n"), message);
 }
 
 /* An error result inside the transaction. Returns -1 when it is libpq's (the link is gone),
@@ -833,9 +790,9 @@ static void link_down(struct pgsink *s, enum pgsink_link link, uint64_t now_ms, 
         struct pgsink_txn_state *t = &s->txn;
         if (t->active) {
             if (t->commit_queued)
-                txn_decide(s, PGSINK_UNKNOWN, NULL, l->error);
+                txn_decide(s, PGSINK_UNKNOWN, NULL, l->rc.error);
             else
-                txn_decide(s, PGSINK_NOT_COMMITTED, NULL, l->error);
+                txn_decide(s, PGSINK_NOT_COMMITTED, NULL, l->rc.error);
             txn_deliver(s);
         }
         return;
@@ -858,23 +815,26 @@ static void link_down(struct pgsink *s, enum pgsink_link link, uint64_t now_ms, 
 
 /* ---- public ------------------------------------------------------------------------------- */
 
+/* Why cfg is refused, or NULL. */
+static const char *config_error(const struct pgsink_config *cfg)
+{
+    if (cfg == NULL || cfg->conninfo == NULL)
+        return "conninfo missing";
+    if (cfg->cb.on_txn_done == NULL)
+        return "on_txn_done missing";
+    if (cfg->queries_max > 0 && cfg->cb.on_query_done == NULL)
+        return "on_query_done missing (queries_max > 0)";
+    if (cfg->state_sql != NULL &&
+        (cfg->state_nparams < 0 || cfg->state_nparams > PGSINK_STATE_PARAMS_MAX))
+        return "state_nparams out of range";
+    if (cfg->queries_max > 65536)
+        return "queries_max above 65536";
+    return reconnect_config_error(cfg->backoff_min_ms, cfg->backoff_max_ms);
+}
+
 struct pgsink *pgsink_create(const struct pgsink_config *cfg, char *err, size_t err_cap)
 {
-    const char *why = NULL;
-    if (cfg == NULL || cfg->conninfo == NULL)
-        why = "conninfo missing";
-    else if (cfg->cb.on_txn_done == NULL)
-        why = "on_txn_done missing";
-    else if (cfg->queries_max > 0 && cfg->cb.on_query_done == NULL)
-        why = "on_query_done missing (queries_max > 0)";
-    else if (cfg->state_sql != NULL &&
-             (cfg->state_nparams < 0 || cfg->state_nparams > PGSINK_STATE_PARAMS_MAX))
-        why = "state_nparams out of range";
-    else if (cfg->queries_max > 65536)
-        why = "queries_max above 65536";
-    else if (cfg->backoff_min_ms > 0 && cfg->backoff_max_ms > 0 &&
-             cfg->backoff_min_ms > cfg->backoff_max_ms)
-        why = "backoff_min_ms above backoff_max_ms";
+    const char *why = config_error(cfg);
     if (why) {
         if (err && err_cap > 0)
             snprintf(err, err_cap, "pgsink: %s", why);
@@ -900,28 +860,20 @@ struct pgsink *pgsink_create(const struct pgsink_config *cfg, char *err, size_t 
         if (s->ctl == NULL)
             goto nomem;
     }
-    s->backoff_min_ms = cfg->backoff_min_ms ? cfg->backoff_min_ms : PGSINK_BACKOFF_MIN_MS_DEFAULT;
-    s->backoff_max_ms = cfg->backoff_max_ms ? cfg->backoff_max_ms : PGSINK_BACKOFF_MAX_MS_DEFAULT;
-    if (s->backoff_max_ms < s->backoff_min_ms)
-        s->backoff_max_ms = s->backoff_min_ms;
-    s->connect_timeout_ms =
-        cfg->connect_timeout_ms ? cfg->connect_timeout_ms : PGSINK_CONNECT_TIMEOUT_MS_DEFAULT;
+    reconnect_policy_init(&s->reconnect, cfg->backoff_min_ms, cfg->backoff_max_ms,
+                          cfg->connect_timeout_ms ? cfg->connect_timeout_ms
+                                                  : PGSINK_CONNECT_TIMEOUT_MS_DEFAULT,
+                          cfg->seed, s);
     s->txn_timeout_ms = cfg->txn_timeout_ms;
     s->query_timeout_ms = cfg->query_timeout_ms;
     s->copy_bytes_per_io =
         cfg->copy_bytes_per_io ? cfg->copy_bytes_per_io : PGSINK_COPY_BYTES_PER_IO_DEFAULT;
     s->cb = cfg->cb;
     s->user = cfg->user;
-    s->rng = cfg->seed;
-    if (s->rng == 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        s->rng = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)s;
-    }
     for (int i = 0; i < PGSINK_LINKS; i++) {
         s->links[i].fd = -1;
         s->links[i].phase = PGSINK_PHASE_DOWN;
-        s->links[i].retry_at_ms = 0; /* the first tick connects */
+        s->links[i].rc.retry_at_ms = 0; /* the first tick connects */
     }
     return s;
 nomem:
@@ -1008,10 +960,10 @@ uint64_t pgsink_next_deadline_ms(const struct pgsink *s)
             continue;
         if (l->broken || l->more)
             return 0;
-        if (l->phase == PGSINK_PHASE_DOWN && l->retry_at_ms < d)
-            d = l->retry_at_ms;
-        if (l->phase == PGSINK_PHASE_CONNECTING && l->connect_deadline_ms < d)
-            d = l->connect_deadline_ms;
+        if (l->phase == PGSINK_PHASE_DOWN && l->rc.retry_at_ms < d)
+            d = l->rc.retry_at_ms;
+        if (l->phase == PGSINK_PHASE_CONNECTING && l->rc.connect_deadline_ms < d)
+            d = l->rc.connect_deadline_ms;
     }
     if (s->txn.active && s->txn.deadline_ms < d)
         d = s->txn.deadline_ms;
@@ -1070,9 +1022,9 @@ void pgsink_tick(struct pgsink *s, uint64_t now_ms)
         }
         if (l->more && link_up(l))
             link_progress(s, link, true, now_ms);
-        if (l->phase == PGSINK_PHASE_DOWN && now_ms >= l->retry_at_ms)
+        if (l->phase == PGSINK_PHASE_DOWN && now_ms >= l->rc.retry_at_ms)
             connect_start(s, link, now_ms);
-        else if (l->phase == PGSINK_PHASE_CONNECTING && now_ms >= l->connect_deadline_ms) {
+        else if (l->phase == PGSINK_PHASE_CONNECTING && now_ms >= l->rc.connect_deadline_ms) {
             set_error(l, "connect timed out");
             connect_failed(s, link, now_ms);
         }
@@ -1188,7 +1140,7 @@ int pgsink_backend_pid(const struct pgsink *s, enum pgsink_link link)
 const char *pgsink_last_error(const struct pgsink *s, enum pgsink_link link)
 {
     assert(link < PGSINK_LINKS);
-    return s->links[link].error;
+    return s->links[link].rc.error;
 }
 
 const struct pgsink_counters *pgsink_counters(const struct pgsink *s)

@@ -43,12 +43,14 @@
  *     delivered, then drops the link if it is still there.
  *   - Writes use write(2): the process must ignore SIGPIPE.
  *
- * Backoff: the n-th consecutive failed attempt waits min(max, min * 2^n), drawn uniformly in
- * [delay/2, delay]. The count restarts once a link has stayed up for backoff_max_ms.
+ * Backoff, connect timeout and the last error: gateway/reconnect.h, a policy of the link's own.
+ *
+ * Reporting: the link writes no log line. It reports coming up, going down and (once per
+ * outage, not per attempt) being unreachable through on_state; the caller logs.
  */
 #include "gateway/redislink.h"
 
-#include "gateway/log.h"
+#include "gateway/reconnect.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -59,18 +61,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <hiredis/async.h>
 
 enum {
-    REDISLINK_BACKOFF_MIN_MS_DEFAULT = 100,
-    REDISLINK_BACKOFF_MAX_MS_DEFAULT = 5000,
     REDISLINK_CONNECT_TIMEOUT_MS_DEFAULT = 5000,
     REDISLINK_PENDING_MAX_DEFAULT = 65536,
     REDISLINK_PENDING_MAX_LIMIT = 1 << 20,
     REDISLINK_READS_ON_HANGUP_MAX = 64, /* 16 KiB each: what a broken socket may still hold */
-    REDISLINK_ERROR_BYTES = 128,
     REDISLINK_NAME_BYTES = 32,
     REDISLINK_ADDR_BYTES = INET6_ADDRSTRLEN + 8, /* "[addr]:port" */
 };
@@ -93,13 +91,10 @@ struct redislink {
     uint32_t epoch;
     bool want_read, want_write; /* what hiredis asked for through ev.addRead/addWrite */
     bool connected;             /* onConnect(REDIS_OK) came during the current hiredis call */
-    bool outage_logged;         /* this outage has had its one log line */
+    bool outage_reported;       /* this outage has had its one DOWN or UNREACHABLE */
     uint32_t busy;              /* inside on_io, tick or destroy: callbacks may not re-enter */
-    uint32_t attempts;          /* consecutive attempts since the last stable link */
-    uint64_t retry_at_ms;       /* DOWN: when to connect */
-    uint64_t connect_deadline_ms;
-    uint64_t up_since_ms; /* 0 when the link never came up */
-    uint64_t rng;
+    struct reconnect rc;        /* backoff, connect deadline, the last error */
+    struct reconnect_policy reconnect;
 
     /* Outstanding commands, oldest at head. */
     struct redislink_slot *fifo;
@@ -107,37 +102,25 @@ struct redislink {
 
     struct redislink_counters counters;
     redislink_reply_fn *on_reply;
-    void (*on_state)(void *user, bool up);
+    redislink_state_fn *on_state;
     void *user;
     char host[INET6_ADDRSTRLEN];
     int port;
-    uint32_t backoff_min_ms, backoff_max_ms, connect_timeout_ms, reply_timeout_ms;
+    uint32_t reply_timeout_ms;
     char name[REDISLINK_NAME_BYTES];
     char addr[REDISLINK_ADDR_BYTES];
-    char error[REDISLINK_ERROR_BYTES]; /* why the link last failed, for the log line */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += UINT64_C(0x9E3779B97F4A7C15));
-    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-    return z ^ (z >> 31);
-}
-
-/* Keeps the first line of msg as the link's error, quotes made safe for a logfmt value. */
+/* Keeps the first line of msg ("unknown error" for none) as the link's error, its double
+ * quotes and backslashes turned into single quotes (as the log lines have always shown them). */
 static void set_error(struct redislink *l, const char *msg)
 {
-    size_t n = 0;
-    if (msg == NULL || msg[0] == '\0')
-        msg = "unknown error";
-    while (msg[n] != '\0' && msg[n] != '\n' && n + 1 < sizeof(l->error)) {
-        l->error[n] = msg[n] == '"' || msg[n] == '\\' ? '\'' : msg[n];
-        n++;
-    }
-    l->error[n] = '\0';
+    reconnect_set_error(&l->rc, msg == NULL || msg[0] == '\0' ? "unknown error" : msg);
+    for (char *c = l->rc.error; *c != '\0'; c++)
+        if (*c == '"' || *c == '\\')
+            *c = '\'';
 }
 
 static void fifo_push(struct redislink *l, void *cookie, uint64_t now_ms)
@@ -242,56 +225,33 @@ static void on_hiredis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
 /* ---- connecting and losing the link --------------------------------------------------------- */
 
-static uint32_t backoff_ms(struct redislink *l, uint64_t now_ms)
-{
-    if (l->up_since_ms != 0 && now_ms - l->up_since_ms >= l->backoff_max_ms)
-        l->attempts = 0;
-    l->up_since_ms = 0;
-    uint64_t delay = l->backoff_min_ms;
-    for (uint32_t i = 0; i < l->attempts && delay < l->backoff_max_ms; i++)
-        delay *= 2;
-    if (delay > l->backoff_max_ms)
-        delay = l->backoff_max_ms;
-    if (l->attempts < UINT32_MAX)
-        l->attempts++;
-    uint64_t half = delay / 2;
-    return (uint32_t)(delay - half + splitmix64(&l->rng) % (half + 1));
-}
-
-/* The context is gone (hiredis freed it, or the link did): count, log once, schedule the next
- * attempt, then fail what was outstanding and say the link is down. l->error says why. */
+/* The context is gone (hiredis freed it, or the link did): count, schedule the next attempt,
+ * fail what was outstanding, then report the loss (DOWN), or the outage's first failed attempt
+ * (UNREACHABLE) when no DOWN announced it. l->rc.error says why. */
 static void link_lost(struct redislink *l, uint64_t now_ms)
 {
     assert(l->ac == NULL && l->phase != REDISLINK_DOWN);
     bool was_up = l->phase == REDISLINK_UP;
+    bool first_of_outage = !l->outage_reported;
     l->phase = REDISLINK_DOWN;
     l->fd = -1;
     l->epoch++;
     l->want_read = false;
     l->want_write = false;
     l->connected = false;
-    l->retry_at_ms = now_ms + backoff_ms(l, now_ms);
-    char q[256];
-    if (was_up) {
+    reconnect_schedule(&l->rc, &l->reconnect, now_ms);
+    if (was_up)
         l->counters.disconnects++;
-        fprintf(stderr,
-                "level=warn msg=\"redis link down; reconnecting with backoff\" link=%s "
-                "error=\"%s\"\n",
-                l->name, logfmt_q(q, sizeof q, l->error));
-        l->outage_logged = true;
-    } else {
+    else
         l->counters.connect_failures++;
-        /* One line per outage, not per attempt: at start, or when a drop was not logged. */
-        if (!l->outage_logged)
-            fprintf(stderr,
-                    "level=warn msg=\"redis unreachable; retrying with backoff\" link=%s "
-                    "addr=%s error=\"%s\"\n",
-                    l->name, l->addr, logfmt_q(q, sizeof q, l->error));
-        l->outage_logged = true;
-    }
+    l->outage_reported = true;
     fifo_fail_all(l);
-    if (was_up && l->on_state)
-        l->on_state(l->user, false);
+    if (l->on_state == NULL)
+        return;
+    if (was_up)
+        l->on_state(l->user, REDISLINK_EVENT_DOWN);
+    else if (first_of_outage)
+        l->on_state(l->user, REDISLINK_EVENT_UNREACHABLE);
 }
 
 /* Drops the current context on the link's own initiative (never inside a hiredis callback). */
@@ -310,13 +270,11 @@ static void link_up(struct redislink *l, uint64_t now_ms)
     assert(l->ac != NULL && l->phase == REDISLINK_CONNECTING && l->len == 0);
     l->connected = false;
     l->phase = REDISLINK_UP;
-    l->up_since_ms = now_ms != 0 ? now_ms : 1;
-    l->outage_logged = false;
-    l->error[0] = '\0';
+    reconnect_up(&l->rc, now_ms);
+    l->outage_reported = false;
     l->counters.connects++;
-    fprintf(stderr, "level=info msg=\"redis link up\" link=%s addr=%s\n", l->name, l->addr);
     if (l->on_state)
-        l->on_state(l->user, true);
+        l->on_state(l->user, REDISLINK_EVENT_UP);
 }
 
 static void connect_start(struct redislink *l, uint64_t now_ms)
@@ -345,7 +303,7 @@ static void connect_start(struct redislink *l, uint64_t now_ms)
     ac->ev.cleanup = ev_cleanup;
     l->ac = ac;
     l->fd = ac->c.fd;
-    l->connect_deadline_ms = now_ms + l->connect_timeout_ms;
+    reconnect_attempt(&l->rc, &l->reconnect, now_ms);
     /* Both only fail when already set. The connect callback asks for POLLOUT: writable is
      * how a non-blocking connect says it finished. */
     redisAsyncSetConnectCallback(ac, on_connect);
@@ -390,9 +348,8 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
         why = "name too long";
     else if (cfg->pending_max > REDISLINK_PENDING_MAX_LIMIT)
         why = "pending_max above 1048576";
-    else if (cfg->backoff_min_ms > 0 && cfg->backoff_max_ms > 0 &&
-             cfg->backoff_min_ms > cfg->backoff_max_ms)
-        why = "backoff_min_ms above backoff_max_ms";
+    else
+        why = reconnect_config_error(cfg->backoff_min_ms, cfg->backoff_max_ms);
     if (why) {
         if (err && err_cap > 0)
             snprintf(err, err_cap, "redislink: %s", why);
@@ -412,24 +369,18 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
     snprintf(l->name, sizeof(l->name), "%s", cfg->name ? cfg->name : "redis");
     snprintf(l->addr, sizeof(l->addr), strchr(l->host, ':') ? "[%s]:%d" : "%s:%d", l->host,
              l->port);
-    l->backoff_min_ms =
-        cfg->backoff_min_ms ? cfg->backoff_min_ms : REDISLINK_BACKOFF_MIN_MS_DEFAULT;
-    l->backoff_max_ms =
-        cfg->backoff_max_ms ? cfg->backoff_max_ms : REDISLINK_BACKOFF_MAX_MS_DEFAULT;
-    if (l->backoff_max_ms < l->backoff_min_ms)
-        l->backoff_max_ms = l->backoff_min_ms;
-    l->connect_timeout_ms =
-        cfg->connect_timeout_ms ? cfg->connect_timeout_ms : REDISLINK_CONNECT_TIMEOUT_MS_DEFAULT;
+    /* No seed in the configuration: the jitter is drawn from the clock. */
+    reconnect_policy_init(&l->reconnect, cfg->backoff_min_ms, cfg->backoff_max_ms,
+                          cfg->connect_timeout_ms ? cfg->connect_timeout_ms
+                                                  : REDISLINK_CONNECT_TIMEOUT_MS_DEFAULT,
+                          0, l);
     l->reply_timeout_ms = cfg->reply_timeout_ms;
     l->on_reply = cfg->on_reply;
     l->on_state = cfg->on_state;
     l->user = cfg->user;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    l->rng = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)l;
     l->fd = -1;
     l->phase = REDISLINK_DOWN;
-    l->retry_at_ms = 0; /* the first tick connects */
+    l->rc.retry_at_ms = 0; /* the first tick connects */
     return l;
 nomem:
     if (l)
@@ -487,9 +438,9 @@ uint64_t redislink_next_deadline_ms(const struct redislink *l)
 {
     switch (l->phase) {
     case REDISLINK_DOWN:
-        return l->retry_at_ms;
+        return l->rc.retry_at_ms;
     case REDISLINK_CONNECTING:
-        return l->connect_deadline_ms;
+        return l->rc.connect_deadline_ms;
     case REDISLINK_UP:
     default:
         if (l->reply_timeout_ms > 0 && l->len > 0)
@@ -544,11 +495,11 @@ void redislink_tick(struct redislink *l, uint64_t now_ms)
     l->busy++;
     switch (l->phase) {
     case REDISLINK_DOWN:
-        if (now_ms >= l->retry_at_ms)
+        if (now_ms >= l->rc.retry_at_ms)
             connect_start(l, now_ms);
         break;
     case REDISLINK_CONNECTING:
-        if (now_ms >= l->connect_deadline_ms)
+        if (now_ms >= l->rc.connect_deadline_ms)
             link_drop(l, now_ms, "connect timed out");
         break;
     case REDISLINK_UP:
@@ -609,4 +560,19 @@ int redislink_command(struct redislink *l, int argc, const char *const *argv, co
 const struct redislink_counters *redislink_counters(const struct redislink *l)
 {
     return &l->counters;
+}
+
+const char *redislink_name(const struct redislink *l)
+{
+    return l->name;
+}
+
+const char *redislink_addr(const struct redislink *l)
+{
+    return l->addr;
+}
+
+const char *redislink_last_error(const struct redislink *l)
+{
+    return l->rc.error;
 }

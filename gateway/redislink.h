@@ -25,8 +25,11 @@
  * resolve once at start-up). hiredis writes with write(2): the process must ignore SIGPIPE.
  * Callbacks run only from redislink_on_io, redislink_tick and redislink_destroy. A callback may
  * issue new commands on the same link, but must not call redislink_on_io, redislink_tick or
- * redislink_destroy (asserted). The link logs one line to stderr when it comes up, when it
- * goes down, and when it cannot connect at start (not per failed attempt). */
+ * redislink_destroy (asserted).
+ *
+ * The link writes no log line: it reports through on_state when it comes up, when it goes
+ * down, and when it cannot connect at start (once per outage, not per failed attempt); the
+ * caller logs them, with redislink_name, redislink_addr and redislink_last_error. */
 #ifndef AVLGATE_GATEWAY_REDISLINK_H
 #define AVLGATE_GATEWAY_REDISLINK_H
 
@@ -45,10 +48,26 @@ extern "C" {
  * command outstanding, or the link is being destroyed. The command may or may not have run. */
 typedef void redislink_reply_fn(void *user, void *cookie, const redisReply *reply);
 
+/* What on_state reports. Each outage is reported once: by DOWN when an established link is
+ * lost, else by UNREACHABLE at its first failed attempt (at start: the link has not been up
+ * yet); the attempts after it are only counted, until UP. */
+enum redislink_event {
+    REDISLINK_EVENT_UP = 1,      /* connected to redislink_addr() */
+    REDISLINK_EVENT_DOWN,        /* an established link broke or was dropped (every command
+                                    outstanding has had its reply NULL); the link reconnects
+                                    with backoff; redislink_last_error() says why */
+    REDISLINK_EVENT_UNREACHABLE, /* an attempt failed and no DOWN announced this outage; the
+                                    link retries with backoff; redislink_last_error() says why */
+};
+
+/* Called from redislink_on_io and redislink_tick (never from redislink_destroy), under the
+ * same rules as on_reply. */
+typedef void redislink_state_fn(void *user, enum redislink_event ev);
+
 struct redislink_config {
     const char *host; /* IP address; copied */
     int port;
-    const char *name;            /* for log lines ("registry", "intake"); copied */
+    const char *name;            /* for the caller's log lines ("registry", "intake"); copied */
     uint32_t backoff_min_ms;     /* first reconnect delay; 0: 100 */
     uint32_t backoff_max_ms;     /* ceiling; 0: 5000 */
     uint32_t connect_timeout_ms; /* 0: 5000 */
@@ -58,9 +77,7 @@ struct redislink_config {
     uint32_t pending_max; /* commands outstanding before redislink_command says -ENOBUFS;
                              0: 65536; at most 1048576 */
     redislink_reply_fn *on_reply;
-    /* The link came up (connected) or went down (an established link broke or was dropped;
-     * failed attempts are only counted; not called by redislink_destroy). May be NULL. */
-    void (*on_state)(void *user, bool up);
+    redislink_state_fn *on_state; /* may be NULL */
     void *user;
 };
 
@@ -98,6 +115,15 @@ int redislink_command(struct redislink *l, int argc, const char *const *argv, co
                       void *cookie, uint64_t now_ms);
 
 const struct redislink_counters *redislink_counters(const struct redislink *l);
+
+/* For the caller's log lines; the link's storage. The name is cfg.name ("redis" without one)
+ * and the address "host:port" ("[host]:port" for IPv6): both fixed at create. The last error
+ * is the first line of why the link last failed or was dropped ("" once it is up again), with
+ * double quotes and backslashes turned into single quotes; valid until the next call into the
+ * link. */
+const char *redislink_name(const struct redislink *l);
+const char *redislink_addr(const struct redislink *l);
+const char *redislink_last_error(const struct redislink *l);
 
 #ifdef __cplusplus
 }

@@ -136,10 +136,26 @@ static void on_reply(void *user, void *cookie, const redisReply *reply)
                 s->id, logfmt_q(q, sizeof q, reply->str));
 }
 
-static void on_state(void *user, bool up)
+void registry_log_link(const struct redislink *l, enum redislink_event ev)
+{
+    char q[256];
+    if (ev == REDISLINK_EVENT_UP)
+        log_line(LOG_INFO, "redis link up", "link=%s addr=%s", redislink_name(l),
+                 redislink_addr(l));
+    else if (ev == REDISLINK_EVENT_DOWN)
+        log_line(LOG_WARN, "redis link down; reconnecting with backoff", "link=%s error=\"%s\"",
+                 redislink_name(l), logfmt_q(q, sizeof q, redislink_last_error(l)));
+    else
+        log_line(LOG_WARN, "redis unreachable; retrying with backoff",
+                 "link=%s addr=%s error=\"%s\"", redislink_name(l), redislink_addr(l),
+                 logfmt_q(q, sizeof q, redislink_last_error(l)));
+}
+
+static void on_state(void *user, enum redislink_event ev)
 {
     struct shard *s = user;
-    if (up) {
+    registry_log_link(s->reg->link, ev);
+    if (ev == REDISLINK_EVENT_UP) {
         /* Redis may have restarted empty: write every device again now. */
         s->reg->cursor = 0;
         s->reg->next_round_ms = now_ms(s) + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "gateway/linkpoll.h"
+#include "gateway/redislink.h"
 #include "gateway/ratelimit.h"
 #include "gateway/shard_state.h"
 #include "gateway/tags.h"
@@ -30,8 +31,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-struct redislink;
 
 #define REDIS_GROUP   "avlgate"         /* the consumer group of every instance's stream */
 #define REDIS_REPLIES "avlgate:replies" /* outcomes, for the business plane */
@@ -56,6 +55,9 @@ struct registry {
 int registry_setup(struct shard *s, char *err, size_t cap);
 /* Closes the link (its outstanding commands are dropped). After pgsink_destroy. */
 void registry_teardown(struct shard *s);
+
+/* The one log line of a Redis link's event (up, down, unreachable), for the links' owners. */
+void registry_log_link(const struct redislink *l, enum redislink_event ev);
 
 /* Whether the registry link is up. */
 bool registry_up(const struct shard *s);

@@ -8,7 +8,8 @@
  * private one with pgtmp.sh, so the fixture's server stays up for the other tests.
  *
  * Waits are bounded and wait for events (the sink's callbacks, or a condition polled on the
- * server while the sink keeps being driven); none is a bare sleep.
+ * server while the sink keeps being driven); none is a bare sleep. The poll loop, the private
+ * server and the socket that never answers are tests/support/linkdrive.h's.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,21 +19,17 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <limits.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "codec/avl.h"
 #include "gateway/copyenc.h"
 #include "gateway/pgsink.h"
 #include "loadgen/packetgen.h"
+#include "tests/support/linkdrive.h"
 #include "tests/support/pgtest.h"
 #include "tests/support/testutil.h"
 
@@ -41,27 +38,7 @@ enum {
     WAIT_MS = 20000, /* the bound of every wait: a failure, never a pass */
 };
 
-/* ---- time, commands ---------------------------------------------------------------------- */
-
-static uint64_t now_ms(void)
-{
-    return tu_now_ms();
-}
-
-static const char *pgtmp_script(void)
-{
-    const char *p = getenv("AVLGATE_PGTMP");
-    return p ? p : AVLGATE_SOURCE_DIR "/tests/pg/pgtmp.sh";
-}
-
-/* Runs `pgtmp.sh verb dir`; with out, its first output line goes there. */
-static void pgtmp(const char *verb, const char *dir, char *out, size_t cap)
-{
-    char line[512];
-    int status = tu_script(pgtmp_script(), verb, dir, out ? out : line, out ? cap : sizeof line);
-    if (status != 0 || (out && !out[0]))
-        fail_msg("%s %s %s failed (status %d)", pgtmp_script(), verb, dir, status);
-}
+/* ---- side connections -------------------------------------------------------------------- */
 
 static PGconn *side_connect(const char *conninfo)
 {
@@ -244,6 +221,7 @@ struct done_query {
 
 struct harness {
     struct pgsink *sink;
+    struct linkdrive drive;
     struct done_txn txns[DONE_MAX];
     int txns_len;
     struct done_query queries[DONE_MAX];
@@ -287,8 +265,8 @@ static void on_query_done(void *user, void *cookie, const PGresult *res, int err
     }
     if (h->chain_query) {
         h->chain_query = false;
-        assert_int_equal(pgsink_query(h->sink, "SELECT 'chained'", 0, NULL, (void *)77, now_ms()),
-                         0);
+        assert_int_equal(
+            pgsink_query(h->sink, "SELECT 'chained'", 0, NULL, (void *)77, tu_now_ms()), 0);
     }
 }
 
@@ -299,7 +277,7 @@ static void on_state(void *user, enum pgsink_link link, bool connected)
         h->ups[link]++;
     } else {
         h->downs[link]++;
-        h->down_ms[link] = now_ms();
+        h->down_ms[link] = tu_now_ms();
     }
 }
 
@@ -320,6 +298,42 @@ static void harness_config(struct harness *h, struct pgsink_config *cfg, const c
     cfg->user = h;
 }
 
+/* ---- the poll loop (linkdrive) over the sink's two sockets, data and control -------------- */
+
+static int drive_fd(const void *sink, int i)
+{
+    return pgsink_fd(sink, (enum pgsink_link)i);
+}
+
+static short drive_events(const void *sink, int i)
+{
+    return pgsink_events(sink, (enum pgsink_link)i);
+}
+
+static uint64_t drive_deadline(const void *sink)
+{
+    return pgsink_next_deadline_ms(sink);
+}
+
+static void drive_on_io(void *sink, int i, short revents, uint64_t now)
+{
+    pgsink_on_io(sink, (enum pgsink_link)i, revents, now);
+}
+
+static void drive_tick(void *sink, uint64_t now)
+{
+    pgsink_tick(sink, now);
+}
+
+static const struct linkdrive_ops drive_ops = {
+    .sockets = PGSINK_LINKS,
+    .fd = drive_fd,
+    .events = drive_events,
+    .next_deadline_ms = drive_deadline,
+    .on_io = drive_on_io,
+    .tick = drive_tick,
+};
+
 static void harness_start(struct harness *h, const struct pgsink_config *cfg)
 {
     memset(h, 0, sizeof(*h));
@@ -327,6 +341,7 @@ static void harness_start(struct harness *h, const struct pgsink_config *cfg)
     h->sink = pgsink_create(cfg, err, sizeof err);
     if (h->sink == NULL)
         fail_msg("pgsink_create: %s", err);
+    h->drive = (struct linkdrive){.ops = &drive_ops, .link = h->sink};
 }
 
 static void harness_stop(struct harness *h)
@@ -335,93 +350,67 @@ static void harness_stop(struct harness *h)
     h->sink = NULL;
 }
 
-typedef bool (*until_fn)(struct harness *h, long arg);
-
-/* Drives the sink: poll its sockets with the events it asks for, hand readiness to
- * pgsink_on_io, run pgsink_tick at its deadline, until done(h, arg) or timeout_ms. */
-static bool pump(struct harness *h, until_fn done, long arg, int timeout_ms)
+/* Drives the sink until done(h, arg) or timeout_ms (linkdrive_pump). */
+static bool pump(struct harness *h, linkdrive_until_fn *done, long arg, int timeout_ms)
 {
-    uint64_t end = now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        if (done && done(h, arg))
-            return true;
-        uint64_t now = now_ms();
-        if (now >= end)
-            return done == NULL;
-        struct pollfd pfd[PGSINK_LINKS];
-        enum pgsink_link which[PGSINK_LINKS];
-        nfds_t n = 0;
-        for (int i = 0; i < PGSINK_LINKS; i++) {
-            int fd = pgsink_fd(h->sink, (enum pgsink_link)i);
-            short ev = pgsink_events(h->sink, (enum pgsink_link)i);
-            if (fd >= 0 && ev != 0) {
-                pfd[n].fd = fd;
-                pfd[n].events = ev;
-                pfd[n].revents = 0;
-                which[n++] = (enum pgsink_link)i;
-            }
-        }
-        uint64_t deadline = pgsink_next_deadline_ms(h->sink);
-        uint64_t wake = deadline < end ? deadline : end;
-        int wait = wake <= now ? 0 : (int)(wake - now);
-        int r = poll(pfd, n, wait);
-        assert_true(r >= 0 || errno == EINTR);
-        now = now_ms();
-        for (nfds_t i = 0; i < n && r > 0; i++)
-            if (pfd[i].revents)
-                pgsink_on_io(h->sink, which[i], pfd[i].revents, now);
-        if (pgsink_next_deadline_ms(h->sink) <= now)
-            pgsink_tick(h->sink, now);
-    }
+    return linkdrive_pump(&h->drive, done, h, arg, timeout_ms);
 }
 
-static bool until_ready(struct harness *h, long arg)
+static bool until_ready(void *p, long arg)
 {
+    const struct harness *h = p;
     (void)arg;
     return pgsink_ready(h->sink) && pgsink_phase(h->sink, PGSINK_LINK_CONTROL) >= PGSINK_PHASE_IDLE;
 }
 
-static bool until_txns(struct harness *h, long n)
+static bool until_txns(void *p, long n)
 {
+    const struct harness *h = p;
     return h->txns_len >= n;
 }
 
-static bool until_queries(struct harness *h, long n)
+static bool until_queries(void *p, long n)
 {
+    const struct harness *h = p;
     return h->queries_len >= n;
 }
 
-static bool until_ups(struct harness *h, long n)
+static bool until_ups(void *p, long n)
 {
+    const struct harness *h = p;
     return h->ups[PGSINK_LINK_DATA] >= n;
 }
 
-static bool until_control_ups(struct harness *h, long n)
+static bool until_control_ups(void *p, long n)
 {
+    const struct harness *h = p;
     return h->ups[PGSINK_LINK_CONTROL] >= n;
 }
 
-static bool until_downs(struct harness *h, long n)
+static bool until_downs(void *p, long n)
 {
+    const struct harness *h = p;
     return h->downs[PGSINK_LINK_DATA] >= n;
 }
 
-static bool until_copy_bytes(struct harness *h, long n)
+static bool until_copy_bytes(void *p, long n)
 {
+    const struct harness *h = p;
     return h->txns_len > 0 || (pgsink_phase(h->sink, PGSINK_LINK_DATA) == PGSINK_PHASE_COPY &&
                                pgsink_counters(h->sink)->copy_bytes >= (uint64_t)n);
 }
 
-static bool until_connect_failures(struct harness *h, long n)
+static bool until_connect_failures(void *p, long n)
 {
+    const struct harness *h = p;
     return pgsink_counters(h->sink)->connect_failures >= (uint64_t)n;
 }
 
 /* Drives the sink until the server shows backend pid waiting in pg_sleep. */
 static void pump_until_sleeping(struct harness *h, PGconn *side, int pid)
 {
-    uint64_t end = now_ms() + WAIT_MS;
-    while (now_ms() < end) {
+    uint64_t end = tu_now_ms() + WAIT_MS;
+    while (tu_now_ms() < end) {
         if (side_ll(side,
                     "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND wait_event = "
                     "'PgSleep'",
@@ -435,7 +424,7 @@ static void pump_until_sleeping(struct harness *h, PGconn *side, int pid)
 
 static void submit_ok(struct harness *h, struct batch *b, void *cookie)
 {
-    int rc = pgsink_submit(h->sink, &b->txn, cookie, now_ms());
+    int rc = pgsink_submit(h->sink, &b->txn, cookie, tu_now_ms());
     if (rc != 0)
         fail_msg("pgsink_submit: %d (%s)", rc, pgsink_last_error(h->sink, PGSINK_LINK_DATA));
 }
@@ -510,7 +499,7 @@ static void test_commit_many(void **state)
 {
     struct fx *f = *state;
     fx_start(f);
-    assert_int_equal(pgsink_submit(f->h.sink, NULL, NULL, now_ms()), -EINVAL);
+    assert_int_equal(pgsink_submit(f->h.sink, NULL, NULL, tu_now_ms()), -EINVAL);
     enum { TXNS = 200, ROWS = 37 };
     uint64_t bytes = 0;
     for (int i = 1; i <= TXNS; i++) {
@@ -523,7 +512,7 @@ static void test_commit_many(void **state)
         bytes += b.data.len;
         submit_ok(&f->h, &b, (void *)(intptr_t)i);
         /* One at a time. */
-        assert_int_equal(pgsink_submit(f->h.sink, &b.txn, NULL, now_ms()), -EBUSY);
+        assert_int_equal(pgsink_submit(f->h.sink, &b.txn, NULL, tu_now_ms()), -EBUSY);
         assert_false(pgsink_ready(f->h.sink));
         assert_true(pump(&f->h, until_txns, i, WAIT_MS));
         batch_free(&b);
@@ -673,7 +662,7 @@ static void test_break_mid_copy(void **state)
     expect_outcome(&f->h.txns[0], PGSINK_NOT_COMMITTED, "");
     assert_true(pgsink_counters(f->h.sink)->copy_bytes < b.data.len);
     assert_int_equal(f->h.downs[PGSINK_LINK_DATA], 1);
-    assert_int_equal(pgsink_submit(f->h.sink, &b.txn, NULL, now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_submit(f->h.sink, &b.txn, NULL, tu_now_ms()), -ENOTCONN);
     batch_free(&b);
 
     assert_true(pump(&f->h, until_ups, 2, WAIT_MS));
@@ -753,8 +742,8 @@ static void test_timeout_after_commit_queued(void **state)
     assert_int_equal(c->txn_timeouts, 1);
     assert_int_equal(c->disconnects, 1);
     /* the orphaned transaction commits on its own */
-    uint64_t end = now_ms() + WAIT_MS;
-    while (rows_of(f, 1) == 0 && now_ms() < end)
+    uint64_t end = tu_now_ms() + WAIT_MS;
+    while (rows_of(f, 1) == 0 && tu_now_ms() < end)
         pump(&f->h, NULL, 0, 50);
     assert_int_equal(rows_of(f, 1), 10);
     batch_free(&b);
@@ -770,10 +759,10 @@ static void test_control_queries(void **state)
     struct fx *f = *state;
     f->cfg.queries_max = 4;
     harness_start(&f->h, &f->cfg);
-    assert_int_equal(pgsink_query(f->h.sink, "SELECT 1", 0, NULL, NULL, now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_query(f->h.sink, "SELECT 1", 0, NULL, NULL, tu_now_ms()), -ENOTCONN);
     assert_true(pump(&f->h, until_ready, 0, WAIT_MS));
     struct harness *h = &f->h;
-    uint64_t t = now_ms();
+    uint64_t t = tu_now_ms();
 
     const char *p1[] = {"41", "1"};
     const char *p2[] = {NULL};
@@ -799,7 +788,7 @@ static void test_control_queries(void **state)
 
     /* a callback that sends the next query at once */
     h->chain_query = true;
-    assert_int_equal(pgsink_query(h->sink, "SELECT 6", 0, NULL, (void *)6, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 6", 0, NULL, (void *)6, tu_now_ms()), 0);
     assert_true(pump(h, until_queries, 6, WAIT_MS));
     assert_string_equal(h->queries[4].value, "6");
     assert_ptr_equal(h->queries[5].cookie, (void *)77);
@@ -811,7 +800,7 @@ static void test_control_queries(void **state)
     int data_pid = pgsink_backend_pid(h->sink, PGSINK_LINK_DATA);
     submit_ok(h, &b, (void *)1);
     pump_until_sleeping(h, f->db.conn, data_pid);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 7", 0, NULL, (void *)7, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 7", 0, NULL, (void *)7, tu_now_ms()), 0);
     assert_true(pump(h, until_queries, 7, WAIT_MS));
     assert_string_equal(h->queries[6].value, "7");
     assert_int_equal(h->txns_len, 0);
@@ -819,8 +808,9 @@ static void test_control_queries(void **state)
     /* the control backend ended under a running query: that query is lost, the next link
      * serves again */
     int ctl_pid = pgsink_backend_pid(h->sink, PGSINK_LINK_CONTROL);
-    assert_int_equal(pgsink_query(h->sink, "SELECT pg_sleep(60)", 0, NULL, (void *)8, now_ms()), 0);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 9", 0, NULL, (void *)9, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT pg_sleep(60)", 0, NULL, (void *)8, tu_now_ms()),
+                     0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 9", 0, NULL, (void *)9, tu_now_ms()), 0);
     pump_until_sleeping(h, f->db.conn, ctl_pid);
     assert_int_equal(side_ll(f->db.conn, "SELECT pg_terminate_backend(%d, 10000)::int", ctl_pid),
                      1);
@@ -832,14 +822,14 @@ static void test_control_queries(void **state)
     assert_ptr_equal(h->queries[8].cookie, (void *)9);
     assert_int_equal(h->queries[8].err, -ECONNRESET);
     assert_int_equal(h->downs[PGSINK_LINK_CONTROL], 1);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 1", 0, NULL, NULL, now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 1", 0, NULL, NULL, tu_now_ms()), -ENOTCONN);
     assert_int_equal(h->txns_len, 0); /* the data link is on its own */
 
-    uint64_t end = now_ms() + WAIT_MS;
-    while (h->ups[PGSINK_LINK_CONTROL] < 2 && now_ms() < end)
+    uint64_t end = tu_now_ms() + WAIT_MS;
+    while (h->ups[PGSINK_LINK_CONTROL] < 2 && tu_now_ms() < end)
         pump(h, NULL, 0, 20);
     assert_int_equal(h->ups[PGSINK_LINK_CONTROL], 2);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 10", 0, NULL, (void *)10, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 10", 0, NULL, (void *)10, tu_now_ms()), 0);
     assert_true(pump(h, until_queries, 10, WAIT_MS));
     assert_string_equal(h->queries[9].value, "10");
 
@@ -866,15 +856,16 @@ static void test_query_timeout(void **state)
     f->cfg.query_timeout_ms = 200;
     fx_start(f);
     struct harness *h = &f->h;
-    assert_int_equal(pgsink_query(h->sink, "SELECT pg_sleep(30)", 0, NULL, (void *)1, now_ms()), 0);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 2", 0, NULL, (void *)2, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT pg_sleep(30)", 0, NULL, (void *)1, tu_now_ms()),
+                     0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 2", 0, NULL, (void *)2, tu_now_ms()), 0);
     assert_true(pump(h, until_queries, 2, WAIT_MS));
     assert_int_equal(h->queries[0].err, -ETIMEDOUT);
     assert_int_equal(h->queries[1].err, -ECONNRESET);
-    uint64_t end = now_ms() + WAIT_MS;
-    while (h->ups[PGSINK_LINK_CONTROL] < 2 && now_ms() < end)
+    uint64_t end = tu_now_ms() + WAIT_MS;
+    while (h->ups[PGSINK_LINK_CONTROL] < 2 && tu_now_ms() < end)
         pump(h, NULL, 0, 20);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 3", 0, NULL, (void *)3, now_ms()), 0);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 3", 0, NULL, (void *)3, tu_now_ms()), 0);
     assert_true(pump(h, until_queries, 3, WAIT_MS));
     assert_string_equal(h->queries[2].value, "3");
     assert_int_equal(h->downs[PGSINK_LINK_DATA], 0);
@@ -957,7 +948,7 @@ static void test_real_schema(void **state)
     const char *params[8] = {imeis, last_ts, rx, lon, lat, dedup, "test-instance", "3"};
     struct iovec iov = {.iov_base = data.p, .iov_len = data.len};
     struct pgsink_txn txn = {.copy = &iov, .copy_iovs = 1, .state_params = params};
-    assert_int_equal(pgsink_submit(h.sink, &txn, (void *)1, now_ms()), 0);
+    assert_int_equal(pgsink_submit(h.sink, &txn, (void *)1, tu_now_ms()), 0);
     assert_true(pump(&h, until_txns, 1, WAIT_MS));
     expect_outcome(&h.txns[0], PGSINK_COMMITTED, "");
     assert_int_equal(h.txns[0].r.copy_rows, rows);
@@ -971,7 +962,7 @@ static void test_real_schema(void **state)
     snprintf(imei0, sizeof imei0, "%.*s", (int)strcspn(imeis + 1, ","), imeis + 1);
     const char *qp[] = {imei0};
     assert_int_equal(pgsink_query(h.sink, "SELECT dedup FROM telemetry.device_state_get($1)", 1, qp,
-                                  (void *)2, now_ms()),
+                                  (void *)2, tu_now_ms()),
                      0);
     assert_true(pump(&h, until_queries, 1, WAIT_MS));
     assert_string_equal(h.queries[0].value, "\\x00");
@@ -1110,7 +1101,7 @@ static void state_commit(struct harness *h, const char *const *params, const int
                              .state_lengths = lengths,
                              .state_formats = formats};
     int before = h->txns_len;
-    int rc = pgsink_submit(h->sink, &txn, (void *)9, now_ms());
+    int rc = pgsink_submit(h->sink, &txn, (void *)9, tu_now_ms());
     if (rc != 0)
         fail_msg("pgsink_submit: %d (%s)", rc, pgsink_last_error(h->sink, PGSINK_LINK_DATA));
     assert_true(pump(h, until_txns, before + 1, WAIT_MS));
@@ -1224,11 +1215,11 @@ static void test_binary_state_params(void **state)
     /* A binary value needs its length: refused before anything is sent. */
     state_bin_build(&bin, devs, STATE_DEVS, instance, 7);
     struct pgsink_txn bad = {.state_params = bin.params, .state_formats = STATE_BIN_FORMATS};
-    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, now_ms()), -EINVAL);
+    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, tu_now_ms()), -EINVAL);
     int bad_format[8] = {1, 1, 1, 1, 1, 1, 0, 2};
     bad.state_lengths = bin.lengths;
     bad.state_formats = bad_format;
-    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, now_ms()), -EINVAL);
+    assert_int_equal(pgsink_submit(h.sink, &bad, NULL, tu_now_ms()), -EINVAL);
     assert_true(pgsink_ready(h.sink));
 
     state_commit(&h, bin.params, bin.lengths, STATE_BIN_FORMATS);
@@ -1268,16 +1259,10 @@ static void test_binary_state_params(void **state)
 static void test_connect_timeout(void **state)
 {
     (void)state;
-    int ls = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(ls >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(ls, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(ls, 16), 0); /* the kernel completes handshakes; nobody reads */
-    socklen_t alen = sizeof a;
-    assert_int_equal(getsockname(ls, (struct sockaddr *)&a, &alen), 0);
+    int port;
+    int ls = linkdrive_loopback(16, &port); /* the kernel completes handshakes; nobody reads */
     char conninfo[128];
-    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%u dbname=x user=x",
-             (unsigned)ntohs(a.sin_port));
+    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%u dbname=x user=x", (unsigned)port);
     struct harness h;
     struct pgsink_config cfg;
     harness_config(&h, &cfg, conninfo);
@@ -1285,13 +1270,13 @@ static void test_connect_timeout(void **state)
     cfg.backoff_min_ms = 10;
     cfg.backoff_max_ms = 20;
     harness_start(&h, &cfg);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tu_now_ms();
     assert_true(pump(&h, until_connect_failures, 2, WAIT_MS));
-    assert_true(now_ms() - t0 >= 2 * 150);
+    assert_true(tu_now_ms() - t0 >= 2 * 150);
     assert_int_equal(h.ups[PGSINK_LINK_DATA], 0);
     assert_int_equal(pgsink_counters(h.sink)->connects, 0);
     assert_string_equal(pgsink_last_error(h.sink, PGSINK_LINK_DATA), "connect timed out");
-    assert_int_equal(pgsink_submit(h.sink, &(struct pgsink_txn){0}, NULL, now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_submit(h.sink, &(struct pgsink_txn){0}, NULL, tu_now_ms()), -ENOTCONN);
     harness_stop(&h);
     close(ls);
 }
@@ -1332,15 +1317,14 @@ static void test_config(void **state)
 /* ---- private-server cases: the server itself goes away ----------------------------------- */
 
 struct own {
-    char dir[PATH_MAX];
-    char conninfo[512];
+    struct linkdrive_server srv; /* srv.line: its conninfo */
     struct harness h;
     struct pgsink_config cfg;
 };
 
 static void own_schema(struct own *o)
 {
-    PGconn *c = side_connect(o->conninfo);
+    PGconn *c = side_connect(o->srv.line);
     pgtest_exec(c, TEST_SCHEMA_SQL);
     PQfinish(c);
 }
@@ -1349,11 +1333,11 @@ static int own_setup(void **state)
 {
     struct own *o = calloc(1, sizeof(*o));
     assert_non_null(o);
-    snprintf(o->dir, sizeof o->dir, "/tmp/avlgate-pgsink-XXXXXX");
-    assert_non_null(mkdtemp(o->dir));
-    pgtmp("start", o->dir, o->conninfo, sizeof o->conninfo);
+    linkdrive_server_start(
+        &o->srv, linkdrive_script("AVLGATE_PGTMP", AVLGATE_SOURCE_DIR "/tests/pg/pgtmp.sh"),
+        "pgsink");
     own_schema(o);
-    harness_config(&o->h, &o->cfg, o->conninfo);
+    harness_config(&o->h, &o->cfg, o->srv.line);
     *state = o;
     return 0;
 }
@@ -1363,11 +1347,7 @@ static int own_teardown(void **state)
     struct own *o = *state;
     if (o->h.sink)
         harness_stop(&o->h);
-    pgtmp("kill", o->dir, NULL, 0);
-    char cmd[PATH_MAX + 32];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", o->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", o->dir);
+    linkdrive_server_remove(&o->srv, "kill");
     free(o);
     return 0;
 }
@@ -1385,12 +1365,12 @@ static void test_server_restart(void **state)
     assert_true(pump(h, until_ready, 0, WAIT_MS));
     expect_outcome(run_batch(h, &(struct batch_spec){.batch = 1}), PGSINK_COMMITTED, "");
 
-    pgtmp("stop", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "stop");
     assert_true(pump(h, until_downs, 1, WAIT_MS));
     struct batch b;
     batch_build(&b, &(struct batch_spec){.batch = 2});
-    assert_int_equal(pgsink_submit(h->sink, &b.txn, NULL, now_ms()), -ENOTCONN);
-    assert_int_equal(pgsink_query(h->sink, "SELECT 1", 0, NULL, NULL, now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_submit(h->sink, &b.txn, NULL, tu_now_ms()), -ENOTCONN);
+    assert_int_equal(pgsink_query(h->sink, "SELECT 1", 0, NULL, NULL, tu_now_ms()), -ENOTCONN);
     assert_false(pgsink_ready(h->sink));
 
     /* Attempt k waits at least half of min * 2^k (capped at max): four failed attempts take
@@ -1398,22 +1378,22 @@ static void test_server_restart(void **state)
      * thousands. */
     uint64_t f0 = pgsink_counters(h->sink)->connect_failures;
     assert_true(pump(h, until_connect_failures, (long)f0 + 4, WAIT_MS));
-    assert_true(now_ms() - h->down_ms[PGSINK_LINK_DATA] >= 300);
+    assert_true(tu_now_ms() - h->down_ms[PGSINK_LINK_DATA] >= 300);
     /* and at the ceiling: at least 200 ms per attempt */
     uint64_t f1 = pgsink_counters(h->sink)->connect_failures;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tu_now_ms();
     assert_true(pump(h, NULL, 0, 1000));
     uint64_t per_s = pgsink_counters(h->sink)->connect_failures - f1;
-    assert_true(per_s >= 1 && per_s <= (now_ms() - t0) / 200 + 1);
+    assert_true(per_s >= 1 && per_s <= (tu_now_ms() - t0) / 200 + 1);
     assert_int_equal(h->ups[PGSINK_LINK_DATA], 1);
 
-    pgtmp("start", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "start");
     assert_true(pump(h, until_ups, 2, WAIT_MS));
     submit_ok(h, &b, (void *)2);
     assert_true(pump(h, until_txns, 2, WAIT_MS));
     expect_outcome(&h->txns[1], PGSINK_COMMITTED, "");
     batch_free(&b);
-    PGconn *c = side_connect(o->conninfo);
+    PGconn *c = side_connect(o->srv.line);
     assert_int_equal(side_ll(c, "SELECT count(*) FROM pgsink_test.rows"), 20);
     PQfinish(c);
     /* The control link reconnects on its own backoff: it may come up after the commit. */
@@ -1433,19 +1413,19 @@ static void test_server_crash_after_commit_queued(void **state)
     harness_start(&o->h, &o->cfg);
     struct harness *h = &o->h;
     assert_true(pump(h, until_ready, 0, WAIT_MS));
-    PGconn *c = side_connect(o->conninfo);
+    PGconn *c = side_connect(o->srv.line);
     struct batch b;
     batch_build(&b, &(struct batch_spec){.batch = 3, .mode = "sleep:60"});
     int pid = pgsink_backend_pid(h->sink, PGSINK_LINK_DATA);
     submit_ok(h, &b, (void *)3);
     pump_until_sleeping(h, c, pid);
     PQfinish(c);
-    pgtmp("kill", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "kill");
     assert_true(pump(h, until_txns, 1, WAIT_MS));
     batch_free(&b);
     expect_outcome(&h->txns[0], PGSINK_UNKNOWN, "");
     assert_int_equal(h->txns[0].r.backend_pid, pid);
-    pgtmp("start", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "start");
     assert_true(pump(h, until_ups, 2, WAIT_MS));
     expect_outcome(run_batch(h, &(struct batch_spec){.batch = 4}), PGSINK_COMMITTED, "");
     harness_stop(h);

@@ -8,7 +8,10 @@
  * hangs).
  *
  * Every cookie is a number; the harness counts the calls per cookie, so "exactly once" is
- * checked for each. Waits are bounded and wait for events; none is a bare sleep.
+ * checked for each. The link's state events (up, down, unreachable) are counted and checked for
+ * what the caller's log line would show; the link itself must write nothing to stderr. Waits
+ * are bounded and wait for events; none is a bare sleep. The poll loop, the private servers
+ * and the sockets that refuse or hang are tests/support/linkdrive.h's.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,7 +21,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,10 +30,10 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "gateway/redislink.h"
+#include "tests/support/linkdrive.h"
 #include "tests/support/testutil.h"
 
 enum {
@@ -39,26 +41,11 @@ enum {
     WAIT_MS = 20000, /* the bound of every wait: a failure, never a pass */
 };
 
-/* ---- time, redistmp.sh, stderr ----------------------------------------------------------- */
-
-static uint64_t now_ms(void)
-{
-    return tu_now_ms();
-}
+/* ---- redistmp.sh, stderr ----------------------------------------------------------------- */
 
 static const char *redistmp_script(void)
 {
-    const char *p = getenv("AVLGATE_REDISTMP");
-    return p ? p : AVLGATE_SOURCE_DIR "/tests/redis/redistmp.sh";
-}
-
-/* Runs `redistmp.sh verb dir`; with out, its first output line goes there. */
-static void redistmp(const char *verb, const char *dir, char *out, size_t cap)
-{
-    char line[512];
-    int status = tu_script(redistmp_script(), verb, dir, out ? out : line, out ? cap : sizeof line);
-    if (status != 0 || (out && !out[0]))
-        fail_msg("%s %s %s failed (status %d)", redistmp_script(), verb, dir, status);
+    return linkdrive_script("AVLGATE_REDISTMP", AVLGATE_SOURCE_DIR "/tests/redis/redistmp.sh");
 }
 
 /* "127.0.0.1:6379" -> host, port */
@@ -71,7 +58,7 @@ static void split_addr(const char *addr, char *host, size_t cap, int *port)
     assert_true(*port > 0 && *port < 65536);
 }
 
-/* The link's log lines go to stderr: a capture sends them to a file for the case to count. */
+/* A capture sends stderr to a file for the case to count lines in: the link writes none. */
 struct capture {
     int saved;
     char path[64];
@@ -132,13 +119,13 @@ struct got {
 
 struct harness {
     struct redislink *l;
+    struct linkdrive drive;
     struct got got[COOKIES_MAX]; /* by cookie */
     int order[COOKIES_MAX];      /* cookies in the order of their callbacks */
     int calls;
     int nulls;
-    int ups, downs;
-    uint64_t loops;   /* pump iterations: a busy loop shows here */
-    uint64_t last_ms; /* the now_ms of the last on_io/tick call */
+    int ups, downs, unreachables; /* on_state's events */
+    char event_addr[64];          /* redislink_addr() at the last UP or UNREACHABLE */
     /* re-entrancy: when the reply for chain_on comes, send PING as chain_cookie */
     int chain_on, chain_cookie;
     /* a command sent from inside every NULL callback, and what it returned */
@@ -165,7 +152,7 @@ static void on_reply(void *user, void *cookie, const redisReply *r)
         h->nulls++;
         if (h->retry_on_null) {
             static const char *const ping[] = {"PING"};
-            h->null_retry_rc = redislink_command(h->l, 1, ping, NULL, cookie_of(1), now_ms());
+            h->null_retry_rc = redislink_command(h->l, 1, ping, NULL, cookie_of(1), tu_now_ms());
         }
         return;
     }
@@ -180,17 +167,35 @@ static void on_reply(void *user, void *cookie, const redisReply *r)
         static const char *const ping[] = {"PING"};
         h->chain_on = 0;
         assert_int_equal(
-            redislink_command(h->l, 1, ping, NULL, cookie_of(h->chain_cookie), now_ms()), 0);
+            redislink_command(h->l, 1, ping, NULL, cookie_of(h->chain_cookie), tu_now_ms()), 0);
     }
 }
 
-static void on_state(void *user, bool up)
+/* Counts the event and checks what the caller's log line would take from the link: its name,
+ * its address (up, unreachable) and an error (down, unreachable; none once up). */
+static void on_state(void *user, enum redislink_event ev)
 {
     struct harness *h = user;
-    if (up)
+    assert_string_equal(redislink_name(h->l), "test");
+    const char *error = redislink_last_error(h->l);
+    switch (ev) {
+    case REDISLINK_EVENT_UP:
         h->ups++;
-    else
+        assert_string_equal(error, "");
+        break;
+    case REDISLINK_EVENT_DOWN:
         h->downs++;
+        assert_true(error[0] != '\0');
+        break;
+    case REDISLINK_EVENT_UNREACHABLE:
+        h->unreachables++;
+        assert_true(error[0] != '\0');
+        break;
+    default:
+        fail_msg("on_state: event %d", (int)ev);
+    }
+    if (ev != REDISLINK_EVENT_DOWN)
+        snprintf(h->event_addr, sizeof h->event_addr, "%s", redislink_addr(h->l));
 }
 
 static void harness_config(struct harness *h, struct redislink_config *cfg, const char *host,
@@ -207,6 +212,45 @@ static void harness_config(struct harness *h, struct redislink_config *cfg, cons
     cfg->user = h;
 }
 
+/* ---- the poll loop (linkdrive) over the link's one socket ---------------------------------- */
+
+static int drive_fd(const void *l, int i)
+{
+    (void)i;
+    return redislink_fd(l);
+}
+
+static short drive_events(const void *l, int i)
+{
+    (void)i;
+    return redislink_events(l);
+}
+
+static uint64_t drive_deadline(const void *l)
+{
+    return redislink_next_deadline_ms(l);
+}
+
+static void drive_on_io(void *l, int i, short revents, uint64_t now)
+{
+    (void)i;
+    redislink_on_io(l, revents, now);
+}
+
+static void drive_tick(void *l, uint64_t now)
+{
+    redislink_tick(l, now);
+}
+
+static const struct linkdrive_ops drive_ops = {
+    .sockets = 1,
+    .fd = drive_fd,
+    .events = drive_events,
+    .next_deadline_ms = drive_deadline,
+    .on_io = drive_on_io,
+    .tick = drive_tick,
+};
+
 static void harness_start(struct harness *h, const struct redislink_config *cfg)
 {
     memset(h, 0, sizeof(*h));
@@ -214,6 +258,7 @@ static void harness_start(struct harness *h, const struct redislink_config *cfg)
     h->l = redislink_create(cfg, err, sizeof err);
     if (h->l == NULL)
         fail_msg("redislink_create: %s", err);
+    h->drive = (struct linkdrive){.ops = &drive_ops, .link = h->l};
 }
 
 static void harness_stop(struct harness *h)
@@ -222,54 +267,33 @@ static void harness_stop(struct harness *h)
     h->l = NULL;
 }
 
-typedef bool (*until_fn)(struct harness *h, long arg);
-
-/* Drives the link: poll its socket for the events it asks for, hand readiness to
- * redislink_on_io, run redislink_tick at its deadline, until done(h, arg) or timeout_ms. */
-static bool pump(struct harness *h, until_fn done, long arg, int timeout_ms)
+/* Drives the link until done(h, arg) or timeout_ms (linkdrive_pump). */
+static bool pump(struct harness *h, linkdrive_until_fn *done, long arg, int timeout_ms)
 {
-    uint64_t end = now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        if (done && done(h, arg))
-            return true;
-        uint64_t now = now_ms();
-        if (now >= end)
-            return done == NULL;
-        int fd = redislink_fd(h->l);
-        short ev = redislink_events(h->l);
-        uint64_t deadline = redislink_next_deadline_ms(h->l);
-        uint64_t wake = deadline < end ? deadline : end;
-        int wait = wake <= now ? 0 : (int)(wake - now);
-        struct pollfd p = {.fd = fd, .events = ev, .revents = 0};
-        h->loops++;
-        int r = fd >= 0 && ev != 0 ? poll(&p, 1, wait) : poll(NULL, 0, wait);
-        assert_true(r >= 0 || errno == EINTR);
-        now = now_ms();
-        h->last_ms = now;
-        if (r > 0)
-            redislink_on_io(h->l, p.revents, now);
-        if (redislink_next_deadline_ms(h->l) <= now)
-            redislink_tick(h->l, now);
-    }
+    return linkdrive_pump(&h->drive, done, h, arg, timeout_ms);
 }
 
-static bool until_up(struct harness *h, long n)
+static bool until_up(void *p, long n)
 {
+    const struct harness *h = p;
     return h->ups >= n && redislink_up(h->l);
 }
 
-static bool until_downs(struct harness *h, long n)
+static bool until_downs(void *p, long n)
 {
+    const struct harness *h = p;
     return h->downs >= n;
 }
 
-static bool until_calls(struct harness *h, long n)
+static bool until_calls(void *p, long n)
 {
+    const struct harness *h = p;
     return h->calls >= n;
 }
 
-static bool until_failures(struct harness *h, long n)
+static bool until_failures(void *p, long n)
 {
+    const struct harness *h = p;
     return redislink_counters(h->l)->connect_failures >= (uint64_t)n;
 }
 
@@ -283,7 +307,8 @@ static void send_rc(struct harness *h, int want, int cookie, int argc, ...)
     for (int i = 0; i < argc; i++)
         argv[i] = va_arg(ap, const char *);
     va_end(ap);
-    assert_int_equal(redislink_command(h->l, argc, argv, NULL, cookie_of(cookie), now_ms()), want);
+    assert_int_equal(redislink_command(h->l, argc, argv, NULL, cookie_of(cookie), tu_now_ms()),
+                     want);
 }
 
 #define SEND(h, cookie, ...)                                                                       \
@@ -296,13 +321,13 @@ static void send_rc(struct harness *h, int want, int cookie, int argc, ...)
 /* Writes what the link holds without reading anything: POLLOUT only, until it wants no more. */
 static void flush_only(struct harness *h)
 {
-    uint64_t end = now_ms() + WAIT_MS;
+    uint64_t end = tu_now_ms() + WAIT_MS;
     while (redislink_events(h->l) & POLLOUT) {
-        assert_true(now_ms() < end);
+        assert_true(tu_now_ms() < end);
         struct pollfd p = {.fd = redislink_fd(h->l), .events = POLLOUT, .revents = 0};
         assert_true(poll(&p, 1, 1000) >= 0);
         if (p.revents & POLLOUT)
-            redislink_on_io(h->l, POLLOUT, now_ms());
+            redislink_on_io(h->l, POLLOUT, tu_now_ms());
     }
 }
 
@@ -326,7 +351,7 @@ static void expect_null(const struct harness *h, int cookie)
 struct fx {
     char host[64];
     int port;
-    char own_dir[PATH_MAX]; /* "" when the ctest fixture's server is used */
+    struct linkdrive_server own; /* dir "" when the ctest fixture's server is used */
 };
 
 static struct fx fx;
@@ -335,33 +360,23 @@ static int fx_setup(void **state)
 {
     (void)state;
     const char *dir = getenv("AVLGATE_TEST_REDISDIR");
-    char addr[128];
+    char fixture_addr[128];
+    const char *addr = fixture_addr;
     if (dir && dir[0]) {
-        redistmp("addr", dir, addr, sizeof addr);
+        linkdrive_script_run(redistmp_script(), "addr", dir, fixture_addr, sizeof fixture_addr);
     } else {
-        snprintf(fx.own_dir, sizeof fx.own_dir, "/tmp/avlgate-redislink-XXXXXX");
-        assert_non_null(mkdtemp(fx.own_dir));
-        redistmp("start", fx.own_dir, addr, sizeof addr);
+        linkdrive_server_start(&fx.own, redistmp_script(), "redislink");
+        addr = fx.own.line;
     }
     split_addr(addr, fx.host, sizeof fx.host, &fx.port);
     return 0;
 }
 
-static void rm_dir(const char *dir)
-{
-    char cmd[PATH_MAX + 32];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
-}
-
 static int fx_teardown(void **state)
 {
     (void)state;
-    if (fx.own_dir[0]) {
-        redistmp("stop", fx.own_dir, NULL, 0);
-        rm_dir(fx.own_dir);
-    }
+    if (fx.own.dir[0])
+        linkdrive_server_remove(&fx.own, "stop");
     return 0;
 }
 
@@ -429,7 +444,7 @@ static void test_config(void **state)
     assert_int_equal(redislink_next_deadline_ms(h.l), 0);
     assert_false(redislink_up(h.l));
     SEND_RC(&h, -ENOTCONN, 1, "PING");
-    redislink_on_io(h.l, 0, now_ms()); /* spurious: nothing to do */
+    redislink_on_io(h.l, 0, tu_now_ms()); /* spurious: nothing to do */
     assert_int_equal(redislink_fd(h.l), -1);
     const struct redislink_counters *k = redislink_counters(h.l);
     assert_int_equal(k->commands, 0);
@@ -457,7 +472,7 @@ static void test_pipeline(void **state)
     /* Before the first tick and while connecting: not up, nothing queued. */
     SEND_RC(&h, -ENOTCONN, 1, "PING");
     uint32_t e0 = redislink_fd_epoch(h.l);
-    redislink_tick(h.l, now_ms());
+    redislink_tick(h.l, tu_now_ms());
     assert_false(redislink_up(h.l));
     assert_true(redislink_fd(h.l) >= 0);
     assert_int_equal(redislink_events(h.l), POLLOUT);
@@ -472,7 +487,7 @@ static void test_pipeline(void **state)
 
     /* Spurious wake-ups while up and idle change nothing. */
     for (int i = 0; i < 5; i++)
-        redislink_on_io(h.l, 0, now_ms());
+        redislink_on_io(h.l, 0, tu_now_ms());
     assert_true(redislink_up(h.l));
     assert_int_equal(h.calls, 0);
 
@@ -498,7 +513,7 @@ static void test_pipeline(void **state)
      * with argvlen. A callback sends a command of its own. */
     const char *bin_argv[] = {"SET", key("bin"), "a\0b\"c"};
     const size_t bin_len[] = {3, strlen(bin_argv[1]), 5};
-    assert_int_equal(redislink_command(h.l, 3, bin_argv, bin_len, cookie_of(2001), now_ms()), 0);
+    assert_int_equal(redislink_command(h.l, 3, bin_argv, bin_len, cookie_of(2001), tu_now_ms()), 0);
     SEND(&h, 2002, "NOSUCHCOMMAND", "x");
     SEND(&h, 2003, "GET", key("bin"));
     h.chain_on = 2003;
@@ -520,7 +535,7 @@ static void test_pipeline(void **state)
     SEND_RC(&h, -EINVAL, 1, "psubscribe", "ch*");
     SEND_RC(&h, -EINVAL, 1, "MONITOR");
     SEND_RC(&h, -EINVAL, 1, "CLIENT", "REPLY", "OFF");
-    assert_int_equal(redislink_command(h.l, 0, bin_argv, NULL, cookie_of(1), now_ms()), -EINVAL);
+    assert_int_equal(redislink_command(h.l, 0, bin_argv, NULL, cookie_of(1), tu_now_ms()), -EINVAL);
 
     const struct redislink_counters *c = redislink_counters(h.l);
     assert_int_equal(c->commands, N + 6);
@@ -569,12 +584,12 @@ static void test_reply_timeout(void **state)
     cfg.reply_timeout_ms = 300;
     fx_start(&h, &cfg);
     uint32_t epoch = redislink_fd_epoch(h.l);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tu_now_ms();
     SEND(&h, 1, "BLPOP", key("never"), "5");
     SEND(&h, 2, "PING");
     assert_true(redislink_next_deadline_ms(h.l) <= t0 + 300 + 5);
     assert_true(pump(&h, until_downs, 1, WAIT_MS));
-    uint64_t took = now_ms() - t0;
+    uint64_t took = tu_now_ms() - t0;
     assert_true(took >= 300 && took < 2000);
     expect_null(&h, 1);
     expect_null(&h, 2);
@@ -615,7 +630,7 @@ static void test_pollerr_reads_first(void **state)
     assert_int_equal(poll(&p, 1, WAIT_MS), 1); /* the PONG is in the socket */
     assert_int_equal(h.calls, 0);
     uint32_t epoch = redislink_fd_epoch(h.l);
-    redislink_on_io(h.l, POLLERR, now_ms());
+    redislink_on_io(h.l, POLLERR, tu_now_ms());
     expect_status(&h, 1, "PONG");
     expect_null(&h, 2);
     assert_int_equal(h.calls, 2);
@@ -625,7 +640,7 @@ static void test_pollerr_reads_first(void **state)
     assert_int_equal(redislink_events(h.l), 0);
     assert_int_not_equal(redislink_fd_epoch(h.l), epoch);
     assert_int_equal(redislink_counters(h.l)->disconnects, 1);
-    redislink_on_io(h.l, POLLERR, now_ms()); /* a stale completion: ignored */
+    redislink_on_io(h.l, POLLERR, tu_now_ms()); /* a stale completion: ignored */
     assert_int_equal(h.downs, 1);
     assert_true(pump(&h, until_up, 2, WAIT_MS));
     harness_stop(&h);
@@ -658,24 +673,20 @@ static void test_destroy_outstanding(void **state)
     assert_int_equal(h.downs, 0);
 }
 
-/* Nothing listens: attempts fail, are counted (one log line in all), back off exponentially
- * with jitter up to the ceiling, and the loop sleeps between them. */
+/* Nothing listens: attempts fail, are counted (one UNREACHABLE event in all), back off
+ * exponentially with jitter up to the ceiling, and the loop sleeps between them. */
 static void test_connect_refused(void **state)
 {
     (void)state;
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(s >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t alen = sizeof a;
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &alen), 0);
+    int port;
     /* Bound, never listening: the port stays ours and refuses connections. */
+    int s = linkdrive_loopback(-1, &port);
 
     struct capture cap;
     capture_start(&cap);
     struct harness h;
     struct redislink_config cfg;
-    harness_config(&h, &cfg, "127.0.0.1", ntohs(a.sin_port));
+    harness_config(&h, &cfg, "127.0.0.1", port);
     cfg.backoff_min_ms = 20;
     cfg.backoff_max_ms = 200;
     harness_start(&h, &cfg);
@@ -687,8 +698,8 @@ static void test_connect_refused(void **state)
         assert_true(pump(&h, until_failures, k + 1, WAIT_MS));
         assert_int_equal(redislink_counters(h.l)->connect_failures, k + 1);
         uint64_t next = redislink_next_deadline_ms(h.l);
-        assert_true(next != UINT64_MAX && next >= h.last_ms);
-        delay[k] = next - h.last_ms;
+        assert_true(next != UINT64_MAX && next >= h.drive.last_ms);
+        delay[k] = next - h.drive.last_ms;
         assert_int_equal(redislink_fd(h.l), -1);
         assert_int_equal(redislink_events(h.l), 0);
         SEND_RC(&h, -ENOTCONN, 1, "PING");
@@ -701,24 +712,29 @@ static void test_connect_refused(void **state)
 
     /* At the ceiling: at most one attempt per 100 ms, and a few loop turns per attempt (a busy
      * loop would make thousands). */
-    uint64_t f0 = redislink_counters(h.l)->connect_failures, loops0 = h.loops;
-    uint64_t t0 = now_ms();
+    uint64_t f0 = redislink_counters(h.l)->connect_failures, loops0 = h.drive.loops;
+    uint64_t t0 = tu_now_ms();
     assert_true(pump(&h, NULL, 0, 1000));
     uint64_t fails = redislink_counters(h.l)->connect_failures - f0;
-    uint64_t elapsed = now_ms() - t0;
+    uint64_t elapsed = tu_now_ms() - t0;
     assert_true(fails >= 3 && fails <= elapsed / 100 + 1);
-    assert_true(h.loops - loops0 <= 6 * fails + 6);
+    assert_true(h.drive.loops - loops0 <= 6 * fails + 6);
 
     const struct redislink_counters *c = redislink_counters(h.l);
     assert_int_equal(c->connects, 0);
     assert_int_equal(c->disconnects, 0);
     assert_int_equal(h.ups + h.downs, 0);
     harness_stop(&h);
-    int unreachable = capture_count(&cap, "redis unreachable");
-    int any = capture_count(&cap, "level=");
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    assert_string_equal(h.event_addr, addr);
+    int unreachable = h.unreachables;
+    int any = h.ups + h.downs + h.unreachables;
+    int lines = capture_count(&cap, "level=");
     capture_stop(&cap);
     assert_int_equal(unreachable, 1);
     assert_int_equal(any, 1);
+    assert_int_equal(lines, 0); /* the caller logs, not the link */
     close(s);
 }
 
@@ -727,13 +743,11 @@ static void test_connect_refused(void **state)
 static void test_connect_timeout(void **state)
 {
     (void)state;
-    int ls = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(ls >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(ls, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(ls, 0), 0);
-    socklen_t alen = sizeof a;
-    assert_int_equal(getsockname(ls, (struct sockaddr *)&a, &alen), 0);
+    int port;
+    int ls = linkdrive_loopback(0, &port);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     /* Fill the accept queue (backlog 0 holds one); nobody accepts. */
     int fill[2];
     for (int i = 0; i < 2; i++) {
@@ -747,22 +761,22 @@ static void test_connect_timeout(void **state)
 
     struct harness h;
     struct redislink_config cfg;
-    harness_config(&h, &cfg, "127.0.0.1", ntohs(a.sin_port));
+    harness_config(&h, &cfg, "127.0.0.1", port);
     cfg.connect_timeout_ms = 150;
     cfg.backoff_min_ms = 10;
     cfg.backoff_max_ms = 20;
     harness_start(&h, &cfg);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tu_now_ms();
     redislink_tick(h.l, t0);
     assert_true(redislink_fd(h.l) >= 0);
     assert_int_equal(redislink_events(h.l), POLLOUT);
     assert_int_equal(redislink_next_deadline_ms(h.l), t0 + 150);
     SEND_RC(&h, -ENOTCONN, 1, "PING");
-    redislink_on_io(h.l, 0, now_ms());       /* spurious: the connect is still in progress */
-    redislink_on_io(h.l, POLLOUT, now_ms()); /* a false claim: the socket says otherwise */
+    redislink_on_io(h.l, 0, tu_now_ms());       /* spurious: the connect is still in progress */
+    redislink_on_io(h.l, POLLOUT, tu_now_ms()); /* a false claim: the socket says otherwise */
     assert_false(redislink_up(h.l));
     assert_true(pump(&h, until_failures, 2, WAIT_MS));
-    assert_true(now_ms() - t0 >= 2 * 150);
+    assert_true(tu_now_ms() - t0 >= 2 * 150);
     assert_int_equal(h.ups, 0);
     assert_int_equal(redislink_counters(h.l)->connects, 0);
     harness_stop(&h);
@@ -774,7 +788,7 @@ static void test_connect_timeout(void **state)
 /* ---- a server of the test's own ------------------------------------------------------------ */
 
 struct own {
-    char dir[PATH_MAX];
+    struct linkdrive_server srv;
     char host[64];
     int port;
 };
@@ -783,11 +797,8 @@ static int own_setup(void **state)
 {
     struct own *o = calloc(1, sizeof(*o));
     assert_non_null(o);
-    snprintf(o->dir, sizeof o->dir, "/tmp/avlgate-redislink-XXXXXX");
-    assert_non_null(mkdtemp(o->dir));
-    char addr[128];
-    redistmp("start", o->dir, addr, sizeof addr);
-    split_addr(addr, o->host, sizeof o->host, &o->port);
+    linkdrive_server_start(&o->srv, redistmp_script(), "redislink");
+    split_addr(o->srv.line, o->host, sizeof o->host, &o->port);
     *state = o;
     return 0;
 }
@@ -795,8 +806,7 @@ static int own_setup(void **state)
 static int own_teardown(void **state)
 {
     struct own *o = *state;
-    redistmp("kill", o->dir, NULL, 0);
-    rm_dir(o->dir);
+    linkdrive_server_remove(&o->srv, "kill");
     free(o);
     return 0;
 }
@@ -824,7 +834,7 @@ static void test_server_restart(void **state)
     flush_only(&h);
     h.retry_on_null = true;
     h.null_retry_rc = 0;
-    redistmp("kill", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "kill");
     assert_true(pump(&h, until_downs, 1, WAIT_MS));
     for (int i = 2; i <= 4; i++)
         expect_null(&h, i);
@@ -840,7 +850,7 @@ static void test_server_restart(void **state)
     assert_int_equal(h.ups, 1);
     assert_int_equal(h.downs, 1);
 
-    redistmp("start", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "start");
     assert_true(pump(&h, until_up, 2, WAIT_MS));
     SEND(&h, 5, "INCR", key("r")); /* a new server: the old value is gone */
     assert_true(pump(&h, until_calls, 5, WAIT_MS));
@@ -850,10 +860,10 @@ static void test_server_restart(void **state)
     /* a clean shutdown closes the connection the same way */
     SEND(&h, 6, "BLPOP", key("never"), "0");
     flush_only(&h);
-    redistmp("stop", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "stop");
     assert_true(pump(&h, until_downs, 2, WAIT_MS));
     expect_null(&h, 6);
-    redistmp("start", o->dir, NULL, 0);
+    linkdrive_server_run(&o->srv, "start");
     assert_true(pump(&h, until_up, 3, WAIT_MS));
     SEND(&h, 7, "PING");
     assert_true(pump(&h, until_calls, 7, WAIT_MS));
@@ -866,14 +876,16 @@ static void test_server_restart(void **state)
     assert_int_equal(h.ups, 3);
     assert_int_equal(h.downs, 2);
     harness_stop(&h);
-    int ups = capture_count(&cap, "level=info msg=\"redis link up\" link=test addr=");
-    int downs = capture_count(&cap, "level=warn msg=\"redis link down; reconnecting with backoff\" "
-                                    "link=test error=\"");
-    int any = capture_count(&cap, "level=");
+    assert_string_equal(h.event_addr, o->srv.line); /* the last UP's address */
+    int ups = h.ups;
+    int downs = h.downs;
+    int any = h.ups + h.downs + h.unreachables;
+    int lines = capture_count(&cap, "level=");
     capture_stop(&cap);
     assert_int_equal(ups, 3);
     assert_int_equal(downs, 2);
-    assert_int_equal(any, 5); /* failed attempts while down are not logged */
+    assert_int_equal(any, 5);   /* failed attempts while down are not reported */
+    assert_int_equal(lines, 0); /* the caller logs, not the link */
 }
 
 int main(void)

@@ -50,6 +50,7 @@
 #include <libpq-fe.h>
 
 #include "codec/avl.h"
+#include "codec/bytes.h"
 #include "gateway/copyenc.h"
 #include "gateway/pgschema.h"
 #include "loadgen/packetgen.h"
@@ -169,22 +170,6 @@ static void set_err(struct worker *w, const char *what, const char *msg)
 
 /* ---- the pool ------------------------------------------------------------------------- */
 
-static uint64_t be64_load(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void be64_store(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
 /* Offset of ts's value in a row: field count (2), imei length and value (4 + 8), ts length. */
 enum { ROW_TS_OFFSET = 2 + 4 + 8 + 4 };
 
@@ -196,7 +181,7 @@ static void batch_shift_ts(struct batch *b, int64_t shift_us)
         return;
     for (uint32_t i = 0; i < b->rows; i++) {
         uint8_t *p = b->bytes + b->ts_off[i];
-        be64_store(p, (uint64_t)((int64_t)be64_load(p) + delta));
+        put_be64(p, (uint64_t)((int64_t)be64(p) + delta));
     }
     b->ts_shift_us = shift_us;
 }
@@ -284,8 +269,8 @@ static int batch_make(struct gen *g, struct batch *b, char *err, size_t err_cap)
         }
         /* The row starts as ROW_TS_OFFSET assumes: 14 fields, imei of 8 bytes, ts of 8. */
         const uint8_t *row = b->bytes + b->bytes_len;
-        assert(row[0] == 0 && row[1] == COPYENC_COLUMNS_LEN && be64_load(row + 2) >> 32 == 8 &&
-               be64_load(row + 6) == g->imei && be64_load(row + 14) >> 32 == 8);
+        assert(row[0] == 0 && row[1] == COPYENC_COLUMNS_LEN && be64(row + 2) >> 32 == 8 &&
+               be64(row + 6) == g->imei && be64(row + 14) >> 32 == 8);
         b->ts_off[b->rows++] = (uint32_t)(b->bytes_len + ROW_TS_OFFSET);
         b->bytes_len += (size_t)w;
     }
@@ -620,25 +605,41 @@ static int parse_args(int argc, char **argv)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
-    if (parse_args(argc, argv) != 0)
-        return 2;
-    if (check_schema() != 0)
-        return 1;
+/* ---- the run ------------------------------------------------------------------------- */
 
+/* What the connections did, summed after pthread_join. */
+struct totals {
+    uint64_t rows, batches, copy_bytes;
+    double t0_s, cpu0_s;   /* the start: CLOCK_MONOTONIC, this process's CPU */
+    double seconds, cpu_s; /* from the start until the last worker ended */
+};
+
+/* The first SIGINT/SIGTERM stops the run (on_signal); a broken connection is an error code. */
+static void install_signals(void)
+{
     struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    struct worker *ws = aligned_alloc(64, cfg.conns * sizeof *ws);
-    if (!ws) {
-        fprintf(stderr, "avlgate-copyceil: out of memory\n");
-        return 1;
+/* The deadline: --seconds from now. */
+static void set_deadline(void)
+{
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)cfg.seconds;
+    deadline.tv_nsec += (long)((cfg.seconds - (double)(time_t)cfg.seconds) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
     }
-    memset(ws, 0, cfg.conns * sizeof *ws);
+}
+
+/* Starts a worker per connection, waits until every one connected and made its pool, then
+ * starts the clock (t->t0_s, t->cpu0_s) and lets them go. */
+static void start_workers(struct worker *ws, struct totals *t)
+{
     pthread_barrier_init(&barrier, NULL, cfg.conns + 1);
     unsigned started = 0;
     for (; started < cfg.conns; started++) {
@@ -651,57 +652,81 @@ int main(int argc, char **argv)
         fprintf(stderr, "avlgate-copyceil: cannot start %u threads\n", cfg.conns);
         _exit(1); /* the server rolls back whatever the started connections had open */
     }
-
     pthread_barrier_wait(&barrier); /* every worker connected and made its pool */
-    double t0 = mono_s(), cpu0 = cpu_s();
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)cfg.seconds;
-    deadline.tv_nsec += (long)((cfg.seconds - (double)(time_t)cfg.seconds) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    t->t0_s = mono_s();
+    t->cpu0_s = cpu_s();
+    set_deadline();
     pthread_barrier_wait(&barrier); /* go */
+}
 
-    uint64_t rows = 0, batches = 0, copy_bytes = 0;
+/* Joins the workers and sums their counters and the run's span. Returns 0, or 1 after a message for
+ * each connection that failed. */
+static int join_workers(struct worker *ws, struct totals *t)
+{
     int rc = 0;
     for (unsigned i = 0; i < cfg.conns; i++) {
         pthread_join(ws[i].thread, NULL);
-        rows += ws[i].rows;
-        batches += ws[i].batches;
-        copy_bytes += ws[i].copy_bytes;
+        t->rows += ws[i].rows;
+        t->batches += ws[i].batches;
+        t->copy_bytes += ws[i].copy_bytes;
         if (ws[i].rc != 0) {
             fprintf(stderr, "avlgate-copyceil: connection %u: %s\n", i, ws[i].err);
             rc = 1;
         }
     }
-    double seconds = mono_s() - t0, cpu = cpu_s() - cpu0;
+    t->seconds = mono_s() - t->t0_s;
+    t->cpu_s = cpu_s() - t->cpu0_s;
     pthread_barrier_destroy(&barrier);
+    return rc;
+}
+
+/* The result line and --json. Returns 0, or 1 when the JSON file could not be written. */
+static int print_results(const struct totals *t)
+{
+    double rate = t->seconds > 0 ? (double)t->rows / t->seconds : 0;
+    double mib_per_s = t->seconds > 0 ? (double)t->copy_bytes / t->seconds / (1024.0 * 1024.0) : 0;
+    printf("copy_rows_per_s=%.0f rows=%" PRIu64 " seconds=%.3f conns=%u client_cpu_s=%.3f "
+           "batches=%" PRIu64 " batch_rows=%u copy_mib_per_s=%.1f\n",
+           rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s);
+    if (!cfg.json_path)
+        return 0;
+    FILE *f = fopen(cfg.json_path, "w");
+    if (!f) {
+        fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
+        return 1;
+    }
+    fprintf(f,
+            "{\"copy_rows_per_s\":%.0f,\"rows\":%" PRIu64 ",\"seconds\":%.3f,\"conns\":%u,"
+            "\"client_cpu_s\":%.3f,\"batches\":%" PRIu64 ",\"batch_rows\":%u,"
+            "\"copy_mib_per_s\":%.1f}\n",
+            rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (parse_args(argc, argv) != 0)
+        return 2;
+    if (check_schema() != 0)
+        return 1;
+    install_signals();
+    struct worker *ws = aligned_alloc(64, cfg.conns * sizeof *ws);
+    if (!ws) {
+        fprintf(stderr, "avlgate-copyceil: out of memory\n");
+        return 1;
+    }
+    memset(ws, 0, cfg.conns * sizeof *ws);
+    struct totals t = {0};
+    start_workers(ws, &t);
+    int rc = join_workers(ws, &t);
     free(ws);
     if (atomic_load(&prep_failed))
         return 1;
-
-    double rate = seconds > 0 ? (double)rows / seconds : 0;
-    printf("copy_rows_per_s=%.0f rows=%" PRIu64 " seconds=%.3f conns=%u client_cpu_s=%.3f "
-           "batches=%" PRIu64 " batch_rows=%u copy_mib_per_s=%.1f\n",
-           rate, rows, seconds, cfg.conns, cpu, batches, cfg.batch_rows,
-           seconds > 0 ? (double)copy_bytes / seconds / (1024.0 * 1024.0) : 0);
-    if (cfg.json_path) {
-        FILE *f = fopen(cfg.json_path, "w");
-        if (!f) {
-            fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
-            return 1;
-        }
-        fprintf(f,
-                "{\"copy_rows_per_s\":%.0f,\"rows\":%" PRIu64 ",\"seconds\":%.3f,\"conns\":%u,"
-                "\"client_cpu_s\":%.3f,\"batches\":%" PRIu64 ",\"batch_rows\":%u,"
-                "\"copy_mib_per_s\":%.1f}\n",
-                rate, rows, seconds, cfg.conns, cpu, batches, cfg.batch_rows,
-                seconds > 0 ? (double)copy_bytes / seconds / (1024.0 * 1024.0) : 0);
-        if (fclose(f) != 0) {
-            fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
-            return 1;
-        }
-    }
+    if (print_results(&t) != 0)
+        return 1;
     return rc;
 }

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "codec/avl.h"
+#include "codec/bytes.h"
 #include "loadgen/packetgen.h"
 
 enum dev_phase { PH_HANDSHAKE, PH_PACKET, PH_DONE, PH_FAILED };
@@ -85,11 +87,32 @@ static int next_packet(struct dev *d, unsigned records, unsigned index)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for. */
+struct burst {
+    const char *target;
+    unsigned devices, packets, records, timeout_s;
+    uint64_t seed;
+};
+
+/* The fleet while it runs. */
+struct run {
+    struct dev *devs;
+    struct pollfd *pfds;
+    uint64_t *lat_ns; /* one per packet acknowledged */
+    unsigned lat_len;
+    unsigned active, failed; /* devices still at work; devices that failed */
+    uint64_t records_acked;
+};
+
+/* Returns 0, or 2 after a message (usage error); --help exits 0 after the usage. */
+static int parse_args(int argc, char **argv, struct burst *b)
 {
-    const char *target = "127.0.0.1:5027";
-    unsigned devices = 50, packets = 20, records = 10, timeout_s = 60;
-    uint64_t seed = 1;
+    *b = (struct burst){.target = "127.0.0.1:5027",
+                        .devices = 50,
+                        .packets = 20,
+                        .records = 10,
+                        .timeout_s = 60,
+                        .seed = 1};
     static const struct option opts[] = {
         {"connect", required_argument, 0, 'c'}, {"devices", required_argument, 0, 'd'},
         {"packets", required_argument, 0, 'p'}, {"records", required_argument, 0, 'r'},
@@ -100,35 +123,41 @@ int main(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
-            target = optarg;
+            b->target = optarg;
             break;
         case 'd':
-            devices = (unsigned)strtoul(optarg, NULL, 10);
+            b->devices = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 'p':
-            packets = (unsigned)strtoul(optarg, NULL, 10);
+            b->packets = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 'r':
-            records = (unsigned)strtoul(optarg, NULL, 10);
+            b->records = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 's':
-            seed = strtoull(optarg, NULL, 10);
+            b->seed = strtoull(optarg, NULL, 10);
             break;
         case 't':
-            timeout_s = (unsigned)strtoul(optarg, NULL, 10);
+            b->timeout_s = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 'h':
             usage(stdout);
-            return 0;
+            exit(0);
         default:
             usage(stderr);
             return 2;
         }
     }
-    if (devices == 0 || devices > 20000 || records == 0 || records > AVL_RECORDS_MAX) {
+    if (b->devices == 0 || b->devices > 20000 || b->records == 0 || b->records > AVL_RECORDS_MAX) {
         fprintf(stderr, "avlgate-burst: --devices 1..20000 and --records 1..255\n");
         return 2;
     }
+    return 0;
+}
+
+/* Resolves --connect HOST:PORT. Returns 0, or 2 after a message. */
+static int resolve(const char *target, struct addrinfo **ai)
+{
     char host[256];
     const char *colon = strrchr(target, ':');
     if (!colon || (size_t)(colon - target) >= sizeof host) {
@@ -138,116 +167,152 @@ int main(int argc, char **argv)
     memcpy(host, target, (size_t)(colon - target));
     host[colon - target] = '\0';
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *ai;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0) {
+    if (getaddrinfo(host, colon + 1, &hints, ai) != 0) {
         fprintf(stderr, "avlgate-burst: cannot resolve %s\n", target);
         return 2;
     }
+    return 0;
+}
 
-    struct dev *devs = calloc(devices, sizeof *devs);
-    struct pollfd *pfds = calloc(devices, sizeof *pfds);
-    uint64_t *lat_ns = calloc((size_t)devices * packets + 1, sizeof *lat_ns);
-    if (!devs || !pfds || !lat_ns) {
+/* Connects device i (blocking) and queues its handshake. False, after a message, when it
+ * could not connect. */
+static bool dev_open(struct dev *d, unsigned i, const struct burst *b, const struct addrinfo *ai)
+{
+    pktgen_init(&d->gen, b->seed * 1000003u + i);
+    d->fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    if (d->fd < 0 || connect(d->fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        fprintf(stderr, "avlgate-burst: connect %s: %s\n", b->target, strerror(errno));
+        d->phase = PH_FAILED;
+        return false;
+    }
+    int one = 1;
+    setsockopt(d->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(d->fd, F_SETFL, O_NONBLOCK);
+    static uint8_t hs[2 + AVL_IMEI_DIGITS_MAX];
+    int n = avl_encode_imei(hs, sizeof hs, d->gen.imei);
+    d->out = malloc((size_t)n);
+    memcpy(d->out, hs, (size_t)n);
+    d->out_len = (size_t)n;
+    d->in_want = 1;
+    d->phase = PH_HANDSHAKE;
+    return true;
+}
+
+enum step { STEP_MORE, STEP_DONE, STEP_FAILED };
+
+/* Device i is ready (poll): writes what it has pending, or reads the handshake's answer or an
+ * ACK (which must carry the packet's record count) and makes its next packet. */
+static enum step dev_step(struct run *r, const struct burst *b, unsigned i)
+{
+    struct dev *d = &r->devs[i];
+    if (d->out_off < d->out_len) {
+        ssize_t n = send(d->fd, d->out + d->out_off, d->out_len - d->out_off, MSG_NOSIGNAL);
+        if (n > 0)
+            d->out_off += (size_t)n;
+        else if (n < 0 && errno != EAGAIN)
+            return STEP_FAILED;
+        return STEP_MORE;
+    }
+    ssize_t n = recv(d->fd, d->in + d->in_len, d->in_want - d->in_len, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN))
+        return STEP_FAILED;
+    if (n < 0)
+        return STEP_MORE;
+    d->in_len += (size_t)n;
+    if (d->in_len < d->in_want)
+        return STEP_MORE;
+    if (d->phase == PH_HANDSHAKE) {
+        if (d->in[0] != 0x01)
+            return STEP_FAILED;
+        d->phase = PH_PACKET;
+    } else {
+        uint32_t ack = be32(d->in);
+        if (ack != d->records)
+            return STEP_FAILED;
+        r->lat_ns[r->lat_len++] = clock_ns() - d->t0_ns;
+        r->records_acked += ack;
+        d->sent++;
+    }
+    if (d->sent == b->packets)
+        return STEP_DONE;
+    return next_packet(d, b->records, d->sent + i) == 0 ? STEP_MORE : STEP_FAILED;
+}
+
+/* One poll over the devices at work and a step of each ready one. False when poll failed. */
+static bool poll_round(struct run *r, const struct burst *b)
+{
+    for (unsigned i = 0; i < b->devices; i++) {
+        struct dev *d = &r->devs[i];
+        r->pfds[i].fd = (d->phase == PH_HANDSHAKE || d->phase == PH_PACKET) ? d->fd : -1;
+        r->pfds[i].events = d->out_off < d->out_len ? POLLOUT : POLLIN;
+    }
+    if (poll(r->pfds, b->devices, 100) < 0 && errno != EINTR)
+        return false;
+    for (unsigned i = 0; i < b->devices; i++) {
+        struct dev *d = &r->devs[i];
+        if (r->pfds[i].fd < 0 || !r->pfds[i].revents)
+            continue;
+        enum step step = dev_step(r, b, i);
+        if (step == STEP_MORE)
+            continue;
+        d->phase = step == STEP_DONE ? PH_DONE : PH_FAILED;
+        close(d->fd);
+        r->active--;
+        if (step == STEP_FAILED)
+            r->failed++;
+    }
+    return true;
+}
+
+static void print_results(struct run *r, const struct burst *b, uint64_t start_ns)
+{
+    double elapsed_s = (double)(clock_ns() - start_ns) / 1e9;
+    qsort(r->lat_ns, r->lat_len, sizeof *r->lat_ns, cmp_u64);
+    unsigned lat_len = r->lat_len;
+    double p50 = lat_len ? (double)r->lat_ns[lat_len / 2] / 1e6 : 0;
+    double p99 = lat_len ? (double)r->lat_ns[(size_t)((double)lat_len * 0.99)] / 1e6 : 0;
+    unsigned timed_out = r->active;
+    printf("devices=%u packets_acked=%u/%u records_acked=%llu ack_p50_ms=%.2f ack_p99_ms=%.2f "
+           "failed_devices=%u timed_out_devices=%u elapsed_s=%.2f records_per_s=%.0f\n",
+           b->devices, lat_len, b->devices * b->packets, (unsigned long long)r->records_acked, p50,
+           p99, r->failed, timed_out, elapsed_s,
+           elapsed_s > 0 ? (double)r->records_acked / elapsed_s : 0);
+}
+
+int main(int argc, char **argv)
+{
+    struct burst b;
+    struct addrinfo *ai;
+    int rc = parse_args(argc, argv, &b);
+    if (rc == 0)
+        rc = resolve(b.target, &ai);
+    if (rc)
+        return rc;
+    struct run r = {
+        .devs = calloc(b.devices, sizeof *r.devs),
+        .pfds = calloc(b.devices, sizeof *r.pfds),
+        .lat_ns = calloc((size_t)b.devices * b.packets + 1, sizeof *r.lat_ns),
+    };
+    if (!r.devs || !r.pfds || !r.lat_ns) {
         fprintf(stderr, "avlgate-burst: out of memory\n");
         return 1;
     }
-    uint64_t start_ns = clock_ns(), deadline = start_ns + (uint64_t)timeout_s * 1000000000u;
-    unsigned failed = 0;
-    for (unsigned i = 0; i < devices; i++) {
-        struct dev *d = &devs[i];
-        pktgen_init(&d->gen, seed * 1000003u + i);
-        d->fd = socket(ai->ai_family, SOCK_STREAM, 0);
-        if (d->fd < 0 || connect(d->fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            fprintf(stderr, "avlgate-burst: connect %s: %s\n", target, strerror(errno));
-            d->phase = PH_FAILED;
-            failed++;
-            continue;
-        }
-        int one = 1;
-        setsockopt(d->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        fcntl(d->fd, F_SETFL, O_NONBLOCK);
-        static uint8_t hs[2 + AVL_IMEI_DIGITS_MAX];
-        int n = avl_encode_imei(hs, sizeof hs, d->gen.imei);
-        d->out = malloc((size_t)n);
-        memcpy(d->out, hs, (size_t)n);
-        d->out_len = (size_t)n;
-        d->in_want = 1;
-        d->phase = PH_HANDSHAKE;
-    }
+    uint64_t start_ns = clock_ns(), deadline = start_ns + (uint64_t)b.timeout_s * 1000000000u;
+    for (unsigned i = 0; i < b.devices; i++)
+        if (!dev_open(&r.devs[i], i, &b, ai))
+            r.failed++;
     freeaddrinfo(ai);
 
-    unsigned active = devices - failed, lat_len = 0;
-    uint64_t records_acked = 0;
-    while (active > 0 && clock_ns() < deadline) {
-        for (unsigned i = 0; i < devices; i++) {
-            struct dev *d = &devs[i];
-            pfds[i].fd = (d->phase == PH_HANDSHAKE || d->phase == PH_PACKET) ? d->fd : -1;
-            pfds[i].events = d->out_off < d->out_len ? POLLOUT : POLLIN;
-        }
-        if (poll(pfds, devices, 100) < 0 && errno != EINTR)
+    r.active = b.devices - r.failed;
+    while (r.active > 0 && clock_ns() < deadline)
+        if (!poll_round(&r, &b))
             break;
-        for (unsigned i = 0; i < devices; i++) {
-            struct dev *d = &devs[i];
-            if (pfds[i].fd < 0 || !pfds[i].revents)
-                continue;
-            if (d->out_off < d->out_len) {
-                ssize_t n = send(d->fd, d->out + d->out_off, d->out_len - d->out_off, MSG_NOSIGNAL);
-                if (n > 0)
-                    d->out_off += (size_t)n;
-                else if (n < 0 && errno != EAGAIN)
-                    goto fail;
-                continue;
-            }
-            ssize_t n = recv(d->fd, d->in + d->in_len, d->in_want - d->in_len, 0);
-            if (n == 0 || (n < 0 && errno != EAGAIN))
-                goto fail;
-            if (n < 0)
-                continue;
-            d->in_len += (size_t)n;
-            if (d->in_len < d->in_want)
-                continue;
-            if (d->phase == PH_HANDSHAKE) {
-                if (d->in[0] != 0x01)
-                    goto fail;
-                d->phase = PH_PACKET;
-            } else {
-                uint32_t ack = (uint32_t)d->in[0] << 24 | (uint32_t)d->in[1] << 16 |
-                               (uint32_t)d->in[2] << 8 | d->in[3];
-                if (ack != d->records)
-                    goto fail;
-                lat_ns[lat_len++] = clock_ns() - d->t0_ns;
-                records_acked += ack;
-                d->sent++;
-            }
-            if (d->sent == packets) {
-                d->phase = PH_DONE;
-                close(d->fd);
-                active--;
-                continue;
-            }
-            if (next_packet(d, records, d->sent + i) != 0)
-                goto fail;
-            continue;
-        fail:
-            d->phase = PH_FAILED;
-            close(d->fd);
-            failed++;
-            active--;
-        }
-    }
-    double elapsed_s = (double)(clock_ns() - start_ns) / 1e9;
-    qsort(lat_ns, lat_len, sizeof *lat_ns, cmp_u64);
-    double p50 = lat_len ? (double)lat_ns[lat_len / 2] / 1e6 : 0;
-    double p99 = lat_len ? (double)lat_ns[(size_t)((double)lat_len * 0.99)] / 1e6 : 0;
-    unsigned timed_out = active;
-    printf("devices=%u packets_acked=%u/%u records_acked=%llu ack_p50_ms=%.2f ack_p99_ms=%.2f "
-           "failed_devices=%u timed_out_devices=%u elapsed_s=%.2f records_per_s=%.0f\n",
-           devices, lat_len, devices * packets, (unsigned long long)records_acked, p50, p99, failed,
-           timed_out, elapsed_s, elapsed_s > 0 ? (double)records_acked / elapsed_s : 0);
-    for (unsigned i = 0; i < devices; i++)
-        free(devs[i].out);
-    free(devs);
-    free(pfds);
-    free(lat_ns);
-    return lat_len == devices * packets ? 0 : 1;
+    print_results(&r, &b, start_ns);
+    bool all_acked = r.lat_len == b.devices * b.packets;
+    for (unsigned i = 0; i < b.devices; i++)
+        free(r.devs[i].out);
+    free(r.devs);
+    free(r.pfds);
+    free(r.lat_ns);
+    return all_acked ? 0 : 1;
 }

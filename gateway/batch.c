@@ -410,7 +410,7 @@ static void on_unknown(struct shard *s, const struct batch *b, int backend_pid)
         snprintf(pid, sizeof pid, "%d", backend_pid);
         const char *params[1] = {pid};
         if (pgsink_query(s->sink, "SELECT pg_catalog.pg_terminate_backend($1::int, 5000)", 1,
-                         params, query_cookie(Q_MAINTENANCE, 0), now_ms(s)) != 0)
+                         params, query_cookie(Q_MAINTENANCE, 0), shard_now_ms(s)) != 0)
             log_line(LOG_WARN,
                      "cannot end the backend of the unknown commit; state loads may see it "
                      "commit late",
@@ -426,7 +426,8 @@ static void refuse_packet(struct shard *s, struct batch *b, const struct pgsink_
     uint64_t imei = b->devs[p->dev].imei;
     char q[256];
     stat_add(&s->st->packets_rejected_data, 1);
-    log_limited(&s->ring->log_rejected, now_ms(s), LOG_WARN, "packet rejected by the database",
+    log_limited(&s->ring->log_rejected, shard_now_ms(s), LOG_WARN,
+                "packet rejected by the database",
                 "shard=%u sqlstate=%s imei=%" PRIu64 " error=\"%s\"", s->id, res->sqlstate, imei,
                 logfmt_q(q, sizeof q, res->message));
     p->rejected = true;
@@ -531,7 +532,7 @@ static void submit_next(struct shard *s)
     txn.state_params = b->params;
     txn.state_lengths = b->params_len;
     txn.state_formats = state_formats;
-    if (pgsink_submit(s->sink, &txn, b, now_ms(s)) == 0) {
+    if (pgsink_submit(s->sink, &txn, b, shard_now_ms(s)) == 0) {
         b->state = BATCH_INFLIGHT;
         b->submitted_ns = engine_now_ns(s->e);
     }
@@ -633,7 +634,7 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
     uint32_t dev_index;
     struct bdev *bd = batch_dev(b, d->imei, &dev_index);
     assert(bd);
-    int64_t received_us = wall_us();
+    int64_t received_us = wall_clock_us();
     struct pkt_ref *p = &b->pkts[b->pkts_len];
     *p = (struct pkt_ref){.slot = slot,
                           .gen = gen,
@@ -643,7 +644,7 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
                           .dev = dev_index,
                           .taken_ns = engine_now_ns(s->e)};
     struct dedup *win = dedup_win_mut(&s->sess->wins, &d->win);
-    d->last_packet_s = now_s(s);
+    d->last_packet_s = shard_now_s(s);
     store_records(s, b, bd, win, pkt, recs, received_us);
     p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
     p->fp_len = b->fps_len - p->fp_off;

@@ -18,7 +18,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-#include "gateway/ingest.h"
+#include "gateway/shared.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -279,7 +279,7 @@ static void fetch(struct shard *s, uint32_t slot)
     snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
     const char *params[1] = {imei};
     if (pgsink_query(s->sink, FETCH_SQL, 1, params, query_cookie(Q_FETCH, engine_key(slot, d->gen)),
-                     now_ms(s)) == 0)
+                     shard_now_ms(s)) == 0)
         cc->fetch = FETCH_IN_FLIGHT;
     else
         cc->fetch = FETCH_OWED; /* the control link is down or full: the walk asks again */
@@ -296,7 +296,7 @@ static void try_write(struct shard *s, uint32_t slot)
     uint64_t now = engine_now_ns(s->e);
     if (now < k->not_before_ns)
         return; /* the walk tries again */
-    if (conn_of(s, slot)->fresh && (uint64_t)wall_ms() < d->accepted_ms + FIRST_WRITE_HOLD_MS)
+    if (conn_of(s, slot)->fresh && (uint64_t)wall_clock_ms() < d->accepted_ms + FIRST_WRITE_HOLD_MS)
         return; /* its first packet may be on the wire: after its ACK, or the walk's retry */
     if (engine_send_ref(s->e, slot, d->gen, k->frame, k->frame_len) != 0)
         return; /* gone (on_close follows) or a reference in flight: tried again later */
@@ -310,8 +310,8 @@ static void try_write(struct shard *s, uint32_t slot)
     snprintf(id, sizeof id, "%" PRId64, k->id);
     snprintf(attempts, sizeof attempts, "%u", k->attempts);
     const char *params[2] = {id, attempts};
-    if (pgsink_query(s->sink, MARK_SENT_SQL, 2, params, query_cookie(Q_MARK_SENT, 0), now_ms(s)) !=
-        0)
+    if (pgsink_query(s->sink, MARK_SENT_SQL, 2, params, query_cookie(Q_MARK_SENT, 0),
+                     shard_now_ms(s)) != 0)
         stat_add(&s->st->cmd_query_failures, 1); /* the row says pending: sent again, at least */
 }
 
@@ -347,10 +347,10 @@ static void record(struct shard *s, struct cmd *k)
         response_text(s, k);
         const char *text = s->cmds->scratch;
         const char *params[3] = {id, text, k->response_hex ? "true" : "false"};
-        rc = pgsink_query(s->sink, ANSWER_SQL, 3, params, ck, now_ms(s));
+        rc = pgsink_query(s->sink, ANSWER_SQL, 3, params, ck, shard_now_ms(s));
     } else {
         const char *params[2] = {id, outcome_names[k->outcome]};
-        rc = pgsink_query(s->sink, END_SQL, 2, params, ck, now_ms(s));
+        rc = pgsink_query(s->sink, END_SQL, 2, params, ck, shard_now_ms(s));
     }
     k->state = rc == 0 ? CMD_RECORDING : CMD_RECORD;
 }
@@ -403,7 +403,7 @@ static bool take_payload(struct shard *s, struct cmd *k, const PGresult *res)
                                    : -1;
     if (len <= 0) {
         stat_add(&s->st->cmd_payload_too_long, 1);
-        log_limited(&s->cmds->log_refused, now_ms(s), LOG_WARN,
+        log_limited(&s->cmds->log_refused, shard_now_ms(s), LOG_WARN,
                     "command not sent: payload too long",
                     "shard=%u id=%" PRId64 " imei=%" PRIu64 " bytes=%zu max=%d", s->id, k->id,
                     k->imei, n, CMD_PAYLOAD_MAX);
@@ -507,7 +507,7 @@ static bool record_failed(struct shard *s, struct cmd *k, const PGresult *res)
     if (refused && k->outcome == OUT_ANSWERED && !k->response_hex) {
         k->response_hex = true; /* the database refused the text: store its hex */
     } else if (refused) {
-        log_limited(&s->cmds->log_refused, now_ms(s), LOG_WARN,
+        log_limited(&s->cmds->log_refused, shard_now_ms(s), LOG_WARN,
                     "command outcome refused by the database",
                     "shard=%u id=%" PRId64 " outcome=%s sqlstate=%s", s->id, k->id,
                     outcome_names[k->outcome], state);
@@ -655,7 +655,7 @@ static void keep_response(struct shard *s, struct cmd *k, const struct avl_gprs_
         for (int back = 0; back < 3 && (m->text[keep] & 0xC0) == 0x80; back++)
             keep--;
         stat_add(&s->st->cmd_responses_truncated, 1);
-        log_limited(&s->cmds->log_cut, now_ms(s), LOG_WARN, "command answer cut",
+        log_limited(&s->cmds->log_cut, shard_now_ms(s), LOG_WARN, "command answer cut",
                     "shard=%u id=%" PRId64 " bytes=%u kept=%u", s->id, k->id, m->text_len, keep);
     }
     memcpy(k->response, m->text, keep);

@@ -244,7 +244,7 @@ static void on_poll(void *user, struct engine *e, uint64_t tag, int revents)
         enum pgsink_link link = (enum pgsink_link)owner;
         if (!linkpoll_done(&s->pg_poll[link], tag, revents, pgsink_fd_epoch(s->sink, link)))
             return;
-        pgsink_on_io(s->sink, link, revents < 0 ? (short)POLLERR : (short)revents, now_ms(s));
+        pgsink_on_io(s->sink, link, revents < 0 ? (short)POLLERR : (short)revents, shard_now_ms(s));
         sink_arm_polls(s);
         return;
     }

@@ -1,118 +1,17 @@
-/* ingest.h — the gateway's shards: what run.c starts, what every shard thread shares, and the
- * counters the metrics endpoint reads.
+/* ingest.h — one gateway shard: the body of its thread, which run.c starts once per shard.
  *
- * One shard per engine, on the engine's thread (ingest_shard_run). Its modules are listed in
+ * A shard is an engine (shard/engine.h) and the gateway's modules on it (listed in
  * gateway/shard_state.h: sessions, the row ring, duplicate windows, command delivery, the Redis
- * registry and the command intake, wired onto the engine by gateway/ingest.c. What a shard shares
- * with the others is read-only after start (the configuration, the router) except the stop and
- * SIGHUP flags and the start-up handshake below. */
+ * registry and the command intake), wired together by gateway/ingest.c. What the shards share
+ * is in gateway/shared.h. */
 #ifndef AVLGATE_GATEWAY_INGEST_H
 #define AVLGATE_GATEWAY_INGEST_H
 
-#include <stdatomic.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <sys/socket.h>
-
-#include "gateway/router.h"
-#include "shard/engine.h"
+#include "gateway/shared.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-struct ingest_config {
-    struct sockaddr_storage listen_addr;
-    socklen_t listen_addr_len;
-    unsigned shards;
-    bool pin;
-    const char *pg_conninfo;
-    const char *instance;
-    uint32_t batch_rows;      /* seal a batch at this many rows */
-    uint32_t batch_ms;        /* or when its first row is this old */
-    uint32_t batches;         /* batches per shard (the row ring), >= 2 */
-    uint32_t conns_max;       /* per shard */
-    uint32_t bufs, buf_bytes; /* provided receive buffers per shard */
-    uint32_t idle_timeout_s;  /* 0: none */
-    uint32_t state_idle_s;    /* release a quiet device's duplicate window after this; 0: never */
-    uint32_t frame_timeout_s; /* 0: none */
-    uint32_t frame_bytes_max;
-    bool devices_known;        /* accept only IMEIs enabled in public.devices */
-    uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
-    uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
-    int metrics_fd;            /* listening socket of the metrics endpoint (shard 0), or -1 */
-    const char *version;
-    /* Commands (gateway/delivery.c, registry.c, intake.c). redis_host NULL: no registry and no
-     * intake; commands are still delivered on connect and by the sweep. */
-    const char *redis_host; /* an IP address */
-    int redis_port;
-    uint32_t cmd_sweep_s;    /* look for open commands of connected devices this often; 0: off */
-    uint32_t cmd_timeout_s;  /* wait this long for an answer before sending again */
-    uint32_t cmd_attempts;   /* sends before a command fails */
-    uint32_t registry_ttl_s; /* TTL of avlgate:dev:{imei}, refreshed every third of it */
-};
-
-/* A latency histogram: cumulative Prometheus buckets are summed from these on read. */
-enum { PROM_HIST_BUCKETS = 14 };
-extern const uint32_t
-    prom_hist_bucket_us[PROM_HIST_BUCKETS]; /* upper bounds; the last bucket is +Inf */
-struct prom_hist {
-    uint64_t bucket[PROM_HIST_BUCKETS +
-                    1]; /* [i]: at most prom_hist_bucket_us[i]; [PROM_HIST_BUCKETS]: above */
-    uint64_t sum_us, count;
-};
-
-/* Counts one observation (shard thread only). */
-void prom_hist_observe(struct prom_hist *h, uint64_t us);
-
-/* Counters of one shard, on their own cache lines, written by that shard only (shard/stat.h:
- * stat_add on the shard, stat_read from the metrics endpoint). */
-struct ingest_stats {
-    uint64_t handshakes, handshake_rejected, handshake_errors, handed_off, replaced;
-    uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
-    uint64_t packets_invalid, records_rejected, packets_rejected_data;
-    uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;
-    uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
-    uint64_t invalid_by_reason[32]; /* by -avl_err, copyenc errors at 25 + -err */
-    uint64_t state_load_failures, state_reloads, windows_released;
-    uint64_t devices_revoked; /* closed after SIGHUP: no longer enabled in public.devices */
-    /* Commands: frames written (a resend counts again), outcomes, and what was refused. */
-    uint64_t cmds_fetched, cmds_sent, cmds_answered, cmds_failed, cmds_expired;
-    uint64_t cmd_responses_unexpected, cmd_responses_truncated, cmd_frames_ignored;
-    uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
-    uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
-    uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
-    /* Gauges and copies the shard publishes every loop turn (stat_set). */
-    uint64_t conns_open, ring_busy, ring_batches;
-    uint64_t pg_up[2], pg_connects[2], pg_disconnects[2], pg_connect_failures[2];
-    uint64_t redis_up[2]; /* registry, intake (shard 0); 0 also when not configured */
-    uint64_t redis_configured;
-    uint64_t listening;            /* accepting connections */
-    struct prom_hist copy_latency; /* a batch's transaction: submit to COMMIT's answer */
-    struct prom_hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
-} __attribute__((aligned(64)));
-
-_Static_assert((int)ENGINE_SHARDS_MAX == (int)ROUTER_SHARDS_MAX,
-               "the router places devices on exactly the shards the engines can link");
-
-/* What every shard thread shares. */
-struct ingest_shared {
-    const struct ingest_config *cfg;
-    const struct router *router;
-    atomic_bool stop;
-    /* Start-up handshake between the shard threads and main: each creates its ring, publishes
-     * its descriptor, then waits until every shard did. */
-    int ring_fds[ENGINE_SHARDS_MAX];
-    struct engine *engines[ENGINE_SHARDS_MAX];                  /* the mailboxes between shards */
-    const struct engine_stats *engine_stats[ENGINE_SHARDS_MAX]; /* their counters (metrics) */
-    atomic_uint rings_ready;
-    atomic_int start_error; /* first shard's init error (negative errno), 0 if none */
-    atomic_uint shards_done;
-    atomic_uint loops_done;     /* engines out of their loop: none is freed before all are */
-    atomic_uint allowlist_gen;  /* SIGHUP: each shard re-checks its devices when it changes */
-    atomic_bool shard_failed;   /* a shard's loop ended with an error: main stops them all */
-    struct ingest_stats *stats; /* cfg->shards entries, each written by its shard only */
-};
 
 /* The body of shard thread `shard`: sets up its engine and sink, runs until shared->stop is
  * set, drains (stops accepting, commits and ACKs what it holds, within drain_timeout_ms),

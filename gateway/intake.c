@@ -23,7 +23,8 @@ static int intake_send(struct shard *s, int argc, const char *const *argv, enum 
 {
     if (!intake_up(s->intake))
         return -ENOTCONN;
-    return redislink_command(s->intake->link, argc, argv, NULL, redis_cookie(kind), now_ms(s));
+    return redislink_command(s->intake->link, argc, argv, NULL, redis_cookie(kind),
+                             shard_now_ms(s));
 }
 
 /* The value of field name in an entry's flat field list, or NULL. */
@@ -161,7 +162,7 @@ static void on_read(struct shard *s, const redisReply *r)
         log_line(LOG_WARN, "command intake: XREADGROUP failed; again in 1000 ms", "error=\"%s\"",
                  logfmt_q(q, sizeof q, r->str));
         in->phase = IN_DOWN;
-        in->next_start_ms = now_ms(s) + INTAKE_RETRY_MS;
+        in->next_start_ms = shard_now_ms(s) + INTAKE_RETRY_MS;
         return; /* the tick starts again */
     }
     size_t got = on_entries(s, r);
@@ -210,7 +211,7 @@ void intake_on_poll(struct shard *s, uint64_t tag, int revents)
     if (!in)
         return;
     if (linkpoll_done(&in->poll, tag, revents, redislink_fd_epoch(in->link)))
-        redislink_on_io(in->link, revents < 0 ? (short)POLLERR : (short)revents, now_ms(s));
+        redislink_on_io(in->link, revents < 0 ? (short)POLLERR : (short)revents, shard_now_ms(s));
 }
 
 uint64_t intake_tick(struct shard *s, uint64_t now_ns)

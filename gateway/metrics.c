@@ -18,7 +18,7 @@
 
 #include "codec/avl.h"
 #include "gateway/copyenc.h"
-#include "gateway/ingest.h"
+#include "gateway/shared.h"
 #include "gateway/tags.h"
 #include "shard/engine.h"
 #include "shard/stat.h"
@@ -28,20 +28,6 @@ enum {
     REQUEST_TIMEOUT_MS = 5000,
     TAG_LISTEN = 0xFFFF, /* connection index of the listening socket's poll */
 };
-
-const uint32_t prom_hist_bucket_us[PROM_HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
-                                                         25000,   50000,   100000,  250000,  500000,
-                                                         1000000, 2500000, 5000000, 10000000};
-
-void prom_hist_observe(struct prom_hist *h, uint64_t us)
-{
-    unsigned i = 0;
-    while (i < PROM_HIST_BUCKETS && us > prom_hist_bucket_us[i])
-        i++;
-    stat_add(&h->bucket[i], 1);
-    stat_add(&h->sum_us, us);
-    stat_add(&h->count, 1);
-}
 
 /* ---------------------------------------------------------------------------------------------
  * The exposition

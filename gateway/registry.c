@@ -48,7 +48,7 @@ int registry_send(struct shard *s, int argc, const char *const *argv, const size
 {
     if (!registry_up(s))
         return -ENOTCONN;
-    return redislink_command(s->reg->link, argc, argv, lens, redis_cookie(kind), now_ms(s));
+    return redislink_command(s->reg->link, argc, argv, lens, redis_cookie(kind), shard_now_ms(s));
 }
 
 void registry_xack(struct shard *s, const char *id)
@@ -132,8 +132,8 @@ static void on_reply(void *user, void *cookie, const redisReply *reply)
     if (!reply)
         return; /* the link dropped (or is being destroyed, with the engine gone) */
     char q[256];
-    log_limited(&r->log_redis, now_ms(s), LOG_WARN, "redis command failed", "shard=%u error=\"%s\"",
-                s->id, logfmt_q(q, sizeof q, reply->str));
+    log_limited(&r->log_redis, shard_now_ms(s), LOG_WARN, "redis command failed",
+                "shard=%u error=\"%s\"", s->id, logfmt_q(q, sizeof q, reply->str));
 }
 
 void registry_log_link(const struct redislink *l, enum redislink_event ev)
@@ -158,7 +158,7 @@ static void on_state(void *user, enum redislink_event ev)
     if (ev == REDISLINK_EVENT_UP) {
         /* Redis may have restarted empty: write every device again now. */
         s->reg->cursor = 0;
-        s->reg->next_round_ms = now_ms(s) + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;
+        s->reg->next_round_ms = shard_now_ms(s) + (uint64_t)s->cfg->registry_ttl_s * 1000u / 3u;
     }
 }
 
@@ -177,7 +177,7 @@ void registry_on_poll(struct shard *s, uint64_t tag, int revents)
     if (!r->link)
         return;
     if (linkpoll_done(&r->poll, tag, revents, redislink_fd_epoch(r->link)))
-        redislink_on_io(r->link, revents < 0 ? (short)POLLERR : (short)revents, now_ms(s));
+        redislink_on_io(r->link, revents < 0 ? (short)POLLERR : (short)revents, shard_now_ms(s));
 }
 
 uint64_t registry_tick(struct shard *s, uint64_t now_ns)

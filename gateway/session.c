@@ -97,7 +97,7 @@ void session_send_loads(struct shard *s)
         snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
         const char *params[1] = {imei};
         if (pgsink_query(s->sink, STATE_LOAD_SQL, 1, params, query_cookie(Q_STATE_LOAD, key),
-                         now_ms(s)) != 0)
+                         shard_now_ms(s)) != 0)
             return; /* down or full: the next tick tries again */
         d->load_queued = false;
         ss->load_head = (ss->load_head + 1) % s->cfg->conns_max;
@@ -155,14 +155,14 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
     }
     load_window(s, d, res, pending);
     d->state = DEV_OPEN;
-    d->last_packet_s = now_s(s);
+    d->last_packet_s = shard_now_s(s);
     if (reload) {
         engine_resume_conn(s->e, slot, gen); /* its held packet goes on */
         return false;
     }
     stat_add(&s->st->handshakes, 1);
     send_reply(s, slot, gen, 0x01);
-    d->accepted_ms = (uint64_t)wall_ms();
+    d->accepted_ms = (uint64_t)wall_clock_ms();
     *has_commands = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
     return true;
 }
@@ -342,7 +342,7 @@ void session_allowlist_step(struct shard *s)
     if (n > 0) {
         const char *params[1] = {ss->allow_imeis};
         if (pgsink_query(s->sink, REVOKED_SQL, 1, params, query_cookie(Q_ALLOWLIST, 0),
-                         now_ms(s)) != 0)
+                         shard_now_ms(s)) != 0)
             return; /* the control link is down or full: this chunk again next turn */
         ss->allow_in_flight = true;
         ss->allow_checked += n;
@@ -386,7 +386,7 @@ void session_on_allowlist(struct shard *s, const PGresult *res)
 static void release_idle_windows(struct shard *s)
 {
     struct sessions *ss = s->sess;
-    uint32_t now = now_s(s), idle = s->cfg->state_idle_s;
+    uint32_t now = shard_now_s(s), idle = s->cfg->state_idle_s;
     for (uint32_t slot = 0; slot < s->cfg->conns_max; slot++) {
         struct dev *d = &ss->devs[slot];
         if (d->state != DEV_OPEN || !d->win || now - d->last_packet_s < idle)

@@ -29,7 +29,7 @@
 #include <time.h>
 
 #include "codec/avl.h"
-#include "gateway/ingest.h"
+#include "gateway/shared.h"
 #include "gateway/linkpoll.h"
 #include "gateway/pgsink.h"
 #include "shard/engine.h"
@@ -77,26 +77,26 @@ struct shard {
     struct avl_record recs[AVL_RECORDS_MAX]; /* the packet on_data decodes, until taken */
 };
 
-static inline uint64_t now_ms(const struct shard *s)
+static inline uint64_t shard_now_ms(const struct shard *s)
 {
     return engine_now_ns(s->e) / 1000000u;
 }
 
-static inline uint32_t now_s(const struct shard *s)
+static inline uint32_t shard_now_s(const struct shard *s)
 {
     return (uint32_t)(engine_now_ns(s->e) / 1000000000u);
 }
 
-static inline int64_t wall_us(void)
+static inline int64_t wall_clock_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static inline int64_t wall_ms(void)
+static inline int64_t wall_clock_ms(void)
 {
-    return wall_us() / 1000;
+    return wall_clock_us() / 1000;
 }
 
 #ifdef __cplusplus

@@ -6,7 +6,7 @@
  * carry its record count. It prints what was acknowledged and the ACK latency, and exits 0
  * only when every packet was acknowledged. Single-threaded, poll()-driven, bounded by
  * --timeout-s. The full load generator (100k devices on the shard engine, reconnects,
- * pacing, HDR histograms) is the loadgen issue's; this is its smallest useful subset. */
+ * pacing, HDR histograms) is avlgate-loadgen; this is its smallest useful subset. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

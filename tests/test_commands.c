@@ -1,4 +1,4 @@
-/* test_commands.c — the gateway's command side (issue 5): Codec 12 commands queued in
+/* test_commands.c — the gateway's command side: Codec 12 commands queued in
  * public.commands, routed through Redis, delivered to the tracker's connection, answered.
  *
  * Each case makes a database of its own on the pg fixture's server and starts the real

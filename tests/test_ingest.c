@@ -1,4 +1,5 @@
-/* test_ingest.c — the whole gateway against the real PostgreSQL fixture (issue 3, §5, §6, §9).
+/* test_ingest.c — the whole gateway against the real PostgreSQL fixture: handshakes, ACK after
+ * commit, duplicates, backpressure, database outages, refused packets.
  *
  * Each case makes a database of its own (tests/support/pgtest.h) with the schema applied,
  * starts the real `avlgate run` binary as a child process on a free loopback port with two

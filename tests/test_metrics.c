@@ -22,7 +22,7 @@
 
 #include "codec/avl.h"
 #include "gateway/copyenc.h"
-#include "gateway/ingest.h"
+#include "gateway/shared.h"
 #include "gateway/metrics.h"
 #include "shard/engine.h"
 #include "tests/support/promtext.h"

@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #include "codec/avl.h"
-#include "gateway/ingest.h"
+#include "gateway/shared.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"
 #include "tests/support/promtext.h"

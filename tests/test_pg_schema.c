@@ -255,7 +255,7 @@ static void test_apply_and_check(void **state)
     }
     assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
 
-    /* the table is exactly as the issue says */
+    /* the table has exactly these columns, in this order */
     char cols[1024];
     pgtest_scalar(db.conn,
                   "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || "

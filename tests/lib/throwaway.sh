@@ -8,14 +8,16 @@
 # script must not set an EXIT trap of its own: its clean-up goes through tw_defer. At exit,
 # tw_cleanup runs every clean-up step in the reverse order of registration (the last thing
 # started is stopped first), each step's failure ignored, and the script's exit status kept.
+# Only tw_free_port prints on stdout; what goes wrong is said on stderr.
 #
 #   tw_tmpdir NAME
 #       Makes /tmp/avlgate-NAME.XXXXXX, mode 755 (a PostgreSQL in it runs as `postgres` when
 #       we are root, and must reach it), and sets TW_TMP to it. At exit: removed.
 #   tw_pg_start DIR
 #       A throwaway PostgreSQL in DIR (tests/pg/pgtmp.sh start: where its files go is said
-#       there). Sets TW_PG (its libpq conninfo, database avlgate) and TW_PGDIR. Prints nothing
-#       on stdout. At exit: `pgtmp.sh remove DIR` (stopped, its data, logs and DIR deleted).
+#       there). Sets TW_PG (its libpq conninfo, database avlgate) and TW_PGDIR. At exit:
+#       `pgtmp.sh remove DIR` (stopped; its data and logs deleted, and DIR unless it holds
+#       other files).
 #   tw_pg_stop
 #       Fast shutdown of that server now (pgtmp.sh stop); its files go at exit.
 #   tw_redis_start DIR
@@ -38,7 +40,8 @@
 #   tw_gateway_running
 #       True while that gateway runs.
 #   tw_gateway_stop
-#       SIGTERM to it and waits for it; returns its exit status; empties TW_GW.
+#       SIGTERM to it and waits for it; returns its exit status (0 when none was started);
+#       empties TW_GW.
 #   tw_wait_port PORT [PID] [SECONDS]
 #       Waits until 127.0.0.1:PORT accepts a TCP connection (polled every 0.1 s, at most
 #       SECONDS, default 30). Returns 0 then; 1 when process PID exits first; 2 on time-out.
@@ -58,8 +61,8 @@ TW_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TW_PGTMP=$TW_TOP/tests/pg/pgtmp.sh
 TW_REDISTMP=$TW_TOP/tests/redis/redistmp.sh
 TW_TMP= TW_PG= TW_PGDIR= TW_REDIS= TW_REDISDIR= TW_GW=
-TW_AT_EXIT=()
-TW_TRAPPED=0
+TW_AT_EXIT=() # the clean-up steps, run last first
+TW_TRAPPED=0 TW_GW_DEFERRED=0
 
 tw_defer() {
   if [ "$TW_TRAPPED" = 0 ]; then
@@ -156,7 +159,7 @@ tw_wait_port() {
 tw_gateway_start() {
   local avlgate=$1 port=$2 log=$3 rc=0
   shift 3
-  if [ -z "${TW_GW_DEFERRED:-}" ]; then
+  if [ "$TW_GW_DEFERRED" = 0 ]; then
     tw_defer 'tw_stop_pid "$TW_GW" 30; TW_GW='
     TW_GW_DEFERRED=1
   fi

@@ -15,37 +15,24 @@ build=${1:-build}
 devices=${2:-1000} packets=${3:-40} records=${4:-10}
 shift $(($# < 4 ? $# : 4))
 [ "${1:-}" = "--" ] && shift
-tmp=$(mktemp -d /tmp/avlgate-burst.XXXXXX)
-chmod 755 "$tmp" # the server runs as postgres when we are root
+. "$top/tests/lib/throwaway.sh"
+tw_tmpdir burst
+tmp=$TW_TMP
 port=${AVLGATE_BENCH_PORT:-15029}
-gw=
-cleanup() {
-  [ -n "$gw" ] && kill -TERM "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
-  "$top/tests/pg/pgtmp.sh" stop "$tmp/pg" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
-conninfo=$("$top/tests/pg/pgtmp.sh" start "$tmp/pg")
-"$top/$build/bin/avlgate" run --pg "$conninfo" --listen "127.0.0.1:$port" --shards 2 \
-  --apply-schema "$top/schema/postgres" "$@" >"$tmp/gateway.log" 2>&1 &
-gw=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  kill -0 "$gw" 2>/dev/null || { cat "$tmp/gateway.log" >&2; exit 1; }
-  sleep 0.1
-done
+tw_pg_start "$tmp/pg"
+conninfo=$TW_PG
+tw_gateway_start "$top/$build/bin/avlgate" "$port" "$tmp/gateway.log" --pg "$conninfo" \
+  --shards 2 --apply-schema "$top/schema/postgres" "$@"
 
-ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
+ticks() { awk '{print $14 + $15}' "/proc/$TW_GW/stat"; }
 hz=$(getconf CLK_TCK)
 t0=$(ticks)
 "$top/$build/bin/avlgate-burst" --connect "127.0.0.1:$port" --devices "$devices" \
   --packets "$packets" --records "$records"
 t1=$(ticks)
-rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$gw/status")
-kill -TERM "$gw"
-wait "$gw" || true
-gw=
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$TW_GW/status")
+tw_gateway_stop || true
 stored=$(psql "$conninfo" -XqtAc \
   "SELECT count(*) || ' ' || count(DISTINCT (imei, ts, event_id)) FROM telemetry.positions")
 total=$((devices * packets * records))

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # demo.sh — `make demo`: a throwaway PostgreSQL and Redis under ./var, the schema, the
 # gateway, a burst of simulated devices and what landed, the gateway's metrics, then a Codec 12
-# command sent to a simulated tracker and its answer. Everything it starts, it stops on exit.
+# command sent to a simulated tracker and its answer. Everything it starts, it stops on exit
+# (tests/lib/throwaway.sh), and the PostgreSQL's files go then (pgtmp.sh remove: each run
+# starts from an empty database; as root, when the postgres user cannot reach ./var, they
+# are in a private /var/tmp/avlgate-pgtmp.XXXXXX instead: see tests/pg/pgtmp.sh).
 #
 # usage: loadgen/demo.sh BUILD_DIR [DEVICES PACKETS RECORDS]
 set -euo pipefail
@@ -13,35 +16,23 @@ pgdir="$var/pg"
 redisdir="$var/redis"
 port=${AVLGATE_DEMO_PORT:-5027}
 mkdir -p "$var"
-
-gw_pid= lg_pid=
-cleanup() {
-  [ -n "$lg_pid" ] && kill -TERM "$lg_pid" 2>/dev/null && wait "$lg_pid" 2>/dev/null || true
-  [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null || true
-  "$top/tests/redis/redistmp.sh" stop "$redisdir" >/dev/null 2>&1 || true
-  "$top/tests/pg/pgtmp.sh" stop "$pgdir" || true
-}
-trap cleanup EXIT
+. "$top/tests/lib/throwaway.sh"
 
 echo "== PostgreSQL (throwaway, under $pgdir)"
-conninfo=$("$top/tests/pg/pgtmp.sh" start "$pgdir")
+tw_pg_start "$pgdir"
+conninfo=$TW_PG
 echo "   $conninfo"
 
 echo "== Redis (throwaway, under $redisdir)"
-redis=$("$top/tests/redis/redistmp.sh" start "$redisdir")
+tw_redis_start "$redisdir"
+redis=$TW_REDIS
 echo "   $redis"
 
 echo "== avlgate run (log: var/avlgate.log)"
 mport=$((port + 1))
-"$top/$build/bin/avlgate" run --pg "$conninfo" --listen "127.0.0.1:$port" --shards 2 \
-  --metrics "127.0.0.1:$mport" --redis "$redis" --instance demo \
-  --apply-schema "$top/schema/postgres" >"$var/avlgate.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  kill -0 "$gw_pid" 2>/dev/null || { cat "$var/avlgate.log"; exit 1; }
-  sleep 0.1
-done
+tw_gateway_start "$top/$build/bin/avlgate" "$port" "$var/avlgate.log" --pg "$conninfo" \
+  --shards 2 --metrics "127.0.0.1:$mport" --redis "$redis" --instance demo \
+  --apply-schema "$top/schema/postgres"
 
 echo "== $devices devices x $packets packets x $records records (codecs 8, 8E, 16)"
 "$top/$build/bin/avlgate-burst" --connect "127.0.0.1:$port" --devices "$devices" \
@@ -71,17 +62,16 @@ imei=352093081429150
   --period-s 2 --duration-s 20 --command-reply "RTC:2026/11/28 GPS:1 SAT:9 demo OK" \
   >"$var/loadgen.log" 2>&1 &
 lg_pid=$!
+tw_defer 'tw_stop_pid "$lg_pid"'
 for _ in $(seq 1 50); do
   [ "$(redis-cli -h "${redis%:*}" -p "${redis##*:}" exists "avlgate:dev:{$imei}")" = 1 ] && break
   sleep 0.1
 done
 "$top/$build/bin/avlgate" command send --pg "$conninfo" --redis "$redis" --wait 10 "$imei" getinfo
 "$top/$build/bin/avlgate" command list --pg "$conninfo" --limit 3
-kill -TERM "$lg_pid" 2>/dev/null && wait "$lg_pid" 2>/dev/null || true
+tw_stop_pid "$lg_pid"
 lg_pid=
 
 echo "== stopping the gateway (SIGTERM drains)"
-kill -TERM "$gw_pid"
-wait "$gw_pid" || true
-gw_pid=
+tw_gateway_stop || true
 tail -n 1 "$var/avlgate.log"

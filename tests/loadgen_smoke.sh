@@ -9,6 +9,7 @@
 # usage: loadgen_smoke.sh AVLGATE LOADGEN PGTMP_SH PGDIR SCHEMA_DIR WORKDIR
 set -euo pipefail
 avlgate=$1 loadgen=$2 pgtmp=$3 pgdir=$4 schema=$5 work=$6
+. "$(dirname "$0")/lib/throwaway.sh"
 
 die() { echo "loadgen_smoke: $*" >&2; exit 1; }
 mkdir -p "$work"
@@ -17,30 +18,15 @@ db=test_loadgen_smoke_$$
 conninfo="${server/dbname=avlgate/dbname=$db}"
 psql "$server" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" \
   >/dev/null || die "cannot create database $db"
+tw_defer 'psql "$server" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1'
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(tw_free_port)
 log=$work/loadgen_smoke.gateway.log
 out=$work/loadgen_smoke.out
-gw=
-cleanup() {
-  if [ -n "$gw" ] && kill -0 "$gw" 2>/dev/null; then
-    kill -TERM "$gw" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$gw" 2>/dev/null || true
-  fi
-  psql "$server" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 
-"$avlgate" run --pg "$conninfo" --apply-schema "$schema" --listen "127.0.0.1:$port" \
-  --shards 2 --conns-max 1024 --bufs 256 --frame-timeout-s 5 --drain-timeout-ms 5000 \
-  >"$log" 2>&1 &
-gw=$!
-for _ in $(seq 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  kill -0 "$gw" 2>/dev/null || { cat "$log" >&2; die "the gateway exited at start"; }
-  sleep 0.1
-done
+tw_gateway_start "$avlgate" "$port" "$log" --pg "$conninfo" --apply-schema "$schema" \
+  --shards 2 --conns-max 1024 --bufs 256 --frame-timeout-s 5 --drain-timeout-ms 5000 ||
+  die "the gateway did not start"
 
 set +e
 "$loadgen" --connect "127.0.0.1:$port" --devices 200 --duration-s 5 --records 10 \
@@ -61,7 +47,5 @@ grep -q '^verify: .* missing=0 duplicated=0 .* OK$' "$out" || die "verify did no
 [ "$(value errors)" -eq 0 ] || die "errors counted"
 grep -q '"timeline":\[{' "$work/loadgen_smoke.json" || die "no timeline in the JSON"
 
-kill -TERM "$gw"
-wait "$gw" || die "the gateway did not stop cleanly after SIGTERM"
-gw=
+tw_gateway_stop || die "the gateway did not stop cleanly after SIGTERM"
 echo "loadgen_smoke: OK"

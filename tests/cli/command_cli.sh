@@ -11,18 +11,16 @@ if [ $# -ne 6 ]; then
     exit 2
 fi
 avlgate=$1 pgtmp=$2 pgdir=$3 schema=$4 redistmp=$5 redisdir=$6
-
-# psql from PATH, else the server's own (pgtmp.sh finds the server the same way).
-if ! command -v psql >/dev/null; then
-    PATH=$PATH:$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -1)
-fi
+. "$(dirname "$0")/../lib/throwaway.sh"
+tw_find_psql
 
 server=$("$pgtmp" conninfo "$pgdir")
 db=test_command_cli_$$
 pg="$server dbname=$db"
 redis=$("$redistmp" addr "$redisdir")
 rport=${redis##*:}
-tmp=$(mktemp -d)
+tw_tmpdir cli-command
+tmp=$TW_TMP
 bg=
 imei=356307042441013 # unregistered until case 3
 imei2=352093081452251 # never registered
@@ -33,9 +31,8 @@ cleanup() {
     if [ -n "$bg" ]; then kill "$bg" 2>/dev/null || true; fi
     sql "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     rcli del "avlgate:dev:{$imei}" "avlgate:dev:{$imei2}" avlgate:cmd:gw1 >/dev/null 2>&1 || true
-    rm -rf "$tmp"
 }
-trap cleanup EXIT
+tw_defer cleanup
 
 passed=0
 fail() {
@@ -70,9 +67,7 @@ later() {
 
 sql "$server" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
     -c "CREATE DATABASE $db" >/dev/null
-for f in "$schema"/*.sql; do
-    sql "$pg" -c "SET client_min_messages = warning" -f "$f" >/dev/null
-done
+tw_schema "$pg" "$schema"
 rcli del "avlgate:dev:{$imei}" "avlgate:dev:{$imei2}" avlgate:cmd:gw1 >/dev/null
 
 # 1. Usage errors: exit 2, a clear message, no row.

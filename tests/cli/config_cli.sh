@@ -9,9 +9,9 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 AVLGATE" >&2; exit 2; }
 avlgate=$1
-tmp=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/../lib/throwaway.sh"
+tw_tmpdir cli-config
+tmp=$TW_TMP
 # Only what this test sets: no AVLGATE_* from the caller's environment.
 while IFS='=' read -r name _; do unset "$name"; done < <(env | grep '^AVLGATE_' || true)
 
@@ -28,7 +28,6 @@ run() { rc=0; "$avlgate" run "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?; }
 want_rc() { [ "$rc" -eq "$1" ] || fail "$2: exit status $rc, want $1"; ok; }
 want_line() { grep -qxF -- "$1" "$tmp/out" || fail "$2: no line '$1'"; ok; }
 want_err() { grep -qF -- "$1" "$tmp/err" || fail "$2: stderr lacks '$1'"; ok; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # 1. Defaults and sources.
 run --print-config
@@ -144,26 +143,27 @@ want_err "unknown environment variable ignored\" name=AVLGATE_BATCHROWS" "misspe
 
 # 4. Ports another process holds: the device port (whatever listens there, SO_REUSEPORT or
 # not) and the metrics port. Checked before the database is tried.
-port=$(free_port)
+port=$(tw_free_port)
 python3 -c '
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' "$port" &
-pids+=($!)
-for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+holder=$!
+tw_defer "tw_stop_pid $holder"
+tw_wait_port "$port" "$holder" 5 || fail "the port holder did not listen on $port"
 run --pg 'host=127.0.0.1 port=1' --listen "127.0.0.1:$port"
 want_rc 1 "device port in use"
 want_err "cannot listen on 127.0.0.1:$port: Address already in use (another process has the port)" "device port"
-run --pg 'host=127.0.0.1 port=1' --listen "127.0.0.1:$(free_port)" --metrics "127.0.0.1:$port"
+run --pg 'host=127.0.0.1 port=1' --listen "127.0.0.1:$(tw_free_port)" --metrics "127.0.0.1:$port"
 want_rc 1 "metrics port in use"
 want_err "(another process has the port)" "metrics port"
 
 # 5. A database that does not answer at start: retried with backoff, said, stopped by SIGTERM.
-mport=$(free_port)
-"$avlgate" run --pg 'host=127.0.0.1 port=1 connect_timeout=1' --listen "127.0.0.1:$(free_port)" \
+mport=$(tw_free_port)
+"$avlgate" run --pg 'host=127.0.0.1 port=1 connect_timeout=1' --listen "127.0.0.1:$(tw_free_port)" \
     --metrics "127.0.0.1:$mport" >"$tmp/out" 2>"$tmp/err" &
 gw=$!
-pids+=("$gw")
+tw_defer "tw_stop_pid $gw"
 for _ in $(seq 1 50); do grep -q "database unreachable at start; retrying" "$tmp/err" && break; sleep 0.1; done
 want_err "database unreachable at start; retrying" "unreachable database said"
 kill -0 "$gw" 2>/dev/null || fail "the gateway exited while the database was unreachable"

@@ -13,23 +13,17 @@
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: copyceil_test.sh COPYCEIL PGTMP_SH PGTMP_DIR SCHEMA_DIR" >&2; exit 2; }
 bin=$1 pgtmp=$2 pgdir=$3 schema=$4
-
-# psql from PATH, else the server's own (pgtmp.sh finds the server the same way).
-if ! command -v psql >/dev/null; then
-  PATH=$PATH:$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -1)
-fi
+. "$(dirname "$0")/../lib/throwaway.sh"
+tw_find_psql
 
 server=$("$pgtmp" conninfo "$pgdir")
 db=test_copyceil_$$
 conninfo="$server dbname=$db"
-work=$(mktemp -d)
+tw_tmpdir copyceil-test
+work=$TW_TMP
 fail() { echo "copyceil_test: FAIL: $*" >&2; exit 1; }
 sql() { psql -X -q -tA -v ON_ERROR_STOP=1 "$@"; }
-cleanup() {
-  sql "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+tw_defer 'sql "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1'
 
 sql "$server" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
   -c "CREATE DATABASE $db" >/dev/null
@@ -45,9 +39,7 @@ grep -q "telemetry.positions does not exist" "$work/err0" \
 [ ! -s "$work/out0" ] || fail "without the schema it printed a summary"
 
 # 2. The schema, then 2 connections for 2 s.
-for f in "$schema"/*.sql; do
-  sql "$conninfo" -c "SET client_min_messages = warning" -f "$f" >/dev/null
-done
+tw_schema "$conninfo" "$schema"
 "$bin" --pg "$conninfo" --conns 2 --seconds 2 --json "$work/out.json" >"$work/out1"
 cat "$work/out1"
 rows=$(field rows "$work/out1")

@@ -7,23 +7,18 @@
 #   redistmp.sh kill DIR           SIGKILL (crash-like)
 #   redistmp.sh addr DIR           prints 127.0.0.1:PORT of a started server
 #
-# Redis runs as whoever calls it, root included. PORT defaults to the port of the last start
-# in DIR, else a free one.
+# Redis runs as whoever calls it, root included, so DIR may be anywhere the caller can write
+# (a checkout under /root, mode 0700, too). PORT defaults to the port of the last start in
+# DIR, else a free one.
 set -euo pipefail
 
 die() { echo "redistmp: $*" >&2; exit 1; }
 [ $# -ge 2 ] || die "usage: redistmp.sh start|stop|kill|addr DIR [PORT]"
 cmd=$1 dir=$2 port=${3:-}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/throwaway.sh" # tw_free_port
 
 server=$(command -v redis-server) || die "no redis-server (apt-get install redis-server)"
 cli=$(command -v redis-cli) || die "no redis-cli (apt-get install redis-tools)"
-
-free_port() {
-  python3 - <<'PY' 2>/dev/null || echo $((20000 + RANDOM % 20000))
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
-PY
-}
 
 running_pid() {
   local pid
@@ -45,7 +40,7 @@ start)
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   if pid=$(running_pid); then die "a server is already running in $dir (pid $pid)"; fi
-  [ -n "$port" ] || port=$(cat "$dir/port" 2>/dev/null || free_port)
+  [ -n "$port" ] || port=$(cat "$dir/port" 2>/dev/null || tw_free_port)
   echo "$port" >"$dir/port"
   rm -f "$dir/redis.pid"
   "$server" --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \

@@ -2,9 +2,10 @@
 # demo.sh — `make demo`: a throwaway PostgreSQL and Redis under ./var, the schema, the
 # gateway, a burst of simulated devices and what landed, the gateway's metrics, then a Codec 12
 # command sent to a simulated tracker and its answer. Everything it starts, it stops on exit
-# (tests/lib/throwaway.sh), and the PostgreSQL's files go then (pgtmp.sh remove: each run
-# starts from an empty database; as root, when the postgres user cannot reach ./var, they
-# are in a private /var/tmp/avlgate-pgtmp.XXXXXX instead: see tests/pg/pgtmp.sh).
+# (tests/lib/throwaway.sh); the database stays in ./var/pg for a look afterwards and the next
+# run (`tests/pg/pgtmp.sh start var/pg` starts it again, `... remove var/pg` deletes it). As
+# root, when the postgres user cannot reach ./var (a checkout under /root), its files are in
+# a private /var/tmp/avlgate-pgtmp.XXXXXX named in var/pg/rundir: see tests/pg/pgtmp.sh.
 #
 # usage: loadgen/demo.sh BUILD_DIR [DEVICES PACKETS RECORDS]
 set -euo pipefail
@@ -19,7 +20,7 @@ mkdir -p "$var"
 . "$top/tests/lib/throwaway.sh"
 
 echo "== PostgreSQL (throwaway, under $pgdir)"
-tw_pg_start "$pgdir"
+tw_pg_start "$pgdir" keep
 conninfo=$TW_PG
 echo "   $conninfo"
 

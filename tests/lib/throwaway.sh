@@ -13,11 +13,12 @@
 #   tw_tmpdir NAME
 #       Makes /tmp/avlgate-NAME.XXXXXX, mode 755 (a PostgreSQL in it runs as `postgres` when
 #       we are root, and must reach it), and sets TW_TMP to it. At exit: removed.
-#   tw_pg_start DIR
+#   tw_pg_start DIR [keep]
 #       A throwaway PostgreSQL in DIR (tests/pg/pgtmp.sh start: where its files go is said
-#       there). Sets TW_PG (its libpq conninfo, database avlgate) and TW_PGDIR. At exit:
-#       `pgtmp.sh remove DIR` (stopped; its data and logs deleted, and DIR unless it holds
-#       other files).
+#       there; a server whose files are there already starts on them). Sets TW_PG (its libpq
+#       conninfo, database avlgate) and TW_PGDIR. At exit: `pgtmp.sh remove DIR` (stopped; its
+#       data and logs deleted, and DIR unless it holds other files); with keep, `pgtmp.sh stop
+#       DIR` (stopped, its files kept for the next start).
 #   tw_pg_stop
 #       Fast shutdown of that server now (pgtmp.sh stop); its files go at exit.
 #   tw_redis_start DIR
@@ -109,7 +110,9 @@ tw_stop_pid() {
 
 tw_pg_start() {
   TW_PGDIR=$1
-  tw_defer "\"\$TW_PGTMP\" remove $(printf %q "$TW_PGDIR") >/dev/null"
+  local end=remove
+  [ "${2:-}" = keep ] && end=stop
+  tw_defer "\"\$TW_PGTMP\" $end $(printf %q "$TW_PGDIR") >/dev/null"
   TW_PG=$("$TW_PGTMP" start "$TW_PGDIR") || return 1
 }
 

@@ -27,7 +27,7 @@ static void test_push_keeps_order_and_wraps(void **state)
 {
     (void)state;
     struct dedup d = {0};
-    uint64_t got[DEDUP_FP_MAX];
+    uint64_t got[DEDUP_FP_MAX] = {0};
     for (uint64_t fp = 1; fp <= 10; fp++)
         dedup_push(&d, fp);
     assert_int_equal(window(&d, got), 10);
@@ -69,7 +69,7 @@ static void test_remove_keeps_the_others_in_order(void **state)
         while (n < 4 && cases[c].remove[n])
             n++;
         dedup_remove(&d, cases[c].remove, n);
-        uint64_t got[DEDUP_FP_MAX];
+        uint64_t got[DEDUP_FP_MAX] = {0};
         unsigned len = window(&d, got);
         if (len != cases[c].kept || got[0] != cases[c].first_kept)
             fail_msg("%s: %u kept from %llu", cases[c].name, len, (unsigned long long)got[0]);

@@ -6,7 +6,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
 #include <libpq-fe.h>
 #include <netdb.h>
 #include <pthread.h>

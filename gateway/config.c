@@ -76,6 +76,8 @@ static const struct opt opts[] = {
      "serve GET /metrics (Prometheus) and GET /healthz there"},
     {"redis", K_STR, RO(redis), 0, 0, "HOST:PORT",
      "Redis for the device registry and the command intake (resolved once at start)"},
+    {"redis-password", K_STR, CFG(redis_password), 0, 0, "PASS",
+     "AUTH with it on every Redis link (secret: prefer the config file or the environment)"},
     {"cmd-sweep-s", K_U32, CFG(cmd_sweep_s), 0, 86400, "N",
      "look for open commands of connected devices every N s (3, 0 off)"},
     {"cmd-timeout-s", K_U32, CFG(cmd_timeout_s), 1, 86400, "N",
@@ -150,7 +152,10 @@ static bool set(struct run_options *o, const struct opt *op, const char *v, enum
             snprintf(why, cap, "empty value");
             return false;
         }
-        /* argv strings live as long as the process; the file's and environment's are copied */
+        /* argv strings live as long as the process; the file's and environment's are copied
+         * (a copy that a later source replaces is freed) */
+        if (o->source[op - opts] == SRC_FILE || o->source[op - opts] == SRC_ENV)
+            free(*(char **)field(o, op));
         *(const char **)field(o, op) = src == SRC_FLAG ? v : strdup(v);
         return *(const char **)field(o, op) != NULL;
     case K_SWITCH:
@@ -592,6 +597,8 @@ void config_print(const struct run_options *o, FILE *out)
             if (strcmp(op->name, "pg") == 0) {
                 masked(v, buf, sizeof buf);
                 v = buf;
+            } else if (strcmp(op->name, "redis-password") == 0) {
+                v = "***"; /* never the secret */
             }
             /* Quoted when a '#' or a space at either end would change how the file reads it. */
             bool quote = strchr(v, '#') || isspace((unsigned char)v[0]) ||

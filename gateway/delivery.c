@@ -24,8 +24,9 @@
  * within cmd_timeout_s: written again, up to cmd_attempts writes, then `failed`; past
  * expires_at: `expired`. An outcome stays in its slot until the UPDATE is answered (retried
  * while the control link is down), then goes to the replies stream; then the next command is
- * fetched. At-least-once until answered: a device that disconnects with a command `sent` gets
- * it again on its next connection.
+ * fetched (and held GRACE_MS after a command that ended without an answer, since a late answer
+ * to it would otherwise be taken for the next one's). At-least-once until answered: a device that
+ * disconnects with a command `sent` gets it again on its next connection.
  *
  * A stream entry is XACKed when the command it names reaches an outcome, or at once when the
  * device is not connected here (its command waits in the database for the next connect), or
@@ -50,20 +51,25 @@ enum {
     FIRST_WRITE_HOLD_MS = 1000, /* a new connection's first command waits for its first ACK, or
                                    this long (its first packet may be on the wire just after
                                    our 0x01) */
-    GRACE_MS = 2000,            /* after a command written more than once ends, the next waits
-                                   this long: a late answer to an earlier write must not be
-                                   taken for the next one's */
+    GRACE_MS = 2000,            /* after a command that ended without an answer (failed or
+                                   expired once written) or was written more than once, the
+                                   next waits this long: a late answer to an earlier write
+                                   must not be taken for the next one's */
     REPLIES_MAXLEN = 100000,
 };
 
 static const char *const outcome_names[] = {"", "answered", "failed", "expired"};
 
+/* Column 3, the milliseconds left, is NULL (never) for no expires_at and for one 100 years or
+ * more away: 'infinity' cannot be subtracted from, and a far date's count of milliseconds would
+ * overflow the engine's nanosecond clock (take_command saturates all the same). */
 #define FETCH_SQL                                                                                  \
     "WITH expired AS (UPDATE public.commands SET status = 'expired', date_updated = now() "        \
     "WHERE imei = $1::bigint AND status IN ('pending', 'sent') AND expires_at <= now() "           \
     "RETURNING id) "                                                                               \
     "SELECT c.id, c.payload, c.attempts, "                                                         \
-    "(extract(epoch FROM c.expires_at - now()) * 1000)::bigint, "                                  \
+    "CASE WHEN c.expires_at < now() + interval '100 years' "                                       \
+    "THEN (extract(epoch FROM c.expires_at - now()) * 1000)::bigint END, "                         \
     "(SELECT array_agg(id ORDER BY id) FROM expired), $1::bigint "                                 \
     "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT id, payload, attempts, expires_at "          \
     "FROM public.commands WHERE imei = $1::bigint AND status IN ('pending', 'sent') "              \
@@ -414,6 +420,17 @@ static bool take_payload(struct shard *s, struct cmd *k, const PGresult *res)
     return true;
 }
 
+/* The engine time at which a command with left_ms to live (by the database's clock) expires,
+ * from now on ours: UINT64_MAX (never) when that is beyond the clock's range. */
+static uint64_t expires_ns_of(uint64_t now_ns, long long left_ms)
+{
+    if (left_ms <= 0)
+        return now_ns;
+    if ((uint64_t)left_ms > (UINT64_MAX - now_ns) / 1000000u)
+        return UINT64_MAX;
+    return now_ns + (uint64_t)left_ms * 1000000u;
+}
+
 /* The fetched row (id) becomes the connection's current command k, written when it may be. */
 static void take_command(struct shard *s, struct cmd *k, uint32_t slot, int64_t id,
                          const PGresult *res)
@@ -427,13 +444,9 @@ static void take_command(struct shard *s, struct cmd *k, uint32_t slot, int64_t 
     k->imei = d->imei;
     k->attempts = (uint32_t)strtoul(PQgetvalue(res, 0, 2), NULL, 10);
     uint64_t now = engine_now_ns(s->e);
-    if (PQgetisnull(res, 0, 3)) {
-        k->expires_ns = UINT64_MAX;
-    } else {
-        /* Milliseconds left by the database's clock, on ours from now. */
-        long long left = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-        k->expires_ns = now + (left > 0 ? (uint64_t)left * 1000000u : 0);
-    }
+    k->expires_ns = PQgetisnull(res, 0, 3)
+                        ? UINT64_MAX
+                        : expires_ns_of(now, strtoll(PQgetvalue(res, 0, 3), NULL, 10));
     if (cc->grace) {
         cc->grace = false;
         k->not_before_ns = now + (uint64_t)GRACE_MS * 1000000u;
@@ -546,7 +559,10 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
         return;
     publish_outcome(s, k, res);
     entries_done(s, k->id);
-    bool detached = k->detached, grace = k->writes > 1;
+    /* Written here and not answered, or written more than once: a late answer may still
+     * come, and must not be taken for the next command's. */
+    bool detached = k->detached,
+         grace = k->writes > 1 || (k->writes > 0 && k->outcome != OUT_ANSWERED);
     uint32_t slot = k->slot;
     uint64_t imei = k->imei;
     cmd_free(s, k);

@@ -46,7 +46,8 @@ struct cmd_conn {
     uint32_t cmd;  /* its current command, pool index + 1; 0: none */
     uint8_t fetch; /* enum cmd_fetch */
     bool fresh;    /* handshake accepted, no packet acknowledged yet: the first write waits */
-    bool grace;    /* the last command was written more than once: the next one waits */
+    bool grace;    /* the last command ended unanswered, or was written more than once: the
+                      next one waits (a late answer must not be taken for it) */
 };
 
 enum cmd_state {

@@ -246,6 +246,7 @@ int intake_setup(struct shard *s, char *err, size_t cap)
         .host = s->cfg->redis_host,
         .port = s->cfg->redis_port,
         .name = "intake",
+        .password = s->cfg->redis_password,
         .reply_timeout_ms = INTAKE_BLOCK_MS + 10000,
         .on_reply = on_reply,
         .on_state = on_state,

@@ -7,11 +7,16 @@
  * Thread: the caller's only; every entry point runs to completion without waiting.
  *
  * Phases: DOWN --tick at retry_at_ms--> CONNECTING --socket writable, SO_ERROR 0--> UP
- *         CONNECTING --refused, error or connect_timeout_ms--> DOWN (a failure, counted)
+ *         CONNECTING --connected, with a password--> AUTH --AUTH answered OK--> UP
+ *         CONNECTING or AUTH --refused, error, AUTH refused, or connect_timeout_ms from the
+ *                              attempt's start--> DOWN (a failure, counted)
  *         UP --EOF, I/O error, POLLERR/POLLHUP, reply_timeout_ms--> DOWN (a disconnect)
  *
  * Invariants:
- *   - l->ac != NULL exactly while CONNECTING or UP; the FIFO is empty unless UP.
+ *   - l->ac != NULL exactly while CONNECTING, AUTH or UP; the FIFO is empty unless UP.
+ *   - The AUTH command is the link's own: it is not in the FIFO (no caller's command can be
+ *     sent before UP), and its reply goes to on_auth_reply, which only notes the outcome for
+ *     on_io to act on once hiredis returned. The password is never part of an error text.
  *   - The FIFO and hiredis's callback list hold the same commands in the same order: the
  *     FIFO's head is the command the next reply answers (Redis answers in order; commands that
  *     change that — the SUBSCRIBE family, MONITOR, CLIENT REPLY — are refused). Each hiredis
@@ -71,13 +76,18 @@ enum {
     REDISLINK_READS_ON_HANGUP_MAX = 64, /* 16 KiB each: what a broken socket may still hold */
     REDISLINK_NAME_BYTES = 32,
     REDISLINK_ADDR_BYTES = INET6_ADDRSTRLEN + 8, /* "[addr]:port" */
+    REDISLINK_PASSWORD_BYTES_MAX = 4096,
 };
 
 enum redislink_phase {
     REDISLINK_DOWN = 0,
     REDISLINK_CONNECTING,
+    REDISLINK_AUTH, /* connected, AUTH sent, its answer awaited */
     REDISLINK_UP,
 };
+
+/* What on_auth_reply saw of the AUTH answer, for on_io to act on. */
+enum redislink_auth { AUTH_WAITING = 0, AUTH_ACCEPTED, AUTH_REFUSED };
 
 struct redislink_slot {
     void *cookie;
@@ -91,6 +101,7 @@ struct redislink {
     uint32_t epoch;
     bool want_read, want_write; /* what hiredis asked for through ev.addRead/addWrite */
     bool connected;             /* onConnect(REDIS_OK) came during the current hiredis call */
+    enum redislink_auth auth;   /* AUTH: its answer so far */
     bool outage_reported;       /* this outage has had its one DOWN or UNREACHABLE */
     uint32_t busy;              /* inside on_io, tick or destroy: callbacks may not re-enter */
     struct reconnect rc;        /* backoff, connect deadline, the last error */
@@ -107,6 +118,7 @@ struct redislink {
     char host[INET6_ADDRSTRLEN];
     int port;
     uint32_t reply_timeout_ms;
+    char *password; /* NULL: no AUTH */
     char name[REDISLINK_NAME_BYTES];
     char addr[REDISLINK_ADDR_BYTES];
 };
@@ -223,6 +235,26 @@ static void on_hiredis_reply(redisAsyncContext *ac, void *r, void *privdata)
     l->on_reply(l->user, cookie, reply);
 }
 
+/* The answer to the link's AUTH: noted only (on_io acts once hiredis returned). The error text
+ * is the server's ("WRONGPASS ...", "ERR AUTH <password> called without any password
+ * configured ..."), which does not echo the password. */
+static void on_auth_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    (void)privdata;
+    struct redislink *l = ac->data;
+    const redisReply *reply = r;
+    if (reply == NULL || ac != l->ac || l->phase != REDISLINK_AUTH)
+        return; /* the context is being freed: link_lost says why */
+    if (reply->type != REDIS_REPLY_ERROR) {
+        l->auth = AUTH_ACCEPTED;
+        return;
+    }
+    char why[RECONNECT_ERROR_BYTES];
+    snprintf(why, sizeof why, "AUTH refused: %.*s", (int)reply->len, reply->str);
+    set_error(l, why);
+    l->auth = AUTH_REFUSED;
+}
+
 /* ---- connecting and losing the link --------------------------------------------------------- */
 
 /* The context is gone (hiredis freed it, or the link did): count, schedule the next attempt,
@@ -239,6 +271,7 @@ static void link_lost(struct redislink *l, uint64_t now_ms)
     l->want_read = false;
     l->want_write = false;
     l->connected = false;
+    l->auth = AUTH_WAITING;
     reconnect_schedule(&l->rc, &l->reconnect, now_ms);
     if (was_up)
         l->counters.disconnects++;
@@ -254,21 +287,25 @@ static void link_lost(struct redislink *l, uint64_t now_ms)
         l->on_state(l->user, REDISLINK_EVENT_UNREACHABLE);
 }
 
-/* Drops the current context on the link's own initiative (never inside a hiredis callback). */
+/* Drops the current context on the link's own initiative (never inside a hiredis callback).
+ * why NULL: the error is set already. */
 static void link_drop(struct redislink *l, uint64_t now_ms, const char *why)
 {
     assert(l->ac != NULL);
     redisAsyncContext *ac = l->ac;
     l->ac = NULL; /* detached: its callbacks during the free are recognised as stale */
-    set_error(l, why);
+    if (why)
+        set_error(l, why);
     redisAsyncFree(ac);
     link_lost(l, now_ms);
 }
 
 static void link_up(struct redislink *l, uint64_t now_ms)
 {
-    assert(l->ac != NULL && l->phase == REDISLINK_CONNECTING && l->len == 0);
+    assert(l->ac != NULL && l->len == 0);
+    assert(l->phase == REDISLINK_CONNECTING || l->phase == REDISLINK_AUTH);
     l->connected = false;
+    l->auth = AUTH_WAITING;
     l->phase = REDISLINK_UP;
     reconnect_up(&l->rc, now_ms);
     l->outage_reported = false;
@@ -311,6 +348,28 @@ static void connect_start(struct redislink *l, uint64_t now_ms)
     assert(l->want_write);
 }
 
+/* Connected, with a password: AUTH goes first, within the attempt's connect deadline. Its answer
+ * is on_auth_reply's, acted on by auth_settle. */
+static void auth_start(struct redislink *l, uint64_t now_ms)
+{
+    l->connected = false;
+    l->phase = REDISLINK_AUTH;
+    l->auth = AUTH_WAITING;
+    const char *argv[2] = {"AUTH", l->password};
+    const size_t lens[2] = {4, strlen(l->password)};
+    if (redisAsyncCommandArgv(l->ac, on_auth_reply, NULL, 2, argv, lens) != REDIS_OK)
+        link_drop(l, now_ms, "out of memory sending AUTH");
+}
+
+/* AUTH: up once it was accepted; a refusal fails the attempt (the error says why). */
+static void auth_settle(struct redislink *l, uint64_t now_ms)
+{
+    if (l->auth == AUTH_ACCEPTED)
+        link_up(l, now_ms);
+    else if (l->auth == AUTH_REFUSED)
+        link_drop(l, now_ms, NULL);
+}
+
 /* CONNECTING: hiredis would take any call as "connected" if SO_ERROR is 0, so ask the socket
  * first whether the connect finished one way or the other. */
 static void connect_progress(struct redislink *l, uint64_t now_ms)
@@ -321,6 +380,8 @@ static void connect_progress(struct redislink *l, uint64_t now_ms)
     redisAsyncHandleWrite(l->ac);
     if (l->ac == NULL)
         link_lost(l, now_ms);
+    else if (l->connected && l->password)
+        auth_start(l, now_ms);
     else if (l->connected)
         link_up(l, now_ms);
 }
@@ -348,6 +409,8 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
         why = "name too long";
     else if (cfg->pending_max > REDISLINK_PENDING_MAX_LIMIT)
         why = "pending_max above 1048576";
+    else if (cfg->password != NULL && strlen(cfg->password) > REDISLINK_PASSWORD_BYTES_MAX)
+        why = "password longer than 4096 bytes";
     else
         why = reconnect_config_error(cfg->backoff_min_ms, cfg->backoff_max_ms);
     if (why) {
@@ -364,6 +427,11 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
     l->fifo = calloc(l->cap, sizeof(*l->fifo));
     if (l->fifo == NULL)
         goto nomem;
+    if (cfg->password != NULL && cfg->password[0] != '\0') {
+        l->password = strdup(cfg->password);
+        if (l->password == NULL)
+            goto nomem;
+    }
     snprintf(l->host, sizeof(l->host), "%s", cfg->host);
     l->port = cfg->port;
     snprintf(l->name, sizeof(l->name), "%s", cfg->name ? cfg->name : "redis");
@@ -383,8 +451,10 @@ struct redislink *redislink_create(const struct redislink_config *cfg, char *err
     l->rc.retry_at_ms = 0; /* the first tick connects */
     return l;
 nomem:
-    if (l)
+    if (l) {
         free(l->fifo);
+        free(l->password);
+    }
     free(l);
     if (err && err_cap > 0)
         snprintf(err, err_cap, "redislink: out of memory");
@@ -407,6 +477,10 @@ void redislink_destroy(struct redislink *l)
     l->fd = -1;
     fifo_fail_all(l);
     free(l->fifo);
+    if (l->password) {
+        explicit_bzero(l->password, strlen(l->password));
+        free(l->password);
+    }
     free(l);
 }
 
@@ -425,6 +499,7 @@ short redislink_events(const struct redislink *l)
     switch (l->phase) {
     case REDISLINK_CONNECTING:
         return POLLOUT;
+    case REDISLINK_AUTH:
     case REDISLINK_UP:
         /* Always POLLIN: an idle link learns of the server's EOF only by reading. */
         return (short)(POLLIN | (l->want_write ? POLLOUT : 0));
@@ -440,6 +515,7 @@ uint64_t redislink_next_deadline_ms(const struct redislink *l)
     case REDISLINK_DOWN:
         return l->rc.retry_at_ms;
     case REDISLINK_CONNECTING:
+    case REDISLINK_AUTH:
         return l->rc.connect_deadline_ms;
     case REDISLINK_UP:
     default:
@@ -470,7 +546,7 @@ void redislink_on_io(struct redislink *l, short revents, uint64_t now_ms)
         l->busy--;
         return;
     }
-    assert(l->phase == REDISLINK_UP);
+    assert(l->phase == REDISLINK_UP || l->phase == REDISLINK_AUTH);
     bool broken = (revents & (POLLERR | POLLHUP | POLLNVAL)) != 0;
     const char *why = broken ? socket_error(l, revents) : NULL;
     /* Read first: replies that arrived before an error or EOF are delivered. A broken socket
@@ -486,6 +562,8 @@ void redislink_on_io(struct redislink *l, short revents, uint64_t now_ms)
         link_lost(l, now_ms);
     else if (broken)
         link_drop(l, now_ms, why);
+    else if (l->phase == REDISLINK_AUTH)
+        auth_settle(l, now_ms);
     l->busy--;
 }
 
@@ -501,6 +579,10 @@ void redislink_tick(struct redislink *l, uint64_t now_ms)
     case REDISLINK_CONNECTING:
         if (now_ms >= l->rc.connect_deadline_ms)
             link_drop(l, now_ms, "connect timed out");
+        break;
+    case REDISLINK_AUTH:
+        if (now_ms >= l->rc.connect_deadline_ms)
+            link_drop(l, now_ms, "AUTH timed out");
         break;
     case REDISLINK_UP:
         if (l->reply_timeout_ms > 0 && l->len > 0 &&

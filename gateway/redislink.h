@@ -52,7 +52,7 @@ typedef void redislink_reply_fn(void *user, void *cookie, const redisReply *repl
  * lost, else by UNREACHABLE at its first failed attempt (at start: the link has not been up
  * yet); the attempts after it are only counted, until UP. */
 enum redislink_event {
-    REDISLINK_EVENT_UP = 1,      /* connected to redislink_addr() */
+    REDISLINK_EVENT_UP = 1,      /* connected to redislink_addr() (and authenticated) */
     REDISLINK_EVENT_DOWN,        /* an established link broke or was dropped (every command
                                     outstanding has had its reply NULL); the link reconnects
                                     with backoff; redislink_last_error() says why */
@@ -70,12 +70,17 @@ struct redislink_config {
     const char *name;            /* for the caller's log lines ("registry", "intake"); copied */
     uint32_t backoff_min_ms;     /* first reconnect delay; 0: 100 */
     uint32_t backoff_max_ms;     /* ceiling; 0: 5000 */
-    uint32_t connect_timeout_ms; /* 0: 5000 */
+    uint32_t connect_timeout_ms; /* 0: 5000; bounds the connect and the AUTH together */
     /* A command outstanding longer than this drops the link (each outstanding command gets
      * reply NULL); 0: none. Give a link that blocks (XREADGROUP BLOCK b) more than b. */
     uint32_t reply_timeout_ms;
     uint32_t pending_max; /* commands outstanding before redislink_command says -ENOBUFS;
                              0: 65536; at most 1048576 */
+    /* Sent as AUTH <password> after each connect, before the link is UP (an AUTH the server
+     * refuses fails the attempt like a refused connect: UNREACHABLE, backoff, the server's
+     * reason in redislink_last_error, never the password). NULL or "": none. At most 4096
+     * bytes; copied. */
+    const char *password;
     redislink_reply_fn *on_reply;
     redislink_state_fn *on_state; /* may be NULL */
     void *user;

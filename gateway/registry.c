@@ -218,6 +218,7 @@ int registry_setup(struct shard *s, char *err, size_t cap)
         .host = cfg->redis_host,
         .port = cfg->redis_port,
         .name = "registry",
+        .password = cfg->redis_password,
         .reply_timeout_ms = 10000,
         .on_reply = on_reply,
         .on_state = on_state,

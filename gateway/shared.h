@@ -46,6 +46,8 @@ struct ingest_config {
      * intake; commands are still delivered on connect and by the sweep. */
     const char *redis_host; /* an IP address */
     int redis_port;
+    /* AUTH on every Redis link; NULL: none */
+    const char *redis_password;
     uint32_t cmd_sweep_s;    /* look for open commands of connected devices this often; 0: off */
     uint32_t cmd_timeout_s;  /* wait this long for an answer before sending again */
     uint32_t cmd_attempts;   /* sends before a command fails */

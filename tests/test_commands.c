@@ -23,7 +23,9 @@
  * inserted by plain SQL (the sweep); a replacing connection; Redis killed and restarted;
  * timeouts and retries to `failed`; expiry before delivery and while awaiting the answer; an
  * IMEI that never connects; answers in UTF-8 and not; the ACK before the command; the intake's
- * pending entries re-read at start; the registry entry's life; an answer nobody asked for.
+ * pending entries re-read at start; the registry entry's life; an answer nobody asked for;
+ * expires_at infinite or far ahead; the grace period after a command that failed; Redis with
+ * a password (the case restarts the test's Redis with requirepass, the teardown without).
  *
  * Every wait is bounded; a wait that runs out is a failure. The gateway's output goes to
  * test_commands_<case>.log in the build directory, the CLI's to test_commands_<case>_cli.log;
@@ -71,12 +73,13 @@ enum {
     QUIET_MS = 700,          /* "nothing more comes": how long the device listens */
 };
 
-#define INSTANCE  "test_commands"
-#define INTAKE    "avlgate:cmd:" INSTANCE
-#define GROUP     "avlgate"
-#define REPLIES   "avlgate:replies"
-#define IMEI_BASE UINT64_C(352093081452000)
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define INSTANCE       "test_commands"
+#define INTAKE         "avlgate:cmd:" INSTANCE
+#define GROUP          "avlgate"
+#define REPLIES        "avlgate:replies"
+#define IMEI_BASE      UINT64_C(352093081452000)
+#define REDIS_PASSWORD "test-commands-pw"
+#define ARGS(...)      ((const char *const[]){__VA_ARGS__, NULL})
 
 /* ---- the case's context: everything the teardown must undo -------------------------------- */
 
@@ -97,7 +100,8 @@ static struct {
     char dir[PATH_MAX];
     char addr[64]; /* 127.0.0.1:PORT */
     int port;
-    bool down; /* killed by a case: the teardown starts it again */
+    bool down;         /* killed by a case: the teardown starts it again */
+    char password[64]; /* required by the server ("": none); the teardown removes it */
 } R;
 
 /* ---- Redis ----------------------------------------------------------------------------------- */
@@ -120,14 +124,31 @@ static void redistmp(const char *verb)
     }
 }
 
-/* One command on a fresh connection (the server may have been restarted since the last one).
- * Returns the reply, an error reply included; fails the case when none came. */
+/* Stops the test's Redis and starts it again on the same port requiring password ("": none;
+ * redistmp.sh's REDISTMP_PASSWORD). */
+static void redis_restart(const char *password)
+{
+    redistmp("stop");
+    CHECK(setenv("REDISTMP_PASSWORD", password, 1) == 0, "setenv failed");
+    redistmp("start");
+    unsetenv("REDISTMP_PASSWORD");
+    snprintf(R.password, sizeof R.password, "%s", password);
+}
+
+/* One command on a fresh connection (the server may have been restarted since the last one;
+ * AUTH first when it requires a password). Returns the reply, an error reply included; fails the
+ * case when none came. */
 static redisReply *redis_cmd(const char *fmt, ...)
 {
     const struct timeval tv = {.tv_sec = REDIS_TIMEOUT_MS / 1000, .tv_usec = 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", R.port, tv);
     CHECK(c != NULL && c->err == 0, "redis %s: %s", R.addr, c ? c->errstr : "out of memory");
     redisSetTimeout(c, tv);
+    if (R.password[0]) {
+        redisReply *auth = redisCommand(c, "AUTH %s", R.password);
+        CHECK(auth != NULL && auth->type == REDIS_REPLY_STATUS, "redis %s: AUTH failed", R.addr);
+        freeReplyObject(auth);
+    }
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
@@ -600,7 +621,10 @@ static int teardown(void **state)
         T.cli_pid = 0;
     }
     gwproc_end(&T.gw);
-    if (R.down)
+    unsetenv("AVLGATE_REDIS_PASSWORD");
+    if (R.password[0])
+        redis_restart("");
+    else if (R.down)
         redistmp("start");
     free(T.router_store);
     T.router_store = NULL;
@@ -1146,6 +1170,115 @@ static void test_unexpected_response(void **state)
     check_counters(1, 1, 0, 0, 1);
 }
 
+/* expires_at so far ahead that its nanoseconds do not fit in 64 bits (2^64 ns + 0.5 s from
+ * now: they wrapped to under a second, and the command expired during the first write's 1 s
+ * hold), 'infinity' (which the fetch cannot subtract from: it failed at every sweep and held
+ * back every later command), or 99 years ahead: each is delivered and answered like a command
+ * that never expires, in id order, and the one queued behind them too; no fetch fails. */
+static void test_expires_far(void **state)
+{
+    (void)state;
+    begin("expires_far", IMEI_BASE + 15);
+    gwproc_start(&T.gw, NULL);
+    static const struct {
+        const char *payload, *expires_at, *answer;
+    } cmds[4] = {
+        {"far-wrap", "now() + interval '18446744074.5 seconds'", "ok wrap"},
+        {"far-infinity", "'infinity'", "ok infinity"},
+        {"far-99y", "now() + interval '99 years'", "ok 99y"},
+        {"far-none", NULL, "ok none"},
+    };
+    long long id[4];
+    for (unsigned i = 0; i < 4; i++)
+        id[i] = insert_command(T.imei, cmds[i].payload, cmds[i].expires_at);
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, T.imei); /* silent: the first write waits ~1 s */
+    char row[128];
+    for (unsigned i = 0; i < 4; i++) {
+        expect_command(&d, cmds[i].payload, WAIT_MS);
+        answer(&d, cmds[i].answer);
+        snprintf(row, sizeof row, "answered|1|%s|0|1|1", cmds[i].answer);
+        wait_row(id[i], row, WAIT_MS);
+    }
+    expect_quiet(&d, QUIET_MS, "after the last answer");
+    device_close(&d);
+    check_counters(4, 4, 0, 0, 0);
+    long long failures = gwproc_shard_sum(&T.gw, "cmd_query_failures");
+    CHECK(failures == 0, "cmd_query_failures = %lld, want 0", failures);
+}
+
+/* --cmd-attempts 1: a command written once that gets no answer fails, and the next one is
+ * held for the grace period (2 s) before it is written, so the first one's late answer, which
+ * comes in between, is counted as unexpected instead of being taken for the second's. */
+static void test_grace_after_failure(void **state)
+{
+    (void)state;
+    begin("grace", IMEI_BASE + 16);
+    gwproc_start(&T.gw, ARGS("--cmd-timeout-s", "1", "--cmd-attempts", "1"));
+    long long id1 = insert_command(T.imei, "grace-1", NULL);
+    long long id2 = insert_command(T.imei, "grace-2", NULL);
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, T.imei);
+    telemetry(&d, 1);
+    expect_command(&d, "grace-1", WAIT_MS);
+    wait_row(id1, "failed|1||0|1|0", 4000);
+    uint64_t failed_ms = device_now_ms();
+    answer(&d, "late answer to grace-1");
+    uint64_t at = expect_command(&d, "grace-2", WAIT_MS);
+    printf("grace: the next command %llu ms after the failure\n",
+           (unsigned long long)(at - failed_ms));
+    CHECK(at - failed_ms >= 1000,
+          "the next command came %llu ms after the failure, want the ~2 s grace",
+          (unsigned long long)(at - failed_ms));
+    answer(&d, "grace-2 ok");
+    wait_row(id2, "answered|1|grace-2 ok|0|1|1", WAIT_MS);
+    expect_row(id1, "failed|1||0|1|0");
+    device_close(&d);
+    check_counters(2, 1, 1, 0, 1);
+}
+
+/* Redis with a password (requirepass). A wrong --redis-password: each of the gateway's links
+ * (two registry links, the intake) says "redis unreachable" once with the server's reason and
+ * never the password; telemetry goes on; a command reaches the device through the sweep; the
+ * CLI with the wrong password says Redis is unreachable (AUTH refused) and exits 0. The right
+ * password from AVLGATE_REDIS_PASSWORD, for the gateway and the CLI: the registry, the CLI's
+ * route and the intake work as without one. */
+static void test_redis_auth(void **state)
+{
+    (void)state;
+    begin("redis_auth", IMEI_BASE + 17);
+    redis_restart(REDIS_PASSWORD);
+    gwproc_start(&T.gw, ARGS("--redis", R.addr, "--redis-password", "wrong-" REDIS_PASSWORD,
+                             "--cmd-sweep-s", "1"));
+    gwproc_wait_log(&T.gw, "AUTH refused: WRONGPASS", 1 + SHARDS, WAIT_MS);
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, T.imei);
+    telemetry(&d, 1);
+    CHECK(!registry_get(T.imei).present, "a registry entry written with a wrong password");
+    CHECK(cli_send(true, ARGS("--redis-password", "wrong-" REDIS_PASSWORD, T.digits, "auth-1")) ==
+              0,
+          "the CLI did not exit 0");
+    long long id1 = cli_id();
+    cli_expect("redis unreachable (");
+    cli_expect("AUTH refused: WRONGPASS");
+    CHECK(strstr(T.cli_out, REDIS_PASSWORD) == NULL, "the CLI printed the password");
+    expect_command(&d, "auth-1", 4000);
+    answer(&d, "auth-1 ok");
+    wait_row(id1, "answered|1|auth-1 ok|0|1|1", WAIT_MS);
+    device_close(&d);
+    gwproc_term(&T.gw);
+
+    CHECK(setenv("AVLGATE_REDIS_PASSWORD", REDIS_PASSWORD, 1) == 0, "setenv failed");
+    gwproc_start(&T.gw, ARGS("--redis", R.addr));
+    online(&d);
+    wait_intake_read(NULL, WAIT_MS);
+    answered_via_cli(&d, "auth-2", "auth-2 ok");
+    wait_intake_pending(0, WAIT_MS);
+    device_close(&d);
+    gwproc_term(&T.gw);
+    CHECK(gwproc_log_count(&T.gw, REDIS_PASSWORD) == 0, "the gateway's log shows the password");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1163,6 +1296,9 @@ int main(void)
         cmocka_unit_test_teardown(test_registry, teardown),
         cmocka_unit_test_teardown(test_unexpected_response, teardown),
         cmocka_unit_test_teardown(test_first_write_after_ack, teardown),
+        cmocka_unit_test_teardown(test_expires_far, teardown),
+        cmocka_unit_test_teardown(test_grace_after_failure, teardown),
+        cmocka_unit_test_teardown(test_redis_auth, teardown),
     };
     const char *filter = getenv("TEST_COMMANDS_FILTER");
     if (filter)

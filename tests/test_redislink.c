@@ -5,7 +5,8 @@
  * and restart a server start a private one with redistmp.sh in a temporary directory, so the
  * fixture's server stays up for the other tests. Connect failures use a loopback port nobody
  * listens on, and a listener whose accept queue is full (its SYNs are dropped: the connect
- * hangs).
+ * hangs). AUTH: a private server started with a password (redistmp.sh's REDISTMP_PASSWORD), a
+ * password the fixture's server does not expect, and a listener that never answers one.
  *
  * Every cookie is a number; the harness counts the calls per cookie, so "exactly once" is
  * checked for each. The link's state events (up, down, unreachable) are counted and checked for
@@ -785,6 +786,62 @@ static void test_connect_timeout(void **state)
     close(ls);
 }
 
+/* A password to a server that has none: the server refuses the AUTH, so the attempt fails like
+ * a refused connect (one UNREACHABLE, backoff), with the server's reason and never the
+ * password; the link never comes up and takes no command. */
+static void test_auth_without_requirepass(void **state)
+{
+    (void)state;
+    struct capture cap;
+    capture_start(&cap);
+    struct harness h;
+    struct redislink_config cfg;
+    harness_config(&h, &cfg, fx.host, fx.port);
+    cfg.password = "pw-the-server-lacks";
+    harness_start(&h, &cfg);
+    assert_true(pump(&h, until_failures, 2, WAIT_MS));
+    const char *error = redislink_last_error(h.l);
+    assert_non_null(strstr(error, "AUTH refused: ERR AUTH"));
+    assert_null(strstr(error, cfg.password));
+    assert_false(redislink_up(h.l));
+    SEND_RC(&h, -ENOTCONN, 1, "PING");
+    const struct redislink_counters *c = redislink_counters(h.l);
+    assert_int_equal(c->connects, 0);
+    assert_int_equal(c->disconnects, 0);
+    harness_stop(&h);
+    int ups = h.ups, unreachables = h.unreachables;
+    int lines = capture_count(&cap, "level=");
+    capture_stop(&cap);
+    assert_int_equal(ups, 0);
+    assert_int_equal(unreachables, 1);
+    assert_int_equal(lines, 0); /* the caller logs, not the link */
+}
+
+/* A server that accepts the connection but never answers the AUTH (a listener nobody accepts
+ * from: the kernel completes the handshake): the attempt fails at connect_timeout_ms, counted
+ * as a failed connect, and the link never comes up. */
+static void test_auth_timeout(void **state)
+{
+    (void)state;
+    int port;
+    int ls = linkdrive_loopback(8, &port);
+    struct harness h;
+    struct redislink_config cfg;
+    harness_config(&h, &cfg, "127.0.0.1", port);
+    cfg.password = "pw";
+    cfg.connect_timeout_ms = 200;
+    harness_start(&h, &cfg);
+    uint64_t t0 = tu_now_ms();
+    assert_true(pump(&h, until_failures, 1, WAIT_MS));
+    assert_true(tu_now_ms() - t0 >= 200);
+    assert_string_equal(redislink_last_error(h.l), "AUTH timed out");
+    assert_int_equal(h.ups, 0);
+    assert_int_equal(h.unreachables, 1);
+    assert_int_equal(redislink_counters(h.l)->connects, 0);
+    harness_stop(&h);
+    close(ls);
+}
+
 /* ---- a server of the test's own ------------------------------------------------------------ */
 
 struct own {
@@ -801,6 +858,17 @@ static int own_setup(void **state)
     split_addr(o->srv.line, o->host, sizeof o->host, &o->port);
     *state = o;
     return 0;
+}
+
+#define AUTH_PASSWORD "test-redislink-pw"
+
+/* A server of the test's own that requires AUTH_PASSWORD (redistmp.sh's REDISTMP_PASSWORD). */
+static int own_auth_setup(void **state)
+{
+    assert_int_equal(setenv("REDISTMP_PASSWORD", AUTH_PASSWORD, 1), 0);
+    int rc = own_setup(state);
+    unsetenv("REDISTMP_PASSWORD");
+    return rc;
 }
 
 static int own_teardown(void **state)
@@ -888,6 +956,60 @@ static void test_server_restart(void **state)
     assert_int_equal(lines, 0); /* the caller logs, not the link */
 }
 
+/* A server that requires a password: with it the link comes up and works, and authenticates
+ * again on every reconnect (the server restarted with the same password); with a wrong one the
+ * attempt fails (one UNREACHABLE, backoff, the server's reason without the password) and no
+ * command is taken; without one the link is up but Redis refuses the commands (NOAUTH). */
+static void test_auth(void **state)
+{
+    struct own *o = *state;
+    struct harness h;
+    struct redislink_config cfg;
+    harness_config(&h, &cfg, o->host, o->port);
+    cfg.password = AUTH_PASSWORD;
+    fx_start(&h, &cfg);
+    assert_int_equal(redislink_events(h.l), POLLIN);
+    SEND(&h, 1, "SET", key("auth"), "1");
+    assert_true(pump(&h, until_calls, 1, WAIT_MS));
+    expect_status(&h, 1, "OK");
+    linkdrive_server_run(&o->srv, "kill");
+    assert_true(pump(&h, until_downs, 1, WAIT_MS));
+    linkdrive_server_run(&o->srv, "start"); /* the same password (redistmp.sh keeps it) */
+    assert_true(pump(&h, until_up, 2, WAIT_MS));
+    SEND(&h, 2, "PING");
+    assert_true(pump(&h, until_calls, 2, WAIT_MS));
+    expect_status(&h, 2, "PONG");
+    assert_int_equal(redislink_counters(h.l)->connects, 2);
+    harness_stop(&h);
+
+    struct capture cap;
+    capture_start(&cap);
+    cfg.password = "not-" AUTH_PASSWORD;
+    harness_start(&h, &cfg);
+    assert_true(pump(&h, until_failures, 3, WAIT_MS));
+    const char *error = redislink_last_error(h.l);
+    assert_non_null(strstr(error, "AUTH refused: WRONGPASS"));
+    assert_null(strstr(error, AUTH_PASSWORD));
+    assert_false(redislink_up(h.l));
+    SEND_RC(&h, -ENOTCONN, 3, "PING");
+    assert_int_equal(redislink_counters(h.l)->connects, 0);
+    harness_stop(&h);
+    int ups = h.ups, unreachables = h.unreachables;
+    int lines = capture_count(&cap, "level=");
+    capture_stop(&cap);
+    assert_int_equal(ups, 0);
+    assert_int_equal(unreachables, 1); /* once per outage, not per attempt */
+    assert_int_equal(lines, 0);
+
+    cfg.password = NULL;
+    fx_start(&h, &cfg);
+    SEND(&h, 4, "PING");
+    assert_true(pump(&h, until_calls, 1, WAIT_MS));
+    assert_int_equal(h.got[4].type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(h.got[4].str, "NOAUTH"));
+    harness_stop(&h);
+}
+
 int main(void)
 {
     /* hiredis writes with write(2): a write to a closed connection must not kill the test. */
@@ -901,6 +1023,8 @@ int main(void)
         cmocka_unit_test(test_destroy_outstanding),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_connect_timeout),
+        cmocka_unit_test(test_auth_without_requirepass),
+        cmocka_unit_test(test_auth_timeout),
     };
     const struct CMUnitTest own_server_tests[] = {
         cmocka_unit_test(test_server_restart),
@@ -908,5 +1032,10 @@ int main(void)
     int failed = cmocka_run_group_tests_name("redislink", fixture_tests, fx_setup, fx_teardown);
     failed += cmocka_run_group_tests_name("redislink_own_server", own_server_tests, own_setup,
                                           own_teardown);
+    const struct CMUnitTest auth_tests[] = {
+        cmocka_unit_test(test_auth),
+    };
+    failed +=
+        cmocka_run_group_tests_name("redislink_auth", auth_tests, own_auth_setup, own_teardown);
     return failed;
 }

@@ -67,8 +67,9 @@ void command_usage(FILE *f)
     fprintf(
         f,
         "usage: avlgate command send --pg CONNINFO [--redis HOST:PORT] [--wait SECONDS]\n"
-        "                            [--expires-s N] IMEI TEXT\n"
-        "       avlgate command send --pg CONNINFO [--redis HOST:PORT] [--expires-s N] --stdin\n"
+        "                            [--expires-s N] [--redis-password PASS] IMEI TEXT\n"
+        "       avlgate command send --pg CONNINFO [--redis HOST:PORT] [--expires-s N]\n"
+        "                            [--redis-password PASS] --stdin\n"
         "       avlgate command list --pg CONNINFO [--limit N] [IMEI]\n"
         "\n"
         "send   queues TEXT (1..%u bytes) for the tracker IMEI (15 digits) in\n"
@@ -80,6 +81,8 @@ void command_usage(FILE *f)
         "                      exits 0, or prints the final status and exits 1\n"
         "       --stdin        read 'IMEI TEXT' lines and send each as it comes, over one\n"
         "                      connection to each server (bad lines: said, skipped, exit 1)\n"
+        "       --redis-password PASS  AUTH with PASS on the Redis connection (or\n"
+        "                      AVLGATE_REDIS_PASSWORD, which keeps it out of the process list)\n"
         "list   prints recent commands, newest first (--limit, default %d), of one IMEI\n"
         "       or of all\n"
         "\n"
@@ -131,6 +134,13 @@ static bool seconds_arg(const char *s, double *v)
     return true;
 }
 
+/* Where `send` routes commands: --redis HOST:PORT (port 0: no Redis) and the password, if any. */
+struct redis_dest {
+    char host[COMMAND_REDIS_HOST_BYTES_MAX];
+    int port;
+    const char *password; /* --redis-password, else AVLGATE_REDIS_PASSWORD; NULL: no AUTH */
+};
+
 /* HOST:PORT, the port after the last colon; [v6]:PORT works too. */
 static bool redis_arg(const char *s, char host[COMMAND_REDIS_HOST_BYTES_MAX], int *port)
 {
@@ -152,6 +162,32 @@ static bool redis_arg(const char *s, char host[COMMAND_REDIS_HOST_BYTES_MAX], in
     host[n] = '\0';
     *port = (int)p;
     return true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Text from the database on a terminal
+ * ---------------------------------------------------------------------------------------- */
+
+/* The character at p (NUL-terminated text) as the CLI prints it: a control character — a C0
+ * byte, DEL, or a C1 control in UTF-8 (U+0080..U+009F) — becomes '.', so a device's answer or
+ * a payload cannot move the cursor, recolour or retitle the terminal; any other byte is itself.
+ * Returns the bytes of p it stands for (1, or 2 for a C1 control). */
+static size_t printable(const unsigned char *p, char *shown)
+{
+    bool c1 = p[0] == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F;
+    *shown = (p[0] < 0x20 || p[0] == 0x7F || c1) ? '.' : (char)p[0];
+    return c1 ? 2 : 1;
+}
+
+/* text on out, escaped by printable(). */
+static void print_escaped(FILE *out, const char *text)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    while (*p != '\0') {
+        char shown;
+        p += printable(p, &shown);
+        fputc(shown, out);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -241,8 +277,10 @@ static int pg_wait(PGconn *pg, long long id, double wait_s, FILE *out, FILE *err
         }
         snprintf(status, sizeof status, "%s", PQgetvalue(r, 0, 0));
         if (strcmp(status, "answered") == 0) {
-            bool hex = PQgetvalue(r, 0, 2)[0] == 't';
-            fprintf(out, "%s%s\n", hex ? "hex:" : "", PQgetvalue(r, 0, 1));
+            /* The device's text: its control characters escaped, as `list` shows them. */
+            fputs(PQgetvalue(r, 0, 2)[0] == 't' ? "hex:" : "", out);
+            print_escaped(out, PQgetvalue(r, 0, 1));
+            fputc('\n', out);
             PQclear(r);
             return 0;
         }
@@ -293,22 +331,55 @@ static const redisReply *hash_field(const redisReply *all, const char *name)
     return NULL;
 }
 
+/* A connection to r, authenticated with its password when it has one; NULL with why (never the
+ * password) in buf. */
+static redisContext *redis_open(const struct redis_dest *r, char *why, size_t cap)
+{
+    const struct timeval tv = {.tv_sec = COMMAND_REDIS_TIMEOUT_MS / 1000,
+                               .tv_usec = (COMMAND_REDIS_TIMEOUT_MS % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(r->host, r->port, tv);
+    if (c == NULL || c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK) {
+        redis_why(c, NULL, why, cap);
+    } else if (r->password != NULL) {
+        const char *argv[2] = {"AUTH", r->password};
+        redisReply *auth = redisCommandArgv(c, 2, argv, NULL);
+        if (auth != NULL && auth->type != REDIS_REPLY_ERROR) {
+            freeReplyObject(auth);
+            return c;
+        }
+        char reason[200];
+        redis_why(c, auth, reason, sizeof reason);
+        snprintf(why, cap, "AUTH refused: %s", reason);
+        if (auth != NULL)
+            freeReplyObject(auth);
+    } else {
+        return c;
+    }
+    if (c != NULL)
+        redisFree(c);
+    return NULL;
+}
+
+static void redis_unreachable(const struct redis_dest *r, const char *why, FILE *out)
+{
+    fprintf(out, "redis unreachable (%s:%d: %s): the command waits in PostgreSQL\n", r->host,
+            r->port, why);
+}
+
 /* Looks the device up in the registry and, if a gateway instance owns it, appends the command
  * to that instance's stream. Reports the outcome on out; never fails the command. *cp is the
  * connection to use, opened here when NULL and closed (set to NULL) after a failure, so a
  * caller that sends many commands keeps one connection and reconnects after an error. */
-static void redis_route(redisContext **cp, const char *host, int port, long long id,
+static void redis_route(redisContext **cp, const struct redis_dest *r, long long id,
                         const char *imei, const char *text, FILE *out)
 {
-    const struct timeval tv = {.tv_sec = COMMAND_REDIS_TIMEOUT_MS / 1000,
-                               .tv_usec = (COMMAND_REDIS_TIMEOUT_MS % 1000) * 1000};
     char why[256];
     redisReply *all = NULL, *added = NULL;
-    if (*cp == NULL)
-        *cp = redisConnectWithTimeout(host, port, tv);
+    if (*cp == NULL && (*cp = redis_open(r, why, sizeof why)) == NULL) {
+        redis_unreachable(r, why, out);
+        return;
+    }
     redisContext *c = *cp;
-    if (c == NULL || c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK)
-        goto unreachable;
 
     char key[64];
     snprintf(key, sizeof key, "avlgate:dev:{%s}", imei);
@@ -346,10 +417,8 @@ static void redis_route(redisContext **cp, const char *host, int port, long long
 
 unreachable:
     redis_why(c, added != NULL ? added : all, why, sizeof why);
-    fprintf(out, "redis unreachable (%s:%d: %s): the command waits in PostgreSQL\n", host, port,
-            why);
-    if (c != NULL)
-        redisFree(c);
+    redis_unreachable(r, why, out);
+    redisFree(c);
     *cp = NULL;
 done:
     if (added != NULL)
@@ -377,7 +446,7 @@ static bool send_args_ok(const char *imei_s, const char *text, uint64_t *imei, c
 /* `send --stdin`: one command per line, "IMEI TEXT" (TEXT is the rest of the line), each
  * inserted and routed as it is read, over one PostgreSQL and one Redis connection. A bad line
  * is reported on err and skipped. Returns 0, or 1 when a line was bad or an insert failed. */
-static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FILE *in, FILE *out,
+static int send_lines(PGconn *pg, const struct redis_dest *r, long expires_s, FILE *in, FILE *out,
                       FILE *err)
 {
     char line[COMMAND_TEXT_BYTES_MAX + 64];
@@ -418,8 +487,8 @@ static int send_lines(PGconn *pg, const char *host, int port, long expires_s, FI
             continue;
         }
         fprintf(out, "command %lld queued for %s\n", id, line);
-        if (port != 0)
-            redis_route(&redis, host, port, id, line, text, out);
+        if (r->port != 0)
+            redis_route(&redis, r, id, line, text, out);
         fflush(out);
     }
     if (redis != NULL)
@@ -437,8 +506,7 @@ enum { ARGS_OK = -1 };
 /* `send`'s options. */
 struct send_args {
     const char *conninfo;
-    char host[COMMAND_REDIS_HOST_BYTES_MAX]; /* port 0: no --redis */
-    int port;
+    struct redis_dest redis;
     double wait_s;
     long expires_s;
     bool from_stdin;
@@ -449,6 +517,7 @@ static int send_parse(int argc, char **argv, struct send_args *a, FILE *out, FIL
     static const struct option longopts[] = {
         {"pg", required_argument, NULL, 'p'},
         {"redis", required_argument, NULL, 'r'},
+        {"redis-password", required_argument, NULL, 'P'},
         {"wait", required_argument, NULL, 'w'},
         {"expires-s", required_argument, NULL, 'e'},
         {"stdin", no_argument, NULL, 's'},
@@ -464,8 +533,11 @@ static int send_parse(int argc, char **argv, struct send_args *a, FILE *out, FIL
             a->conninfo = optarg;
             break;
         case 'r':
-            if (!redis_arg(optarg, a->host, &a->port))
+            if (!redis_arg(optarg, a->redis.host, &a->redis.port))
                 return usage_error(err, "--redis wants HOST:PORT, got '%s'", optarg);
+            break;
+        case 'P':
+            a->redis.password = optarg;
             break;
         case 'w':
             if (!seconds_arg(optarg, &a->wait_s))
@@ -491,6 +563,10 @@ static int send_parse(int argc, char **argv, struct send_args *a, FILE *out, FIL
     }
     if (a->conninfo == NULL)
         return usage_error(err, "send needs --pg CONNINFO");
+    if (a->redis.password == NULL)
+        a->redis.password = getenv("AVLGATE_REDIS_PASSWORD");
+    if (a->redis.password != NULL && a->redis.password[0] == '\0')
+        a->redis.password = NULL;
     return ARGS_OK;
 }
 
@@ -500,7 +576,7 @@ static int send_stdin(const struct send_args *a, FILE *out, FILE *err)
     PGconn *pg = pg_connect(a->conninfo, err);
     if (pg == NULL)
         return 1;
-    int status = send_lines(pg, a->host, a->port, a->expires_s, stdin, out, err);
+    int status = send_lines(pg, &a->redis, a->expires_s, stdin, out, err);
     PQfinish(pg);
     return status;
 }
@@ -519,9 +595,9 @@ static int send_one(const struct send_args *a, const char *imei_s, const char *t
     }
     fprintf(out, "command %lld queued for %s\n", id, imei_s);
     fflush(out);
-    if (a->port != 0) {
+    if (a->redis.port != 0) {
         redisContext *redis = NULL;
-        redis_route(&redis, a->host, a->port, id, imei_s, text, out);
+        redis_route(&redis, &a->redis, id, imei_s, text, out);
         if (redis != NULL)
             redisFree(redis);
     }
@@ -563,14 +639,15 @@ static int command_send(int argc, char **argv, FILE *out, FILE *err)
 
 enum { LIST_COLS = 9, LIST_CELL_BYTES = COMMAND_CELL_CHARS_MAX * 4 + 8 };
 
-/* Copies in into out for one table cell: control bytes become '.', at most chars_max
- * characters (UTF-8 aware; "..." ends a cut), prefix first. Returns the width in characters. */
+/* Copies in into out for one table cell: control characters become '.' (printable()), at most
+ * chars_max characters (UTF-8 aware; "..." ends a cut), prefix first. Returns the width in
+ * characters. */
 static size_t cell(const char *prefix, const char *in, char out[LIST_CELL_BYTES], size_t chars_max)
 {
     size_t o = 0, chars = 0;
     const char *parts[2] = {prefix, in};
     for (int k = 0; k < 2; k++) {
-        for (const unsigned char *p = (const unsigned char *)parts[k]; *p != '\0'; p++) {
+        for (const unsigned char *p = (const unsigned char *)parts[k]; *p != '\0';) {
             bool cont = (*p & 0xC0) == 0x80;
             if (!cont && chars == chars_max) {
                 assert(o >= 3 && chars >= 3);
@@ -586,7 +663,7 @@ static size_t cell(const char *prefix, const char *in, char out[LIST_CELL_BYTES]
             }
             if (o + 1 >= LIST_CELL_BYTES)
                 break; /* only a run of stray continuation bytes gets here */
-            out[o++] = (*p < 0x20 || *p == 0x7F) ? '.' : (char)*p;
+            p += printable(p, &out[o++]);
             chars += !cont;
         }
     }

@@ -136,6 +136,17 @@ wait "$bg"; bg=
 want_rc 0 "--wait hex answer"
 want_eq "$(tail -n 1 "$tmp/out")" "hex:c328ff" "--wait hex answer"
 
+# 5b. --wait, an answer with control characters (ESC of a colour sequence, BEL, CR, the C1
+# control U+009B): printed with each as '.', as `list` shows them; no control byte reaches the
+# terminal.
+later 0.3 wait-escape "status = 'answered', response = E'ok\\x1b[31mred\\x07\\r\\u009bend', answered_at = now()"
+run command send --pg "$pg" --wait 10 "$imei2" wait-escape
+wait "$bg"; bg=
+want_rc 0 "--wait escaped answer"
+want_eq "$(tail -n 1 "$tmp/out")" "ok.[31mred...end" "--wait escaped answer"
+LC_ALL=C grep -q $'[\x01-\x09\x0b-\x1f\x7f]\|\xc2[\x80-\x9f]' "$tmp/out" && fail "--wait printed a control character"
+ok
+
 # 6. --wait, the row fails: prints the status, exit 1.
 later 0.3 wait-failed "status = 'failed', attempts = 3"
 run command send --pg "$pg" --wait 10 "$imei2" wait-failed
@@ -167,6 +178,18 @@ want_out "redis unreachable (127.0.0.1:$dead" "dead redis"
 want_out "the command waits in PostgreSQL" "dead redis"
 want_eq "$(q "SELECT status FROM public.commands WHERE payload = 'redis-dead'")" pending "dead redis row"
 
+# 9b. A password the server does not expect: AUTH refused, said without the password; exit 0.
+run command send --pg "$pg" --redis "$redis" --redis-password not-expected-pw "$imei" redis-auth
+want_rc 0 "redis AUTH refused"
+want_out "redis unreachable (" "redis AUTH refused"
+want_out "AUTH refused: ERR AUTH" "redis AUTH refused"
+grep -q not-expected-pw "$tmp/out" "$tmp/err" && fail "the CLI printed the password"
+ok
+AVLGATE_REDIS_PASSWORD=not-expected-pw run command send --pg "$pg" --redis "$redis" "$imei" redis-auth-env
+want_out "AUTH refused: ERR AUTH" "AVLGATE_REDIS_PASSWORD is used"
+AVLGATE_REDIS_PASSWORD=not-expected-pw run command send --pg "$pg" --redis "$redis" --redis-password "" "$imei2" redis-auth-none
+want_out "device not connected" "an empty --redis-password: no AUTH"
+
 # 10. Redis answers with an error (the registry key has the wrong type): the same.
 rcli set "avlgate:dev:{$imei2}" not-a-hash >/dev/null
 run command send --pg "$pg" --redis "$redis" "$imei2" redis-error
@@ -192,6 +215,8 @@ ok
 grep -q " answered .*FW:03.27 ok\$" "$tmp/out" || fail "list: answered row"
 ok
 grep -q " failed *3 " "$tmp/out" || fail "list: failed row with 3 attempts"
+ok
+grep -qF " ok.[31mred...end" "$tmp/out" || fail "list: an answer with control characters"
 ok
 run command list --pg "$pg" --limit 2
 want_rc 0 "list --limit 2"

@@ -65,6 +65,18 @@ ok
 want_line "pg = user=u password=*** dbname=fleet host=10.0.0.9 port=5433  # flag" "URI parsed and masked"
 grep -q s3cret "$tmp/out" && fail "the password was printed"
 ok
+# The Redis password: from each source, always shown as ***.
+printf 'redis-password = file-redis-pw\n' >"$tmp/r.conf"
+run --print-config --config "$tmp/r.conf"
+want_line "redis-password = ***  # file" "redis password from the file, masked"
+AVLGATE_REDIS_PASSWORD=env-redis-pw run --print-config --config "$tmp/r.conf"
+want_line "redis-password = ***  # environment" "redis password from the environment, masked"
+run --print-config --redis-password flag-redis-pw
+want_line "redis-password = ***  # flag" "redis password from a flag, masked"
+grep -q "redis-pw" "$tmp/out" && fail "the redis password was printed"
+ok
+run --print-config
+want_line "# redis-password =   (not set)" "no redis password by default"
 
 # 2. --print-config's output is a config file that gives the same configuration.
 AVLGATE_PIN=true run --print-config --conns-max 123 --listen 127.0.0.1:1 --pg 'host=127.0.0.1'

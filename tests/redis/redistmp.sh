@@ -10,6 +10,11 @@
 # Redis runs as whoever calls it, root included, so DIR may be anywhere the caller can write
 # (a checkout under /root, mode 0700, too). PORT defaults to the port of the last start in
 # DIR, else a free one.
+#
+# REDISTMP_PASSWORD=PASS in the environment of `start` makes the server require it (AUTH
+# PASS; set in DIR/auth.conf, mode 0600, not on the server's command line); unset, the password
+# of the last start in DIR (none if it had none); empty, none. stop and the start's PING
+# authenticate with it (REDISCLI_AUTH).
 set -euo pipefail
 
 die() { echo "redistmp: $*" >&2; exit 1; }
@@ -19,6 +24,31 @@ cmd=$1 dir=$2 port=${3:-}
 
 server=$(command -v redis-server) || die "no redis-server (apt-get install redis-server)"
 cli=$(command -v redis-cli) || die "no redis-cli (apt-get install redis-tools)"
+
+# The password of the server in DIR ("" for none): DIR/password, written by start.
+password() { cat "$dir/password" 2>/dev/null || true; }
+
+# redis-cli on the server's port, authenticated when it has a password.
+rcli() {
+  local pass
+  pass=$(password)
+  if [ -n "$pass" ]; then REDISCLI_AUTH=$pass "$cli" -h 127.0.0.1 -p "$port" "$@"
+  else "$cli" -h 127.0.0.1 -p "$port" "$@"; fi
+}
+
+# Writes DIR/password and DIR/auth.conf (both 0600) from REDISTMP_PASSWORD when it is set;
+# prints the server's config file argument (DIR/auth.conf, or nothing without a password).
+auth_conf() {
+  if [ -n "${REDISTMP_PASSWORD+set}" ]; then
+    case "$REDISTMP_PASSWORD" in *'"'* | *\\* | *$'\n'*) die "REDISTMP_PASSWORD: no quotes, backslashes or newlines" ;; esac
+    rm -f "$dir/password" "$dir/auth.conf"
+    if [ -n "$REDISTMP_PASSWORD" ]; then
+      (umask 077 && printf '%s' "$REDISTMP_PASSWORD" >"$dir/password" &&
+        printf 'requirepass "%s"\n' "$REDISTMP_PASSWORD" >"$dir/auth.conf")
+    fi
+  fi
+  if [ -f "$dir/auth.conf" ]; then echo "$dir/auth.conf"; fi
+}
 
 running_pid() {
   local pid
@@ -43,11 +73,12 @@ start)
   [ -n "$port" ] || port=$(cat "$dir/port" 2>/dev/null || tw_free_port)
   echo "$port" >"$dir/port"
   rm -f "$dir/redis.pid"
-  "$server" --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+  conf=$(auth_conf)
+  "$server" ${conf:+"$conf"} --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save '' --appendonly no \
     --unixsocket '' >/dev/null || { tail -20 "$dir/redis.log" >&2 2>/dev/null; die "redis-server failed"; }
   for _ in $(seq 1 200); do
-    if [ "$("$cli" -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
+    if [ "$(rcli ping 2>/dev/null)" = PONG ]; then
       echo "127.0.0.1:$port"
       exit 0
     fi
@@ -58,7 +89,8 @@ start)
   ;;
 stop)
   pid=$(running_pid) || exit 0
-  "$cli" -h 127.0.0.1 -p "$(cat "$dir/port")" shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+  port=$(cat "$dir/port")
+  rcli shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
   wait_gone "$pid"
   ;;
 kill)

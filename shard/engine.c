@@ -1719,7 +1719,8 @@ static int check_config(const struct engine_config *cfg, char *err, size_t err_c
     }
     if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
         cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards ||
-        cfg->shards > ENGINE_SHARDS_MAX) {
+        cfg->shards > ENGINE_SHARDS_MAX || cfg->identify_timeout_ms > INT32_MAX ||
+        cfg->identify_reserve > cfg->conns_max) {
         snprintf(err, err_cap, "engine configuration out of range");
         return -EINVAL;
     }

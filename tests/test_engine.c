@@ -1222,6 +1222,15 @@ static bool alive(int fd)
     return n == 1 && r == 0;
 }
 
+/* One shard of the toy protocol that gives {1, 'I'} and {1, 'P'} their meaning (adjust the
+ * configuration before start_shards). */
+static struct engine_config identify_config(struct shard_thread *st, uint16_t port)
+{
+    atomic_store(&st->app.budget, -1);
+    st->app.identify_frames = true;
+    return base_config(port, 0, 1, &test_ops, &st->app);
+}
+
 static uint64_t ms_since(uint64_t t0_ns)
 {
     return (engine_clock_ns() - t0_ns) / 1000000u;
@@ -1234,9 +1243,7 @@ static void test_identify_timeout(void **state)
     (void)state;
     uint16_t port = free_port();
     struct shard_thread st[1] = {0};
-    atomic_store(&st[0].app.budget, -1);
-    st[0].app.identify_frames = true;
-    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    struct engine_config cfg = identify_config(&st[0], port);
     cfg.identify_timeout_ms = 1000;
     start_shards(st, 1, &cfg);
 
@@ -1276,9 +1283,7 @@ static void test_evict_oldest_unidentified(void **state)
     (void)state;
     uint16_t port = free_port();
     struct shard_thread st[1] = {0};
-    atomic_store(&st[0].app.budget, -1);
-    st[0].app.identify_frames = true;
-    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    struct engine_config cfg = identify_config(&st[0], port);
     cfg.conns_max = 16;
     cfg.identify_reserve = 2;
     start_shards(st, 1, &cfg);
@@ -1318,9 +1323,7 @@ static void test_full_table_of_identified(void **state)
     (void)state;
     uint16_t port = free_port();
     struct shard_thread st[1] = {0};
-    atomic_store(&st[0].app.budget, -1);
-    st[0].app.identify_frames = true;
-    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    struct engine_config cfg = identify_config(&st[0], port);
     cfg.conns_max = 8;
     start_shards(st, 1, &cfg);
 
@@ -1401,9 +1404,7 @@ static void test_peer_address(void **state)
     (void)state;
     uint16_t port = free_port();
     struct shard_thread st[1] = {0};
-    atomic_store(&st[0].app.budget, -1);
-    st[0].app.identify_frames = true;
-    struct engine_config cfg = base_config(port, 0, 1, &test_ops, &st[0].app);
+    struct engine_config cfg = identify_config(&st[0], port);
     start_shards(st, 1, &cfg);
 
     static const char *const sources[2] = {"127.0.0.2", "127.0.0.1"};

@@ -60,6 +60,8 @@ static const struct opt opts[] = {
      "close a silent connection after N s (600, 0 off)"},
     {"frame-timeout-s", K_U32, CFG(frame_timeout_s), 0, 3600, "N",
      "close when a frame stays incomplete N s (30)"},
+    {"handshake-timeout-s", K_U32, CFG(handshake_timeout_s), 0, 3600, "N",
+     "close a connection that sent no valid IMEI N s after its accept (10, 0 off)"},
     {"frame-bytes-max", K_U32, CFG(frame_bytes_max), AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN,
      AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
     {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known",
@@ -202,6 +204,7 @@ static void defaults(struct run_options *o)
     c->buf_bytes = 4096;
     c->idle_timeout_s = 600;
     c->frame_timeout_s = 30;
+    c->handshake_timeout_s = 10;
     c->frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
     c->drain_timeout_ms = 10000;
     c->wait_batch_us = 100;

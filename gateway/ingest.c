@@ -495,6 +495,7 @@ static int engine_start(struct shard *s, char *err, size_t cap)
         .frame_bytes_max = c->frame_bytes_max,
         .idle_timeout_ms = c->idle_timeout_s * 1000,
         .frame_timeout_ms = c->frame_timeout_s * 1000,
+        .identify_timeout_ms = c->handshake_timeout_s * 1000,
         .sq_entries = 4096,
         .wait_batch_us = c->wait_batch_us,
         .pin = c->pin,

@@ -67,8 +67,6 @@ static const struct stat_family ingest_families[] = {
     {"avlgate_handshakes_total", "Handshakes accepted by the owner shard.", ST(handshakes), false},
     {"avlgate_handshakes_handed_off_total", "Handshakes passed to the owner shard.", ST(handed_off),
      false},
-    {"avlgate_connections_replaced_total",
-     "Connections closed because the same IMEI connected again.", ST(replaced), false},
     {"avlgate_packets_received_total", "AVL packets taken into a batch.", ST(packets), false},
     {"avlgate_packets_acked_total", "AVL packets acknowledged after their commit.",
      ST(packets_acked), false},
@@ -228,6 +226,23 @@ static void render_handshakes_rejected(struct out *o, const struct ingest_shared
     }
 }
 
+/* The sum over the reasons is every connection closed because its IMEI connected again. */
+static void render_replaced(struct out *o, const struct ingest_shared *sh)
+{
+    static const char *const reasons[REPLACED_REASONS] = {
+        [REPLACED_SAME_ADDRESS] = "same_address",
+        [REPLACED_OTHER_ADDRESS] = "other_address",
+        [REPLACED_UNKNOWN_ADDRESS] = "unknown_address",
+    };
+    family(o, "avlgate_connections_replaced_total", "counter",
+           "Connections closed because the same IMEI connected again, by whether the newcomer's "
+           "IP address is the same (other_address: a cloned or spoofed IMEI?).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        for (int r = 0; r < REPLACED_REASONS; r++)
+            put(o, "avlgate_connections_replaced_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
+                i, reasons[r], stat_read(&shard_stats(sh, i)->replaced[r]));
+}
+
 /* Only the reasons seen: most of the 31 never are. */
 static void render_invalid(struct out *o, const struct ingest_shared *sh)
 {
@@ -320,6 +335,7 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
                     true);
     render_closed(&o, sh);
     render_handshakes_rejected(&o, sh);
+    render_replaced(&o, sh);
     render_invalid(&o, sh);
     render_commands(&o, sh);
     render_pg_links(&o, sh);

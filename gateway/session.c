@@ -1,22 +1,27 @@
 /* session.c — the device on each connection of a gateway shard (session.h). The shard's thread
  * only.
  *
- * A connection opens in DEV_HANDSHAKE. Its IMEI frame is answered by the owner shard only
- * (router_owner, the consistent hash of the IMEI): any other shard hands the socket over, key =
- * the IMEI. The owner takes the device (a second connection of the same IMEI replaces the first:
- * its state is the freshest there is), loads its state from the database on the control link
- * (DEV_LOADING) and answers 0x01 when the load is in (DEV_OPEN), or 0x00 when --devices known
- * and the device is not enabled. Uncommitted batches know more than the database: the window of
- * the newest one that holds the device wins over the stored one.
+ * A connection opens in DEV_HANDSHAKE. A valid IMEI frame identifies it to the engine (no
+ * --handshake-timeout-s, never evicted for a newcomer; engine.h). An IMEI above ENGINE_KEY_MAX
+ * is refused on every shard (0x00): a handoff key holds 56 bits, and a real IMEI has 15 digits.
+ * The IMEI is answered by the owner shard only (router_owner, the consistent hash of the IMEI):
+ * any other shard hands the socket over, key = the IMEI. The owner takes the device (a second
+ * connection of the same IMEI replaces the first: its state is the freshest there is; counted by
+ * whether the two came from the same IP address, and logged when not), loads its state from the
+ * database on the control link (DEV_LOADING) and answers 0x01 when the load is in (DEV_OPEN), or
+ * 0x00 when --devices known and the device is not enabled. Uncommitted batches know more than the
+ * database: the window of the newest one that holds the device wins over the stored one.
  *
  * A load whose answer may predate a COMMIT of the device's rows (load_stale) is asked again. A
  * device quiet for state_idle_s gives its window back (dormant); its next packet waits for its
  * state to be loaded again (DEV_RELOADING, the connection held by the engine). */
 #include "gateway/session.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,6 +207,55 @@ void session_on_open(struct shard *s, uint32_t slot, uint32_t gen)
     d->unacked = 0;
 }
 
+/* The peer address of the connection in slot (engine_peer_addr). */
+static bool peer_of(struct shard *s, uint32_t slot, struct sockaddr_storage *ss)
+{
+    socklen_t len = 0;
+    return engine_peer_addr(s->e, slot, session_dev(s, slot)->gen, ss, &len) == 0;
+}
+
+/* The same IP address (the ports differ: a reconnect gets a new one). */
+static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr, sizeof(struct in_addr)) == 0;
+    return a->ss_family == AF_INET6 &&
+           memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
+static const char *ip_text(const struct sockaddr_storage *a, char *buf, size_t cap)
+{
+    const void *ip = a->ss_family == AF_INET6
+                         ? (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr
+                         : (const void *)&((const struct sockaddr_in *)a)->sin_addr;
+    if (!inet_ntop(a->ss_family, ip, buf, (socklen_t)cap))
+        snprintf(buf, cap, "unknown");
+    return buf;
+}
+
+/* The connection in slot replaces the older one in old, both of imei: counted by how their
+ * peers' IP addresses compare. Another address is the operator's sign of a cloned or spoofed
+ * IMEI: logged (rate-limited). */
+static void count_replaced(struct shard *s, uint32_t old, uint32_t slot, uint64_t imei)
+{
+    struct sockaddr_storage was, now;
+    enum replaced_reason why = REPLACED_UNKNOWN_ADDRESS;
+    if (peer_of(s, old, &was) && peer_of(s, slot, &now))
+        why = same_ip(&was, &now) ? REPLACED_SAME_ADDRESS : REPLACED_OTHER_ADDRESS;
+    stat_add(&s->st->replaced[why], 1);
+    if (why != REPLACED_OTHER_ADDRESS)
+        return;
+    char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+    log_limited(&s->sess->log_replaced, shard_now_ms(s), LOG_WARN,
+                "device connected again from another address; the older connection is closed",
+                "shard=%u imei=%" PRIu64 " old_address=%s new_address=%s", s->id, imei,
+                ip_text(&was, a, sizeof a), ip_text(&now, b, sizeof b));
+}
+
 /* This shard owns imei: the connection in slot takes the device, replacing an older one. */
 static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
 {
@@ -215,7 +269,7 @@ static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
     dedup_win_drop(&ss->wins, &d->win);
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */
-        stat_add(&s->st->replaced, 1);
+        count_replaced(s, (uint32_t)old, slot, imei);
         engine_close(s->e, (uint32_t)old, ss->devs[old].gen);
     }
     imap_put(&ss->owned, imei, slot);
@@ -226,21 +280,17 @@ static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
 enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_t gen,
                                          uint64_t imei, bool more_bytes)
 {
-    if (more_bytes) {
-        /* A device waits for our answer before it sends more: bytes behind the handshake are
-         * a protocol error, refused the same way on every shard. */
+    /* A device waits for our answer before it sends more: bytes behind the handshake are a
+     * protocol error. An IMEI above ENGINE_KEY_MAX (17 digits) would not fit a handoff key;
+     * every real IMEI has 15 digits. Both are refused the same way on every shard. */
+    if (more_bytes || imei > ENGINE_KEY_MAX) {
         stat_add(&s->st->handshake_errors, 1);
         send_reply(s, slot, gen, 0x00);
         return SESSION_REFUSED;
     }
+    engine_identified(s->e, slot, gen); /* no handshake timeout, never evicted any more */
     unsigned owner = router_owner(s->sh->router, imei);
     if (owner != s->id) {
-        if (imei > ENGINE_KEY_MAX) {
-            /* The handoff key holds 56 bits (every real IMEI has 15 digits). */
-            stat_add(&s->st->handshake_errors, 1);
-            send_reply(s, slot, gen, 0x00);
-            return SESSION_REFUSED;
-        }
         stat_add(&s->st->handed_off, 1);
         engine_handoff(s->e, slot, gen, owner, imei);
         return SESSION_HANDED_OFF;

@@ -18,6 +18,7 @@
 
 #include "gateway/dedup.h"
 #include "gateway/imap.h"
+#include "gateway/ratelimit.h"
 #include "gateway/shard_state.h"
 #include "shard/engine.h"
 
@@ -79,6 +80,7 @@ struct sessions {
     bool allow_in_flight;
     uint64_t next_release_ms;
     char allow_imeis[SESSION_ALLOW_CHUNK * 18 + 4];
+    struct ratelimit log_replaced; /* "device connected again from another address" */
 };
 
 int session_setup(struct shard *s, char *err, size_t cap);

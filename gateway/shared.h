@@ -36,6 +36,7 @@ struct ingest_config {
     uint32_t idle_timeout_s;  /* 0: none */
     uint32_t state_idle_s;    /* release a quiet device's duplicate window after this; 0: never */
     uint32_t frame_timeout_s; /* 0: none */
+    uint32_t handshake_timeout_s; /* close a connection with no valid IMEI by then; 0: never */
     uint32_t frame_bytes_max;
     bool devices_known;        /* accept only IMEIs enabled in public.devices */
     uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
@@ -54,10 +55,21 @@ struct ingest_config {
     uint32_t registry_ttl_s; /* TTL of avlgate:dev:{imei}, refreshed every third of it */
 };
 
+/* Why a connection was replaced by a second one of the same IMEI (session.c), as
+ * avlgate_connections_replaced_total{reason} says: the IP addresses of the two peers are the
+ * same (a reconnect), differ (a cloned or spoofed IMEI?), or could not be read. */
+enum replaced_reason {
+    REPLACED_SAME_ADDRESS,
+    REPLACED_OTHER_ADDRESS,
+    REPLACED_UNKNOWN_ADDRESS,
+    REPLACED_REASONS
+};
+
 /* Counters of one shard, on their own cache lines, written by that shard only (shard/stat.h:
  * stat_add on the shard, stat_read from the metrics endpoint). */
 struct ingest_stats {
-    uint64_t handshakes, handshake_rejected, handshake_errors, handed_off, replaced;
+    uint64_t handshakes, handshake_rejected, handshake_errors, handed_off;
+    uint64_t replaced[REPLACED_REASONS]; /* by enum replaced_reason */
     uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
     uint64_t packets_invalid, records_rejected, packets_rejected_data;
     uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;

@@ -19,7 +19,10 @@
  * - Every completion that carries a provided buffer gives it back in the same loop turn.
  * - A connection holds a reassembly buffer only while it has unconsumed bytes.
  * - At most one send is in flight per connection: out[] bytes, or a part of the pending
- *   reference (CF_SEND_REF); a pending reference gets exactly one on_sent. */
+ *   reference (CF_SEND_REF); a pending reference gets exactly one on_sent.
+ * - The unidentified FIFO holds exactly the open accepted connections the application has not
+ *   identified, in accept order (so in identify-deadline order); accepted_open counts the open
+ *   connections of [0, dial_base), closing ones not included (their slots are coming free). */
 #include "shard/engine.h"
 
 #include <assert.h>
@@ -59,6 +62,7 @@ enum op {
     OP_MAIL,         /* payload: the sending shard; drain its mailbox */
     OP_MAIL_WAKE,    /* this ring's MSG_RING that woke another shard */
     OP_CONNECT,      /* engine_connect's IORING_OP_CONNECT on the fixed file */
+    OP_PEER,         /* payload: a sequence number; engine_peer_addr reads it in the CQ */
 };
 
 #define GEN_MASK     ENGINE_GEN_MASK
@@ -137,6 +141,10 @@ struct conn {
         uint8_t out[ENGINE_SEND_BYTES_MAX]; /* open: queued output */
         struct sockaddr_in6 dst;            /* connecting: the address the CONNECT reads */
     };
+    /* Identification (engine.h): links of the unidentified FIFO while unidentified. */
+    uint32_t unid_prev, unid_next; /* slot + 1, 0 = none */
+    uint32_t opened_ms;            /* engine ms, 32 bits, of the accept: the timeout's start */
+    bool unidentified;             /* on the FIFO */
 };
 
 _Static_assert(sizeof(struct sockaddr_in6) <= ENGINE_SEND_BYTES_MAX &&
@@ -207,6 +215,16 @@ struct engine {
     struct cqe_copy cqes[CQE_BATCH];
 
     struct engine_stats stats;
+
+    /* Identification (engine.h) and peer addresses. */
+    uint32_t unid_head, unid_tail; /* the unidentified FIFO, oldest first: slot + 1 */
+    uint32_t unid_len;
+    uint32_t accepted_open; /* open connections in [0, dial_base) */
+    uint32_t evict_reserve; /* cfg.identify_reserve, or its default */
+    uint64_t peer_seq;      /* engine_peer_addr's requests, for their user_data */
+    /* What the kernel writes engine_peer_addr's answer into: the engine's, not the caller's, so
+     * that a request still queued after the wait ran out can never write into a stack gone. */
+    struct sockaddr_storage peer_buf;
 };
 
 static const char *const close_reason_names[ENGINE_CLOSE_REASONS] = {
@@ -221,6 +239,8 @@ static const char *const close_reason_names[ENGINE_CLOSE_REASONS] = {
     [ENGINE_CLOSE_PAUSE_OVERFLOW] = "pause_overflow",
     [ENGINE_CLOSE_HANDED_OFF] = "handed_off",
     [ENGINE_CLOSE_SHUTDOWN] = "shutdown",
+    [ENGINE_CLOSE_IDENTIFY_TIMEOUT] = "identify_timeout",
+    [ENGINE_CLOSE_EVICTED] = "evicted",
 };
 
 const char *engine_close_reason_name(enum engine_close_reason r)
@@ -429,6 +449,52 @@ static void pause_or_hold(struct engine *e, uint32_t slot, enum engine_verdict v
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Identification: the unidentified FIFO (engine.h)
+ * ------------------------------------------------------------------------------------------- */
+
+static uint32_t now_ms32(const struct engine *e)
+{
+    return (uint32_t)(e->now_ns / 1000000u);
+}
+
+/* An accepted connection joins the FIFO's tail, unidentified as of now. */
+static void unid_push(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(c->state == CONN_OPEN && !c->unidentified);
+    c->unidentified = true;
+    c->opened_ms = now_ms32(e);
+    c->unid_prev = e->unid_tail;
+    c->unid_next = 0;
+    if (e->unid_tail)
+        e->conns[e->unid_tail - 1].unid_next = slot + 1;
+    else
+        e->unid_head = slot + 1;
+    e->unid_tail = slot + 1;
+    e->unid_len++;
+}
+
+/* Takes the connection off the FIFO, if it is on it (identified, or closing). */
+static void unid_unlink(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    if (!c->unidentified)
+        return;
+    if (c->unid_prev)
+        e->conns[c->unid_prev - 1].unid_next = c->unid_next;
+    else
+        e->unid_head = c->unid_next;
+    if (c->unid_next)
+        e->conns[c->unid_next - 1].unid_prev = c->unid_prev;
+    else
+        e->unid_tail = c->unid_prev;
+    c->unid_prev = c->unid_next = 0;
+    c->unidentified = false;
+    assert(e->unid_len > 0);
+    e->unid_len--;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Closing
  * ------------------------------------------------------------------------------------------- */
 
@@ -449,6 +515,9 @@ static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason
     if (c->state != CONN_OPEN)
         return;
     paused_unlink(e, slot);
+    unid_unlink(e, slot);
+    if (slot < e->dial_base)
+        e->accepted_open--;
     c->state = CONN_CLOSING;
     c->reason = (uint8_t)reason;
     stat_add(&e->stats.closed[reason], 1);
@@ -637,6 +706,22 @@ static void return_buffer(struct engine *e, uint32_t bid)
  * Completion handlers
  * ------------------------------------------------------------------------------------------- */
 
+/* After an accept or a handoff took a slot of [0, dial_base): while fewer than evict_reserve
+ * are free, closes the oldest unidentified connection, but never the one just opened (`slot`:
+ * it has had no time to identify itself; the next newcomer may evict it). */
+static void evict_for_room(struct engine *e, uint32_t slot)
+{
+    while (e->dial_base - e->accepted_open < e->evict_reserve && e->unid_head) {
+        uint32_t oldest = e->unid_head - 1;
+        if (oldest == slot) {
+            if (!e->conns[slot].unid_next)
+                return;
+            oldest = e->conns[slot].unid_next - 1;
+        }
+        conn_close(e, oldest, ENGINE_CLOSE_EVICTED);
+    }
+}
+
 static void conn_opened(struct engine *e, uint32_t slot, int from_shard, uint64_t key)
 {
     assert(slot < e->cfg.conns_max);
@@ -651,9 +736,15 @@ static void conn_opened(struct engine *e, uint32_t slot, int from_shard, uint64_
     c->state = CONN_OPEN;
     c->active_s = now_s(e);
     e->conns_open++;
+    if (from_shard != ENGINE_FROM_DIAL)
+        e->accepted_open++;
+    if (from_shard == ENGINE_FROM_ACCEPT)
+        unid_push(e, slot); /* a handed-in connection was identified by the shard it left */
     e->cfg.ops->on_open(e->cfg.app, e, slot, gen, from_shard, key);
     if (c->state == CONN_OPEN && !(c->flags & (CF_RECV | CF_PAUSED)))
         arm_recv(e, slot);
+    if (from_shard != ENGINE_FROM_DIAL)
+        evict_for_room(e, slot);
 }
 
 static void on_accept(struct engine *e, const struct cqe_copy *q)
@@ -947,6 +1038,7 @@ static void dispatch(struct engine *e, const struct cqe_copy *q)
         break;
     case OP_CANCEL_OTHER:
     case OP_MAIL_WAKE:
+    case OP_PEER: /* engine_peer_addr read it where it lay */
         break;
     case OP_MAIL:
         mail_drain(e, (unsigned)(q->user_data & PAYLOAD_MASK));
@@ -975,6 +1067,22 @@ static void sweep(struct engine *e)
             conn_close(e, slot, ENGINE_CLOSE_FRAME_TIMEOUT);
         else if (idle_s && !(c->flags & CF_PAUSED) && s - c->active_s >= idle_s)
             conn_close(e, slot, ENGINE_CLOSE_IDLE);
+    }
+}
+
+/* Closes the unidentified connections whose identify_timeout_ms has run out: the oldest first,
+ * so this stops at the first that has time left. */
+static void identify_expire(struct engine *e)
+{
+    uint32_t timeout_ms = e->cfg.identify_timeout_ms;
+    if (!timeout_ms)
+        return;
+    uint32_t now = now_ms32(e);
+    while (e->unid_head) {
+        uint32_t slot = e->unid_head - 1;
+        if ((int32_t)(now - e->conns[slot].opened_ms) < (int32_t)timeout_ms)
+            return;
+        conn_close(e, slot, ENGINE_CLOSE_IDENTIFY_TIMEOUT);
     }
 }
 
@@ -1172,6 +1280,69 @@ int engine_close(struct engine *e, uint32_t slot, uint32_t gen)
     return 0;
 }
 
+int engine_identified(struct engine *e, uint32_t slot, uint32_t gen)
+{
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    unid_unlink(e, slot);
+    return 0;
+}
+
+/* The completion with user_data ud, if it is in the CQ now: *res gets its result. It stays
+ * there, for the loop to reap (dispatch ignores OP_PEER). */
+static bool cq_find(const struct engine *e, uint64_t ud, int *res)
+{
+    const struct io_uring_cq *cq = &e->ring.cq;
+    unsigned head = *cq->khead, tail = io_uring_smp_load_acquire(cq->ktail);
+    for (; head != tail; head++) {
+        const struct io_uring_cqe *cqe = &cq->cqes[head & *cq->kring_mask];
+        if (cqe->user_data == ud) {
+            *res = cqe->res;
+            return true;
+        }
+    }
+    return false;
+}
+
+int engine_peer_addr(struct engine *e, uint32_t slot, uint32_t gen, struct sockaddr_storage *out,
+                     socklen_t *len)
+{
+    enum { WAITS_MAX = 100, WAIT_NS = 10000000 }; /* 1 s in all; inline, it takes none */
+    if (slot >= e->cfg.conns_max)
+        return -ESTALE;
+    struct conn *c = &e->conns[slot];
+    if (c->state != CONN_OPEN || c->gen != gen)
+        return -ESTALE;
+    if (slot >= e->dial_base)
+        return -EINVAL;
+    /* SO_PEERNAME refuses a length above the address's: the listener's family says which. */
+    socklen_t want = e->cfg.addr.ss_family == AF_INET6 ? (socklen_t)sizeof(struct sockaddr_in6)
+                                                       : (socklen_t)sizeof(struct sockaddr_in);
+    memset(&e->peer_buf, 0, sizeof e->peer_buf);
+    uint64_t ud = ud_payload(OP_PEER, ++e->peer_seq);
+    struct io_uring_sqe *sqe = get_sqe(e);
+    shard_prep_cmd_getsockopt(sqe, (int)slot, SOL_SOCKET, SO_PEERNAME, &e->peer_buf, want);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, ud);
+    int res = -ETIMEDOUT;
+    for (int i = 0; i < WAITS_MAX && !cq_find(e, ud, &res); i++) {
+        /* Submits, then waits for one completion more than the CQ holds. */
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = WAIT_NS};
+        int ret =
+            shard_submit_and_wait_min_timeout(&e->ring, io_uring_cq_ready(&e->ring) + 1, &ts, 0);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY)
+            return ret;
+    }
+    if (res < 0)
+        return res;
+    *out = e->peer_buf;
+    *len = (socklen_t)res;
+    return 0;
+}
+
 int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key)
 {
     if (key > PAYLOAD_MASK || to >= e->peers_len || to == e->cfg.shard)
@@ -1232,6 +1403,11 @@ uint32_t engine_conns_open(const struct engine *e)
 uint32_t engine_conns_dialing(const struct engine *e)
 {
     return e->conns_dialing;
+}
+
+uint32_t engine_conns_unidentified(const struct engine *e)
+{
+    return e->unid_len;
 }
 
 int engine_ring_fd(const struct engine *e)
@@ -1339,6 +1515,7 @@ int engine_run(struct engine *e)
             e->br_pending = 0;
         }
         rearm_all(e);
+        identify_expire(e);
         if (e->now_ns >= e->next_sweep_ns) {
             sweep(e);
             e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
@@ -1485,6 +1662,16 @@ static int dial_setup(struct engine *e, char *err, size_t err_cap)
     return 0;
 }
 
+/* cfg.identify_reserve, or an eighth of the accept range between 1 and 256: the slack for the
+ * accepts that land while evicted slots come free (engine.h). */
+static uint32_t identify_reserve(const struct engine_config *cfg, uint32_t range)
+{
+    if (cfg->identify_reserve)
+        return cfg->identify_reserve;
+    uint32_t r = range / 8;
+    return r < 1 ? 1 : r > 256 ? 256 : r;
+}
+
 static int mailboxes_setup(struct engine *e, char *err, size_t err_cap)
 {
     uint32_t slots = e->cfg.mailbox_slots ? e->cfg.mailbox_slots : 1024;
@@ -1532,7 +1719,8 @@ static int check_config(const struct engine_config *cfg, char *err, size_t err_c
     }
     if (cfg->buf_bytes < 64 || cfg->frame_bytes_max == 0 || cfg->conns_max == 0 ||
         cfg->sq_entries == 0 || !cfg->ops || cfg->shard >= cfg->shards ||
-        cfg->shards > ENGINE_SHARDS_MAX) {
+        cfg->shards > ENGINE_SHARDS_MAX || cfg->identify_timeout_ms > INT32_MAX ||
+        cfg->identify_reserve > cfg->conns_max) {
         snprintf(err, err_cap, "engine configuration out of range");
         return -EINVAL;
     }
@@ -1587,6 +1775,7 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
     ret = dial_setup(e, err, err_cap);
     if (ret)
         goto err;
+    e->evict_reserve = identify_reserve(cfg, e->dial_base);
     ret = buffers_setup(e, err, err_cap);
     if (ret)
         goto err;

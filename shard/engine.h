@@ -15,7 +15,24 @@
  *
  * Connections are named by (slot, gen). A slot is reused only after every request on it has
  * completed and its descriptor is closed; its generation changes then, so a stale handle is
- * refused (-ESTALE) instead of touching a newer connection. */
+ * refused (-ESTALE) instead of touching a newer connection.
+ *
+ * Identification. An accepted connection is *unidentified* until the application says who the
+ * peer is (engine_identified; the gateway: a valid IMEI). One handed in by another shard
+ * arrives identified (that shard identified it); dialled ones never are unidentified. The
+ * unidentified connections wait on a FIFO in accept order (links in the connection table: no
+ * allocation, O(1) in and out), and the engine
+ * - closes one still unidentified identify_timeout_ms after its accept, whatever it sent
+ *   meanwhile: receiving does not extend it (ENGINE_CLOSE_IDENTIFY_TIMEOUT);
+ * - keeps identify_reserve slots of the accept range free while it can: when an accept or a
+ *   handoff leaves fewer, it closes the oldest unidentified connection other than the one just
+ *   opened (ENGINE_CLOSE_EVICTED). Identified connections are never evicted.
+ * Why a reserve: an evicted connection's slot comes free only when its close completes, a loop
+ * turn or two later, while the multishot accept goes on taking slots. When the kernel finds no
+ * free slot it accepts the connection, closes it at once and ends the multishot accept with
+ * -ENFILE (counted in accept_errors); the engine re-arms it, each re-arm taking at most one
+ * waiting connection, so a table full of identified devices costs an attacker's connection one
+ * accept and a close, and nothing spins. */
 #ifndef AVLGATE_SHARD_ENGINE_H
 #define AVLGATE_SHARD_ENGINE_H
 
@@ -86,6 +103,10 @@ enum engine_close_reason {
     ENGINE_CLOSE_PAUSE_OVERFLOW, /* kept sending while paused, past what it may keep */
     ENGINE_CLOSE_HANDED_OFF,     /* passed to another shard (not a failure) */
     ENGINE_CLOSE_SHUTDOWN,       /* the engine is stopping */
+    /* accepted, and not identified within identify_timeout_ms */
+    ENGINE_CLOSE_IDENTIFY_TIMEOUT,
+    /* unidentified and the oldest, when an accept left the table (nearly) full */
+    ENGINE_CLOSE_EVICTED,
     ENGINE_CLOSE_REASONS,
 };
 const char *engine_close_reason_name(enum engine_close_reason r);
@@ -158,6 +179,12 @@ struct engine_config {
     uint32_t frame_timeout_ms; /* 0: none */
     uint32_t sq_entries;       /* SQ size; the CQ is 4 times larger (multishot floods it) */
     uint32_t mailbox_slots;    /* messages each inbound mailbox holds (power of two; 0: 1024) */
+    /* An accepted connection still unidentified this long after its accept is closed (see
+     * "Identification" above); 0: none. At most INT32_MAX. */
+    uint32_t identify_timeout_ms;
+    /* Free slots of the accept range that evicting unidentified connections keeps; 0: an
+     * eighth of the range, 1 to 256. */
+    uint32_t identify_reserve;
     /* Once a completion is there, wait up to this long for more before handling them (kernel
      * 6.12's min_wait; 0 or an older kernel: handle each as soon as it comes). Fewer, fuller
      * loop turns: less CPU per completion under load, at most this much added latency. */
@@ -248,6 +275,20 @@ int engine_close(struct engine *e, uint32_t slot, uint32_t gen);
  * follows when the descriptor left. Bytes already received and not consumed are dropped: hand off
  * only between frames. Returns 0, -ESTALE, or -EINVAL (key above ENGINE_KEY_MAX or bad shard). */
 int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key);
+/* The application knows who the peer of this accepted connection is: it leaves the
+ * unidentified FIFO (no identify timeout, never evicted). Returns 0 (also when it was already
+ * identified) or -ESTALE. */
+int engine_identified(struct engine *e, uint32_t slot, uint32_t gen);
+/* The peer address of an accepted or handed-in connection, read from its socket now into *out
+ * (its length in *len): getsockopt(SO_PEERNAME) through IORING_OP_URING_CMD (kernel 6.7), since
+ * the socket lives only in the ring's fixed file table; no per-connection copy is kept.
+ * Synchronous: submits what is queued and waits for this one completion, which the kernel
+ * answers inline, leaving every other completion in the CQ for the loop. Meant for rare events
+ * (the gateway: a connection replaced by another of the same IMEI). Call from the shard's
+ * thread. Returns 0, -ESTALE, -EINVAL (a dialled connection), or the kernel's -errno
+ * (-EOPNOTSUPP before 6.7). */
+int engine_peer_addr(struct engine *e, uint32_t slot, uint32_t gen, struct sockaddr_storage *out,
+                     socklen_t *len);
 /* Resumes every connection paused by ENGINE_PAUSE: their kept bytes are offered to on_data
  * again (in pause order) until the application pauses again. */
 void engine_resume(struct engine *e);
@@ -272,6 +313,8 @@ const struct engine_stats *engine_stats(const struct engine *e);
 uint32_t engine_conns_open(const struct engine *e);
 /* Dials started and not yet open or freed (connecting, or failed and closing). */
 uint32_t engine_conns_dialing(const struct engine *e);
+/* Accepted connections open and not identified yet. */
+uint32_t engine_conns_unidentified(const struct engine *e);
 
 /* CLOCK_MONOTONIC in ns. */
 uint64_t engine_clock_ns(void);

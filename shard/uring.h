@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,6 +35,27 @@ static inline void shard_prep_msg_ring_fd(struct io_uring_sqe *sqe, int target_r
         target_index--;
     sqe->file_index = target_index + 1;
     sqe->msg_ring_flags = flags;
+}
+
+/* io_uring_prep_cmd_sock(SOCKET_URING_OP_GETSOCKOPT, ...) (liburing 2.5; kernel 6.7):
+ * getsockopt on a socket through IORING_OP_URING_CMD, which works on a direct descriptor (set
+ * IOSQE_FIXED_FILE and pass the slot as fd). The kernel takes level SOL_SOCKET only; optval
+ * gets at most optlen bytes and the CQE's res is the length written, or -errno. In liburing
+ * 2.3's struct io_uring_sqe, level and optname are the two halves of addr, optval is addr3 and
+ * optlen shares file_index. */
+#ifndef SOCKET_URING_OP_GETSOCKOPT
+#define SOCKET_URING_OP_GETSOCKOPT 2
+#endif
+
+static inline void shard_prep_cmd_getsockopt(struct io_uring_sqe *sqe, int fd, int level,
+                                             int optname, void *optval, uint32_t optlen)
+{
+    io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
+    sqe->cmd_op = SOCKET_URING_OP_GETSOCKOPT;
+    const uint32_t level_optname[2] = {(uint32_t)level, (uint32_t)optname};
+    memcpy(&sqe->addr, level_optname, sizeof level_optname);
+    sqe->addr3 = (uint64_t)(uintptr_t)optval;
+    sqe->file_index = optlen;
 }
 
 /* IORING_FEAT_MIN_TIMEOUT (kernel 6.12): io_uring_getevents_arg's former pad is min_wait_usec. */

@@ -9,7 +9,11 @@
  * with IORING_OP_MSG_RING; many connections; stop. Dialling (engine_connect): an engine that only
  * dials talks to a listening one (bytes both ways, a large frame sent by reference between
  * small copied ones, in order); refused and timed-out dials report and free their slots; many
- * dials; one engine that listens and dials its own listener (the slot ranges stay apart). */
+ * dials; one engine that listens and dials its own listener (the slot ranges stay apart).
+ * Identification: an unidentified connection is closed at identify_timeout_ms whatever it sends;
+ * near a full table the oldest unidentified one is evicted, never an identified one; a table
+ * full of identified connections refuses a newcomer and goes on accepting once a slot is free;
+ * handed-in connections arrive identified; the peer address read from a direct descriptor. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -68,7 +72,31 @@ struct app {
     atomic_uint holds;
     bool held, hold_done;
     uint32_t held_slot, held_gen;
+    /* Identification: a frame {1, 'I'} identifies its connection (engine_identified); a frame
+     * {1, 'P'} is answered with the peer address (engine_peer_addr): 0, IPv4 address, port. */
+    bool identify_frames;
 };
+
+/* The frames `identify_frames` gives a meaning: f is a whole frame. */
+static void on_identify_frame(struct app *a, struct engine *e, uint32_t slot, uint32_t gen,
+                              const uint8_t *f, size_t frame)
+{
+    if (!a->identify_frames || frame != 2)
+        return;
+    if (f[1] == 'I')
+        ECHECK(engine_identified(e, slot, gen) == 0);
+    if (f[1] == 'P') {
+        struct sockaddr_storage ss;
+        socklen_t len = 0;
+        ECHECK(engine_peer_addr(e, slot, gen, &ss, &len) == 0);
+        ECHECK(len == sizeof(struct sockaddr_in) && ss.ss_family == AF_INET);
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+        uint8_t answer[7] = {0};
+        memcpy(answer + 1, &sin->sin_addr, 4);
+        memcpy(answer + 5, &sin->sin_port, 2);
+        ECHECK(engine_send(e, slot, gen, answer, sizeof answer) == 0);
+    }
+}
 
 static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
                       size_t len, enum engine_verdict *verdict, uint32_t *need)
@@ -106,6 +134,7 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
         for (size_t i = 1; i < frame; i++)
             a->checksum = a->checksum * 31 + p[used + i];
         atomic_store(&a->checksum_pub, a->checksum);
+        on_identify_frame(a, e, slot, gen, p + used, frame);
         if (p[used] == 0) {
             uint8_t pong = 0;
             ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
@@ -1171,6 +1200,236 @@ static void test_listen_and_dial_one_engine(void **state)
     stop_shards(st, 1);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Identification
+ * ------------------------------------------------------------------------------------------- */
+
+/* Identifies the connection ({1, 'I'}) and waits until the engine has taken it. */
+static void identify(int fd)
+{
+    static const uint8_t frame[2] = {1, 'I'};
+    send_all(fd, frame, sizeof frame);
+    ping(fd);
+}
+
+/* Sends a ping; true when it was answered, false when the engine closed the connection. */
+static bool alive(int fd)
+{
+    uint8_t z = 0, r = 1;
+    if (send(fd, &z, 1, MSG_NOSIGNAL) != 1)
+        return false;
+    ssize_t n = recv(fd, &r, 1, 0);
+    return n == 1 && r == 0;
+}
+
+/* One shard of the toy protocol that gives {1, 'I'} and {1, 'P'} their meaning (adjust the
+ * configuration before start_shards). */
+static struct engine_config identify_config(struct shard_thread *st, uint16_t port)
+{
+    atomic_store(&st->app.budget, -1);
+    st->app.identify_frames = true;
+    return base_config(port, 0, 1, &test_ops, &st->app);
+}
+
+static uint64_t ms_since(uint64_t t0_ns)
+{
+    return (engine_clock_ns() - t0_ns) / 1000000u;
+}
+
+/* identify_timeout_ms closes the unidentified connections, the quiet one and the one that keeps
+ * sending keep-alives alike, at the deadline; an identified connection stays. */
+static void test_identify_timeout(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    struct engine_config cfg = identify_config(&st[0], port);
+    cfg.identify_timeout_ms = 1000;
+    start_shards(st, 1, &cfg);
+
+    uint64_t t0 = engine_clock_ns();
+    int quiet = dial(port), chatty = dial(port), named = dial(port);
+    identify(named);
+    ping(chatty);
+    assert_int_equal(engine_conns_unidentified(st[0].e), 2);
+    /* Keep-alives every 100 ms: answered until the deadline, then the connection is closed. */
+    unsigned answered = 0;
+    while (alive(chatty) && ms_since(t0) < 5000) {
+        answered++;
+        usleep(100000);
+    }
+    uint64_t chatty_ms = ms_since(t0);
+    assert_true(wait_eof(quiet, 3000));
+    uint64_t quiet_ms = ms_since(t0);
+    assert_true(answered >= 5);
+    assert_true(chatty_ms >= 900 && chatty_ms < 3000);
+    assert_true(quiet_ms >= 900 && quiet_ms < 3500);
+    assert_true(alive(named));
+    usleep(1200000); /* past a second deadline: the identified connection never had one */
+    assert_true(alive(named));
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_int_equal(s->closed[ENGINE_CLOSE_IDENTIFY_TIMEOUT], 2);
+    assert_int_equal(engine_conns_unidentified(st[0].e), 0);
+    close(quiet);
+    close(chatty);
+    close(named);
+    stop_shards(st, 1);
+}
+
+/* With 2 slots of 16 kept free, each newcomer past 14 evicts the oldest unidentified
+ * connection, in accept order, and never an identified one. */
+static void test_evict_oldest_unidentified(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    struct engine_config cfg = identify_config(&st[0], port);
+    cfg.conns_max = 16;
+    cfg.identify_reserve = 2;
+    start_shards(st, 1, &cfg);
+
+    enum { FIRST = 14 };
+    int fds[FIRST];
+    for (int i = 0; i < FIRST; i++) {
+        fds[i] = dial(port);
+        ping(fds[i]); /* accepted before the next: the FIFO is in this order */
+    }
+    identify(fds[0]);
+    identify(fds[1]);
+    const struct engine_stats *s = engine_stats(st[0].e);
+    assert_int_equal(s->closed[ENGINE_CLOSE_EVICTED], 0);
+    int n1 = dial(port);
+    ping(n1);
+    assert_true(wait_eof(fds[2], 2000)); /* the oldest unidentified */
+    int n2 = dial(port);
+    ping(n2);
+    assert_true(wait_eof(fds[3], 2000)); /* then the next */
+    assert_int_equal(s->closed[ENGINE_CLOSE_EVICTED], 2);
+    assert_true(alive(fds[0]) && alive(fds[1]) && alive(fds[4]) && alive(fds[FIRST - 1]));
+    assert_true(alive(n1) && alive(n2));
+    assert_int_equal(engine_conns_unidentified(st[0].e), FIRST - 2 - 2 + 2);
+    for (int i = 0; i < FIRST; i++)
+        close(fds[i]);
+    close(n1);
+    close(n2);
+    stop_shards(st, 1);
+}
+
+/* A table full of identified connections: a newcomer is accepted and closed by the kernel
+ * (-ENFILE), nothing is evicted, the accept is re-armed without spinning, and a slot freed
+ * later takes the next newcomer. */
+static void test_full_table_of_identified(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    struct engine_config cfg = identify_config(&st[0], port);
+    cfg.conns_max = 8;
+    start_shards(st, 1, &cfg);
+
+    int fds[8];
+    for (int i = 0; i < 8; i++) {
+        fds[i] = dial(port);
+        identify(fds[i]);
+    }
+    const struct engine_stats *s = engine_stats(st[0].e);
+    int attacker = dial(port);
+    assert_true(wait_eof(attacker, 2000));
+    close(attacker);
+    assert_true(*(volatile const uint64_t *)&s->accept_errors >= 1);
+    uint64_t loops = *(volatile const uint64_t *)&s->loops;
+    usleep(1000000);
+    /* Idle, the loop wakes every 100 ms at most: a re-armed accept that spun would show. */
+    assert_true(*(volatile const uint64_t *)&s->loops - loops < 50);
+    for (int i = 0; i < 8; i++)
+        assert_true(alive(fds[i]));
+    assert_int_equal(s->closed[ENGINE_CLOSE_EVICTED], 0);
+    close(fds[0]);
+    wait_until(&st[0].app.closes, 1, 2000);
+    usleep(100000); /* the close_direct completes: the slot is free */
+    int next = dial(port);
+    ping(next);
+    close(next);
+    for (int i = 1; i < 8; i++)
+        close(fds[i]);
+    stop_shards(st, 1);
+}
+
+/* Shard 0 hands every connection to shard 1 at its first frame; with identify_timeout_ms on
+ * both, the handed-in ones stay on shard 1 past the deadline and those shard 1 accepted itself
+ * (never identified) are closed at it. */
+static void test_handed_in_arrives_identified(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[2] = {0};
+    struct engine_config cfgs[2];
+    for (unsigned i = 0; i < 2; i++) {
+        atomic_store(&st[i].app.budget, -1);
+        st[i].app.handoff_to = -1;
+        cfgs[i] = base_config(port, i, 2, &handoff_ops, &st[i].app);
+        cfgs[i].identify_timeout_ms = 1000;
+    }
+    st[0].app.handoff_to = 1;
+    start_shards(st, 2, cfgs);
+
+    enum { CLIENTS = 16 };
+    int fds[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        fds[c] = dial(port);
+        uint8_t hello = 0, r = 1;
+        send_all(fds[c], &hello, 1);
+        recv_exact(fds[c], &r, 1); /* the greeting of shard 1, or the hello's answer */
+        assert_int_equal(r, 0);
+    }
+    usleep(1600000);
+    unsigned alive_n = 0;
+    for (int c = 0; c < CLIENTS; c++)
+        alive_n += alive(fds[c]);
+    unsigned handed_in = atomic_load(&st[1].app.handed_in);
+    assert_true(handed_in > 0);
+    assert_int_equal(alive_n, handed_in);
+    assert_int_equal(engine_stats(st[1].e)->closed[ENGINE_CLOSE_IDENTIFY_TIMEOUT],
+                     CLIENTS - handed_in);
+    assert_int_equal(engine_stats(st[0].e)->closed[ENGINE_CLOSE_IDENTIFY_TIMEOUT], 0);
+    for (int c = 0; c < CLIENTS; c++)
+        close(fds[c]);
+    stop_shards(st, 2);
+}
+
+/* engine_peer_addr reads a direct descriptor's peer: connections from 127.0.0.2 and
+ * 127.0.0.1, each with its own source port. */
+static void test_peer_address(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    struct engine_config cfg = identify_config(&st[0], port);
+    start_shards(st, 1, &cfg);
+
+    static const char *const sources[2] = {"127.0.0.2", "127.0.0.1"};
+    for (int i = 0; i < 2; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in src = {.sin_family = AF_INET}, dst = src, local;
+        inet_pton(AF_INET, sources[i], &src.sin_addr);
+        assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof src), 0);
+        dst.sin_port = htons(port);
+        dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&dst, sizeof dst), 0);
+        socklen_t l = sizeof local;
+        assert_int_equal(getsockname(fd, (struct sockaddr *)&local, &l), 0);
+        static const uint8_t ask[2] = {1, 'P'};
+        send_all(fd, ask, sizeof ask);
+        uint8_t answer[7];
+        recv_exact(fd, answer, sizeof answer);
+        assert_int_equal(answer[0], 0);
+        assert_memory_equal(answer + 1, &src.sin_addr, 4);
+        assert_memory_equal(answer + 5, &local.sin_port, 2);
+        close(fd);
+    }
+    stop_shards(st, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1188,6 +1447,11 @@ int main(void)
         cmocka_unit_test(test_dial_timeout_and_stop),
         cmocka_unit_test(test_dial_many),
         cmocka_unit_test(test_listen_and_dial_one_engine),
+        cmocka_unit_test(test_identify_timeout),
+        cmocka_unit_test(test_evict_oldest_unidentified),
+        cmocka_unit_test(test_full_table_of_identified),
+        cmocka_unit_test(test_handed_in_arrives_identified),
+        cmocka_unit_test(test_peer_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,6 +68,7 @@ static void batch_reset(struct batch *b)
     b->devs_len = 0;
     b->split = false;
     b->split_next = 0;
+    b->split_timeouts = 0;
     memset(b->dev_map, 0, ((size_t)b->dev_map_mask + 1) * sizeof *b->dev_map);
 }
 

@@ -34,10 +34,10 @@
  * lock is released its re-sent packet commits once (its window, as for a refused packet, does
  * not hold the deferred records). When SPLIT_TIMEOUTS_MAX split transactions in a row time
  * out, the database itself is stalled rather than one device's rows: the rest of the batch is
- * deferred untried, so a batch costs at most N + SPLIT_TIMEOUTS_MAX x N/10. What the server's
- * timer does not cover (COMMIT waiting for a synchronous standby, a server that stopped
- * answering) the sink's client-side timeout bounds (ingest.c: 2N + 1 s): the link is dropped
- * and the outcome is unknown (above). */
+ * deferred untried, so a batch costs at most N + SPLIT_TIMEOUTS_MAX x N (x N/10 when what
+ * they wait for is a lock), not N per packet. What the server's timer does not cover (COMMIT
+ * waiting for a synchronous standby, a server that stopped answering) the sink's client-side
+ * timeout bounds (ingest.c: 2N + 1 s): the link is dropped and the outcome is unknown (above). */
 #include "gateway/batch.h"
 
 #include <assert.h>

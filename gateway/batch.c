@@ -15,7 +15,29 @@
  * never sent again: every batch still held is dropped unacknowledged and the connections of
  * their devices closed, so each device reloads its state from the database and re-sends; data
  * error -> the batch is split into one transaction per packet, the packets the database
- * rejects are refused with a counted reason and their connections closed. */
+ * rejects are refused with a counted reason and their connections closed.
+ *
+ * Timeouts (--txn-timeout-ms, N). Every transaction runs with SET LOCAL statement_timeout = N
+ * (pgsink_txn): a statement that waits longer (most often for a device_state row that another
+ * session holds locked) is cancelled by the server and the batch comes back not committed with
+ * timed_out. One device's locked row must not hold the whole shard, so the batch is retried
+ * split, as after a data error, now with lock_timeout = N/10 as well (a split transaction of a
+ * locked device fails fast, so the packets behind it wait N + N/10 + their own transactions,
+ * not 2N). A packet whose split transaction also times out is deferred: handled exactly like a
+ * refused one (not acknowledged, its fingerprints forgotten, its connection and the device's
+ * current one closed, so the device reloads its state and re-sends later), counted as
+ * packets_deferred, and its device remembered (struct deferral): while deferred, the device's
+ * new packets are refused at batch_take (the connection closed, nothing taken) and its packets
+ * already held in later batches are deferred untried (such a batch goes split at submit), so
+ * its re-sends do not stall the shard again. The deferral lasts N, doubling at each new
+ * timeout up to DEFER_BACKOFF_MAX_MS, and ends when a packet of the device commits: after the
+ * lock is released its re-sent packet commits once (its window, as for a refused packet, does
+ * not hold the deferred records). When SPLIT_TIMEOUTS_MAX split transactions in a row time
+ * out, the database itself is stalled rather than one device's rows: the rest of the batch is
+ * deferred untried, so a batch costs at most N + SPLIT_TIMEOUTS_MAX x N (x N/10 when what
+ * they wait for is a lock), not N per packet. What the server's timer does not cover (COMMIT
+ * waiting for a synchronous standby, a server that stopped answering) the sink's client-side
+ * timeout bounds (ingest.c: 2N + 1 s): the link is dropped and the outcome is unknown (above). */
 #include "gateway/batch.h"
 
 #include <assert.h>
@@ -46,6 +68,7 @@ static void batch_reset(struct batch *b)
     b->devs_len = 0;
     b->split = false;
     b->split_next = 0;
+    b->split_timeouts = 0;
     memset(b->dev_map, 0, ((size_t)b->dev_map_mask + 1) * sizeof *b->dev_map);
 }
 
@@ -315,6 +338,82 @@ uint32_t batch_busy(const struct shard *s)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Deferred devices
+ * ------------------------------------------------------------------------------------------- */
+
+static struct deferral *deferral_find(struct batches *r, uint64_t imei)
+{
+    for (uint32_t i = 0; i < r->deferred_len; i++)
+        if (r->deferred[i].imei == imei)
+            return &r->deferred[i];
+    return NULL;
+}
+
+/* Whether imei's packets are refused now (cheap when no device is deferred). */
+static bool deferred_now(const struct shard *s, uint64_t imei)
+{
+    struct batches *r = s->ring;
+    if (r->deferred_len == 0)
+        return false;
+    const struct deferral *d = deferral_find(r, imei);
+    return d && shard_now_ms(s) < d->until_ms;
+}
+
+/* imei's transaction timed out (again): its packets are refused for the next backoff, which
+ * starts at the timeout and doubles. When the table is full, the entry that ends first makes
+ * room. */
+static void deferral_strike(struct shard *s, uint64_t imei)
+{
+    struct batches *r = s->ring;
+    struct deferral *d = deferral_find(r, imei);
+    if (d) {
+        d->backoff_ms =
+            d->backoff_ms >= DEFER_BACKOFF_MAX_MS / 2 ? DEFER_BACKOFF_MAX_MS : 2 * d->backoff_ms;
+    } else {
+        if (r->deferred_len < DEFERRALS_MAX) {
+            d = &r->deferred[r->deferred_len++];
+        } else {
+            d = &r->deferred[0];
+            for (uint32_t i = 1; i < DEFERRALS_MAX; i++)
+                if (r->deferred[i].until_ms < d->until_ms)
+                    d = &r->deferred[i];
+        }
+        uint32_t base = s->cfg->txn_timeout_ms ? s->cfg->txn_timeout_ms : 1000;
+        *d = (struct deferral){
+            .imei = imei, .backoff_ms = base < DEFER_BACKOFF_MAX_MS ? base : DEFER_BACKOFF_MAX_MS};
+    }
+    d->until_ms = shard_now_ms(s) + d->backoff_ms;
+}
+
+/* A packet of imei committed: its rows are writable again. */
+static void deferral_clear(struct batches *r, uint64_t imei)
+{
+    struct deferral *d = r->deferred_len ? deferral_find(r, imei) : NULL;
+    if (d)
+        *d = r->deferred[--r->deferred_len];
+}
+
+/* Whether b holds a packet of a device deferred now (taken before its deferral). */
+static bool holds_deferred(const struct shard *s, const struct batch *b)
+{
+    if (s->ring->deferred_len == 0)
+        return false;
+    for (uint32_t i = 0; i < b->devs_len; i++)
+        if (deferred_now(s, b->devs[i].imei))
+            return true;
+    return false;
+}
+
+/* A packet of imei is deferred (why: timed_out, device_deferred, database_stalled). */
+static void count_deferred(struct shard *s, uint64_t imei, const char *why)
+{
+    stat_add(&s->st->packets_deferred, 1);
+    log_limited(&s->ring->log_deferred, shard_now_ms(s), LOG_WARN,
+                "packet deferred: its rows could not be written in time",
+                "shard=%u imei=%" PRIu64 " reason=%s", s->id, imei, why);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Outcomes
  * ------------------------------------------------------------------------------------------- */
 
@@ -364,12 +463,16 @@ static void on_committed(struct shard *s, struct batch *b)
         struct pkt_ref *p = &b->pkts[b->split_next];
         ack_packet(s, p);
         p->rejected = true; /* done: never again */
+        b->split_timeouts = 0;
+        deferral_clear(s->ring, b->devs[p->dev].imei);
         mark_loads_stale(s, &b->devs[p->dev], 1);
         split_advance(s, b);
         return;
     }
     stat_add(&s->st->batches_committed, 1);
     stat_add(&s->st->rows_committed, b->rows);
+    for (uint32_t i = 0; s->ring->deferred_len > 0 && i < b->devs_len; i++)
+        deferral_clear(s->ring, b->devs[i].imei);
     mark_loads_stale(s, b->devs, b->devs_len);
     ack_batch(s, b);
     batch_release(s, b);
@@ -419,6 +522,19 @@ static void on_unknown(struct shard *s, const struct batch *b, int backend_pid)
     abandon_all(s);
 }
 
+/* Packet p of split batch b will not be stored (refused, or deferred): not acknowledged, its
+ * records counted as sent nowhere (forget_refused), its connection closed. */
+static void drop_packet(struct shard *s, struct batch *b, struct pkt_ref *p)
+{
+    p->rejected = true;
+    p->refused = true;
+    forget_refused(s, b, p);
+    engine_close(s->e, p->slot, p->gen);
+    /* A replacing connection may hold this packet's records as sent (its state came from this
+     * batch): it would take the re-send for a duplicate and ACK it. */
+    session_close_owner(s, b->devs[p->dev].imei);
+}
+
 /* The database refused the one packet of a split transaction. */
 static void refuse_packet(struct shard *s, struct batch *b, const struct pgsink_txn_result *res)
 {
@@ -430,14 +546,17 @@ static void refuse_packet(struct shard *s, struct batch *b, const struct pgsink_
                 "packet rejected by the database",
                 "shard=%u sqlstate=%s imei=%" PRIu64 " error=\"%s\"", s->id, res->sqlstate, imei,
                 logfmt_q(q, sizeof q, res->message));
-    p->rejected = true;
-    p->refused = true;
-    forget_refused(s, b, p);
-    engine_close(s->e, p->slot, p->gen);
-    /* A replacing connection may hold this packet's records as sent (its state came from this
-     * batch): it would take the re-send for a duplicate and ACK it. */
-    session_close_owner(s, imei);
+    drop_packet(s, b, p);
     split_advance(s, b);
+}
+
+/* One transaction per packet from the first on (the batch is the oldest: it goes next). */
+static void enter_split(struct batch *b)
+{
+    b->split = true;
+    b->split_next = 0;
+    b->split_timeouts = 0;
+    b->state = BATCH_SEALED;
 }
 
 static void on_data_error(struct shard *s, struct batch *b, const struct pgsink_txn_result *res)
@@ -447,9 +566,30 @@ static void on_data_error(struct shard *s, struct batch *b, const struct pgsink_
         refuse_packet(s, b, res);
         return;
     }
-    b->split = true;
-    b->split_next = 0;
-    b->state = BATCH_SEALED;
+    enter_split(b);
+}
+
+/* A statement of the batch's transaction ran past the timeout: split, so the devices whose rows
+ * cannot be written wait alone; in split mode, that packet is deferred. */
+static void on_timed_out(struct shard *s, struct batch *b, const struct pgsink_txn_result *res)
+{
+    if (b->split) {
+        struct pkt_ref *p = &b->pkts[b->split_next];
+        uint64_t imei = b->devs[p->dev].imei;
+        deferral_strike(s, imei);
+        b->split_timeouts++;
+        count_deferred(s, imei, "timed_out");
+        drop_packet(s, b, p);
+        split_advance(s, b);
+        return;
+    }
+    char q[256];
+    stat_add(&s->st->batches_timed_out, 1);
+    log_limited(&s->ring->log_timed_out, shard_now_ms(s), LOG_WARN,
+                "batch timed out; retrying it split",
+                "shard=%u batch=%u packets=%u sqlstate=%s error=\"%s\"", s->id, b->seq, b->pkts_len,
+                res->sqlstate, logfmt_q(q, sizeof q, res->message));
+    enter_split(b);
 }
 
 void batch_on_txn_done(struct shard *s, void *cookie, const struct pgsink_txn_result *res)
@@ -461,6 +601,10 @@ void batch_on_txn_done(struct shard *s, void *cookie, const struct pgsink_txn_re
         on_committed(s, b);
         return;
     case PGSINK_NOT_COMMITTED:
+        if (res->timed_out) {
+            on_timed_out(s, b, res);
+            return;
+        }
         stat_add(&s->st->batches_retried, 1);
         b->state = BATCH_SEALED; /* the oldest: it goes again first */
         return;
@@ -489,11 +633,28 @@ static void txn_whole(const struct shard *s, struct batch *b, struct pgsink_txn 
     txn->copy_iovs = 1;
 }
 
+/* Defers packet p of split batch b without a transaction when trying is futile: its device is
+ * deferred now, or SPLIT_TIMEOUTS_MAX packets in a row timed out (the database is stalled, not
+ * one device's rows). True when it did. */
+static bool defer_untried(struct shard *s, struct batch *b, struct pkt_ref *p)
+{
+    uint64_t imei = b->devs[p->dev].imei;
+    const char *why = b->split_timeouts >= SPLIT_TIMEOUTS_MAX ? "database_stalled"
+                      : deferred_now(s, imei)                 ? "device_deferred"
+                                                              : NULL;
+    if (!why)
+        return false;
+    count_deferred(s, imei, why);
+    drop_packet(s, b, p);
+    return true;
+}
+
 /* The transaction of the next packet of a split batch; false when none is left. */
 static bool txn_split(struct shard *s, struct batch *b, struct pgsink_txn *txn)
 {
     struct batches *r = s->ring;
-    while (b->split_next < b->pkts_len && b->pkts[b->split_next].rejected)
+    while (b->split_next < b->pkts_len &&
+           (b->pkts[b->split_next].rejected || defer_untried(s, b, &b->pkts[b->split_next])))
         b->split_next++;
     if (b->split_next == b->pkts_len)
         return false;
@@ -523,12 +684,18 @@ static void submit_next(struct shard *s)
     if (b->state != BATCH_SEALED || !pgsink_ready(s->sink))
         return;
     struct pgsink_txn txn = {0};
+    if (!b->split && holds_deferred(s, b))
+        enter_split(b); /* its packets of a deferred device go untried */
     if (!b->split) {
         txn_whole(s, b, &txn);
     } else if (!txn_split(s, b, &txn)) {
         batch_release(s, b);
         return;
     }
+    uint32_t timeout_ms = s->cfg->txn_timeout_ms;
+    txn.statement_timeout_ms = timeout_ms;
+    if (b->split) /* a locked row fails its one packet fast: the packets behind it go on */
+        txn.lock_timeout_ms = timeout_ms >= 10 ? timeout_ms / 10 : timeout_ms;
     txn.state_params = b->params;
     txn.state_lengths = b->params_len;
     txn.state_formats = state_formats;
@@ -557,20 +724,24 @@ uint64_t batch_tick(struct shard *s, uint64_t now_ns)
  * Packets
  * ------------------------------------------------------------------------------------------- */
 
-/* The bytes the packet's rows may take, or a copyenc error when a record cannot be stored (a
- * packet goes in whole or not at all). */
-static int64_t packet_bound(const struct avl_packet *pkt, const struct avl_record *recs)
+/* The bytes the packet's rows may take (a packet goes in whole or not at all). */
+static size_t packet_bound(const struct avl_packet *pkt, const struct avl_record *recs)
 {
     size_t bound = 0;
-    for (unsigned i = 0; i < pkt->records_len; i++) {
-        const struct avl_record *r = &recs[i];
-        if (r->angle_deg > INT16_MAX)
-            return COPYENC_E_ANGLE_RANGE;
-        if (r->speed_kmh > INT16_MAX)
-            return COPYENC_E_SPEED_RANGE;
-        bound += copyenc_row_bytes_max(r);
-    }
-    return (int64_t)bound;
+    for (unsigned i = 0; i < pkt->records_len; i++)
+        bound += copyenc_row_bytes_max(&recs[i]);
+    return bound;
+}
+
+/* A stored record with an angle or speed that smallint cannot hold: stored with that field
+ * NULL (copyenc_row), counted by field. Its fingerprint keeps the wire values. */
+static void count_nulls(struct shard *s, const struct avl_record *r)
+{
+    unsigned nulls = copyenc_nulls(r);
+    if (nulls & COPYENC_NULL_ANGLE)
+        stat_add(&s->st->records_out_of_range[INGEST_FIELD_ANGLE], 1);
+    if (nulls & COPYENC_NULL_SPEED)
+        stat_add(&s->st->records_out_of_range[INGEST_FIELD_SPEED], 1);
 }
 
 /* The batch with room for the packet: the filling one, or the next after sealing it; NULL
@@ -607,9 +778,10 @@ static void store_records(struct shard *s, struct batch *b, struct bdev *bd, str
         }
         int n =
             copyenc_row(b->copy + b->copy_len, b->copy_cap - b->copy_len, bd->imei, r, received_us);
-        assert(n > 0); /* ranges were checked and the space reserved */
+        assert(n > 0); /* the decoder checked the ranges; the space is reserved */
         b->copy_len += (size_t)n;
         b->rows++;
+        count_nulls(s, r);
         dedup_push(win, fp);
         assert(b->fps_len < b->fps_cap);
         b->fps[b->fps_len++] = fp;
@@ -625,10 +797,11 @@ static void store_records(struct shard *s, struct batch *b, struct bdev *bd, str
 int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
                const struct avl_packet *pkt, const struct avl_record *recs)
 {
-    int64_t bound = packet_bound(pkt, recs);
-    if (bound < 0)
-        return (int)bound;
-    struct batch *b = room_for(s, d, pkt, (size_t)bound);
+    if (deferred_now(s, d->imei)) {
+        count_deferred(s, d->imei, "device_deferred");
+        return -EAGAIN;
+    }
+    struct batch *b = room_for(s, d, pkt, packet_bound(pkt, recs));
     if (!b)
         return 0;
     uint32_t dev_index;

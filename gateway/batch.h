@@ -28,7 +28,11 @@ struct dev;
 
 enum {
     BATCHES_MAX = 16,
-    ROW_BYTES_PLANNED = 512, /* typical row with its jsonb; sizes the COPY buffer */
+    DEFERRALS_MAX = 32,           /* devices remembered as deferred, per shard */
+    DEFER_BACKOFF_MAX_MS = 30000, /* the longest a deferred device is refused */
+    SPLIT_TIMEOUTS_MAX = 3,       /* split transactions in a row that time out: the rest of the
+                                     batch is deferred untried (the database itself is stalled) */
+    ROW_BYTES_PLANNED = 512,      /* typical row with its jsonb; sizes the COPY buffer */
     STATE_PARAMS = 8,
     /* The state statement's parameters in binary format (batch.c build_state_params): per
      * device one element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4,
@@ -87,9 +91,19 @@ struct batch {
     const char *params[STATE_PARAMS];
     int params_len[STATE_PARAMS];
     struct iovec iov[3];
-    /* Split mode after a data error: one transaction per packet, from split_next on. */
+    /* Split mode after a data error or a timeout: one transaction per packet, from split_next
+     * on; split_timeouts counts the packets in a row whose transaction timed out. */
     bool split;
     uint32_t split_next;
+    uint32_t split_timeouts;
+};
+
+/* A device whose rows could not be written in time (its device_state row locked elsewhere): its
+ * packets are refused until until_ms, then tried again; each new timeout doubles backoff_ms. */
+struct deferral {
+    uint64_t imei;
+    uint64_t until_ms; /* shard_now_ms */
+    uint32_t backoff_ms;
 };
 
 struct batches {
@@ -98,7 +112,12 @@ struct batches {
     uint32_t fill;   /* index of the batch being filled */
     uint32_t oldest; /* index of the oldest batch not free */
     uint32_t next_seq;
-    struct ratelimit log_rejected; /* "packet rejected by the database" */
+    struct ratelimit log_rejected;  /* "packet rejected by the database" */
+    struct ratelimit log_timed_out; /* "batch timed out; retrying it split" */
+    struct ratelimit log_deferred;  /* "packet deferred: its rows could not be written in time" */
+    /* Devices deferred: kept until a packet of theirs commits (or the slot is needed). */
+    struct deferral deferred[DEFERRALS_MAX];
+    uint32_t deferred_len;
     /* Split mode: the one packet's COPY stream and state parameters. */
     uint8_t header[COPYENC_HEADER_BYTES];
     uint8_t trailer[COPYENC_TRAILER_BYTES];
@@ -110,9 +129,11 @@ int batch_setup(struct shard *s, char *err, size_t cap);
 void batch_teardown(struct shard *s);
 
 /* Takes one decoded packet of the device on (slot, gen) into the filling batch: its records not
- * already in the device's window become tuples, the window grows, and the packet waits for its
- * ACK (d->unacked). Returns 1 when taken, 0 when the ring is full (the caller pauses the
- * connection), or a negative copyenc error (the packet is refused whole; nothing was taken). */
+ * already in the device's window become tuples (an angle or speed smallint cannot hold stored
+ * NULL, counted), the window grows, and the packet waits for its ACK (d->unacked). Returns 1
+ * when taken, 0 when the ring is full (the caller pauses the connection), or -EAGAIN when the
+ * device is deferred (counted; nothing was taken: the caller closes the connection and the
+ * device re-sends later). */
 int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
                const struct avl_packet *pkt, const struct avl_record *recs);
 

@@ -52,6 +52,8 @@ static const struct opt opts[] = {
     {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (1000)"},
     {"batch-ms", K_U32, CFG(batch_ms), 0, 60000, "N", "or when its first row is N ms old (10)"},
     {"batches", K_U32, CFG(batches), 2, 16, "N", "batches per shard, the row ring (4)"},
+    {"txn-timeout-ms", K_U32, CFG(txn_timeout_ms), 0, 600000, "N",
+     "a batch statement past N ms is cancelled, the batch retried split (5000, 0 off)"},
     {"conns-max", K_U32, CFG(conns_max), 1, 1u << 20, "N",
      "connections per shard (10000, <= RLIMIT_NOFILE)"},
     {"bufs", K_U32, CFG(bufs), 1, 32768, "N", "receive buffers per shard, a power of two (1024)"},
@@ -199,6 +201,7 @@ static void defaults(struct run_options *o)
     c->batch_rows = 1000;
     c->batch_ms = 10;
     c->batches = 4;
+    c->txn_timeout_ms = 5000;
     c->conns_max = 10000;
     c->bufs = 1024;
     c->buf_bytes = 4096;

@@ -29,7 +29,6 @@
 /* MIN_TIMESTAMP (4714-11-24 BC) in µs since 1970; src/include/datatype/timestamp.h. END is
  * past INT64_MAX in unix µs, so an int64 received_at is never too late. */
 #define PG_TIMESTAMP_MIN_UNIX_US (INT64_C(-211813488000000000) + PG_EPOCH_UNIX_US)
-#define SMALLINT_MAX             32767u
 
 _Static_assert(COPYENC_ROW_FIXED_BYTES == 117, "row layout changed: update the bound and tests");
 
@@ -106,6 +105,12 @@ static inline uint8_t *put_int4(uint8_t *p, uint32_t v)
 static inline uint8_t *put_int8(uint8_t *p, uint64_t v)
 {
     return out_be64(out_be32(p, 8), v);
+}
+
+/* A NULL field: length -1, no value. */
+static inline uint8_t *put_null(uint8_t *p)
+{
+    return out_be32(p, UINT32_MAX);
 }
 
 static inline uint8_t *put_float8(uint8_t *p, double d)
@@ -332,10 +337,6 @@ const char *copyenc_strerror(int err)
         return "ts_range";
     case COPYENC_E_RECEIVED_RANGE:
         return "received_range";
-    case COPYENC_E_ANGLE_RANGE:
-        return "angle_range";
-    case COPYENC_E_SPEED_RANGE:
-        return "speed_range";
     }
     return "unknown_error";
 }
@@ -379,10 +380,6 @@ int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record
         return COPYENC_E_TS_RANGE;
     if (received_at_us < PG_TIMESTAMP_MIN_UNIX_US)
         return COPYENC_E_RECEIVED_RANGE;
-    if (r->angle_deg > SMALLINT_MAX)
-        return COPYENC_E_ANGLE_RANGE;
-    if (r->speed_kmh > SMALLINT_MAX)
-        return COPYENC_E_SPEED_RANGE;
     if (cap < copyenc_row_bytes_max(r))
         return COPYENC_E_NO_SPACE;
 
@@ -397,9 +394,10 @@ int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record
     p = put_float8(p, (double)r->lon_e7 / 1e7);
     p = put_float8(p, (double)r->lat_e7 / 1e7);
     p = put_int2(p, (uint16_t)r->altitude_m);
-    p = put_int2(p, r->angle_deg);
+    unsigned nulls = copyenc_nulls(r); /* smallint cannot hold them: NULL, never wrapped */
+    p = nulls & COPYENC_NULL_ANGLE ? put_null(p) : put_int2(p, r->angle_deg);
     p = put_int2(p, r->satellites);
-    p = put_int2(p, r->speed_kmh);
+    p = nulls & COPYENC_NULL_SPEED ? put_null(p) : put_int2(p, r->speed_kmh);
     p = put_int4(p, r->event_id);
 
     uint8_t *io_len = p;
@@ -411,7 +409,7 @@ int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record
     if (r->codec == AVL_CODEC_16)
         p = put_int2(p, r->generation);
     else
-        p = out_be32(p, UINT32_MAX); /* -1: NULL */
+        p = put_null(p);
     p = put_int2(p, r->codec);
 
     assert((size_t)(p - out) <= copyenc_row_bytes_max(r));

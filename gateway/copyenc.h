@@ -13,8 +13,9 @@
  *   priority smallint
  *   lon, lat float8        lon_e7 / 1e7, lat_e7 / 1e7 (the correctly rounded double)
  *   altitude smallint      signed, as sent
- *   angle, speed smallint  u16 on the wire: above 32767 is refused (COPYENC_E_*_RANGE), never
- *                          wrapped
+ *   angle, speed smallint  u16 on the wire: above 32767 (which smallint cannot hold) the field
+ *                          is NULL, never wrapped; the rest of the record is stored as sent
+ *                          (copyenc_nulls says which fields)
  *   satellites smallint
  *   event_id integer
  *   io jsonb               version byte 1 + {"<id>":<value>,...}: the IO elements in wire
@@ -58,12 +59,24 @@ enum copyenc_err {
     COPYENC_E_IMEI_RANGE = -2,     /* imei above INT64_MAX */
     COPYENC_E_TS_RANGE = -3,       /* ts_ms at or past AVL_TS_MS_END */
     COPYENC_E_RECEIVED_RANGE = -4, /* received_at_us outside timestamptz */
-    COPYENC_E_ANGLE_RANGE = -5,    /* angle above 32767: smallint cannot hold it */
-    COPYENC_E_SPEED_RANGE = -6,    /* speed above 32767 */
-    COPYENC_E_ERR_MIN = -6,
+    COPYENC_E_ERR_MIN = -4,
 };
 
-/* The error's name ("no_space", "angle_range", ...); "ok" for values >= 0, "unknown_error"
+/* The fields copyenc_row writes as NULL because their column cannot hold the wire value. */
+enum copyenc_null {
+    COPYENC_NULL_ANGLE = 1 << 0, /* angle above 32767 */
+    COPYENC_NULL_SPEED = 1 << 1, /* speed above 32767 */
+};
+
+/* Which of r's fields copyenc_row stores as NULL: a mask of enum copyenc_null, 0 for a record
+ * stored as sent. */
+static inline unsigned copyenc_nulls(const struct avl_record *r)
+{
+    return (r->angle_deg > INT16_MAX ? (unsigned)COPYENC_NULL_ANGLE : 0u) |
+           (r->speed_kmh > INT16_MAX ? (unsigned)COPYENC_NULL_SPEED : 0u);
+}
+
+/* The error's name ("no_space", "ts_range", ...); "ok" for values >= 0, "unknown_error"
  * outside the enum. Static storage. */
 const char *copyenc_strerror(int err);
 
@@ -79,7 +92,8 @@ size_t copyenc_row_bytes_max(const struct avl_record *r);
 
 /* Encodes one tuple for r (from a successful decode; its packet bytes must still be there) of
  * device imei, received at received_at_us (µs since 1970). Checks the values first, then that
- * cap >= copyenc_row_bytes_max(r), then writes: on any error nothing is written. Returns the
+ * cap >= copyenc_row_bytes_max(r), then writes: on any error nothing is written. An angle or
+ * speed that smallint cannot hold is written as NULL (copyenc_nulls), not refused. Returns the
  * bytes written (> 0) or an enum copyenc_err. */
 int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record *r,
                 int64_t received_at_us);

@@ -85,11 +85,8 @@ static enum engine_verdict on_avl(struct shard *s, uint32_t slot, uint32_t gen, 
         stat_add(&s->st->backpressure_pauses, 1);
         return ENGINE_PAUSE;
     }
-    if (rc < 0) {
-        stat_add(&s->st->records_rejected, pkt.records_len);
-        count_invalid(s, AVL_E_ERR_MIN - 1 + rc); /* copyenc errors after the codec's */
-        return ENGINE_CLOSE;
-    }
+    if (rc < 0)
+        return ENGINE_CLOSE; /* its device is deferred (counted): it re-sends later */
     return ENGINE_CONTINUE;
 }
 
@@ -449,6 +446,8 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
         .copy_sql = COPYENC_COPY_SQL,
         .queries_max = 256,
         .query_timeout_ms = 30000,
+        /* The server times the statements out (batch.c); this bounds what it does not. */
+        .txn_timeout_ms = s->cfg->txn_timeout_ms ? 2 * s->cfg->txn_timeout_ms + 1000 : 0,
         .cb = {.on_txn_done = on_txn_done,
                .on_query_done = on_query_done,
                .on_state = on_sink_state},

@@ -91,6 +91,13 @@ static const struct stat_family ingest_families[] = {
      ST(batches_unknown), false},
     {"avlgate_batches_data_error_total", "Batches split after the database refused a row.",
      ST(batches_data_error), false},
+    {"avlgate_batches_timed_out_total",
+     "Batches split after a statement ran past --txn-timeout-ms (a row lock held elsewhere).",
+     ST(batches_timed_out), false},
+    {"avlgate_packets_deferred_total",
+     "Packets not stored for now: their device's rows could not be written in time (closed; "
+     "the device re-sends).",
+     ST(packets_deferred), false},
     {"avlgate_gprs_frames_total", "GPRS (Codec 12-15) frames received.", ST(gprs_frames), false},
     {"avlgate_devices_revoked_total",
      "Connections closed after SIGHUP: the device is no longer enabled in public.devices.",
@@ -259,6 +266,18 @@ static void render_invalid(struct out *o, const struct ingest_shared *sh)
     }
 }
 
+static void render_out_of_range(struct out *o, const struct ingest_shared *sh)
+{
+    static const char *const fields[INGEST_FIELDS] = {"angle", "speed"};
+    family(o, "avlgate_records_field_out_of_range_total", "counter",
+           "Records stored with a field NULL: its value does not fit the column (smallint).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        for (int f = 0; f < INGEST_FIELDS; f++)
+            put(o,
+                "avlgate_records_field_out_of_range_total{shard=\"%u\",field=\"%s\"} %" PRIu64 "\n",
+                i, fields[f], stat_read(&shard_stats(sh, i)->records_out_of_range[f]));
+}
+
 static void render_commands(struct out *o, const struct ingest_shared *sh)
 {
     family(o, "avlgate_commands_total", "counter",
@@ -337,6 +356,7 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     render_handshakes_rejected(&o, sh);
     render_replaced(&o, sh);
     render_invalid(&o, sh);
+    render_out_of_range(&o, sh);
     render_commands(&o, sh);
     render_pg_links(&o, sh);
     render_redis_links(&o, sh);

@@ -8,8 +8,9 @@
  *
  * The data link's transaction, one at a time:
  *
- *   IDLE --submit--> BEGIN      "BEGIN;<copy_sql>" as one simple query: BEGIN's COMMAND_OK,
- *                               then COPY_IN (or an error, then NULL)
+ *   IDLE --submit--> BEGIN      "BEGIN;[SET LOCAL ...;]<copy_sql>" as one simple query: the
+ *                               COMMAND_OK of BEGIN (and of each SET: the transaction's
+ *                               timeouts), then COPY_IN (or an error, then NULL)
  *        -> COPY                PQputCopyData in chunks of PGSINK_COPY_CHUNK_BYTES, a flush
  *                               after each: libpq's buffer holds at most about one chunk plus
  *                               what the socket did not take; when the socket is full, wait
@@ -61,6 +62,9 @@
 #include <string.h>
 
 #include "gateway/reconnect.h"
+
+/* The transaction's first query (begin_sql): BEGIN, up to two SET LOCAL, the COPY. */
+#define PGSINK_BEGIN_FMT "BEGIN;SET LOCAL statement_timeout = ;SET LOCAL lock_timeout = ;"
 
 enum {
     PGSINK_CONNECT_TIMEOUT_MS_DEFAULT = 10000,
@@ -118,7 +122,9 @@ struct pgsink {
     struct pgsink_callbacks cb;
     void *user;
     char *conninfo;
-    char *begin_copy_sql; /* "BEGIN;" + copy_sql */
+    char *copy_sql;
+    char *begin_sql; /* the transaction's first query, written at submit (begin_sql_cap) */
+    size_t begin_sql_cap;
     char *state_sql;
     int state_nparams;
     struct reconnect_policy reconnect; /* both links' backoff and connect timeout */
@@ -340,6 +346,8 @@ static void txn_deliver(struct pgsink *s)
     r.message = s->result_message;
     r.copy_rows = t->copy_rows;
     r.backend_pid = t->backend_pid;
+    r.timed_out = t->outcome == PGSINK_NOT_COMMITTED &&
+                  (strcmp(t->sqlstate, "57014") == 0 || strcmp(t->sqlstate, "55P03") == 0);
     switch (t->outcome) {
     case PGSINK_COMMITTED:
         s->counters.txns_committed++;
@@ -348,6 +356,7 @@ static void txn_deliver(struct pgsink *s)
         break;
     case PGSINK_NOT_COMMITTED:
         s->counters.txns_not_committed++;
+        s->counters.txns_timed_out += r.timed_out;
         break;
     case PGSINK_UNKNOWN:
         s->counters.txns_unknown++;
@@ -846,13 +855,13 @@ struct pgsink *pgsink_create(const struct pgsink_config *cfg, char *err, size_t 
     if (s == NULL)
         goto nomem;
     const char *copy_sql = cfg->copy_sql ? cfg->copy_sql : PGSINK_COPY_SQL_DEFAULT;
-    size_t begin_bytes = strlen("BEGIN;") + strlen(copy_sql) + 1;
     s->conninfo = dup_str(cfg->conninfo);
     s->state_sql = dup_str(cfg->state_sql ? cfg->state_sql : PGSINK_STATE_SQL_DEFAULT);
-    s->begin_copy_sql = malloc(begin_bytes);
-    if (!s->conninfo || !s->state_sql || !s->begin_copy_sql)
+    s->copy_sql = dup_str(copy_sql);
+    s->begin_sql_cap = sizeof PGSINK_BEGIN_FMT + 2 * 10 + strlen(copy_sql);
+    s->begin_sql = malloc(s->begin_sql_cap);
+    if (!s->conninfo || !s->state_sql || !s->copy_sql || !s->begin_sql)
         goto nomem;
-    snprintf(s->begin_copy_sql, begin_bytes, "BEGIN;%s", copy_sql);
     s->state_nparams = cfg->state_sql ? cfg->state_nparams : PGSINK_STATE_NPARAMS_DEFAULT;
     s->queries_max = cfg->queries_max;
     if (s->queries_max > 0) {
@@ -880,7 +889,8 @@ nomem:
     if (s) {
         free(s->conninfo);
         free(s->state_sql);
-        free(s->begin_copy_sql);
+        free(s->copy_sql);
+        free(s->begin_sql);
         free(s->ctl);
         free(s);
     }
@@ -913,7 +923,8 @@ void pgsink_destroy(struct pgsink *s)
             PQfinish(s->links[i].conn);
     free(s->conninfo);
     free(s->state_sql);
-    free(s->begin_copy_sql);
+    free(s->copy_sql);
+    free(s->begin_sql);
     free(s->ctl);
     free(s);
 }
@@ -1059,6 +1070,22 @@ static bool state_formats_valid(const struct pgsink *s, const struct pgsink_txn 
     return true;
 }
 
+/* The transaction's first query into s->begin_sql: BEGIN, the timeouts it asks for, the COPY.
+ * (SET LOCAL takes no parameters; the values are numbers the sink formats itself.) */
+static void begin_sql(struct pgsink *s, const struct pgsink_txn *txn)
+{
+    char *o = s->begin_sql;
+    size_t cap = s->begin_sql_cap;
+    int n = snprintf(o, cap, "BEGIN;");
+    if (txn->statement_timeout_ms)
+        n += snprintf(o + n, cap - (size_t)n, "SET LOCAL statement_timeout = %u;",
+                      txn->statement_timeout_ms);
+    if (txn->lock_timeout_ms)
+        n += snprintf(o + n, cap - (size_t)n, "SET LOCAL lock_timeout = %u;", txn->lock_timeout_ms);
+    n += snprintf(o + n, cap - (size_t)n, "%s", s->copy_sql);
+    assert(n > 0 && (size_t)n < cap);
+}
+
 int pgsink_submit(struct pgsink *s, const struct pgsink_txn *txn, void *cookie, uint64_t now_ms)
 {
     struct pgsink_conn *l = &s->links[PGSINK_LINK_DATA];
@@ -1071,7 +1098,8 @@ int pgsink_submit(struct pgsink *s, const struct pgsink_txn *txn, void *cookie, 
     if (txn == NULL || txn->copy_iovs < 0 || (txn->copy_iovs > 0 && txn->copy == NULL) ||
         !state_formats_valid(s, txn))
         return -EINVAL;
-    if (PQtransactionStatus(l->conn) != PQTRANS_IDLE || !PQsendQuery(l->conn, s->begin_copy_sql)) {
+    begin_sql(s, txn);
+    if (PQtransactionStatus(l->conn) != PQTRANS_IDLE || !PQsendQuery(l->conn, s->begin_sql)) {
         set_error(l, PQerrorMessage(l->conn));
         l->broken = true; /* the next tick drops and reconnects */
         return -ENOTCONN;

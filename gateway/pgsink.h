@@ -108,6 +108,10 @@ struct pgsink_txn_result {
     int64_t copy_rows;   /* rows the server reported for the COPY, -1 if it did not answer */
     int backend_pid;     /* the server process that ran it (0 if unknown): after UNKNOWN, the
                             transaction cannot commit any more once this process is gone */
+    /* NOT_COMMITTED because the server cancelled a statement: statement_timeout (57014, also
+     * a cancel request) or lock_timeout (55P03). The data is not at fault; what it waited for
+     * (a row lock held elsewhere, a stalled disk) was. */
+    bool timed_out;
 };
 
 struct pgsink_callbacks {
@@ -136,7 +140,9 @@ struct pgsink_config {
     uint32_t connect_timeout_ms; /* a connect attempt that takes longer fails; 0: 10000 */
     uint32_t txn_timeout_ms;     /* a transaction without its outcome this long after submit
                                     drops the data link (outcome by the rules above); 0: none.
-                                    Prefer statement_timeout in the conninfo's options. */
+                                    Prefer the server's timeouts (struct pgsink_txn): this is
+                                    the backstop for what they do not cover (a COMMIT waiting
+                                    for a synchronous standby, a server that stopped answering) */
     uint32_t query_timeout_ms;   /* same for the oldest control query in flight; 0: none */
     uint32_t queries_max;        /* control queries in flight; 0: no control link */
     uint32_t copy_bytes_per_io;  /* COPY bytes handed to libpq per pgsink_on_io() before
@@ -156,12 +162,13 @@ struct pgsink_counters {
     uint64_t txns_not_committed;
     uint64_t txns_unknown;
     uint64_t txns_data_error;
-    uint64_t txn_timeouts;
-    uint64_t rollbacks;   /* ROLLBACKs sent to bring a failed transaction back to idle */
-    uint64_t copy_bytes;  /* COPY data bytes handed to libpq */
-    uint64_t copy_rows;   /* rows of committed transactions, as the server counted them */
-    uint64_t write_waits; /* times the data link waited for the socket to drain */
-    uint64_t notices;     /* notices and warnings from the server, both links */
+    uint64_t txn_timeouts;   /* the client-side txn_timeout_ms ran out (link dropped) */
+    uint64_t txns_timed_out; /* NOT_COMMITTED with timed_out: the server cancelled a statement */
+    uint64_t rollbacks;      /* ROLLBACKs sent to bring a failed transaction back to idle */
+    uint64_t copy_bytes;     /* COPY data bytes handed to libpq */
+    uint64_t copy_rows;      /* rows of committed transactions, as the server counted them */
+    uint64_t write_waits;    /* times the data link waited for the socket to drain */
+    uint64_t notices;        /* notices and warnings from the server, both links */
     uint64_t control_connects;
     uint64_t control_connect_failures;
     uint64_t control_disconnects;
@@ -200,6 +207,14 @@ struct pgsink_txn {
      * as $1::bigint[]), so its bytes must be that type's. */
     const int *state_lengths;
     const int *state_formats;
+    /* The server's timeouts for this transaction's statements, set with SET LOCAL in its first
+     * query (so they end with it); 0 keeps the session's setting. statement_timeout bounds
+     * each statement (the COPY, the state statement) including lock waits; lock_timeout bounds
+     * a single lock wait. A statement they cancel rolls the transaction back: NOT_COMMITTED
+     * with timed_out. Neither bounds COMMIT's wait for a synchronous standby (the server
+     * disarms statement_timeout before it commits): cfg.txn_timeout_ms does. */
+    uint32_t statement_timeout_ms;
+    uint32_t lock_timeout_ms;
 };
 
 /* ---- binary parameter values -------------------------------------------------------------

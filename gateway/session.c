@@ -13,8 +13,11 @@
  * database: the window of the newest one that holds the device wins over the stored one.
  *
  * A load whose answer may predate a COMMIT of the device's rows (load_stale) is asked again. A
- * device quiet for state_idle_s gives its window back (dormant); its next packet waits for its
- * state to be loaded again (DEV_RELOADING, the connection held by the engine). */
+ * load the database refuses (a revoked permission, a broken function) is asked again too, but
+ * after a shard-wide backoff (load_refused), never in a tight loop on the control link; the
+ * device waits unanswered meanwhile. A device quiet for state_idle_s gives its window back
+ * (dormant); its next packet waits for its state to be loaded again (DEV_RELOADING, the
+ * connection held by the engine). */
 #include "gateway/session.h"
 
 #include <arpa/inet.h>
@@ -90,6 +93,8 @@ static void queue_load(struct shard *s, uint32_t slot)
 void session_send_loads(struct shard *s)
 {
     struct sessions *ss = s->sess;
+    if (ss->load_len > 0 && shard_now_ms(s) < ss->load_retry_ms)
+        return; /* after a refusal: the engine's tick (every 100 ms at least) comes back */
     while (ss->load_len > 0) {
         uint64_t key = ss->load_queue[ss->load_head];
         struct dev *d = session_dev(s, engine_key_slot(key));
@@ -131,6 +136,28 @@ static void load_window(struct shard *s, struct dev *d, const PGresult *res,
         dedup_win_drop(pool, &d->win);
 }
 
+/* The database answered d's load with an error (or no row): every load waits for the backoff,
+ * which grows by one step per round of loads sent (the answers of one round arrive together),
+ * so a refusal that lasts costs a few queries a second, not a tight loop. Logged rate-limited. */
+static void load_refused(struct shard *s, const struct dev *d, const PGresult *res)
+{
+    struct sessions *ss = s->sess;
+    uint64_t now = shard_now_ms(s);
+    if (now >= ss->load_retry_ms) {
+        uint32_t b = ss->load_backoff_ms;
+        ss->load_backoff_ms = b == 0                                 ? SESSION_LOAD_BACKOFF_MIN_MS
+                              : b >= SESSION_LOAD_BACKOFF_MAX_MS / 2 ? SESSION_LOAD_BACKOFF_MAX_MS
+                                                                     : 2 * b;
+        ss->load_retry_ms = now + ss->load_backoff_ms;
+    }
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    char q[256];
+    log_limited(&ss->log_load_failed, now, LOG_WARN, "state load failed; retrying with backoff",
+                "shard=%u imei=%" PRIu64 " sqlstate=%s backoff_ms=%u error=\"%s\"", s->id, d->imei,
+                st ? st : "", ss->load_backoff_ms,
+                logfmt_q(q, sizeof q, PQresultErrorMessage(res)));
+}
+
 bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
                      const struct dedup *pending, bool *has_commands)
 {
@@ -148,9 +175,12 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
     }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         stat_add(&s->st->state_load_failures, 1);
+        if (res) /* without one the link broke: its reconnect has its own backoff */
+            load_refused(s, d, res);
         queue_load(s, slot);
         return false;
     }
+    s->sess->load_backoff_ms = 0;
     if (!reload && s->cfg->devices_known &&
         (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
         stat_add(&s->st->handshake_rejected, 1);

@@ -61,8 +61,10 @@ static inline bool dev_owned(const struct dev *d)
 }
 
 enum {
-    SESSION_ALLOW_CHUNK = 2048,     /* IMEIs per allow-list query after SIGHUP */
-    SESSION_RELEASE_EVERY_MS = 5000 /* how often idle devices' windows are looked for */
+    SESSION_ALLOW_CHUNK = 2048,      /* IMEIs per allow-list query after SIGHUP */
+    SESSION_RELEASE_EVERY_MS = 5000, /* how often idle devices' windows are looked for */
+    SESSION_LOAD_BACKOFF_MIN_MS = 100,
+    SESSION_LOAD_BACKOFF_MAX_MS = 5000,
 };
 
 struct sessions {
@@ -72,6 +74,11 @@ struct sessions {
     /* Devices whose state load waits to be sent (control link down or full): engine keys. */
     uint64_t *load_queue;
     uint32_t load_head, load_len;
+    /* Loads the database refused wait, shard-wide, until load_retry_ms: a backoff from
+     * SESSION_LOAD_BACKOFF_MIN_MS doubling to _MAX_MS, back to 0 after a load is answered. */
+    uint64_t load_retry_ms;
+    uint32_t load_backoff_ms;
+    struct ratelimit log_load_failed;
     /* The allow-list walk: slots [allow_cursor, conns_max) still to check, one query of up to
      * SESSION_ALLOW_CHUNK IMEIs in flight. */
     unsigned allow_gen;

@@ -31,6 +31,7 @@ struct ingest_config {
     uint32_t batch_rows;      /* seal a batch at this many rows */
     uint32_t batch_ms;        /* or when its first row is this old */
     uint32_t batches;         /* batches per shard (the row ring), >= 2 */
+    uint32_t txn_timeout_ms;  /* a batch statement running longer is cancelled; 0: none */
     uint32_t conns_max;       /* per shard */
     uint32_t bufs, buf_bytes; /* provided receive buffers per shard */
     uint32_t idle_timeout_s;  /* 0: none */
@@ -65,6 +66,9 @@ enum replaced_reason {
     REPLACED_REASONS
 };
 
+/* The fields of a record that may be stored NULL: records_out_of_range's index. */
+enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };
+
 /* Counters of one shard, on their own cache lines, written by that shard only (shard/stat.h:
  * stat_add on the shard, stat_read from the metrics endpoint). */
 struct ingest_stats {
@@ -72,6 +76,10 @@ struct ingest_stats {
     uint64_t replaced[REPLACED_REASONS]; /* by enum replaced_reason */
     uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
     uint64_t packets_invalid, records_rejected, packets_rejected_data;
+    uint64_t records_out_of_range[INGEST_FIELDS]; /* stored with that field NULL (copyenc.h) */
+    uint64_t batches_timed_out; /* a statement ran past --txn-timeout-ms: retried split */
+    uint64_t packets_deferred;  /* not stored for now (their device's rows are locked): the
+                                   connection closed, the device re-sends (batch.c) */
     uint64_t batches_committed, rows_committed, batches_retried, batches_unknown;
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
     uint64_t invalid_by_reason[32]; /* by -avl_err, copyenc errors at 25 + -err */

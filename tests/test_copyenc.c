@@ -1,5 +1,6 @@
 /* test_copyenc.c — the COPY BINARY encoder: exact bytes for known records, the jsonb text,
- * NULL generation, coordinates, NX hex, decimal edges, range errors, the size bound and the
+ * NULL generation, coordinates, NX hex, decimal edges, range errors, NULL for an angle or speed
+ * smallint cannot hold, the size bound and the
  * capacity check, on hand-made records and on many packetgen records (realistic and
  * arbitrary, every AVL codec), each parsed back field by field.
  *
@@ -129,10 +130,13 @@ static void check_tuple(const uint8_t *p, size_t n, uint64_t imei, const struct 
     struct tuple t;
     parse_tuple(p, n, &t);
     assert_int_equal(t.bytes, n);
+    unsigned nulls = copyenc_nulls(r);
     for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
         if (widths[i] == -2 || (i == 12 && r->codec != AVL_CODEC_16))
             continue;
-        assert_int_equal(t.len[i], widths[i]);
+        bool null =
+            (i == 7 && (nulls & COPYENC_NULL_ANGLE)) || (i == 9 && (nulls & COPYENC_NULL_SPEED));
+        assert_int_equal(t.len[i], null ? -1 : widths[i]);
     }
     assert_int_equal(rd_be(t.val[0], 8), imei);
     /* in u64: ts_ms * 1000 passes INT64_MAX near AVL_TS_MS_END */
@@ -142,9 +146,11 @@ static void check_tuple(const uint8_t *p, size_t n, uint64_t imei, const struct 
     assert_int_equal(rd_be(t.val[4], 8), double_bits((double)r->lon_e7 / 1e7));
     assert_int_equal(rd_be(t.val[5], 8), double_bits((double)r->lat_e7 / 1e7));
     assert_int_equal((int16_t)rd_be(t.val[6], 2), r->altitude_m);
-    assert_int_equal(rd_be(t.val[7], 2), r->angle_deg);
+    if (!(nulls & COPYENC_NULL_ANGLE))
+        assert_int_equal(rd_be(t.val[7], 2), r->angle_deg);
     assert_int_equal(rd_be(t.val[8], 2), r->satellites);
-    assert_int_equal(rd_be(t.val[9], 2), r->speed_kmh);
+    if (!(nulls & COPYENC_NULL_SPEED))
+        assert_int_equal(rd_be(t.val[9], 2), r->speed_kmh);
     assert_int_equal(rd_be(t.val[10], 4), r->event_id);
     /* io: version 1 + the exact text */
     static char want[3 * PKTGEN_FRAME_BYTES_MAX];
@@ -355,7 +361,9 @@ static void test_decimal_edges(void **state)
     assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"0\":0,\"1\":1,\"3000\":9,", 21));
 }
 
-/* Values smallint or timestamptz cannot hold are refused by name, and nothing is written. */
+/* Values timestamptz or the IMEI's bigint cannot hold are refused by name, and nothing is
+ * written; an angle or speed smallint cannot hold is stored as NULL, the rest of the row as
+ * sent (check_tuple). */
 static void test_range_errors(void **state)
 {
     (void)state;
@@ -372,10 +380,11 @@ static void test_range_errors(void **state)
     } cases[] = {
         {"angle max ok", 32767, 0, 1600000000000, 1, 0, 1},
         {"speed max ok", 0, 32767, 1600000000000, 1, 0, 1},
-        {"angle 32768", 32768, 0, 1600000000000, 1, 0, COPYENC_E_ANGLE_RANGE},
-        {"angle 65535", 65535, 0, 1600000000000, 1, 0, COPYENC_E_ANGLE_RANGE},
-        {"speed 32768", 0, 32768, 1600000000000, 1, 0, COPYENC_E_SPEED_RANGE},
-        {"speed 65535", 359, 65535, 1600000000000, 1, 0, COPYENC_E_SPEED_RANGE},
+        {"angle 32768: NULL", 32768, 0, 1600000000000, 1, 0, 1},
+        {"angle 65535: NULL", 65535, 0, 1600000000000, 1, 0, 1},
+        {"speed 32768: NULL", 0, 32768, 1600000000000, 1, 0, 1},
+        {"speed 65535: NULL", 359, 65535, 1600000000000, 1, 0, 1},
+        {"both: NULL", 40000, 50000, 1600000000000, 1, 0, 1},
         {"ts last ok", 0, 0, AVL_TS_MS_END - 1, 1, 0, 1},
         {"ts end", 0, 0, AVL_TS_MS_END, 1, 0, COPYENC_E_TS_RANGE},
         {"ts max", 0, 0, UINT64_MAX, 1, 0, COPYENC_E_TS_RANGE},
@@ -416,6 +425,62 @@ static void test_range_errors(void **state)
     assert_int_equal((int64_t)rd_be(t.val[1], 8), -PG_EPOCH_UNIX_US);
 }
 
+/* The issue's record: angle 40000 and speed 50000 (u16 on the wire). The tuple has NULL in
+ * both columns and every other field as sent; the row is 4 bytes shorter than with values
+ * that fit (a NULL is its length alone). */
+static void test_out_of_range_null(void **state)
+{
+    (void)state;
+    struct avl_io_elem io[2] = {{.id = 239, .width = 1, .value = 1},
+                                {.id = 16, .width = 4, .value = 123456}};
+    struct avl_record_src s = plain_src(UINT64_C(1600000000000));
+    s.rec.lon_e7 = 253000000;
+    s.rec.lat_e7 = 546000000;
+    s.rec.altitude_m = -12;
+    s.rec.satellites = 9;
+    s.rec.event_id = 239;
+    s.rec.angle_deg = 40000;
+    s.rec.speed_kmh = 50000;
+    s.io = io;
+    s.io_len = 2;
+    encode_decode(AVL_CODEC_8, &s, 1);
+    struct avl_record r = recs[0];
+    assert_int_equal(r.angle_deg, 40000);
+    assert_int_equal(r.speed_kmh, 50000);
+    assert_int_equal(copyenc_nulls(&r), COPYENC_NULL_ANGLE | COPYENC_NULL_SPEED);
+    int w = copyenc_row(row, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
+    assert_true(w > 0);
+    check_tuple(row, (size_t)w, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
+    struct tuple t;
+    parse_tuple(row, (size_t)w, &t);
+    assert_int_equal(t.len[7], -1);
+    assert_int_equal(t.len[9], -1);
+    assert_int_equal(rd_be(t.val[8], 2), 9);
+    assert_int_equal(rd_be(t.val[10], 4), 239);
+    /* the same record with values that fit: 2 + 2 bytes more, nothing else differs */
+    r.angle_deg = 359;
+    r.speed_kmh = 120;
+    assert_int_equal(copyenc_nulls(&r), 0);
+    static uint8_t fit[ROW_CAP];
+    int w_fit = copyenc_row(fit, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
+    assert_int_equal(w_fit, w + 4);
+    struct tuple t_fit;
+    parse_tuple(fit, (size_t)w_fit, &t_fit);
+    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
+        if (i == 7 || i == 9)
+            continue;
+        assert_int_equal(t.len[i], t_fit.len[i]);
+        if (t.len[i] > 0)
+            assert_memory_equal(t.val[i], t_fit.val[i], (size_t)t.len[i]);
+    }
+    /* one at a time */
+    r.angle_deg = 40000;
+    assert_int_equal(copyenc_nulls(&r), COPYENC_NULL_ANGLE);
+    r.angle_deg = 32767;
+    r.speed_kmh = 32768;
+    assert_int_equal(copyenc_nulls(&r), COPYENC_NULL_SPEED);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -425,8 +490,6 @@ static void test_strerror(void **state)
     assert_string_equal(copyenc_strerror(COPYENC_E_IMEI_RANGE), "imei_range");
     assert_string_equal(copyenc_strerror(COPYENC_E_TS_RANGE), "ts_range");
     assert_string_equal(copyenc_strerror(COPYENC_E_RECEIVED_RANGE), "received_range");
-    assert_string_equal(copyenc_strerror(COPYENC_E_ANGLE_RANGE), "angle_range");
-    assert_string_equal(copyenc_strerror(COPYENC_E_SPEED_RANGE), "speed_range");
     assert_string_equal(copyenc_strerror(COPYENC_E_ERR_MIN - 1), "unknown_error");
 }
 
@@ -464,12 +527,12 @@ static void test_small_cap(void **state)
 }
 
 /* Many generated records of every codec in both modes: the bound holds, every field is right,
- * and range errors are exactly the records with angle or speed above 32767. */
+ * and the NULLs are exactly the angles and speeds above 32767. */
 static void test_packetgen_rows(void **state)
 {
     (void)state;
     static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
-    uint64_t rows = 0, refused = 0, io_elems = 0;
+    uint64_t rows = 0, nulled = 0, io_elems = 0;
     size_t slack_min = SIZE_MAX;
     for (int c = 0; c < 3; c++) {
         for (int mode = 0; mode < 2; mode++) {
@@ -486,12 +549,9 @@ static void test_packetgen_rows(void **state)
                     uint64_t imei = pktgen_u64(&g) % UINT64_C(100000000000000000);
                     int64_t rx = (int64_t)(pktgen_u64(&g) % UINT64_C(4102444800000000));
                     int w = copyenc_row(row, ROW_CAP, imei, r, rx);
-                    if (r->angle_deg > 32767 || r->speed_kmh > 32767) {
-                        assert_int_equal(w, r->angle_deg > 32767 ? COPYENC_E_ANGLE_RANGE
-                                                                 : COPYENC_E_SPEED_RANGE);
-                        refused++;
-                        continue;
-                    }
+                    assert_int_equal(copyenc_nulls(r) != 0,
+                                     r->angle_deg > 32767 || r->speed_kmh > 32767);
+                    nulled += copyenc_nulls(r) != 0;
                     assert_true(w > 0);
                     size_t max = copyenc_row_bytes_max(r);
                     assert_true((size_t)w <= max);
@@ -505,10 +565,10 @@ static void test_packetgen_rows(void **state)
         }
     }
     print_message("copyenc: %" PRIu64 " rows (%" PRIu64 " IO elements) checked, %" PRIu64
-                  " refused for range, least slack of the bound %zu bytes\n",
-                  rows, io_elems, refused, slack_min);
+                  " with an angle or speed stored NULL, least slack of the bound %zu bytes\n",
+                  rows, io_elems, nulled, slack_min);
     assert_true(rows > 20000);
-    assert_true(refused > 0); /* the arbitrary mode reaches angles and speeds above 32767 */
+    assert_true(nulled > 0); /* the arbitrary mode reaches angles and speeds above 32767 */
 }
 
 /* ---- the encoder against a plain reference, byte for byte ---------------------------------- */
@@ -542,9 +602,15 @@ static size_t ref_row(uint8_t *out, uint64_t imei, const struct avl_record *r, i
     ref_field(out, &n, 8, double_bits(r->lon_e7 / 1e7));
     ref_field(out, &n, 8, double_bits(r->lat_e7 / 1e7));
     ref_field(out, &n, 2, (uint16_t)r->altitude_m);
-    ref_field(out, &n, 2, r->angle_deg);
+    if (r->angle_deg > 32767)
+        ref_be(out, &n, 4, UINT32_MAX); /* NULL */
+    else
+        ref_field(out, &n, 2, r->angle_deg);
     ref_field(out, &n, 2, r->satellites);
-    ref_field(out, &n, 2, r->speed_kmh);
+    if (r->speed_kmh > 32767)
+        ref_be(out, &n, 4, UINT32_MAX);
+    else
+        ref_field(out, &n, 2, r->speed_kmh);
     ref_field(out, &n, 4, r->event_id);
     size_t json_len = expected_json(r, json, sizeof json);
     ref_be(out, &n, 4, 1 + json_len);
@@ -577,8 +643,8 @@ static void check_against_ref(uint64_t imei, const struct avl_record *r, int64_t
         assert_int_equal(row[b], CANARY);
 }
 
-/* Every generated record of every codec, realistic and arbitrary (angle and speed folded into
- * smallint so that none is refused), against the reference. */
+/* Every generated record of every codec, realistic and arbitrary (angles and speeds above
+ * smallint included: NULL in both), against the reference. */
 static void test_reference_packetgen(void **state)
 {
     (void)state;
@@ -596,8 +662,6 @@ static void test_reference_packetgen(void **state)
                 assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
                 for (unsigned k = 0; k < p.records_len; k++) {
                     struct avl_record r = recs[k];
-                    r.angle_deg &= 0x7FFF;
-                    r.speed_kmh &= 0x7FFF;
                     uint64_t imei = pktgen_u64(&g) % UINT64_C(100000000000000000);
                     int64_t rx = (int64_t)(pktgen_u64(&g) % UINT64_C(4102444800000000));
                     check_against_ref(imei, &r, rx);
@@ -762,19 +826,13 @@ static void test_speed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_header_trailer),
-        cmocka_unit_test(test_wiki_codec8_exact),
-        cmocka_unit_test(test_generation),
-        cmocka_unit_test(test_coordinates),
-        cmocka_unit_test(test_nx_hex),
-        cmocka_unit_test(test_decimal_edges),
-        cmocka_unit_test(test_range_errors),
-        cmocka_unit_test(test_strerror),
-        cmocka_unit_test(test_small_cap),
-        cmocka_unit_test(test_packetgen_rows),
-        cmocka_unit_test(test_reference_packetgen),
-        cmocka_unit_test(test_reference_sweeps),
-        cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_header_trailer),   cmocka_unit_test(test_wiki_codec8_exact),
+        cmocka_unit_test(test_generation),       cmocka_unit_test(test_coordinates),
+        cmocka_unit_test(test_nx_hex),           cmocka_unit_test(test_decimal_edges),
+        cmocka_unit_test(test_range_errors),     cmocka_unit_test(test_out_of_range_null),
+        cmocka_unit_test(test_strerror),         cmocka_unit_test(test_small_cap),
+        cmocka_unit_test(test_packetgen_rows),   cmocka_unit_test(test_reference_packetgen),
+        cmocka_unit_test(test_reference_sweeps), cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

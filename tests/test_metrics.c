@@ -401,9 +401,10 @@ static void test_invalid_reasons(void **state)
     stats[0].invalid_by_reason[-AVL_E_ENCODE_RANGE] = 3; /* the codec's last index */
     stats[1].invalid_by_reason[-AVL_E_CRC_MISMATCH] = 5;
     stats[1].invalid_by_reason[copyenc_index(COPYENC_E_NO_SPACE)] = 7; /* copyenc's first */
-    stats[1].invalid_by_reason[copyenc_index(COPYENC_E_SPEED_RANGE)] = 11;
-    stats[2].invalid_by_reason[copyenc_index(COPYENC_E_ANGLE_RANGE)] = 13;
-    assert_int_equal(copyenc_index(COPYENC_E_SPEED_RANGE), 31); /* the last one there is */
+    stats[1].invalid_by_reason[copyenc_index(COPYENC_E_RECEIVED_RANGE)] = 11;
+    stats[2].invalid_by_reason[copyenc_index(COPYENC_E_TS_RANGE)] = 13;
+    assert_int_equal(copyenc_index(COPYENC_E_ERR_MIN), 29); /* the last one there is */
+    assert_int_equal(COPYENC_E_RECEIVED_RANGE, COPYENC_E_ERR_MIN);
     struct prom_text t;
     render_parsed(&t);
     const struct {
@@ -414,8 +415,8 @@ static void test_invalid_reasons(void **state)
         {"0", avl_strerror(AVL_E_ENCODE_RANGE), 3},
         {"1", avl_strerror(AVL_E_CRC_MISMATCH), 5},
         {"1", copyenc_strerror(COPYENC_E_NO_SPACE), 7},
-        {"1", copyenc_strerror(COPYENC_E_SPEED_RANGE), 11},
-        {"2", copyenc_strerror(COPYENC_E_ANGLE_RANGE), 13},
+        {"1", copyenc_strerror(COPYENC_E_RECEIVED_RANGE), 11},
+        {"2", copyenc_strerror(COPYENC_E_TS_RANGE), 13},
     };
     assert_int_equal(prom_count(&t, "avlgate_packets_invalid_total", NULL),
                      sizeof want / sizeof want[0]);
@@ -426,8 +427,8 @@ static void test_invalid_reasons(void **state)
     /* The names themselves, so a drift of the mapping cannot hide behind both strerrors. */
     assert_non_null(prom_find(&t, "avlgate_packets_invalid_total", "shard", "1", "reason",
                               "crc_mismatch", NULL));
-    assert_non_null(prom_find(&t, "avlgate_packets_invalid_total", "shard", "2", "reason",
-                              "angle_range", NULL));
+    assert_non_null(
+        prom_find(&t, "avlgate_packets_invalid_total", "shard", "2", "reason", "ts_range", NULL));
     assert_non_null(prom_find(&t, "avlgate_packets_invalid_total", "shard", "0", "reason",
                               "encode_range", NULL));
     prom_free(&t);

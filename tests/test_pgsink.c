@@ -150,6 +150,7 @@ struct batch_spec {
     const char *mode; /* state_upsert mode; NULL: "ok" */
     bool no_state;    /* run no state statement */
     size_t iov_bytes; /* cut the stream into iovecs of this size; 0: one per part */
+    uint32_t statement_timeout_ms, lock_timeout_ms; /* the txn's server timeouts */
 };
 
 static void batch_build(struct batch *b, const struct batch_spec *sp)
@@ -194,6 +195,8 @@ static void batch_build(struct batch *b, const struct batch_spec *sp)
     b->txn.copy = b->iov;
     b->txn.copy_iovs = iovs;
     b->txn.state_params = sp->no_state ? NULL : b->params;
+    b->txn.statement_timeout_ms = sp->statement_timeout_ms;
+    b->txn.lock_timeout_ms = sp->lock_timeout_ms;
 }
 
 static void batch_free(struct batch *b)
@@ -749,6 +752,63 @@ static void test_timeout_after_commit_queued(void **state)
     batch_free(&b);
     assert_true(pump(&f->h, until_ups, 2, WAIT_MS));
     expect_outcome(run_batch(&f->h, &(struct batch_spec){.batch = 2}), PGSINK_COMMITTED, "");
+}
+
+/* The server's timeouts of a transaction (SET LOCAL in its first query): a state statement that
+ * waits for a row lock another session holds is cancelled by statement_timeout (57014) or
+ * lock_timeout (55P03): NOT_COMMITTED with timed_out, rolled back, the link kept. The settings
+ * end with their transaction (a later one without them waits as long as it takes), a
+ * statement that runs slow is cancelled too, and other errors are not timeouts. */
+static void test_server_timeouts(void **state)
+{
+    struct fx *f = *state;
+    fx_start(f);
+    const struct done_txn *d;
+    expect_outcome(run_batch(&f->h, &(struct batch_spec){.batch = 1}), PGSINK_COMMITTED, "");
+    PGconn *side = side_connect(f->db.conninfo);
+    pgtest_exec(side, "BEGIN");
+    PQclear(pgtest_query(side, "SELECT k FROM pgsink_test.state WHERE k = 1 FOR UPDATE"));
+
+    uint64_t t0 = tu_now_ms();
+    d = run_batch(&f->h, &(struct batch_spec){.batch = 1, .statement_timeout_ms = 300});
+    uint64_t waited = tu_now_ms() - t0;
+    expect_outcome(d, PGSINK_NOT_COMMITTED, "57014");
+    assert_true(d->r.timed_out);
+    assert_true(waited >= 300 && waited < WAIT_MS);
+    d = run_batch(&f->h, &(struct batch_spec){
+                             .batch = 1, .statement_timeout_ms = 5000, .lock_timeout_ms = 100});
+    expect_outcome(d, PGSINK_NOT_COMMITTED, "55P03");
+    assert_true(d->r.timed_out);
+    /* another key is not locked: the same timeouts let it commit */
+    d = run_batch(&f->h, &(struct batch_spec){
+                             .batch = 2, .statement_timeout_ms = 300, .lock_timeout_ms = 100});
+    expect_outcome(d, PGSINK_COMMITTED, "");
+    assert_false(d->r.timed_out);
+    pgtest_exec(side, "COMMIT");
+    PQfinish(side);
+
+    /* slow, not blocked: cancelled as well */
+    d = run_batch(&f->h,
+                  &(struct batch_spec){.batch = 3, .mode = "sleep:1", .statement_timeout_ms = 200});
+    expect_outcome(d, PGSINK_NOT_COMMITTED, "57014");
+    assert_true(d->r.timed_out);
+    /* SET LOCAL ended with its transaction: without timeouts the same sleep commits */
+    d = run_batch(&f->h, &(struct batch_spec){.batch = 4, .mode = "sleep:0.5"});
+    expect_outcome(d, PGSINK_COMMITTED, "");
+    d = run_batch(&f->h, &(struct batch_spec){.batch = 5, .mode = "raise"});
+    expect_outcome(d, PGSINK_NOT_COMMITTED, "P0001");
+    assert_false(d->r.timed_out);
+
+    assert_int_equal(rows_of(f, 1), 10); /* the first batch only */
+    assert_int_equal(rows_of(f, 2), 10);
+    assert_int_equal(rows_of(f, 3), 0);
+    assert_int_equal(rows_of(f, 4), 10);
+    assert_int_equal(side_ll(f->db.conn, "SELECT batches FROM pgsink_test.state WHERE k = 1"), 1);
+    const struct pgsink_counters *c = pgsink_counters(f->h.sink);
+    assert_int_equal(c->txns_timed_out, 3);
+    assert_int_equal(c->txns_not_committed, 4);
+    assert_int_equal(c->txn_timeouts, 0); /* the client-side one never ran out */
+    assert_int_equal(c->disconnects, 0);
 }
 
 /* Look-ups on the control link: parameters, order, errors that do not abort the next query,
@@ -1444,6 +1504,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_terminated_before_commit_ran, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_terminated_during_commit, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_timeout_after_commit_queued, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_server_timeouts, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_control_queries, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_query_timeout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_in_flight, fx_setup, fx_teardown),

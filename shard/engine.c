@@ -843,15 +843,15 @@ static bool deliver_kept(struct engine *e, uint32_t slot, const uint8_t **p, siz
     if (!open_after_data(e, slot, v))
         return false;
     reasm_consume(e, slot, used);
+    if (c->reasm_len == 0)
+        reasm_give(e, slot); /* paused or not: an empty buffer costs the budget for nothing */
     if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
         c->need = 0;
         pause_or_hold(e, slot, v);
         return true; /* keeps the rest of *p, if it fits */
     }
-    if (c->reasm_len == 0) {
-        reasm_give(e, slot);
+    if (!c->reasm)
         return true;
-    }
     assert(need > c->reasm_len);
     if (!frame_fits(e, slot, need))
         return false;

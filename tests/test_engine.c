@@ -9,7 +9,11 @@
  * with IORING_OP_MSG_RING; many connections; stop. Dialling (engine_connect): an engine that only
  * dials talks to a listening one (bytes both ways, a large frame sent by reference between
  * small copied ones, in order); refused and timed-out dials report and free their slots; many
- * dials; one engine that listens and dials its own listener (the slot ranges stay apart). */
+ * dials; one engine that listens and dials its own listener (the slot ranges stay apart). The
+ * reassembly pool, with frames of a 4-byte length (big_ops): size classes that follow the bytes
+ * kept (a frame within one receive costs none), the budget closing the oldest partial frame,
+ * paused bytes counted and never taken, memory given back to the system (mincore), and the
+ * start check of the budget. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -71,6 +75,28 @@ struct app {
     uint32_t held_slot, held_gen;
 };
 
+/* The application takes one whole frame whose payload is p[0 .. len-1] (answering it when it is
+ * a ping); false when its budget is spent: the caller pauses. */
+static bool app_take(struct app *a, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
+                     size_t len, bool is_ping)
+{
+    int budget = atomic_load(&a->budget);
+    if (budget == 0)
+        return false;
+    if (budget > 0)
+        atomic_fetch_sub(&a->budget, 1);
+    for (size_t i = 0; i < len; i++)
+        a->checksum = a->checksum * 31 + p[i];
+    atomic_store(&a->checksum_pub, a->checksum);
+    if (is_ping) {
+        uint8_t pong = 0;
+        ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
+    }
+    atomic_fetch_add(&a->frames, 1);
+    atomic_fetch_add(&a->bytes, len);
+    return true;
+}
+
 static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
                       size_t len, enum engine_verdict *verdict, uint32_t *need)
 {
@@ -97,22 +123,10 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
             *verdict = ENGINE_HOLD;
             return used;
         }
-        int budget = atomic_load(&a->budget);
-        if (budget == 0) {
+        if (!app_take(a, e, slot, gen, p + used + 1, frame - 1, p[used] == 0)) {
             *verdict = ENGINE_PAUSE;
             return used;
         }
-        if (budget > 0)
-            atomic_fetch_sub(&a->budget, 1);
-        for (size_t i = 1; i < frame; i++)
-            a->checksum = a->checksum * 31 + p[used + i];
-        atomic_store(&a->checksum_pub, a->checksum);
-        if (p[used] == 0) {
-            uint8_t pong = 0;
-            ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
-        }
-        atomic_fetch_add(&a->frames, 1);
-        atomic_fetch_add(&a->bytes, frame - 1);
         used += frame;
     }
     return used;
@@ -199,8 +213,7 @@ static const struct engine_ops test_ops = {.on_open = on_open,
                                            .on_tick = on_tick};
 
 /* The big-frame protocol, for the reassembly pool's classes and budget: a 4-byte big-endian
- * length L, then L bytes (L = 0: a ping, answered with one zero byte). Pauses when the budget
- * runs out, as on_data does. */
+ * length L, then L bytes (L = 0: a ping). Pauses when the budget runs out, as on_data does. */
 static size_t on_data_big(void *user, struct engine *e, uint32_t slot, uint32_t gen,
                           const uint8_t *p, size_t len, enum engine_verdict *verdict,
                           uint32_t *need)
@@ -218,22 +231,10 @@ static size_t on_data_big(void *user, struct engine *e, uint32_t slot, uint32_t 
             *need = (uint32_t)frame;
             return used;
         }
-        int budget = atomic_load(&a->budget);
-        if (budget == 0) {
+        if (!app_take(a, e, slot, gen, f + 4, frame - 4, frame == 4)) {
             *verdict = ENGINE_PAUSE;
             return used;
         }
-        if (budget > 0)
-            atomic_fetch_sub(&a->budget, 1);
-        for (size_t i = 4; i < frame; i++)
-            a->checksum = a->checksum * 31 + f[i];
-        atomic_store(&a->checksum_pub, a->checksum);
-        if (frame == 4) {
-            uint8_t pong = 0;
-            ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
-        }
-        atomic_fetch_add(&a->frames, 1);
-        atomic_fetch_add(&a->bytes, frame - 4);
         used += frame;
     }
     return used;

@@ -280,6 +280,11 @@ static void test_stalled_frames_beside_a_fleet(void **state)
     long long held = rss_watch(3000);
     if (held > peak)
         peak = held;
+    printf("# stalled: %d devices x %d of %d bytes in %.1f s; RSS %.1f MiB before, %.1f after "
+           "the handshakes, peak %.1f (+%.1f MiB)\n",
+           STALLED, SENT_BYTES, FRAME_BYTES, (double)(device_now_ms() - t0) / 1000.0,
+           (double)rss0 / MIB, (double)rss_open / MIB, (double)peak / MIB,
+           (double)(peak - rss0) / MIB);
     double budget_closed =
         metric_sum("avlgate_connections_closed_total", "reason", "reassembly_budget");
     double reasm_bytes = metric_sum("avlgate_reassembly_bytes", NULL, NULL);
@@ -290,14 +295,10 @@ static void test_stalled_frames_beside_a_fleet(void **state)
     long long rss_after = rss_bytes(T.gw.pid);
     double released = metric_sum("avlgate_reassembly_released_bytes_total", NULL, NULL);
     double reasm_after = metric_sum("avlgate_reassembly_bytes", NULL, NULL);
-    printf("# stalled: %d devices x %d of %d bytes in %.1f s; RSS %.1f MiB before, %.1f after "
-           "the handshakes, peak %.1f (+%.1f MiB), %.1f after they closed (+%.1f MiB)\n",
-           STALLED, SENT_BYTES, FRAME_BYTES, (double)(device_now_ms() - t0) / 1000.0,
-           (double)rss0 / MIB, (double)rss_open / MIB, (double)peak / MIB,
-           (double)(peak - rss0) / MIB, (double)rss_after / MIB, (double)(rss_after - rss0) / MIB);
-    printf("# closed for the budget: %.0f (sends refused: %u); reassembly held %.1f MiB, then "
-           "%.0f bytes; %.1f MiB given back\n",
-           budget_closed, failed, reasm_bytes / MIB, reasm_after, released / MIB);
+    printf("# after they closed: RSS %.1f MiB (+%.1f MiB); closed for the budget: %.0f (sends "
+           "refused: %u); reassembly held %.1f MiB, then %.0f bytes; %.1f MiB given back\n",
+           (double)rss_after / MIB, (double)(rss_after - rss0) / MIB, budget_closed, failed,
+           reasm_bytes / MIB, reasm_after, released / MIB);
 
     CHECK(peak - rss0 <= RSS_GROWTH_MAX, "RSS grew by %.1f MiB (at most %d)",
           (double)(peak - rss0) / MIB, RSS_GROWTH_MAX / MIB);

@@ -154,17 +154,17 @@ struct engine_config {
      * behind. For a load generator, whose reconnects and next runs come from the same source
      * addresses: TIME_WAIT entries there make the kernel's ephemeral port search long. */
     bool dial_reset_on_close;
-    uint32_t bufs;      /* provided receive buffers, a power of two, <= 32768 */
-    uint32_t buf_bytes; /* bytes per receive buffer */
-    /* Reassembly memory of the shard, in bytes: the size-class bytes of the buffers that keep
-     * partial frames and paused connections' bytes. At least frame_bytes_max + 2 x buf_bytes
-     * (what one connection may keep); engine_init refuses less. */
-    uint64_t reasm_bytes_max;
+    uint32_t bufs;             /* provided receive buffers, a power of two, <= 32768 */
+    uint32_t buf_bytes;        /* bytes per receive buffer */
     uint32_t frame_bytes_max;  /* largest frame the application accepts */
     uint32_t idle_timeout_ms;  /* 0: none */
     uint32_t frame_timeout_ms; /* 0: none */
     uint32_t sq_entries;       /* SQ size; the CQ is 4 times larger (multishot floods it) */
     uint32_t mailbox_slots;    /* messages each inbound mailbox holds (power of two; 0: 1024) */
+    /* Reassembly memory of the shard, in bytes: the size-class bytes of the buffers that keep
+     * partial frames and paused connections' bytes. At least frame_bytes_max + 2 x buf_bytes
+     * (what one connection may keep); engine_init refuses less. */
+    uint64_t reasm_bytes_max;
     /* Once a completion is there, wait up to this long for more before handling them (kernel
      * 6.12's min_wait; 0 or an older kernel: handle each as soon as it comes). Fewer, fuller
      * loop turns: less CPU per completion under load, at most this much added latency. */

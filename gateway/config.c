@@ -66,6 +66,8 @@ static const struct opt opts[] = {
      "close a connection that sent no valid IMEI N s after its accept (10, 0 off)"},
     {"frame-bytes-max", K_U32, CFG(frame_bytes_max), AVL_TCP_OVERHEAD_BYTES + AVL_DATA_BYTES_MIN,
      AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
+    {"reasm-bytes-max", K_U32, CFG(reasm_bytes_max), 4096, UINT32_MAX, "N",
+     "memory per shard for partial frames and paused bytes (33554432 = 32 MiB)"},
     {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known",
      "known: only IMEIs enabled in public.devices (any)"},
     {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR",
@@ -209,6 +211,7 @@ static void defaults(struct run_options *o)
     c->frame_timeout_s = 30;
     c->handshake_timeout_s = 10;
     c->frame_bytes_max = AVL_FRAME_BYTES_MAX_DEFAULT;
+    c->reasm_bytes_max = 32u << 20;
     c->drain_timeout_ms = 10000;
     c->wait_batch_us = 100;
     c->state_idle_s = 60;
@@ -483,6 +486,14 @@ static int check_options(const struct run_options *o, FILE *err)
     }
     if (o->cfg.bufs & (o->cfg.bufs - 1)) {
         fprintf(err, "avlgate run: --bufs %u is not a power of two\n", o->cfg.bufs);
+        return 2;
+    }
+    uint64_t keep = (uint64_t)o->cfg.frame_bytes_max + 2 * (uint64_t)o->cfg.buf_bytes;
+    if (o->cfg.reasm_bytes_max < keep) {
+        fprintf(err,
+                "avlgate run: --reasm-bytes-max %u is below --frame-bytes-max + 2 x --buf-bytes "
+                "= %llu, what one connection may keep\n",
+                o->cfg.reasm_bytes_max, (unsigned long long)keep);
         return 2;
     }
     if (!instance_ok(o->cfg.instance)) {

@@ -490,7 +490,7 @@ static int engine_start(struct shard *s, char *err, size_t cap)
         .conns_max = c->conns_max,
         .bufs = c->bufs,
         .buf_bytes = c->buf_bytes,
-        .reasm_bufs = c->conns_max,
+        .reasm_bytes_max = c->reasm_bytes_max,
         .frame_bytes_max = c->frame_bytes_max,
         .idle_timeout_ms = c->idle_timeout_s * 1000,
         .frame_timeout_ms = c->frame_timeout_s * 1000,

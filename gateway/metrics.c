@@ -142,6 +142,13 @@ static const struct stat_family engine_families[] = {
      ES(handoff_errors), false},
     {"avlgate_mail_full_total", "Messages to another shard refused: its mailbox was full.",
      ES(mail_full), false},
+    {"avlgate_reassembly_bytes",
+     "Reassembly memory held (size-class bytes of partial frames and paused connections' "
+     "bytes; at most --reasm-bytes-max).",
+     ES(reasm_bytes), true},
+    {"avlgate_reassembly_released_bytes_total",
+     "Reassembly memory given back to the system once no longer used.", ES(reasm_released_bytes),
+     false},
 };
 
 static uint64_t field_at(const void *base, size_t off)

@@ -39,6 +39,7 @@ struct ingest_config {
     uint32_t frame_timeout_s; /* 0: none */
     uint32_t handshake_timeout_s; /* close a connection with no valid IMEI by then; 0: never */
     uint32_t frame_bytes_max;
+    uint32_t reasm_bytes_max;  /* reassembly memory per shard (partial frames, paused bytes) */
     bool devices_known;        /* accept only IMEIs enabled in public.devices */
     uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
     uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */

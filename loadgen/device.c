@@ -1080,7 +1080,7 @@ int worker_engine_init(struct worker *w)
         .connect_timeout_ms = (uint32_t)(w->fleet->o.connect_timeout_s * 1000),
         .bufs = 4096,
         .buf_bytes = 256,
-        .reasm_bufs = 64,
+        .reasm_bytes_max = 64 * (SERVER_FRAME_BYTES_MAX + 2 * 256),
         .frame_bytes_max = SERVER_FRAME_BYTES_MAX,
         .frame_timeout_ms = 30000,
         .sq_entries = 4096,

@@ -2,7 +2,8 @@
  * close, hand off. See engine.h for the contract with the application.
  *
  * Owns: the ring, the listener, the connection table (index = fixed file slot), the free dial
- * slots, the provided buffer ring and its memory, the reassembly pool, the paused list.
+ * slots, the provided buffer ring and its memory, the reassembly pool (size classes, the
+ * budget, the list of partial frames), the paused list.
  * Everything is touched by the shard's own thread only, except `stopping`, which
  * engine_stop() sets from anywhere.
  *
@@ -17,7 +18,11 @@
  *   after its close_direct completed. So the two never pick the same slot.
  * - conn.ops counts the requests in flight for the slot; close_direct is issued at zero.
  * - Every completion that carries a provided buffer gives it back in the same loop turn.
- * - A connection holds a reassembly buffer only while it has unconsumed bytes.
+ * - A connection holds a reassembly buffer only while it has unconsumed bytes (until its
+ *   close_done when it closed inside its own on_data), of the smallest class holding them
+ *   after each step; the class bytes held never exceed cfg.reasm_bytes_max.
+ * - Between delivery steps, the partial list holds exactly the open connections that keep
+ *   bytes and are neither paused nor held, oldest partial frame first.
  * - At most one send is in flight per connection: out[] bytes, or a part of the pending
  *   reference (CF_SEND_REF); a pending reference gets exactly one on_sent.
  * - The unidentified FIFO holds exactly the open accepted connections the application has not
@@ -129,6 +134,11 @@ struct conn {
     uint8_t ref_at;      /* out[] bytes that go before the pending reference */
     uint32_t reasm;      /* reassembly buffer index + 1; 0 = none */
     uint32_t reasm_len;
+    /* Reassembly pool: the buffer's class; the links of the partial list (slot + 1, 0 = end),
+     * on it or not; kept bytes being offered to on_data (never closed for room then). */
+    uint32_t partial_prev, partial_next;
+    uint8_t reasm_class;
+    bool partial, delivering;
     uint32_t need;          /* bytes the pending frame needs in all */
     uint32_t active_s;      /* last receive, engine seconds */
     uint32_t frame_since_s; /* when the pending partial frame started */
@@ -151,6 +161,24 @@ _Static_assert(sizeof(struct sockaddr_in6) <= ENGINE_SEND_BYTES_MAX &&
                    sizeof(struct sockaddr_in) <= sizeof(struct sockaddr_in6),
                "a dial's destination is kept in out[] until it connects");
 
+/* One size class of the reassembly pool: buffers of `bytes`, a stride apart in one mapping
+ * without reserve, with a free stack and a state per buffer (enum reasm_state). */
+struct reasm_class {
+    uint8_t *mem;
+    size_t mem_bytes;
+    uint32_t bytes;      /* what a buffer holds, and costs in the budget */
+    uint32_t stride;     /* bytes apart: a whole number of pages, or a power of two below one */
+    uint32_t unit_slots; /* buffers per page when below one (their pages go back together), 1 */
+    uint32_t slots_len;  /* a multiple of unit_slots */
+    uint32_t *free;      /* free buffers, a stack: the latest freed, likely resident, first */
+    uint32_t free_len;
+    uint8_t *state;
+};
+
+/* A buffer's pages: given back (CLEAN), in use, or free and maybe resident: freed since the
+ * last sweep (WARM) or before it (COLD, given back at the next sweep). */
+enum reasm_state { RS_CLEAN = 0, RS_USED, RS_WARM, RS_COLD };
+
 struct cqe_copy {
     uint64_t user_data;
     int32_t res;
@@ -163,6 +191,9 @@ enum {
     BGID = 0,
     WAIT_MS_MAX = 100,
     SWEEP_MS = 1000,
+    REASM_CLASS_MIN_BYTES = 2048, /* the smallest class: a Teltonika packet (<= 1280 bytes) */
+    REASM_CLASSES_MAX = 24,       /* 2 KiB doubling past the largest reasm_cap, and the top */
+    REASM_DIRTY_SHARE = 8,        /* free buffers kept resident: up to 1/8 of the budget */
 };
 
 struct engine {
@@ -190,11 +221,17 @@ struct engine {
     uint32_t br_mask;
     uint32_t br_pending; /* buffers added since the last advance */
 
-    uint8_t *reasm_mem;
-    size_t reasm_mem_bytes;
-    uint32_t reasm_cap; /* bytes per reassembly buffer */
-    uint32_t *reasm_free;
-    uint32_t reasm_free_len;
+    /* The reassembly pool (see "Reassembly pool" below): classes smallest first, the top one
+     * reasm_cap; class bytes held and buffers held; free buffers' bytes maybe resident and the
+     * most of those kept; the partial list's ends (slot + 1). */
+    struct reasm_class reasm_classes[REASM_CLASSES_MAX];
+    unsigned reasm_classes_len;
+    uint32_t reasm_cap; /* what one connection may keep: frame_bytes_max + 2 x buf_bytes */
+    uint32_t page_bytes;
+    uint64_t reasm_bytes;
+    uint32_t reasm_held;
+    uint64_t reasm_dirty_bytes, reasm_dirty_max;
+    uint32_t partial_head, partial_tail;
 
     uint32_t paused_head, paused_tail; /* slot + 1 */
     uint32_t rearm_head;               /* slot + 1 */
@@ -235,6 +272,7 @@ static const char *const close_reason_names[ENGINE_CLOSE_REASONS] = {
     [ENGINE_CLOSE_FRAME_TIMEOUT] = "frame_timeout",
     [ENGINE_CLOSE_FRAME_TOO_BIG] = "frame_too_big",
     [ENGINE_CLOSE_NO_REASM] = "no_reassembly_buffer",
+    [ENGINE_CLOSE_REASM_BUDGET] = "reassembly_budget",
     [ENGINE_CLOSE_SEND_OVERFLOW] = "send_overflow",
     [ENGINE_CLOSE_PAUSE_OVERFLOW] = "pause_overflow",
     [ENGINE_CLOSE_HANDED_OFF] = "handed_off",
@@ -362,39 +400,282 @@ static void closing_step(struct engine *e, uint32_t slot)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Reassembly pool and lists
+ * Reassembly pool
+ *
+ * A connection keeps its unconsumed bytes (a partial frame, or what came while it is paused
+ * or held) in one buffer of the smallest size class that holds them: 2 KiB, 4 KiB, ...
+ * doubling, and a top class of reasm_cap, the most a connection may keep. The buffer moves to
+ * a larger class as the bytes kept grow, and to a smaller one when a delivery leaves few.
+ *
+ * The budget: the class bytes of the buffers held stay within cfg.reasm_bytes_max. A
+ * connection that needs more when it is spent takes it from the connection holding the
+ * oldest partial frame (closed, ENGINE_CLOSE_REASM_BUDGET: the device sends again; it may be
+ * the one asking), or is closed itself (ENGINE_CLOSE_NO_REASM) when only paused and held
+ * connections hold the budget: their kept bytes are never taken from them.
+ *
+ * Memory goes back to the system: a freed buffer stays resident while buffers come and go
+ * (WARM); one still free at the next sweep (COLD) has its pages given back with
+ * madvise(MADV_DONTNEED) at the sweep after. Once the free buffers that may be resident pass
+ * reasm_dirty_max, a freed buffer's pages go back at once, so the pool's resident memory stays
+ * near the bytes held.
  * ------------------------------------------------------------------------------------------- */
+
+static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason reason);
 
 static uint8_t *reasm_buf(struct engine *e, const struct conn *c)
 {
     assert(c->reasm);
-    return e->reasm_mem + (size_t)(c->reasm - 1) * e->reasm_cap;
+    const struct reasm_class *k = &e->reasm_classes[c->reasm_class];
+    return k->mem + (size_t)(c->reasm - 1) * k->stride;
 }
 
-static bool reasm_take(struct engine *e, struct conn *c)
+/* The smallest class that holds bytes (at most reasm_cap). */
+static unsigned reasm_class_for(const struct engine *e, size_t bytes)
 {
-    assert(!c->reasm);
-    if (e->reasm_free_len == 0)
-        return false;
-    c->reasm = e->reasm_free[--e->reasm_free_len] + 1;
-    c->reasm_len = 0;
-    c->frame_since_s = now_s(e);
-    uint64_t used = e->cfg.reasm_bufs - e->reasm_free_len;
-    if (used > e->stats.reasm_used_max)
-        stat_set(&e->stats.reasm_used_max, used);
+    assert(bytes <= e->reasm_cap);
+    unsigned ci = 0;
+    while (e->reasm_classes[ci].bytes < bytes)
+        ci++;
+    return ci;
+}
+
+/* The connection's partial frame is the newest: at the tail of the partial list. */
+static void partial_push(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    assert(!c->partial && c->reasm && !(c->flags & CF_PAUSED));
+    c->partial = true;
+    c->partial_next = 0;
+    c->partial_prev = e->partial_tail;
+    if (e->partial_tail)
+        e->conns[e->partial_tail - 1].partial_next = slot + 1;
+    else
+        e->partial_head = slot + 1;
+    e->partial_tail = slot + 1;
+}
+
+static void partial_unlink(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    if (!c->partial)
+        return;
+    if (c->partial_prev)
+        e->conns[c->partial_prev - 1].partial_next = c->partial_next;
+    else
+        e->partial_head = c->partial_next;
+    if (c->partial_next)
+        e->conns[c->partial_next - 1].partial_prev = c->partial_prev;
+    else
+        e->partial_tail = c->partial_prev;
+    c->partial = false;
+    c->partial_prev = c->partial_next = 0;
+}
+
+/* The connection holding the oldest partial frame whose bytes are not being delivered (only
+ * an application that resumes from inside on_data makes that walk longer than one step), or
+ * UINT32_MAX. */
+static uint32_t partial_oldest(const struct engine *e)
+{
+    for (uint32_t at = e->partial_head; at; at = e->conns[at - 1].partial_next)
+        if (!e->conns[at - 1].delivering)
+            return at - 1;
+    return UINT32_MAX;
+}
+
+/* Releases the pages of the buffers first .. first + unit_slots - 1 of k, all free. */
+static void reasm_unit_release(struct engine *e, struct reasm_class *k, uint32_t first)
+{
+    for (uint32_t i = first; i < first + k->unit_slots; i++) {
+        assert(k->state[i] != RS_USED);
+        if (k->state[i] != RS_CLEAN)
+            e->reasm_dirty_bytes -= k->stride;
+        k->state[i] = RS_CLEAN;
+    }
+    size_t bytes = (size_t)k->unit_slots * k->stride;
+    int ret = madvise(k->mem + (size_t)first * k->stride, bytes, MADV_DONTNEED);
+    assert(ret == 0);
+    (void)ret;
+    stat_add(&e->stats.reasm_released_bytes, bytes);
+}
+
+static bool reasm_unit_free(const struct reasm_class *k, uint32_t first)
+{
+    for (uint32_t i = first; i < first + k->unit_slots; i++)
+        if (k->state[i] == RS_USED)
+            return false;
     return true;
 }
 
-static void reasm_give(struct engine *e, struct conn *c)
+/* A free buffer of k, now in use (the budget was checked). */
+static uint32_t reasm_slot_take(struct engine *e, struct reasm_class *k)
 {
+    assert(k->free_len > 0);
+    uint32_t i = k->free[--k->free_len];
+    if (k->state[i] != RS_CLEAN)
+        e->reasm_dirty_bytes -= k->stride;
+    k->state[i] = RS_USED;
+    return i;
+}
+
+/* Buffer i of k is free again: kept resident for the next connection, or given back at once
+ * when enough free buffers are resident already. */
+static void reasm_slot_give(struct engine *e, struct reasm_class *k, uint32_t i)
+{
+    assert(k->state[i] == RS_USED);
+    k->free[k->free_len++] = i;
+    k->state[i] = RS_WARM;
+    e->reasm_dirty_bytes += k->stride;
+    uint32_t first = i - i % k->unit_slots;
+    if (e->reasm_dirty_bytes > e->reasm_dirty_max && reasm_unit_free(k, first))
+        reasm_unit_release(e, k, first);
+}
+
+/* The class bytes held changed by delta (a buffer taken, moved or given back). */
+static void reasm_account(struct engine *e, int64_t delta)
+{
+    e->reasm_bytes = (uint64_t)((int64_t)e->reasm_bytes + delta);
+    assert(e->reasm_bytes <= e->cfg.reasm_bytes_max);
+    stat_set(&e->stats.reasm_bytes, e->reasm_bytes);
+    if (e->reasm_bytes > e->stats.reasm_bytes_peak)
+        stat_set(&e->stats.reasm_bytes_peak, e->reasm_bytes);
+}
+
+/* Makes room in the budget for `more` class bytes besides those held, by closing the
+ * connections with the oldest partial frames (their buffers come back at once). True when
+ * there is room and slot is still open; false after slot was closed: its own frame was the
+ * oldest, or nothing was left to close (ENGINE_CLOSE_NO_REASM). */
+static bool reasm_room(struct engine *e, uint32_t slot, uint64_t more)
+{
+    while (e->reasm_bytes + more > e->cfg.reasm_bytes_max) {
+        if (e->conns[slot].state != CONN_OPEN)
+            return false; /* closed by the application in a victim's on_close */
+        uint32_t victim = partial_oldest(e);
+        if (victim == UINT32_MAX) {
+            conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+            return false;
+        }
+        conn_close(e, victim, ENGINE_CLOSE_REASM_BUDGET);
+        if (victim == slot)
+            return false;
+    }
+    return e->conns[slot].state == CONN_OPEN;
+}
+
+/* Gives the connection, which keeps nothing, a buffer for `bytes`. False after closing it. */
+static bool reasm_take(struct engine *e, uint32_t slot, size_t bytes)
+{
+    struct conn *c = &e->conns[slot];
+    assert(!c->reasm && !c->partial);
+    unsigned ci = reasm_class_for(e, bytes);
+    struct reasm_class *k = &e->reasm_classes[ci];
+    if (!reasm_room(e, slot, k->bytes))
+        return false;
+    c->reasm = reasm_slot_take(e, k) + 1;
+    c->reasm_class = (uint8_t)ci;
+    c->reasm_len = 0;
+    c->frame_since_s = now_s(e);
+    reasm_account(e, k->bytes);
+    if (++e->reasm_held > e->stats.reasm_used_max)
+        stat_set(&e->stats.reasm_used_max, e->reasm_held);
+    return true;
+}
+
+/* Moves the connection's kept bytes, the reasm_len from offset `at` of its buffer on, to a
+ * buffer of class ci (larger: within the budget; false after closing the connection). */
+static bool reasm_move(struct engine *e, uint32_t slot, unsigned ci, size_t at)
+{
+    struct conn *c = &e->conns[slot];
+    struct reasm_class *from = &e->reasm_classes[c->reasm_class], *to = &e->reasm_classes[ci];
+    assert(ci != c->reasm_class && c->reasm_len <= to->bytes);
+    if (to->bytes > from->bytes && !reasm_room(e, slot, to->bytes - from->bytes))
+        return false;
+    uint32_t i = reasm_slot_take(e, to);
+    memcpy(to->mem + (size_t)i * to->stride, reasm_buf(e, c) + at, c->reasm_len);
+    reasm_slot_give(e, from, c->reasm - 1);
+    reasm_account(e, (int64_t)to->bytes - (int64_t)from->bytes);
+    c->reasm = i + 1;
+    c->reasm_class = (uint8_t)ci;
+    return true;
+}
+
+/* Drops the first `used` kept bytes (delivered); the rest moves to a smaller class when one
+ * holds it. */
+static void reasm_consume(struct engine *e, uint32_t slot, size_t used)
+{
+    struct conn *c = &e->conns[slot];
+    assert(used <= c->reasm_len);
+    if (used == 0)
+        return;
+    c->reasm_len -= (uint32_t)used;
+    unsigned ci = c->reasm_len ? reasm_class_for(e, c->reasm_len) : c->reasm_class;
+    if (ci < c->reasm_class) {
+        bool moved = reasm_move(e, slot, ci, used); /* to a smaller class: no room needed */
+        assert(moved);
+        (void)moved;
+        return;
+    }
+    uint8_t *buf = reasm_buf(e, c);
+    memmove(buf, buf + used, c->reasm_len);
+}
+
+/* Gives the connection's buffer back, if it has one, and takes it off the partial list. */
+static void reasm_give(struct engine *e, uint32_t slot)
+{
+    struct conn *c = &e->conns[slot];
+    partial_unlink(e, slot);
     if (!c->reasm)
         return;
-    /* LIFO, so the buffers in use stay the few whose pages are already resident. */
-    e->reasm_free[e->reasm_free_len++] = c->reasm - 1;
+    struct reasm_class *k = &e->reasm_classes[c->reasm_class];
+    reasm_slot_give(e, k, c->reasm - 1);
+    reasm_account(e, -(int64_t)k->bytes);
+    e->reasm_held--;
     c->reasm = 0;
     c->reasm_len = 0;
     c->need = 0;
 }
+
+/* After a delivery that left a partial frame: on the partial list, moved to its tail when the
+ * frame is a new one (the bytes before it were consumed). */
+static void partial_keep(struct engine *e, uint32_t slot, bool new_frame)
+{
+    struct conn *c = &e->conns[slot];
+    if (c->partial && !new_frame)
+        return;
+    partial_unlink(e, slot);
+    partial_push(e, slot);
+    if (new_frame)
+        c->frame_since_s = now_s(e);
+}
+
+/* Once a sweep: gives back the pages of buffers free since the sweep before (COLD) and ages
+ * those freed since (WARM). Walks the pool only while free buffers may be resident. */
+static void reasm_sweep(struct engine *e)
+{
+    if (e->reasm_dirty_bytes == 0)
+        return;
+    for (unsigned ci = 0; ci < e->reasm_classes_len; ci++) {
+        struct reasm_class *k = &e->reasm_classes[ci];
+        for (uint32_t first = 0; first < k->slots_len; first += k->unit_slots) {
+            bool used = false, warm = false, cold = false;
+            for (uint32_t i = first; i < first + k->unit_slots; i++) {
+                used |= k->state[i] == RS_USED;
+                warm |= k->state[i] == RS_WARM;
+                cold |= k->state[i] == RS_COLD;
+            }
+            if (!used && !warm && cold) {
+                reasm_unit_release(e, k, first);
+                continue;
+            }
+            for (uint32_t i = first; i < first + k->unit_slots && warm; i++)
+                if (k->state[i] == RS_WARM)
+                    k->state[i] = RS_COLD;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Lists
+ * ------------------------------------------------------------------------------------------- */
 
 static void paused_push(struct engine *e, uint32_t slot)
 {
@@ -439,6 +720,7 @@ static void paused_unlink(struct engine *e, uint32_t slot)
 static void pause_or_hold(struct engine *e, uint32_t slot, enum engine_verdict v)
 {
     struct conn *c = &e->conns[slot];
+    partial_unlink(e, slot); /* its kept bytes are not taken for room while it waits */
     if (v == ENGINE_PAUSE) {
         paused_push(e, slot);
         return;
@@ -518,6 +800,12 @@ static void conn_close(struct engine *e, uint32_t slot, enum engine_close_reason
     unid_unlink(e, slot);
     if (slot < e->dial_base)
         e->accepted_open--;
+    /* Its kept bytes will never be delivered: the buffer goes back now, unless on_data is
+     * reading it (then at close_done). */
+    if (c->delivering)
+        partial_unlink(e, slot);
+    else
+        reasm_give(e, slot);
     c->state = CONN_CLOSING;
     c->reason = (uint8_t)reason;
     stat_add(&e->stats.closed[reason], 1);
@@ -592,6 +880,10 @@ static bool reasm_top_up(struct engine *e, uint32_t slot, const uint8_t **p, siz
                                           : ENGINE_CLOSE_FRAME_TOO_BIG);
         return false;
     }
+    size_t keep = c->reasm_len + take;
+    if (keep > e->reasm_classes[c->reasm_class].bytes &&
+        !reasm_move(e, slot, reasm_class_for(e, keep), 0))
+        return false;
     memcpy(reasm_buf(e, c) + c->reasm_len, *p, take);
     c->reasm_len += (uint32_t)take;
     *p += take;
@@ -611,29 +903,28 @@ static bool deliver_kept(struct engine *e, uint32_t slot, const uint8_t **p, siz
         return false;
     if ((c->flags & CF_PAUSED) || c->reasm_len < c->need)
         return false;
-    uint8_t *buf = reasm_buf(e, c);
-    size_t used = e->cfg.ops->on_data(e->cfg.app, e, slot, c->gen, buf, c->reasm_len, &v, &need);
-    /* A connection closed or handed off inside on_data has given its reassembly buffer back
-     * (reasm_len is 0 now): nothing to check against any more. */
+    c->delivering = true;
+    size_t used =
+        e->cfg.ops->on_data(e->cfg.app, e, slot, c->gen, reasm_buf(e, c), c->reasm_len, &v, &need);
+    c->delivering = false;
+    /* A connection closed or handed off inside on_data keeps its buffer until close_done. */
     assert(c->state != CONN_OPEN || used <= c->reasm_len);
     if (!open_after_data(e, slot, v))
         return false;
-    memmove(buf, buf + used, c->reasm_len - used);
-    c->reasm_len -= (uint32_t)used;
+    reasm_consume(e, slot, used);
+    if (c->reasm_len == 0)
+        reasm_give(e, slot); /* paused or not: an empty buffer costs the budget for nothing */
     if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
         c->need = 0;
         pause_or_hold(e, slot, v);
         return true; /* keeps the rest of *p, if it fits */
     }
-    if (c->reasm_len == 0) {
-        reasm_give(e, c);
+    if (!c->reasm)
         return true;
-    }
     assert(need > c->reasm_len);
     if (!frame_fits(e, slot, need))
         return false;
-    if (used > 0)
-        c->frame_since_s = now_s(e);
+    partial_keep(e, slot, used > 0);
     c->need = need;
     return *len > 0;
 }
@@ -648,14 +939,8 @@ static bool deliver_direct(struct engine *e, uint32_t slot, const uint8_t **p, s
     uint32_t need = 0;
     if (*len == 0)
         return false;
-    if (c->flags & CF_PAUSED) {
-        /* Paused with nothing kept: keep these bytes, deliver them on resume. */
-        if (!reasm_take(e, c)) {
-            conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
-            return false;
-        }
-        return true;
-    }
+    if (c->flags & CF_PAUSED)
+        return reasm_take(e, slot, *len); /* nothing kept yet: keep these, deliver on resume */
     size_t used = e->cfg.ops->on_data(e->cfg.app, e, slot, c->gen, *p, *len, &v, &need);
     assert(used <= *len);
     if (!open_after_data(e, slot, v))
@@ -669,15 +954,14 @@ static bool deliver_direct(struct engine *e, uint32_t slot, const uint8_t **p, s
         if (!frame_fits(e, slot, need))
             return false;
     }
-    if (*len > 0 && !reasm_take(e, c)) {
-        conn_close(e, slot, ENGINE_CLOSE_NO_REASM);
+    if (*len > 0 && !reasm_take(e, slot, *len))
         return false;
-    }
     if (v == ENGINE_PAUSE || v == ENGINE_HOLD) {
         pause_or_hold(e, slot, v);
         return *len > 0; /* then copies *p into the new buffer */
     }
     c->need = need;
+    partial_push(e, slot);
     return true;
 }
 
@@ -911,7 +1195,7 @@ static void on_close_done(struct engine *e, const struct cqe_copy *q)
         if (e->cfg.ops->on_sent)
             e->cfg.ops->on_sent(e->cfg.app, e, slot, c->gen, -ECANCELED);
     }
-    reasm_give(e, c);
+    reasm_give(e, slot);
     bool dial = c->flags & CF_DIAL; /* a failed dial: never counted as open */
     c->ops = 0;
     c->flags = 0;
@@ -1355,8 +1639,7 @@ int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, u
     c->flags |= CF_HANDOFF;
     c->handoff_to = (uint8_t)to;
     c->handoff_key = key;
-    reasm_give(e, c);
-    conn_close(e, slot, ENGINE_CLOSE_HANDED_OFF);
+    conn_close(e, slot, ENGINE_CLOSE_HANDED_OFF); /* drops the bytes kept */
     return 0;
 }
 
@@ -1518,6 +1801,7 @@ int engine_run(struct engine *e)
         identify_expire(e);
         if (e->now_ns >= e->next_sweep_ns) {
             sweep(e);
+            reasm_sweep(e);
             e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
         }
         e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
@@ -1587,6 +1871,99 @@ static void *map_bytes(size_t bytes)
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* One class's mapping (address space only: pages come as buffers are written), free stack
+ * and states: as many buffers as the budget or the table can use at once. */
+static int reasm_class_setup(struct engine *e, struct reasm_class *k)
+{
+    uint32_t page = e->page_bytes, stride = k->bytes;
+    if (stride >= page) {
+        stride = (stride + page - 1) / page * page;
+    } else {
+        stride = 1;
+        while (stride < k->bytes)
+            stride *= 2;
+    }
+    k->stride = stride;
+    k->unit_slots = stride >= page ? 1 : page / stride;
+    uint64_t slots = e->cfg.reasm_bytes_max / k->bytes;
+    if (slots > e->cfg.conns_max)
+        slots = e->cfg.conns_max;
+    k->slots_len = (uint32_t)((slots + k->unit_slots - 1) / k->unit_slots * k->unit_slots);
+    k->mem_bytes = (size_t)k->slots_len * k->stride;
+    k->mem = map_bytes(k->mem_bytes);
+    k->free = calloc(k->slots_len, sizeof *k->free);
+    k->state = calloc(k->slots_len, sizeof *k->state); /* RS_CLEAN */
+    if (!k->mem || !k->free || !k->state)
+        return -ENOMEM;
+    /* Pushed in reverse so that buffer 0 is handed out first. */
+    for (uint32_t i = 0; i < k->slots_len; i++)
+        k->free[i] = k->slots_len - 1 - i;
+    k->free_len = k->slots_len;
+    return 0;
+}
+
+/* The classes: 2 KiB doubling below reasm_cap, then reasm_cap itself. */
+static int reasm_setup(struct engine *e, char *err, size_t err_cap)
+{
+    const struct engine_config *cfg = &e->cfg;
+    uint64_t cap = (uint64_t)cfg->frame_bytes_max + 2 * (uint64_t)cfg->buf_bytes;
+    if (cap > UINT32_MAX / 2 || cfg->reasm_bytes_max < cap) {
+        snprintf(err, err_cap,
+                 "reasm_bytes_max %llu is below frame_bytes_max + 2 x buf_bytes = %llu, what one "
+                 "connection may keep (a largest frame and what arrives while it is paused)",
+                 (unsigned long long)cfg->reasm_bytes_max, (unsigned long long)cap);
+        return -EINVAL;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    e->page_bytes = page > 0 ? (uint32_t)page : 4096;
+    e->reasm_cap = (uint32_t)cap;
+    e->reasm_dirty_max = cfg->reasm_bytes_max / REASM_DIRTY_SHARE;
+    unsigned n = 0;
+    for (uint32_t b = REASM_CLASS_MIN_BYTES; b < e->reasm_cap; b *= 2)
+        e->reasm_classes[n++].bytes = b;
+    e->reasm_classes[n++].bytes = e->reasm_cap;
+    assert(n <= REASM_CLASSES_MAX);
+    e->reasm_classes_len = n;
+    for (unsigned ci = 0; ci < n; ci++) {
+        if (reasm_class_setup(e, &e->reasm_classes[ci]) != 0) {
+            snprintf(err, err_cap, "reassembly pool (class of %u bytes, %llu bytes in all): %s",
+                     e->reasm_classes[ci].bytes, (unsigned long long)cfg->reasm_bytes_max,
+                     strerror(ENOMEM));
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+static void reasm_unmap(struct engine *e)
+{
+    for (unsigned ci = 0; ci < e->reasm_classes_len; ci++) {
+        struct reasm_class *k = &e->reasm_classes[ci];
+        if (k->mem)
+            munmap(k->mem, k->mem_bytes);
+        free(k->free);
+        free(k->state);
+    }
+}
+
+size_t engine_reasm_resident_bytes(const struct engine *e)
+{
+    size_t resident = 0;
+    unsigned char vec[1024];
+    for (unsigned ci = 0; ci < e->reasm_classes_len; ci++) {
+        const struct reasm_class *k = &e->reasm_classes[ci];
+        size_t pages = (k->mem_bytes + e->page_bytes - 1) / e->page_bytes;
+        for (size_t at = 0; at < pages; at += sizeof vec) {
+            size_t n = pages - at < sizeof vec ? pages - at : sizeof vec;
+            if (mincore(k->mem + at * e->page_bytes, n * e->page_bytes, vec) != 0)
+                continue;
+            for (size_t i = 0; i < n; i++)
+                resident += (vec[i] & 1) ? e->page_bytes : 0;
+        }
+    }
+    return resident;
+}
+
 static int buffers_setup(struct engine *e, char *err, size_t err_cap)
 {
     const struct engine_config *cfg = &e->cfg;
@@ -1618,21 +1995,7 @@ static int buffers_setup(struct engine *e, char *err, size_t err_cap)
         return_buffer(e, bid);
     io_uring_buf_ring_advance(e->br, (int)e->br_pending);
     e->br_pending = 0;
-
-    e->reasm_cap = cfg->frame_bytes_max + 2 * cfg->buf_bytes;
-    e->reasm_mem_bytes = (size_t)cfg->reasm_bufs * e->reasm_cap;
-    e->reasm_mem = cfg->reasm_bufs ? map_bytes(e->reasm_mem_bytes) : NULL;
-    e->reasm_free = calloc(cfg->reasm_bufs ? cfg->reasm_bufs : 1, sizeof *e->reasm_free);
-    if ((cfg->reasm_bufs && !e->reasm_mem) || !e->reasm_free) {
-        snprintf(err, err_cap, "reassembly pool (%u x %u bytes): %s", cfg->reasm_bufs, e->reasm_cap,
-                 strerror(errno));
-        return -ENOMEM;
-    }
-    /* Pushed in reverse so that buffer 0 is handed out first. */
-    for (uint32_t i = 0; i < cfg->reasm_bufs; i++)
-        e->reasm_free[i] = cfg->reasm_bufs - 1 - i;
-    e->reasm_free_len = cfg->reasm_bufs;
-    return 0;
+    return reasm_setup(e, err, err_cap);
 }
 
 /* The dial slots at the top of the table, and the kernel's allocation range below them. */
@@ -1806,11 +2169,9 @@ void engine_free(struct engine *e)
         munmap(e->br, e->br_bytes);
     if (e->bufs)
         munmap(e->bufs, e->bufs_bytes);
-    if (e->reasm_mem)
-        munmap(e->reasm_mem, e->reasm_mem_bytes);
+    reasm_unmap(e);
     if (e->conns)
         munmap(e->conns, (size_t)e->cfg.conns_max * sizeof *e->conns);
-    free(e->reasm_free);
     free(e->dial_free);
     for (unsigned i = 0; i < ENGINE_SHARDS_MAX; i++)
         free(e->inbox[i]);

@@ -4,7 +4,8 @@
  * listener with multishot accept into direct descriptors (device sockets live in the ring's
  * fixed file table, not in the process fd table); multishot recv from a provided buffer ring;
  * a connection table indexed by fixed file slot, with a generation per slot; a reassembly
- * pool for frames split across receives; sends (one in flight per connection: small ones
+ * pool for frames split across receives (size classes under a byte budget per shard, memory
+ * given back to the system when no longer used); sends (one in flight per connection: small ones
  * copied, large ones by reference); outbound connections (engine_connect) into slots of the
  * same table; idle, frame and connect timers; readiness polls for the application's own
  * sockets (PostgreSQL, Redis); and socket handoff to another shard with IORING_OP_MSG_RING.
@@ -98,7 +99,10 @@ enum engine_close_reason {
     ENGINE_CLOSE_IDLE,           /* nothing received for idle_timeout_ms */
     ENGINE_CLOSE_FRAME_TIMEOUT,  /* an incomplete frame waited longer than frame_timeout_ms */
     ENGINE_CLOSE_FRAME_TOO_BIG,  /* the frame needs more bytes than the reassembly buffer */
-    ENGINE_CLOSE_NO_REASM,       /* no reassembly buffer free: load shed on purpose */
+    ENGINE_CLOSE_NO_REASM,       /* needed reassembly memory while paused connections' kept
+                                    bytes held the whole budget: load shed on purpose */
+    ENGINE_CLOSE_REASM_BUDGET,   /* held the oldest partial frame when reassembly memory was
+                                    needed and the budget (reasm_bytes_max) was spent */
     ENGINE_CLOSE_SEND_OVERFLOW,  /* more pending output than the connection can hold */
     ENGINE_CLOSE_PAUSE_OVERFLOW, /* kept sending while paused, past what it may keep */
     ENGINE_CLOSE_HANDED_OFF,     /* passed to another shard (not a failure) */
@@ -173,7 +177,6 @@ struct engine_config {
     bool dial_reset_on_close;
     uint32_t bufs;             /* provided receive buffers, a power of two, <= 32768 */
     uint32_t buf_bytes;        /* bytes per receive buffer */
-    uint32_t reasm_bufs;       /* reassembly buffers (each frame_bytes_max + buf_bytes) */
     uint32_t frame_bytes_max;  /* largest frame the application accepts */
     uint32_t idle_timeout_ms;  /* 0: none */
     uint32_t frame_timeout_ms; /* 0: none */
@@ -185,6 +188,10 @@ struct engine_config {
     /* Free slots of the accept range that evicting unidentified connections keeps; 0: an
      * eighth of the range, 1 to 256. */
     uint32_t identify_reserve;
+    /* Reassembly memory of the shard, in bytes: the size-class bytes of the buffers that keep
+     * partial frames and paused connections' bytes. At least frame_bytes_max + 2 x buf_bytes
+     * (what one connection may keep); engine_init refuses less. */
+    uint64_t reasm_bytes_max;
     /* Once a completion is there, wait up to this long for more before handling them (kernel
      * 6.12's min_wait; 0 or an older kernel: handle each as soon as it comes). Fewer, fuller
      * loop turns: less CPU per completion under load, at most this much added latency. */
@@ -204,6 +211,9 @@ struct engine_stats {
     uint64_t reasm_used_max, pauses, resumes, pause_cancels, holds;
     uint64_t mail_sent, mail_received, mail_full, mail_wakes;
     uint64_t cqes, loops;
+    /* Reassembly memory: class bytes held now (gauge) and at most, bytes given back to the
+     * system (madvise). reasm_used_max above counts buffers. */
+    uint64_t reasm_bytes, reasm_bytes_peak, reasm_released_bytes;
 } __attribute__((aligned(64)));
 
 /* Creates the ring (SINGLE_ISSUER | DEFER_TASKRUN, falling back to COOP_TASKRUN, then to
@@ -315,6 +325,10 @@ uint32_t engine_conns_open(const struct engine *e);
 uint32_t engine_conns_dialing(const struct engine *e);
 /* Accepted connections open and not identified yet. */
 uint32_t engine_conns_unidentified(const struct engine *e);
+/* Bytes of the reassembly pool's memory resident now (mincore over its mappings), free buffers
+ * whose pages were not given back yet included: what the pool costs in RSS. Any thread; walks
+ * the pool's pages, for tests and diagnostics. */
+size_t engine_reasm_resident_bytes(const struct engine *e);
 
 /* CLOCK_MONOTONIC in ns. */
 uint64_t engine_clock_ns(void);

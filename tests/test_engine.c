@@ -13,7 +13,11 @@
  * Identification: an unidentified connection is closed at identify_timeout_ms whatever it sends;
  * near a full table the oldest unidentified one is evicted, never an identified one; a table
  * full of identified connections refuses a newcomer and goes on accepting once a slot is free;
- * handed-in connections arrive identified; the peer address read from a direct descriptor. */
+ * handed-in connections arrive identified; the peer address read from a direct descriptor. The
+ * reassembly pool, with frames of a 4-byte length (big_ops): size classes that follow the bytes
+ * kept (a frame within one receive costs none), the budget closing the oldest partial frame,
+ * paused bytes counted and never taken, memory given back to the system (mincore), and the
+ * start check of the budget. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -29,6 +33,7 @@
 #include <unistd.h>
 
 #include "shard/engine.h"
+#include "shard/stat.h"
 #include "tests/support/testutil.h"
 
 #include <setjmp.h>
@@ -98,6 +103,28 @@ static void on_identify_frame(struct app *a, struct engine *e, uint32_t slot, ui
     }
 }
 
+/* The application takes one whole frame whose payload is p[0 .. len-1] (answering it when it is
+ * a ping); false when its budget is spent: the caller pauses. */
+static bool app_take(struct app *a, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
+                     size_t len, bool is_ping)
+{
+    int budget = atomic_load(&a->budget);
+    if (budget == 0)
+        return false;
+    if (budget > 0)
+        atomic_fetch_sub(&a->budget, 1);
+    for (size_t i = 0; i < len; i++)
+        a->checksum = a->checksum * 31 + p[i];
+    atomic_store(&a->checksum_pub, a->checksum);
+    if (is_ping) {
+        uint8_t pong = 0;
+        ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
+    }
+    atomic_fetch_add(&a->frames, 1);
+    atomic_fetch_add(&a->bytes, len);
+    return true;
+}
+
 static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen, const uint8_t *p,
                       size_t len, enum engine_verdict *verdict, uint32_t *need)
 {
@@ -124,23 +151,11 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
             *verdict = ENGINE_HOLD;
             return used;
         }
-        int budget = atomic_load(&a->budget);
-        if (budget == 0) {
+        if (!app_take(a, e, slot, gen, p + used + 1, frame - 1, p[used] == 0)) {
             *verdict = ENGINE_PAUSE;
             return used;
         }
-        if (budget > 0)
-            atomic_fetch_sub(&a->budget, 1);
-        for (size_t i = 1; i < frame; i++)
-            a->checksum = a->checksum * 31 + p[used + i];
-        atomic_store(&a->checksum_pub, a->checksum);
         on_identify_frame(a, e, slot, gen, p + used, frame);
-        if (p[used] == 0) {
-            uint8_t pong = 0;
-            ECHECK(engine_send(e, slot, gen, &pong, 1) == 0);
-        }
-        atomic_fetch_add(&a->frames, 1);
-        atomic_fetch_add(&a->bytes, frame - 1);
         used += frame;
     }
     return used;
@@ -225,6 +240,40 @@ static const struct engine_ops test_ops = {.on_open = on_open,
                                            .on_poll = on_poll,
                                            .on_mail = on_mail,
                                            .on_tick = on_tick};
+
+/* The big-frame protocol, for the reassembly pool's classes and budget: a 4-byte big-endian
+ * length L, then L bytes (L = 0: a ping). Pauses when the budget runs out, as on_data does. */
+static size_t on_data_big(void *user, struct engine *e, uint32_t slot, uint32_t gen,
+                          const uint8_t *p, size_t len, enum engine_verdict *verdict,
+                          uint32_t *need)
+{
+    struct app *a = user;
+    size_t used = 0;
+    *verdict = ENGINE_CONTINUE;
+    while (used < len) {
+        const uint8_t *f = p + used;
+        size_t frame =
+            len - used < 4
+                ? 4
+                : 4 + ((size_t)f[0] << 24 | (size_t)f[1] << 16 | (size_t)f[2] << 8 | f[3]);
+        if (len - used < frame) {
+            *need = (uint32_t)frame;
+            return used;
+        }
+        if (!app_take(a, e, slot, gen, f + 4, frame - 4, frame == 4)) {
+            *verdict = ENGINE_PAUSE;
+            return used;
+        }
+        used += frame;
+    }
+    return used;
+}
+
+static const struct engine_ops big_ops = {.on_open = on_open,
+                                          .on_data = on_data_big,
+                                          .on_close = on_close,
+                                          .on_poll = on_poll,
+                                          .on_tick = on_tick};
 
 /* A handoff app: on_data hands the connection off instead of consuming its first frame,
  * when this shard is not the "owner" (shard 1). */
@@ -434,7 +483,7 @@ static struct engine_config base_config(uint16_t port, unsigned shard, unsigned 
     c.conns_max = 1024;
     c.bufs = 64;
     c.buf_bytes = 512;
-    c.reasm_bufs = 600;
+    c.reasm_bytes_max = 600 * (256 + 2 * 512);
     c.frame_bytes_max = 256;
     c.sq_entries = 256;
     c.ops = ops;
@@ -1430,6 +1479,296 @@ static void test_peer_address(void **state)
     stop_shards(st, 1);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The reassembly pool: size classes, the budget, memory given back (big_ops' frames)
+ * ------------------------------------------------------------------------------------------- */
+
+enum {
+    BIG_FRAME_MAX = 65536,
+    BIG_BUF = 4096,
+    KIB = 1024,
+    BIG_KEEP = BIG_FRAME_MAX + 2 * BIG_BUF, /* the top class: 72 KiB */
+};
+
+static struct engine_config big_config(uint16_t port, struct app *app, uint64_t budget)
+{
+    struct engine_config c = base_config(port, 0, 1, &big_ops, app);
+    c.buf_bytes = BIG_BUF;
+    c.frame_bytes_max = BIG_FRAME_MAX;
+    c.reasm_bytes_max = budget;
+    return c;
+}
+
+/* Bytes i of frames made by big_bytes: a pattern that tells each payload byte from its
+ * neighbours, so a copy that loses or reorders bytes shows in the checksum. */
+static uint8_t big_byte(size_t i, unsigned seed)
+{
+    return (uint8_t)(i * 7 + i / 251 + seed * 13);
+}
+
+/* A frame of payload L (header included) into out. */
+static size_t big_frame(uint8_t *out, uint32_t l, unsigned seed)
+{
+    out[0] = (uint8_t)(l >> 24);
+    out[1] = (uint8_t)(l >> 16);
+    out[2] = (uint8_t)(l >> 8);
+    out[3] = (uint8_t)l;
+    for (size_t i = 0; i < l; i++)
+        out[4 + i] = big_byte(i, seed);
+    return 4 + (size_t)l;
+}
+
+static uint32_t big_checksum(uint32_t h, const uint8_t *frame, size_t len)
+{
+    for (size_t i = 4; i < len; i++)
+        h = h * 31 + frame[i];
+    return h;
+}
+
+static void big_ping(int fd)
+{
+    uint8_t z[4] = {0}, r = 1;
+    send_all(fd, z, sizeof z);
+    recv_exact(fd, &r, 1);
+    assert_int_equal(r, 0);
+}
+
+/* Waits until the engine holds exactly `bytes` of class memory. */
+static void wait_reasm_bytes(struct engine *e, uint64_t bytes, const char *what)
+{
+    const struct engine_stats *s = engine_stats(e);
+    uint64_t end = engine_clock_ns() + 10000000000ull;
+    while (stat_read(&s->reasm_bytes) != bytes) {
+        if (engine_clock_ns() > end)
+            fail_msg("%s: reassembly holds %llu bytes, want %llu", what,
+                     (unsigned long long)stat_read(&s->reasm_bytes), (unsigned long long)bytes);
+        usleep(1000);
+    }
+}
+
+/* Waits until the engine counter *c reaches want. */
+static void wait_stat(const uint64_t *c, uint64_t want, const char *what)
+{
+    uint64_t end = engine_clock_ns() + 10000000000ull;
+    while (stat_read(c) < want) {
+        if (engine_clock_ns() > end)
+            fail_msg("%s: %llu, want %llu", what, (unsigned long long)stat_read(c),
+                     (unsigned long long)want);
+        usleep(1000);
+    }
+}
+
+/* Waits until the pool's resident memory is at most `bytes`; returns it. */
+static size_t wait_resident_at_most(struct engine *e, size_t bytes, int timeout_ms)
+{
+    uint64_t end = engine_clock_ns() + (uint64_t)timeout_ms * 1000000u;
+    size_t now;
+    while ((now = engine_reasm_resident_bytes(e)) > bytes) {
+        if (engine_clock_ns() > end)
+            fail_msg("the reassembly pool keeps %zu bytes resident, want <= %zu", now, bytes);
+        usleep(10000);
+    }
+    return now;
+}
+
+/* A frame within one receive is delivered in place (no reassembly memory at all); a partial
+ * frame costs the class of the bytes it holds, growing 2 KiB -> 4 KiB -> 64 KiB as they come,
+ * the frame arrives whole and in order, and the memory goes back to the system once free. A
+ * paused connection's kept bytes move to a smaller class when a delivery leaves few. */
+static void test_reasm_classes_follow_bytes(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = big_config(port, &st[0].app, 16u << 20);
+    start_shards(st, 1, &cfg);
+    struct engine *e = st[0].e;
+    const struct engine_stats *s = engine_stats(e);
+    static uint8_t small[1004], big[60004];
+    size_t small_len = big_frame(small, 1000, 1), big_len = big_frame(big, 60000, 2);
+
+    int fd = dial(port);
+    send_all(fd, small, small_len);
+    big_ping(fd);
+    assert_int_equal(stat_read(&s->reasm_bytes_peak), 0);
+    send_all(fd, big, 104);
+    wait_reasm_bytes(e, 2 * KIB, "a 104-byte partial frame");
+    send_all(fd, big + 104, 3000 - 104);
+    wait_reasm_bytes(e, 4 * KIB, "3000 bytes");
+    send_all(fd, big + 3000, 40000 - 3000);
+    wait_reasm_bytes(e, 64 * KIB, "40000 bytes");
+    assert_true(engine_reasm_resident_bytes(e) >= 40000);
+    send_all(fd, big + 40000, big_len - 40000);
+    big_ping(fd);
+    assert_int_equal(stat_read(&s->reasm_bytes), 0);
+    assert_int_equal(atomic_load(&st[0].app.frames), 4);
+    uint32_t h = big_checksum(big_checksum(0, small, small_len), big, big_len);
+    assert_int_equal(atomic_load(&st[0].app.checksum_pub), h);
+
+    /* Paused after a whole 40,000-byte frame with 100 bytes of the next kept: 64 KiB; the
+     * delivery on resume leaves the 100 bytes, moved to a 2 KiB buffer. */
+    atomic_store(&st[0].app.budget, 0);
+    uint8_t *two = malloc(40004 + 60004);
+    assert_non_null(two);
+    size_t first = big_frame(two, 40000, 3);
+    big_frame(two + first, 60000 - 100, 4); /* only its first 104 bytes are sent */
+    send_all(fd, two, first + 104);
+    wait_reasm_bytes(e, 64 * KIB, "paused with a frame and a bit");
+    atomic_store(&st[0].app.budget, 1);
+    atomic_store(&st[0].app.resume_wanted, true);
+    wait_reasm_bytes(e, 2 * KIB, "after the resume");
+    assert_int_equal(atomic_load(&st[0].app.frames), 5);
+    assert_int_equal(atomic_load(&st[0].app.checksum_pub), big_checksum(h, two, first));
+    free(two);
+
+    /* Freed, the buffers' pages go back within two sweeps (free for a whole one first). */
+    close(fd);
+    wait_until(&st[0].app.closes, 1, 5000);
+    wait_reasm_bytes(e, 0, "closed");
+    wait_resident_at_most(e, 0, 5000);
+    assert_true(stat_read(&s->reasm_released_bytes) >= 64 * KIB);
+    assert_int_equal(stat_read(&s->reasm_bytes_peak), 64 * KIB);
+    assert_int_equal(s->closed[ENGINE_CLOSE_REASM_BUDGET], 0);
+    stop_shards(st, 1);
+}
+
+/* 40,000 bytes of a 60,000-byte frame, at once. */
+static int stall(uint16_t port, const uint8_t *big)
+{
+    int fd = dial(port);
+    send_all(fd, big, 40000);
+    return fd;
+}
+
+/* The budget (four 64 KiB buffers) is spent by four stalled partial frames; a fifth
+ * connection's frame closes the connection whose partial frame is the oldest (not the oldest
+ * connection), and only it: the others complete their frames. */
+static void test_reasm_budget_closes_oldest_partial(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, -1);
+    struct engine_config cfg = big_config(port, &st[0].app, 4 * 64 * KIB);
+    start_shards(st, 1, &cfg);
+    struct engine *e = st[0].e;
+    const struct engine_stats *s = engine_stats(e);
+    static uint8_t big[60004];
+    size_t big_len = big_frame(big, 60000, 5);
+
+    int a = dial(port), b = dial(port);
+    send_all(b, big, 40000); /* b's partial frame is the oldest, though a connected first */
+    wait_reasm_bytes(e, 64 * KIB, "b");
+    send_all(a, big, 40000);
+    wait_reasm_bytes(e, 2 * 64 * KIB, "a");
+    int c = stall(port, big);
+    wait_reasm_bytes(e, 3 * 64 * KIB, "c");
+    int d = stall(port, big);
+    wait_reasm_bytes(e, 4 * 64 * KIB, "d");
+    int late = dial(port);
+    send_all(late, big, 104);
+    assert_true(wait_eof(b, 5000));
+    wait_reasm_bytes(e, 3 * 64 * KIB + 2 * KIB, "b closed for the newcomer");
+    assert_int_equal(stat_read(&s->closed[ENGINE_CLOSE_REASM_BUDGET]), 1);
+    assert_int_equal(atomic_load(&st[0].app.last_reason), ENGINE_CLOSE_REASM_BUDGET);
+
+    int rest[4] = {a, c, d, late};
+    for (int i = 0; i < 4; i++) {
+        size_t at = rest[i] == late ? 104 : 40000;
+        send_all(rest[i], big + at, big_len - at);
+        big_ping(rest[i]);
+    }
+    assert_int_equal(atomic_load(&st[0].app.frames), 8);
+    assert_int_equal(atomic_load(&st[0].app.bytes), 4 * 60000);
+    assert_int_equal(stat_read(&s->reasm_bytes), 0);
+    assert_int_equal(stat_read(&s->closed[ENGINE_CLOSE_REASM_BUDGET]), 1);
+    assert_int_equal(stat_read(&s->closed[ENGINE_CLOSE_NO_REASM]), 0);
+    assert_true(stat_read(&s->reasm_bytes_peak) <= 4 * 64 * KIB);
+    for (int i = 0; i < 4; i++)
+        close(rest[i]);
+    close(b);
+    stop_shards(st, 1);
+}
+
+/* Paused connections' kept bytes count in the budget and are never taken: a paused frame's
+ * growth closes an older partial frame; a newcomer that needs memory while only paused bytes
+ * hold the budget is closed (no_reassembly_buffer); on resume the paused frames arrive whole.
+ * Their memory goes back to the system when they close. */
+static void test_reasm_paused_bytes_kept(void **state)
+{
+    (void)state;
+    uint16_t port = free_port();
+    struct shard_thread st[1] = {0};
+    atomic_store(&st[0].app.budget, 0); /* every whole frame pauses */
+    struct engine_config cfg = big_config(port, &st[0].app, 2 * 64 * KIB + KIB);
+    start_shards(st, 1, &cfg);
+    struct engine *e = st[0].e;
+    const struct engine_stats *s = engine_stats(e);
+    static uint8_t f1[40004], f2[40004], partial[60004], tiny[104];
+    big_frame(f1, 40000, 6);
+    big_frame(f2, 40000, 7);
+    big_frame(partial, 60000, 8);
+    big_frame(tiny, 100, 9);
+
+    int p1 = dial(port);
+    send_all(p1, f1, sizeof f1);
+    wait_stat(&s->pauses, 1, "p1 paused");
+    wait_reasm_bytes(e, 64 * KIB, "p1 paused");
+    int q = dial(port);
+    send_all(q, partial, 30000);
+    wait_reasm_bytes(e, 64 * KIB + 32 * KIB, "q's partial frame");
+    int p2 = dial(port);
+    send_all(p2, f2, sizeof f2); /* grows past 32 KiB: q's older partial frame goes */
+    assert_true(wait_eof(q, 5000));
+    wait_stat(&s->pauses, 2, "p2 paused");
+    wait_reasm_bytes(e, 2 * 64 * KIB, "p2 paused");
+    assert_int_equal(stat_read(&s->closed[ENGINE_CLOSE_REASM_BUDGET]), 1);
+    int r = dial(port);
+    send_all(r, tiny, sizeof tiny); /* nothing but paused bytes to take from */
+    assert_true(wait_eof(r, 5000));
+    wait_until(&st[0].app.closes, 2, 5000);
+    assert_int_equal(stat_read(&s->closed[ENGINE_CLOSE_NO_REASM]), 1);
+    assert_int_equal(atomic_load(&st[0].app.frames), 0);
+    size_t resident = engine_reasm_resident_bytes(e);
+    assert_true(resident >= 2 * 40004);
+
+    atomic_store(&st[0].app.budget, -1);
+    atomic_store(&st[0].app.resume_wanted, true);
+    wait_for(&st[0].app.frames, 2, 10000, "paused frames");
+    assert_int_equal(atomic_load(&st[0].app.checksum_pub),
+                     big_checksum(big_checksum(0, f1, sizeof f1), f2, sizeof f2));
+    big_ping(p1);
+    big_ping(p2);
+    assert_int_equal(atomic_load(&st[0].app.closes), 2);
+    wait_reasm_bytes(e, 0, "delivered");
+    close(p1);
+    close(p2);
+    close(q);
+    close(r);
+    wait_resident_at_most(e, 0, 5000);
+    printf("# resident while paused: %zu bytes; released in all: %llu bytes\n", resident,
+           (unsigned long long)stat_read(&s->reasm_released_bytes));
+    stop_shards(st, 1);
+}
+
+/* A budget below what one connection may keep is refused at start, saying so. */
+static void test_reasm_budget_too_small(void **state)
+{
+    (void)state;
+    struct app app = {0};
+    struct engine_config cfg = big_config(free_port(), &app, BIG_KEEP - 1);
+    cfg.listen = false;
+    struct engine *e = NULL;
+    char err[256] = "";
+    assert_int_equal(engine_init(&e, &cfg, err, sizeof err), -EINVAL);
+    assert_null(e);
+    assert_non_null(strstr(err, "reasm_bytes_max 73727 is below frame_bytes_max + 2 x buf_bytes"));
+    cfg.reasm_bytes_max = BIG_KEEP;
+    assert_int_equal(engine_init(&e, &cfg, err, sizeof err), 0);
+    engine_free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1452,6 +1791,10 @@ int main(void)
         cmocka_unit_test(test_full_table_of_identified),
         cmocka_unit_test(test_handed_in_arrives_identified),
         cmocka_unit_test(test_peer_address),
+        cmocka_unit_test(test_reasm_classes_follow_bytes),
+        cmocka_unit_test(test_reasm_budget_closes_oldest_partial),
+        cmocka_unit_test(test_reasm_paused_bytes_kept),
+        cmocka_unit_test(test_reasm_budget_too_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

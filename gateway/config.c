@@ -128,6 +128,25 @@ static bool parse_bool(const char *v, bool *out)
     return false;
 }
 
+/* The option's string is a copy this file made (from the file or the environment). */
+static bool string_owned(const struct run_options *o, const struct opt *op)
+{
+    enum source src = (enum source)o->source[op - opts];
+    return (op->kind == K_STR || op->kind == K_CONFIG) && (src == SRC_FILE || src == SRC_ENV);
+}
+
+void config_free(struct run_options *o)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (!string_owned(o, &opts[i]))
+            continue;
+        const char **slot = field(o, &opts[i]);
+        free((void *)(uintptr_t)*slot);
+        *slot = NULL;
+        o->source[i] = SRC_DEFAULT;
+    }
+}
+
 /* Sets one option from text; false with the reason in why. */
 static bool set(struct run_options *o, const struct opt *op, const char *v, enum source src,
                 char *why, size_t cap)
@@ -145,14 +164,24 @@ static bool set(struct run_options *o, const struct opt *op, const char *v, enum
         return true;
     }
     case K_STR:
-    case K_CONFIG:
+    case K_CONFIG: {
         if (v[0] == '\0') {
             snprintf(why, cap, "empty value");
             return false;
         }
-        /* argv strings live as long as the process; the file's and environment's are copied */
-        *(const char **)field(o, op) = src == SRC_FLAG ? v : strdup(v);
-        return *(const char **)field(o, op) != NULL;
+        /* argv strings live as long as the process; the file's and environment's are copied,
+         * and a copy a later line or the environment replaces is freed */
+        const char *copy = src == SRC_FLAG ? v : strdup(v);
+        if (!copy) {
+            snprintf(why, cap, "out of memory");
+            return false;
+        }
+        const char **slot = field(o, op);
+        if (string_owned(o, op))
+            free((void *)(uintptr_t)*slot);
+        *slot = copy;
+        return true;
+    }
     case K_SWITCH:
     case K_ACTION: {
         bool b = true;
@@ -182,7 +211,7 @@ static const struct opt *find(const char *name, size_t len)
     return NULL;
 }
 
-static void defaults(struct run_options *o)
+void config_defaults(struct run_options *o)
 {
     static char hostname[256];
     memset(o, 0, sizeof *o);
@@ -285,14 +314,8 @@ static bool file_line(struct run_options *o, char *line, char *why, size_t cap)
     return true;
 }
 
-/* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
-static int load_file(struct run_options *o, const char *path, FILE *err)
+int config_read_file(struct run_options *o, FILE *f, const char *name, FILE *err)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(err, "avlgate run: config %s: %s\n", path, strerror(errno));
-        return 1;
-    }
     char line[4096];
     char why[sizeof line + 256]; /* may quote the whole line */
     unsigned n = 0;
@@ -308,10 +331,22 @@ static int load_file(struct run_options *o, const char *path, FILE *err)
             ok = file_line(o, line, why, sizeof why);
         }
         if (!ok) {
-            fprintf(err, "avlgate run: config %s:%u: %s\n", path, n, why);
+            fprintf(err, "avlgate run: config %s:%u: %s\n", name, n, why);
             rc = 2;
         }
     }
+    return rc;
+}
+
+/* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
+static int load_file(struct run_options *o, const char *path, FILE *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(err, "avlgate run: config %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    int rc = config_read_file(o, f, path, err);
     fclose(f);
     return rc;
 }
@@ -486,7 +521,7 @@ static int check_options(const struct run_options *o, FILE *err)
 
 int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err)
 {
-    defaults(o);
+    config_defaults(o);
     /* The flags are read twice: first for their spelling and --config, which must be known
      * before the file is read; then applied last, since they win over everything. */
     struct option longopts[NOPTS + 1];

@@ -556,6 +556,24 @@ static void holders_refresh(struct holders *h)
     }
 }
 
+/* Waits until the server has closed each of fds[0 .. n) (a reset or an end of stream). */
+static void wait_server_closed(const int *fds, unsigned n, int timeout_ms, const char *what)
+{
+    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
+    for (unsigned i = 0; i < n; i++) {
+        for (;;) {
+            struct pollfd p = {.fd = fds[i], .events = POLLRDHUP};
+            uint64_t now = device_now_ms();
+            CHECK(now < deadline, "%s %u: not closed by the server within %d ms", what, i,
+                  timeout_ms);
+            if (poll(&p, 1, (int)(deadline - now)) == 1 &&
+                (p.revents & (POLLERR | POLLHUP | POLLRDHUP)))
+                break;
+            device_sleep_ms(10); /* POLLIN alone: part of a response that is not read */
+        }
+    }
+}
+
 static void holders_close(struct holders *h)
 {
     for (unsigned i = 0; i < HOLDERS; i++)
@@ -609,7 +627,7 @@ static double http_closed(const struct prom_text *t, const char *reason)
 
 /* 50 connections that send nothing, reopened whenever the server closes them: the probes get
  * in at once (a newcomer takes the oldest idle connection's slot), and what was closed is
- * counted by reason. */
+ * counted by reason. Then idle connections alone: closed at the request timeout. */
 static void test_probe_beside_idle_clients(void **state)
 {
     (void)state;
@@ -632,11 +650,30 @@ static void test_probe_beside_idle_clients(void **state)
           "evicted_response or out_of_memory");
     prom_free(&t);
     holders_close(&h);
+
+    /* Idle connections and no newcomer: closed at the request timeout (2 s), counted. */
+    scrape(&t);
+    double timeouts0 = http_closed(&t, "request_timeout");
+    prom_free(&t);
+    int fds[3];
+    for (unsigned i = 0; i < 3; i++) {
+        fds[i] = http_connect(T.metrics_port);
+        CHECK(fds[i] >= 0, "idle %u: connect: %s", i, strerror(-fds[i]));
+    }
+    wait_server_closed(fds, 3, 5000, "idle connection");
+    for (unsigned i = 0; i < 3; i++)
+        close(fds[i]);
+    scrape(&t);
+    CHECK(http_closed(&t, "request_timeout") >= timeouts0 + 3,
+          "request_timeout %g, want at least %g", http_closed(&t, "request_timeout"),
+          timeouts0 + 3);
+    prom_free(&t);
     CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
 /* 50 clients that ask for /metrics and never read, with a receive buffer too small for it:
- * the server's send stops, and their responses wait in the server, not in the probe's way. */
+ * the server's send stops, and their responses wait in the server, not in the probe's way.
+ * Then slow readers alone: closed at the response timeout. */
 static void test_probe_beside_slow_readers(void **state)
 {
     (void)state;
@@ -656,8 +693,25 @@ static void test_probe_beside_slow_readers(void **state)
     CHECK(evicted >= HOLDERS + 1 - METRICS_CONNS_MAX,
           "evicted_response %g (a /metrics of %ld bytes)", evicted, body);
     CHECK(http_closed(&t, "served") >= PROBES + 1, "served %g", http_closed(&t, "served"));
+    double timeouts0 = http_closed(&t, "response_timeout");
     prom_free(&t);
     holders_close(&h);
+
+    /* Slow readers and no newcomer: closed at the response timeout (10 s), counted. */
+    int fds[2];
+    for (unsigned i = 0; i < 2; i++) {
+        fds[i] = http_connect_rcvbuf(T.metrics_port, SLOW_RCVBUF);
+        CHECK(fds[i] >= 0, "slow reader %u: connect: %s", i, strerror(-fds[i]));
+        http_send(fds[i], "GET /metrics HTTP/1.1\r\n\r\n");
+    }
+    wait_server_closed(fds, 2, 15000, "slow reader");
+    for (unsigned i = 0; i < 2; i++)
+        close(fds[i]);
+    scrape(&t);
+    CHECK(http_closed(&t, "response_timeout") >= timeouts0 + 2,
+          "response_timeout %g, want at least %g", http_closed(&t, "response_timeout"),
+          timeouts0 + 2);
+    prom_free(&t);
     CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 

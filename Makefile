@@ -2,7 +2,7 @@
 # machine as root: they install what is missing first (.ci/install-deps).
 #
 #   make            Release build (optimised, debug info) in build/, binaries in build/bin/
-#   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer run, TSan ring tests,
+#   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer runs, TSan ring tests,
 #                   Release suite
 #   make demo       build, then PostgreSQL under ./var + the gateway + a simulated fleet
 #   make bench      bench-micro, then bench-e2e
@@ -10,12 +10,15 @@
 #   make bench-e2e          bench/e2e: COPY ceiling vs gateway end to end, ACK latency (a few minutes)
 #   make bench-connections  bench/connections: 100,000 idle devices, memory per connection
 #   make bench-commands     bench/commands: command insert -> frame on an online device's socket
-#   make fuzz       a long libFuzzer run (FUZZ_SECONDS, default 3600)
+#   make fuzz       long libFuzzer runs: codec, HTTP request reader, config file (FUZZ_SECONDS
+#                   each, default 3600)
 #   make format     clang-format every C/C++ source in place
 
 JOBS ?= 2
 FUZZ_SECONDS ?= 3600
 CI_FUZZ_SECONDS ?= 60
+CI_FUZZ_PARSER_SECONDS ?= 30
+FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
@@ -39,8 +42,9 @@ test-debug:
 
 test-fuzz:
 	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz -DAVLGATE_WERROR=ON \
-	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAVLGATE_FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
-	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_codec
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DAVLGATE_FUZZ_SECONDS=$(CI_FUZZ_SECONDS) \
+	  -DAVLGATE_FUZZ_PARSER_SECONDS=$(CI_FUZZ_PARSER_SECONDS)
+	$(CMAKE) --build build-fuzz -j$(JOBS) --target $(FUZZ_TARGETS)
 	ctest --test-dir build-fuzz --output-on-failure
 
 # ThreadSanitizer over the tests labelled tsan (the SPSC ring, concurrent router readers).
@@ -80,8 +84,11 @@ bench-commands: build
 fuzz:
 	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
-	$(CMAKE) --build build-fuzz -j$(JOBS) --target fuzz_codec
+	$(CMAKE) --build build-fuzz -j$(JOBS) --target $(FUZZ_TARGETS)
 	tests/fuzz/run_fuzz.sh build-fuzz/bin/fuzz_codec ../shared build-fuzz/fuzz-long $(FUZZ_SECONDS)
+	tests/fuzz/run_fuzz.sh build-fuzz/bin/fuzz_http ../shared build-fuzz/fuzz-long-http $(FUZZ_SECONDS)
+	tests/fuzz/run_fuzz.sh build-fuzz/bin/fuzz_config ../shared build-fuzz/fuzz-long-config \
+	  $(FUZZ_SECONDS)
 
 format:
 	git ls-files '*.c' '*.h' '*.cc' | xargs clang-format -i

@@ -136,6 +136,25 @@ static bool parse_bool(const char *v, bool *out)
     return false;
 }
 
+/* The option's string is a copy this file made (from the file or the environment). */
+static bool string_owned(const struct run_options *o, const struct opt *op)
+{
+    enum source src = (enum source)o->source[op - opts];
+    return (op->kind == K_STR || op->kind == K_CONFIG) && (src == SRC_FILE || src == SRC_ENV);
+}
+
+void config_free(struct run_options *o)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (!string_owned(o, &opts[i]))
+            continue;
+        const char **slot = field(o, &opts[i]);
+        free((void *)(uintptr_t)*slot);
+        *slot = NULL;
+        o->source[i] = SRC_DEFAULT;
+    }
+}
+
 /* Sets one option from text; false with the reason in why. */
 static bool set(struct run_options *o, const struct opt *op, const char *v, enum source src,
                 char *why, size_t cap)
@@ -153,17 +172,24 @@ static bool set(struct run_options *o, const struct opt *op, const char *v, enum
         return true;
     }
     case K_STR:
-    case K_CONFIG:
+    case K_CONFIG: {
         if (v[0] == '\0') {
             snprintf(why, cap, "empty value");
             return false;
         }
-        /* argv strings live as long as the process; the file's and environment's are copied
-         * (a copy that a later source replaces is freed) */
-        if (o->source[op - opts] == SRC_FILE || o->source[op - opts] == SRC_ENV)
-            free(*(char **)field(o, op));
-        *(const char **)field(o, op) = src == SRC_FLAG ? v : strdup(v);
-        return *(const char **)field(o, op) != NULL;
+        /* argv strings live as long as the process; the file's and environment's are copied,
+         * and a copy a later line or the environment replaces is freed */
+        const char *copy = src == SRC_FLAG ? v : strdup(v);
+        if (!copy) {
+            snprintf(why, cap, "out of memory");
+            return false;
+        }
+        const char **slot = field(o, op);
+        if (string_owned(o, op))
+            free((void *)(uintptr_t)*slot);
+        *slot = copy;
+        return true;
+    }
     case K_SWITCH:
     case K_ACTION: {
         bool b = true;
@@ -193,7 +219,7 @@ static const struct opt *find(const char *name, size_t len)
     return NULL;
 }
 
-static void defaults(struct run_options *o)
+void config_defaults(struct run_options *o)
 {
     static char hostname[256];
     memset(o, 0, sizeof *o);
@@ -236,14 +262,19 @@ static char *file_value(char *v, char *why, size_t cap)
         v++;
     char *rest;
     if (*v == '"') {
-        char *close = strchr(v + 1, '"');
-        if (!close) {
-            snprintf(why, cap, "no closing quote");
-            return NULL;
+        /* Quoted: everything to the closing quote; \" and \\ stand for " and \. */
+        char *w = v, *r = v + 1;
+        for (; *r != '"'; r++) {
+            if (*r == '\0') {
+                snprintf(why, cap, "no closing quote");
+                return NULL;
+            }
+            if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+                r++;
+            *w++ = *r;
         }
-        *close = '\0';
-        v++;
-        rest = close + 1;
+        *w = '\0';
+        rest = r + 1;
     } else {
         for (char *h = strchr(v, '#'); h; h = strchr(h + 1, '#'))
             if (h > v && isspace((unsigned char)h[-1])) {
@@ -299,14 +330,8 @@ static bool file_line(struct run_options *o, char *line, char *why, size_t cap)
     return true;
 }
 
-/* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
-static int load_file(struct run_options *o, const char *path, FILE *err)
+int config_read_file(struct run_options *o, FILE *f, const char *name, FILE *err)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(err, "avlgate run: config %s: %s\n", path, strerror(errno));
-        return 1;
-    }
     char line[4096];
     char why[sizeof line + 256]; /* may quote the whole line */
     unsigned n = 0;
@@ -322,10 +347,22 @@ static int load_file(struct run_options *o, const char *path, FILE *err)
             ok = file_line(o, line, why, sizeof why);
         }
         if (!ok) {
-            fprintf(err, "avlgate run: config %s:%u: %s\n", path, n, why);
+            fprintf(err, "avlgate run: config %s:%u: %s\n", name, n, why);
             rc = 2;
         }
     }
+    return rc;
+}
+
+/* The file's lines, in order. Returns 0, 1 (cannot read) or 2 (a bad line). */
+static int load_file(struct run_options *o, const char *path, FILE *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(err, "avlgate run: config %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    int rc = config_read_file(o, f, path, err);
     fclose(f);
     return rc;
 }
@@ -508,7 +545,7 @@ static int check_options(const struct run_options *o, FILE *err)
 
 int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err)
 {
-    defaults(o);
+    config_defaults(o);
     /* The flags are read twice: first for their spelling and --config, which must be known
      * before the file is read; then applied last, since they win over everything. */
     struct option longopts[NOPTS + 1];
@@ -545,9 +582,22 @@ static void append(char *out, size_t cap, size_t *len, const char *text)
     out[*len] = '\0';
 }
 
+/* Whether a conninfo value must be written between single quotes: empty, or holding white
+ * space, a control character, a quote or a backslash. */
+static bool conninfo_quoted(const char *v)
+{
+    if (v[0] == '\0')
+        return true;
+    for (; *v; v++)
+        if (isspace((unsigned char)*v) || iscntrl((unsigned char)*v) || *v == '\'' || *v == '\\')
+            return true;
+    return false;
+}
+
 /* The conninfo (keywords or URI) as libpq parses it, in keyword form, with password and
- * sslpassword shown as ***: never the secret, however it was written. */
-static void masked(const char *s, char *out, size_t cap)
+ * sslpassword shown as ***: never the secret, however it was written. A conninfo that parses to
+ * no keyword at all reads "postgresql://" (its URI form). False when it does not fit in cap. */
+static bool masked(const char *s, char *out, size_t cap)
 {
     char *why = NULL;
     PQconninfoOption *all = PQconninfoParse(s, &why);
@@ -555,7 +605,7 @@ static void masked(const char *s, char *out, size_t cap)
     if (!all) {
         PQfreemem(why);
         snprintf(out, cap, "(not a conninfo libpq can parse; not shown)");
-        return;
+        return true;
     }
     size_t len = 0;
     for (const PQconninfoOption *o = all; o->keyword; o++) {
@@ -570,8 +620,8 @@ static void masked(const char *s, char *out, size_t cap)
             append(out, cap, &len, "***");
             continue;
         }
-        bool plain = o->val[0] != '\0' && strpbrk(o->val, " '\\") == NULL;
-        if (!plain)
+        bool quoted = conninfo_quoted(o->val);
+        if (quoted)
             append(out, cap, &len, "'");
         for (const char *v = o->val; *v; v++) {
             char ch[3] = {*v, 0, 0};
@@ -581,10 +631,39 @@ static void masked(const char *s, char *out, size_t cap)
             }
             append(out, cap, &len, ch);
         }
-        if (!plain)
+        if (quoted)
             append(out, cap, &len, "'");
     }
     PQconninfoFree(all);
+    if (len == 0)
+        append(out, cap, &len, "postgresql://");
+    return len + 1 < cap; /* append stops one short of cap when it cuts */
+}
+
+/* One string option's line: bare when the file reads it back as it is, else between double
+ * quotes with " and \ escaped; a value with a line break cannot be written in the file and is
+ * said in a comment instead. */
+static void print_string(FILE *out, const char *name, const char *v, const char *src)
+{
+    size_t n = strlen(v);
+    if (strchr(v, '\n')) {
+        fprintf(out, "# %s = (holds a line break: set it with the flag or the environment)  # %s\n",
+                name, src);
+        return;
+    }
+    bool quote = n == 0 || strchr(v, '#') || isspace((unsigned char)v[0]) ||
+                 isspace((unsigned char)v[n - 1]) || v[0] == '"';
+    if (!quote) {
+        fprintf(out, "%s = %s  # %s\n", name, v, src);
+        return;
+    }
+    fprintf(out, "%s = \"", name);
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\')
+            fputc('\\', out);
+        fputc(*v, out);
+    }
+    fprintf(out, "\"  # %s\n", src);
 }
 
 void config_print(const struct run_options *o, FILE *out)
@@ -594,7 +673,7 @@ void config_print(const struct run_options *o, FILE *out)
         const struct opt *op = &opts[i];
         const void *p = (const char *)o + op->off;
         const char *src = source_names[o->source[i]];
-        char buf[1024];
+        char buf[16384]; /* a masked pg: its value fits in a 4096-byte file line */
         switch (op->kind) {
         case K_U32:
             fprintf(out, "%s = %u  # %s\n", op->name, *(const uint32_t *)p, src);
@@ -611,17 +690,15 @@ void config_print(const struct run_options *o, FILE *out)
                 fprintf(out, "# %s =   (not set)\n", op->name);
                 break;
             }
-            if (strcmp(op->name, "pg") == 0) {
-                masked(v, buf, sizeof buf);
-                v = buf;
-            } else if (strcmp(op->name, "redis-password") == 0) {
-                v = "***"; /* never the secret */
+            if (strcmp(op->name, "pg") == 0 && !masked(v, buf, sizeof buf)) {
+                fprintf(out, "# pg = (too long to print)  # %s\n", src);
+                break;
             }
-            /* Quoted when a '#' or a space at either end would change how the file reads it. */
-            bool quote = strchr(v, '#') || isspace((unsigned char)v[0]) ||
-                         isspace((unsigned char)v[strlen(v) - 1]) || v[0] == '"';
-            fprintf(out, "%s = %s%s%s  # %s\n", op->name, quote ? "\"" : "", v, quote ? "\"" : "",
-                    src);
+            if (strcmp(op->name, "pg") == 0)
+                v = buf;
+            else if (strcmp(op->name, "redis-password") == 0)
+                v = "***"; /* never the secret */
+            print_string(out, op->name, v, src);
             break;
         }
         case K_CONFIG:

@@ -43,6 +43,20 @@ struct run_options {
  * writing why to err (usage or value error), or 1 (the config file cannot be read). */
 int config_load(struct run_options *o, int argc, char **argv, char **envp, FILE *err);
 
+/* The defaults of every option (--shards: the online CPUs; --instance: the host name). */
+void config_defaults(struct run_options *o);
+
+/* The config file's lines read from f over o, in order, each setting its option (source
+ * "file"); name is the file's in messages ("avlgate run: config NAME:LINE: why"). Reads
+ * neither the environment nor argv, and checks no option against another (config_load does
+ * both). Strings set are copies o owns (config_free). Returns 0, or 2 after writing the
+ * first bad line's reason to err. */
+int config_read_file(struct run_options *o, FILE *f, const char *name, FILE *err);
+
+/* Frees the strings o holds from the file and the environment (those options then read as
+ * unset). */
+void config_free(struct run_options *o);
+
 /* The effective configuration as a config file (`key = value  # source`), secrets masked. */
 void config_print(const struct run_options *o, FILE *out);
 

@@ -1,6 +1,7 @@
 /* metrics.c — GET /metrics and GET /healthz from shard 0's ring. See metrics.h. */
 #include "gateway/metrics.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -24,10 +25,15 @@
 #include "shard/stat.h"
 
 enum {
-    REQUEST_BYTES_MAX = 4096,
-    REQUEST_TIMEOUT_MS = 5000,
-    TAG_LISTEN = 0xFFFF, /* connection index of the listening socket's poll */
+    REQUEST_TIMEOUT_MS = 2000,   /* from accept to a whole request head */
+    RESPONSE_TIMEOUT_MS = 10000, /* from the request to the response's last byte taken */
+    SEND_BUFFER_BYTES = 16384,   /* SO_SNDBUF of a connection (the kernel doubles it) */
+    LISTEN_BACKLOG = 64,
+    STARTING_READ_MS = 200, /* start-up: how long the waiting connections get to send */
+    TAG_LISTEN = 0xFFFF,    /* connection index of the listening socket's poll */
 };
+_Static_assert((int)METRICS_CONNS_MAX < (int)TAG_LISTEN,
+               "a connection index is not the listener's");
 
 /* ---------------------------------------------------------------------------------------------
  * The exposition
@@ -402,27 +408,113 @@ size_t metrics_health(const struct ingest_shared *sh, char *buf, size_t cap, int
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * The request reader
+ * ------------------------------------------------------------------------------------------- */
+
+/* The end of the head in buf[0 .. n): the offset after its empty line (LF LF or LF CR LF), 0
+ * when it has not come yet, or METRICS_REQ_E_BAD at a NUL byte before it. Each byte is looked
+ * at in order, so a prefix of buf gives 0 or the same answer. */
+static int head_end(const char *buf, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] == '\0')
+            return METRICS_REQ_E_BAD;
+        if (buf[i] != '\n')
+            continue;
+        if (i + 1 < n && buf[i + 1] == '\n')
+            return (int)(i + 2);
+        if (i + 2 < n && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+            return (int)(i + 3);
+    }
+    return 0;
+}
+
+int metrics_request_parse(const char *buf, size_t len, struct metrics_request *req)
+{
+    size_t n = len < METRICS_REQUEST_BYTES_MAX ? len : METRICS_REQUEST_BYTES_MAX;
+    int end = head_end(buf, n);
+    if (end == 0)
+        return len >= METRICS_REQUEST_BYTES_MAX ? METRICS_REQ_E_TOO_LARGE : METRICS_REQ_NEED_MORE;
+    if (end < 0)
+        return end;
+    /* The request line: METHOD SP TARGET, then SP VERSION or the line's end. */
+    size_t line = strcspn(buf, "\r\n"); /* the head holds a LF and no NUL */
+    const char *sp = memchr(buf, ' ', line);
+    if (!sp || sp == buf)
+        return METRICS_REQ_E_BAD;
+    const char *target = sp + 1;
+    size_t target_len = strcspn(target, " \r\n");
+    if (target_len == 0)
+        return METRICS_REQ_E_BAD;
+    size_t method_len = (size_t)(sp - buf);
+    req->method = method_len == 3 && memcmp(buf, "GET", 3) == 0    ? METRICS_METHOD_GET
+                  : method_len == 4 && memcmp(buf, "HEAD", 4) == 0 ? METRICS_METHOD_HEAD
+                                                                   : METRICS_METHOD_OTHER;
+    req->path = target;
+    req->path_len = strcspn(target, "? \r\n");
+    req->target = req->path_len == 8 && memcmp(target, "/metrics", 8) == 0 ? METRICS_TARGET_METRICS
+                  : req->path_len == 8 && memcmp(target, "/healthz", 8) == 0
+                      ? METRICS_TARGET_HEALTHZ
+                      : METRICS_TARGET_OTHER;
+    return end;
+}
+
+const char *metrics_request_strerror(int rc)
+{
+    switch (rc) {
+    case METRICS_REQ_E_TOO_LARGE:
+        return "too_large";
+    case METRICS_REQ_E_BAD:
+        return "bad_request";
+    default:
+        return "unknown_error";
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The server
  * ------------------------------------------------------------------------------------------- */
 
+/* Why a connection was closed: every close is one of these, counted. */
+enum http_close {
+    HTTP_CLOSE_SERVED,           /* the response was written */
+    HTTP_CLOSE_PEER,             /* the client closed (or failed) first */
+    HTTP_CLOSE_REQUEST_TIMEOUT,  /* no whole request within REQUEST_TIMEOUT_MS */
+    HTTP_CLOSE_RESPONSE_TIMEOUT, /* the response not taken within RESPONSE_TIMEOUT_MS */
+    HTTP_CLOSE_EVICTED_REQUEST,  /* its slot went to a newcomer before a whole request came */
+    HTTP_CLOSE_EVICTED_RESPONSE, /* its slot went to a newcomer before the response was taken */
+    HTTP_CLOSE_OUT_OF_MEMORY,    /* no memory for the response */
+    HTTP_CLOSE_REASONS,
+};
+static const char *const http_close_names[HTTP_CLOSE_REASONS] = {
+    "served",           "peer",          "request_timeout", "response_timeout", "evicted_request",
+    "evicted_response", "out_of_memory",
+};
+
+enum hconn_state { HCONN_FREE, HCONN_READING, HCONN_WRITING, HCONN_STATES };
+
 struct hconn {
-    int fd; /* -1: free */
+    int fd; /* -1 when free */
+    enum hconn_state state;
     uint32_t gen;
-    bool polled, writing;
-    bool head_only; /* a HEAD request */
-    uint64_t deadline_ns;
-    char req[REQUEST_BYTES_MAX];
+    bool polled;
+    uint64_t seq;         /* accept order: the oldest is evicted first */
+    uint64_t deadline_ns; /* of the request while reading, of the response while writing */
+    char req[METRICS_REQUEST_BYTES_MAX];
     size_t req_len;
     char *out; /* the response */
     size_t out_len, out_off, out_cap;
 };
 
+/* Shard 0's alone: written and read (a scrape) by its thread only. */
 struct metrics {
     struct ingest_shared *sh;
     struct engine *e;
     int listen_fd;
     bool listen_polled;
     uint64_t accept_pause_until_ns;
+    uint64_t accepts;
+    uint64_t closed[HTTP_CLOSE_REASONS];
     struct hconn conns[METRICS_CONNS_MAX];
 };
 
@@ -435,7 +527,7 @@ int metrics_listen(const struct sockaddr_storage *addr, socklen_t len, char *err
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)addr, len) != 0 || listen(fd, 64) != 0) {
+    if (bind(fd, (const struct sockaddr *)addr, len) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
         int e = errno;
         snprintf(err, cap, "metrics: cannot listen: %s%s", strerror(e),
                  e == EADDRINUSE ? " (another process has the port)" : "");
@@ -463,9 +555,18 @@ struct metrics *metrics_create(struct ingest_shared *sh, struct engine *e, int l
     return m;
 }
 
-static void hconn_close(struct metrics *m, struct hconn *c)
+/* Closes with a reset: nothing of an unread response stays in the kernel for the client. */
+static void close_abort(int fd)
 {
-    if (c->fd < 0)
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+/* Frees the slot (uncounted: hconn_close counts). */
+static void hconn_release(struct metrics *m, struct hconn *c, bool abort)
+{
+    if (c->state == HCONN_FREE)
         return;
     /* An armed poll holds the socket open: shutting it down completes the poll (as does the
      * cancel, when an SQE is free); its completion then carries a stale gen. */
@@ -473,8 +574,12 @@ static void hconn_close(struct metrics *m, struct hconn *c)
         shutdown(c->fd, SHUT_RDWR);
         engine_poll_cancel(m->e, tag_of((uint32_t)(c - m->conns), c->gen));
     }
-    close(c->fd);
+    if (abort)
+        close_abort(c->fd);
+    else
+        close(c->fd);
     c->fd = -1;
+    c->state = HCONN_FREE;
     c->gen++;
     c->polled = false;
     free(c->out);
@@ -482,31 +587,58 @@ static void hconn_close(struct metrics *m, struct hconn *c)
     c->out_cap = 0;
 }
 
+static void hconn_close(struct metrics *m, struct hconn *c, enum http_close why)
+{
+    m->closed[why]++;
+    hconn_release(m, c, why != HTTP_CLOSE_SERVED && why != HTTP_CLOSE_PEER);
+}
+
 void metrics_destroy(struct metrics *m)
 {
     if (!m)
         return;
     for (int i = 0; i < METRICS_CONNS_MAX; i++)
-        hconn_close(m, &m->conns[i]);
+        hconn_release(m, &m->conns[i], false);
     close(m->listen_fd);
     free(m);
 }
 
+/* The endpoint's own counters, after the shards'. */
+static void render_http_closed(struct out *o, const struct metrics *m)
+{
+    family(o, "avlgate_metrics_connections_closed_total", "counter",
+           "Connections to the metrics endpoint closed, by reason (evicted_*: the slot went to a "
+           "newcomer while every slot was busy).");
+    for (int r = 0; r < HTTP_CLOSE_REASONS; r++)
+        put(o, "avlgate_metrics_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
+            http_close_names[r], m->closed[r]);
+}
+
+/* The shards' exposition, then the endpoint's own counters: as metrics_render. */
+static size_t render_scrape(const struct metrics *m, char *buf, size_t cap)
+{
+    struct out o = {.buf = buf, .cap = cap};
+    o.len = metrics_render(m->sh, buf, cap);
+    render_http_closed(&o, m);
+    return o.len;
+}
+
+/* Queues the response in c->out; the connection is writing from here on. */
 static void respond(struct metrics *m, struct hconn *c, int status, const char *reason,
-                    const char *type, const char *body, size_t body_len)
+                    const char *type, const char *body, size_t body_len, bool head_only)
 {
     char head[256];
     int h = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      status, reason, type, body_len);
-    if (c->head_only)
+    if (head_only)
         body_len = 0; /* HEAD: the GET's headers, Content-Length included; no body */
     size_t need = (size_t)h + body_len;
     if (need > c->out_cap) {
         char *p = realloc(c->out, need);
         if (!p) {
-            hconn_close(m, c);
+            hconn_close(m, c, HTTP_CLOSE_OUT_OF_MEMORY);
             return;
         }
         c->out = p;
@@ -516,84 +648,67 @@ static void respond(struct metrics *m, struct hconn *c, int status, const char *
     memcpy(c->out + h, body, body_len);
     c->out_len = need;
     c->out_off = 0;
-    c->writing = true;
+    c->state = HCONN_WRITING;
+    c->deadline_ns = engine_now_ns(m->e) + (uint64_t)RESPONSE_TIMEOUT_MS * 1000000u;
 }
 
-/* The request is in: build the response. */
-static void serve(struct metrics *m, struct hconn *c)
+static void serve_metrics(struct metrics *m, struct hconn *c, bool head_only)
 {
-    const char *r = c->req;
-    bool get = strncmp(r, "GET ", 4) == 0, head = false;
-    if (!get && strncmp(r, "HEAD ", 5) == 0)
-        head = true;
-    c->head_only = head;
-    const char *path = r + (get ? 4 : 5);
-    size_t plen = strcspn(path, " ?\r\n");
-    if (!get && !head) {
-        respond(m, c, 405, "Method Not Allowed", "text/plain", "GET only\n", 9);
-        return;
+    /* The other shards count on while we render: a value that gains a digit, or an invalid
+     * reason seen for the first time, makes this render longer than the one that measured.
+     * Leave room for that, and render again (bounded) in the rare case it was not enough:
+     * a text cut short is a failed scrape. */
+    size_t need = render_scrape(m, NULL, 0), cap = 0, got = 0;
+    char *body = NULL;
+    for (int attempt = 0; attempt < 4 && (!body || got >= cap); attempt++) {
+        cap = need + need / 16 + 256;
+        char *p = realloc(body, cap);
+        if (!p)
+            break;
+        body = p;
+        got = render_scrape(m, body, cap);
+        need = got;
     }
-    if (plen == 8 && memcmp(path, "/metrics", 8) == 0) {
-        /* The other shards count on while we render: a value that gains a digit, or an invalid
-         * reason seen for the first time, makes this render longer than the one that measured.
-         * Leave room for that, and render again (bounded) in the rare case it was not enough:
-         * a text cut short is a failed scrape. */
-        size_t need = metrics_render(m->sh, NULL, 0), cap = 0, got = 0;
-        char *body = NULL;
-        for (int attempt = 0; attempt < 4 && (!body || got >= cap); attempt++) {
-            cap = need + need / 16 + 256;
-            char *p = realloc(body, cap);
-            if (!p)
-                break;
-            body = p;
-            got = metrics_render(m->sh, body, cap);
-            need = got;
-        }
-        if (!body || got >= cap) {
-            free(body);
-            hconn_close(m, c);
-            return;
-        }
-        respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, got);
+    if (!body || got >= cap) {
         free(body);
+        hconn_close(m, c, HTTP_CLOSE_OUT_OF_MEMORY);
         return;
     }
-    if (plen == 8 && memcmp(path, "/healthz", 8) == 0) {
+    respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, got, head_only);
+    free(body);
+}
+
+/* The request head is in (rc from metrics_request_parse): queue the response. */
+static void serve(struct metrics *m, struct hconn *c, int rc, const struct metrics_request *r)
+{
+    static const char not_found[] = "not found: /metrics or /healthz\n";
+    if (rc == METRICS_REQ_E_TOO_LARGE) {
+        respond(m, c, 431, "Request Header Fields Too Large", "text/plain", "", 0, false);
+        return;
+    }
+    if (rc < 0) {
+        respond(m, c, 400, "Bad Request", "text/plain", "bad request\n", 12, false);
+        return;
+    }
+    bool head_only = r->method == METRICS_METHOD_HEAD;
+    if (r->method == METRICS_METHOD_OTHER) {
+        respond(m, c, 405, "Method Not Allowed", "text/plain", "GET only\n", 9, false);
+    } else if (r->target == METRICS_TARGET_METRICS) {
+        serve_metrics(m, c, head_only);
+    } else if (r->target == METRICS_TARGET_HEALTHZ) {
         char body[4096];
         int ok;
         size_t n = metrics_health(m->sh, body, sizeof body, &ok);
-        respond(m, c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body, n);
-        return;
+        respond(m, c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body, n,
+                head_only);
+    } else {
+        respond(m, c, 404, "Not Found", "text/plain", not_found, sizeof not_found - 1, head_only);
     }
-    respond(m, c, 404, "Not Found", "text/plain", "not found: /metrics or /healthz\n", 32);
 }
 
-static void conn_io(struct metrics *m, struct hconn *c)
+/* Sends what the socket takes; the last byte sent closes the connection. */
+static void conn_write(struct metrics *m, struct hconn *c)
 {
-    if (!c->writing) {
-        for (;;) {
-            ssize_t n = recv(c->fd, c->req + c->req_len, sizeof c->req - 1 - c->req_len, 0);
-            if (n > 0) {
-                c->req_len += (size_t)n;
-                c->req[c->req_len] = 0;
-                if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n")) {
-                    serve(m, c);
-                    break;
-                }
-                if (c->req_len == sizeof c->req - 1) {
-                    respond(m, c, 431, "Request Header Fields Too Large", "text/plain", "", 0);
-                    break;
-                }
-                continue;
-            }
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return;        /* polled again */
-            hconn_close(m, c); /* closed or failed before a whole request */
-            return;
-        }
-        if (c->fd < 0)
-            return;
-    }
     while (c->out_off < c->out_len) {
         ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -601,35 +716,86 @@ static void conn_io(struct metrics *m, struct hconn *c)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        break;
+            return; /* polled for POLLOUT */
+        hconn_close(m, c, HTTP_CLOSE_PEER);
+        return;
     }
-    hconn_close(m, c); /* sent (or the client went away) */
+    hconn_close(m, c, HTTP_CLOSE_SERVED);
 }
 
-static void accept_all(struct metrics *m, uint64_t now_ns)
+/* Reads what has come; a whole request head (or a bad one) is answered at once. */
+static void conn_read(struct metrics *m, struct hconn *c)
 {
     for (;;) {
-        int free_i = -1;
-        for (int i = 0; i < METRICS_CONNS_MAX && free_i < 0; i++)
-            if (m->conns[i].fd < 0)
-                free_i = i;
-        if (free_i < 0)
-            return; /* the rest wait in the backlog */
+        assert(c->req_len < sizeof c->req); /* a full buffer is a verdict (too large) */
+        ssize_t n = recv(c->fd, c->req + c->req_len, sizeof c->req - c->req_len, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return; /* polled again */
+        if (n <= 0) {
+            hconn_close(m, c, HTTP_CLOSE_PEER); /* closed or failed before a whole request */
+            return;
+        }
+        c->req_len += (size_t)n;
+        struct metrics_request r;
+        int rc = metrics_request_parse(c->req, c->req_len, &r);
+        if (rc == METRICS_REQ_NEED_MORE)
+            continue;
+        serve(m, c, rc, &r);
+        if (c->state == HCONN_WRITING)
+            conn_write(m, c);
+        return;
+    }
+}
+
+/* The slot a newcomer takes: a free one, else the oldest connection still without a whole
+ * request, else the oldest whose response is not yet taken (closed and counted here). */
+static struct hconn *slot_for_newcomer(struct metrics *m)
+{
+    struct hconn *oldest[HCONN_STATES] = {NULL};
+    for (int i = 0; i < METRICS_CONNS_MAX; i++) {
+        struct hconn *c = &m->conns[i];
+        if (c->state == HCONN_FREE)
+            return c;
+        if (!oldest[c->state] || c->seq < oldest[c->state]->seq)
+            oldest[c->state] = c;
+    }
+    struct hconn *v = oldest[HCONN_READING];
+    if (v) {
+        hconn_close(m, v, HTTP_CLOSE_EVICTED_REQUEST);
+        return v;
+    }
+    v = oldest[HCONN_WRITING];
+    hconn_close(m, v, HTTP_CLOSE_EVICTED_RESPONSE);
+    return v;
+}
+
+static void hconn_open(struct metrics *m, struct hconn *c, int fd, uint64_t now_ns)
+{
+    int sndbuf = SEND_BUFFER_BYTES;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    c->fd = fd;
+    c->state = HCONN_READING;
+    c->seq = ++m->accepts;
+    c->req_len = 0;
+    c->out_len = c->out_off = 0;
+    c->deadline_ns = now_ns + (uint64_t)REQUEST_TIMEOUT_MS * 1000000u;
+}
+
+/* At most one table of newcomers per poll, so a flood of connects cannot hold the loop. */
+static void accept_some(struct metrics *m, uint64_t now_ns)
+{
+    for (int k = 0; k < METRICS_CONNS_MAX; k++) {
         int fd = accept4(m->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
                 m->accept_pause_until_ns = now_ns + 100000000u; /* EMFILE...: no hot loop */
             return;
         }
-        struct hconn *c = &m->conns[free_i];
-        c->fd = fd;
-        c->req_len = 0;
-        c->writing = false;
-        c->head_only = false;
-        c->out_len = c->out_off = 0;
-        c->deadline_ns = now_ns + (uint64_t)REQUEST_TIMEOUT_MS * 1000000u;
-        conn_io(m, c); /* the request is often there already */
+        struct hconn *c = slot_for_newcomer(m);
+        hconn_open(m, c, fd, now_ns);
+        conn_read(m, c); /* the request is often there already */
     }
 }
 
@@ -640,7 +806,7 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
     if (index == TAG_LISTEN) {
         m->listen_polled = false;
         if (revents > 0)
-            accept_all(m, engine_now_ns(m->e));
+            accept_some(m, engine_now_ns(m->e));
         return;
     }
     if (index >= METRICS_CONNS_MAX)
@@ -649,51 +815,87 @@ void metrics_on_poll(struct metrics *m, uint64_t tag, int revents)
     if (c->gen != gen)
         return; /* a closed connection's poll */
     c->polled = false;
-    if (c->fd >= 0)
-        conn_io(m, c);
+    if (c->state == HCONN_READING)
+        conn_read(m, c);
+    else if (c->state == HCONN_WRITING)
+        conn_write(m, c);
 }
 
 void metrics_tick(struct metrics *m, uint64_t now_ns)
 {
-    bool room = false;
-    for (uint32_t i = 0; i < METRICS_CONNS_MAX && !room; i++)
-        room = m->conns[i].fd < 0;
-    /* With every slot busy the backlog waits: a level-triggered poll would fire at once. */
-    if (room && !m->listen_polled && now_ns >= m->accept_pause_until_ns &&
+    /* Always armed: a newcomer finds a slot, free or taken from the oldest busy one. */
+    if (!m->listen_polled && now_ns >= m->accept_pause_until_ns &&
         engine_poll(m->e, m->listen_fd, POLLIN, tag_of(TAG_LISTEN, 0)) == 0)
         m->listen_polled = true;
     for (uint32_t i = 0; i < METRICS_CONNS_MAX; i++) {
         struct hconn *c = &m->conns[i];
-        if (c->fd < 0)
+        if (c->state == HCONN_FREE)
             continue;
         if (now_ns >= c->deadline_ns) {
-            hconn_close(m, c);
+            hconn_close(m, c,
+                        c->state == HCONN_READING ? HTTP_CLOSE_REQUEST_TIMEOUT
+                                                  : HTTP_CLOSE_RESPONSE_TIMEOUT);
             continue;
         }
-        if (!c->polled &&
-            engine_poll(m->e, c->fd, c->writing ? POLLOUT : POLLIN, tag_of(i, c->gen)) == 0)
+        if (!c->polled && engine_poll(m->e, c->fd, c->state == HCONN_WRITING ? POLLOUT : POLLIN,
+                                      tag_of(i, c->gen)) == 0)
             c->polled = true;
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Before the shards run
+ * ------------------------------------------------------------------------------------------- */
+
+/* Reads what the client sent (it is not looked at) and answers 503 `starting: why`. */
+static void starting_answer(int fd, const char *why)
+{
+    char req[METRICS_REQUEST_BYTES_MAX];
+    (void)!recv(fd, req, sizeof req, 0);
+    char body[256], out[512];
+    int b = snprintf(body, sizeof body, "starting: %s\n", why);
+    int n = snprintf(out, sizeof out,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                     b, body);
+    (void)!send(fd, out, (size_t)n, MSG_NOSIGNAL);
+    close(fd);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Every connection waiting (a backlog's worth) is accepted first, then they all get
+ * STARTING_READ_MS together to send something: idle ones cost that once, not each. */
 void metrics_answer_starting(int listen_fd, const char *why)
 {
-    for (;;) {
+    struct pollfd p[LISTEN_BACKLOG];
+    nfds_t n = 0;
+    while (n < LISTEN_BACKLOG) {
         int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
-            return;
-        /* Read the request (briefly: this is the main thread, still starting), then answer. */
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        char req[REQUEST_BYTES_MAX];
-        if (poll(&p, 1, 200) > 0)
-            (void)!recv(fd, req, sizeof req, 0);
-        char body[256], out[512];
-        int b = snprintf(body, sizeof body, "starting: %s\n", why);
-        int n = snprintf(out, sizeof out,
-                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                         "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                         b, body);
-        (void)!send(fd, out, (size_t)n, MSG_NOSIGNAL);
-        close(fd);
+            break;
+        p[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
     }
+    nfds_t waiting = n;
+    int64_t until = mono_ms() + STARTING_READ_MS;
+    while (waiting > 0) {
+        int64_t left = until - mono_ms();
+        if (left <= 0 || poll(p, n, (int)left) <= 0)
+            break;
+        for (nfds_t i = 0; i < n; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            starting_answer(p[i].fd, why);
+            p[i].fd = -1; /* poll skips it */
+            waiting--;
+        }
+    }
+    for (nfds_t i = 0; i < n; i++)
+        if (p[i].fd >= 0)
+            close_abort(p[i].fd); /* sent nothing in time */
 }

@@ -9,9 +9,14 @@
  * /healthz is 200 "ok" when every shard is listening and its database data link is up, else
  * 503 with the reasons, one per line.
  *
- * At most METRICS_CONNS_MAX HTTP connections at once (more wait in the listen backlog); a
- * connection that has not sent its request within 5 s is closed; one request per connection
- * (Connection: close). */
+ * One request per connection (Connection: close). At most METRICS_CONNS_MAX connections at once:
+ * when every slot is busy, a newcomer takes the slot of the oldest connection that has not sent
+ * a whole request yet (else of the oldest whose response is not yet taken), so idle or slow
+ * clients never keep a probe out. A connection has REQUEST_TIMEOUT_MS to send its request and
+ * then RESPONSE_TIMEOUT_MS for its response to be taken; the socket's send buffer is bounded,
+ * so a client that does not read holds the rest of its response here, where the timeout and
+ * the eviction see it. Every close is counted by reason
+ * (avlgate_metrics_connections_closed_total). */
 #ifndef AVLGATE_GATEWAY_METRICS_H
 #define AVLGATE_GATEWAY_METRICS_H
 
@@ -27,7 +32,41 @@ struct engine;
 struct ingest_shared;
 struct metrics;
 
-enum { METRICS_CONNS_MAX = 8 };
+enum {
+    METRICS_CONNS_MAX = 32,
+    METRICS_REQUEST_BYTES_MAX = 4096, /* a request head (request line and headers) */
+};
+
+/* ---- the request reader: bytes in, a verdict out; no I/O ---------------------------------- */
+
+enum {
+    METRICS_REQ_NEED_MORE = 0,
+    METRICS_REQ_E_TOO_LARGE = -1, /* no end of the head in METRICS_REQUEST_BYTES_MAX bytes */
+    METRICS_REQ_E_BAD = -2,       /* a NUL byte in the head, or a request line without a target */
+};
+
+enum metrics_method { METRICS_METHOD_OTHER, METRICS_METHOD_GET, METRICS_METHOD_HEAD };
+enum metrics_target { METRICS_TARGET_OTHER, METRICS_TARGET_METRICS, METRICS_TARGET_HEALTHZ };
+
+/* A request head's request line: `METHOD SP TARGET [SP VERSION]`. */
+struct metrics_request {
+    enum metrics_method method; /* GET and HEAD only: methods are case-sensitive */
+    enum metrics_target target; /* the path, the query (from '?') ignored */
+    const char *path;           /* into the caller's buffer: the target up to '?' */
+    size_t path_len;
+};
+
+/* Reads the request head at the start of buf[0 .. len): it ends at the first empty line (LF LF
+ * or LF CR LF, so CRLF and bare-LF line ends both work). Returns the head's length in bytes
+ * (> 0) with req filled, METRICS_REQ_NEED_MORE when the head has not ended yet, or
+ * METRICS_REQ_E_*. Reads at most METRICS_REQUEST_BYTES_MAX bytes. The verdict on a prefix of
+ * buf is need-more or the verdict on buf: bytes that arrive later never change it. Pure. */
+int metrics_request_parse(const char *buf, size_t len, struct metrics_request *req);
+
+/* The name of a METRICS_REQ_E_* code ("too_large", "bad_request"); "unknown_error" else. */
+const char *metrics_request_strerror(int rc);
+
+/* ---- the server --------------------------------------------------------------------------- */
 
 /* Binds and listens on addr (non-blocking, SO_REUSEADDR): at start-up, so that a port in use
  * is a start-up error. Returns the descriptor or -errno with a message in err. */

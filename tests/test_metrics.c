@@ -5,7 +5,8 @@
  * value names the shard and the field it came from; the histograms, the invalid-packet reasons
  * and the Redis and database links are set case by case. metrics_render's text goes through a
  * strict parser of the text format (tests/support/promtext.h), then its values are compared
- * with what was set. The parser is checked first: it must refuse a table of bad texts. */
+ * with what was set. The parser is checked first: it must refuse a table of bad texts. Last,
+ * the endpoint's HTTP request reader (metrics_request_parse) on a table of requests. */
 #include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -684,6 +685,102 @@ static void test_tuning_names(void **state)
     prom_free(&t);
 }
 
+/* The HTTP request reader (metrics_request_parse), table-driven: each request whole, then cut
+ * at every length (need more, or the same verdict), from an exactly-sized heap copy. */
+static void test_request_reader(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *bytes;
+        int rc; /* > 0: the head's length */
+        enum metrics_method method;
+        enum metrics_target target;
+        const char *path;
+    } cases[] = {
+        {"get", "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 34, METRICS_METHOD_GET,
+         METRICS_TARGET_METRICS, "/metrics"},
+        {"healthz, bare LF", "GET /healthz HTTP/1.0\n\n", 23, METRICS_METHOD_GET,
+         METRICS_TARGET_HEALTHZ, "/healthz"},
+        {"head, query", "HEAD /metrics?x=1 HTTP/1.1\r\n\r\n", 30, METRICS_METHOD_HEAD,
+         METRICS_TARGET_METRICS, "/metrics"},
+        {"no version", "GET /healthz\r\n\r\n", 16, METRICS_METHOD_GET, METRICS_TARGET_HEALTHZ,
+         "/healthz"},
+        {"body after the head", "POST /metrics HTTP/1.1\r\n\r\nxyz", 26, METRICS_METHOD_OTHER,
+         METRICS_TARGET_METRICS, "/metrics"},
+        {"lower-case method", "get /metrics HTTP/1.1\r\n\r\n", 25, METRICS_METHOD_OTHER,
+         METRICS_TARGET_METRICS, "/metrics"},
+        {"other path", "GET /metricsx HTTP/1.1\r\n\r\n", 26, METRICS_METHOD_GET,
+         METRICS_TARGET_OTHER, "/metricsx"},
+        {"absolute form", "GET http://h/metrics HTTP/1.1\r\n\r\n", 33, METRICS_METHOD_GET,
+         METRICS_TARGET_OTHER, "http://h/metrics"},
+        {"no target", "GET\r\n\r\n", METRICS_REQ_E_BAD, METRICS_METHOD_OTHER, METRICS_TARGET_OTHER,
+         ""},
+        {"empty target", "GET  HTTP/1.1\r\n\r\n", METRICS_REQ_E_BAD, METRICS_METHOD_OTHER,
+         METRICS_TARGET_OTHER, ""},
+        {"empty method", " /metrics HTTP/1.1\r\n\r\n", METRICS_REQ_E_BAD, METRICS_METHOD_OTHER,
+         METRICS_TARGET_OTHER, ""},
+        {"empty head", "\r\n\r\n", METRICS_REQ_E_BAD, METRICS_METHOD_OTHER, METRICS_TARGET_OTHER,
+         ""},
+        {"only a line", "GET /metrics HTTP/1.1\r\n", METRICS_REQ_NEED_MORE, METRICS_METHOD_OTHER,
+         METRICS_TARGET_OTHER, ""},
+        {"nothing", "", METRICS_REQ_NEED_MORE, METRICS_METHOD_OTHER, METRICS_TARGET_OTHER, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = strlen(cases[i].bytes);
+        for (size_t k = 0; k <= len; k++) {
+            char *c = malloc(k ? k : 1);
+            assert_non_null(c);
+            memcpy(c, cases[i].bytes, k);
+            struct metrics_request r;
+            int rc = metrics_request_parse(c, k, &r);
+            bool whole = cases[i].rc > 0 ? k >= (size_t)cases[i].rc : k == len;
+            if (!whole) {
+                if (rc != METRICS_REQ_NEED_MORE && rc != cases[i].rc)
+                    fail_msg("%s cut at %zu: %d", cases[i].name, k, rc);
+            } else if (rc != cases[i].rc) {
+                fail_msg("%s (%zu bytes): %d, want %d", cases[i].name, k, rc, cases[i].rc);
+            } else if (rc > 0) {
+                assert_int_equal(r.method, cases[i].method);
+                assert_int_equal(r.target, cases[i].target);
+                assert_int_equal(r.path_len, strlen(cases[i].path));
+                assert_memory_equal(r.path, cases[i].path, r.path_len);
+                assert_ptr_equal(r.path, c + strcspn(cases[i].bytes, " ") + 1);
+            }
+            free(c);
+        }
+    }
+    assert_string_equal(metrics_request_strerror(METRICS_REQ_E_BAD), "bad_request");
+    assert_string_equal(metrics_request_strerror(METRICS_REQ_E_TOO_LARGE), "too_large");
+    assert_string_equal(metrics_request_strerror(-99), "unknown_error");
+}
+
+/* A NUL byte is a bad request as soon as it arrives; a head that does not end within
+ * METRICS_REQUEST_BYTES_MAX bytes is too large, and nothing past that limit is read. */
+static void test_request_reader_limits(void **state)
+{
+    (void)state;
+    struct metrics_request r;
+    static const char nul[] = "GET /me\0trics HTTP/1.1\r\n\r\n";
+    assert_int_equal(metrics_request_parse(nul, 7, &r), METRICS_REQ_NEED_MORE);
+    assert_int_equal(metrics_request_parse(nul, 8, &r), METRICS_REQ_E_BAD);
+    assert_int_equal(metrics_request_parse(nul, sizeof nul - 1, &r), METRICS_REQ_E_BAD);
+
+    enum { MAX = METRICS_REQUEST_BYTES_MAX };
+    char *big = malloc(MAX + 2);
+    assert_non_null(big);
+    memset(big, 'a', MAX + 2);
+    memcpy(big, "GET /metrics HTTP/1.1\r\nX: ", 26);
+    assert_int_equal(metrics_request_parse(big, MAX - 1, &r), METRICS_REQ_NEED_MORE);
+    assert_int_equal(metrics_request_parse(big, MAX, &r), METRICS_REQ_E_TOO_LARGE);
+    /* The head's end as the last two bytes within the limit: whole; one byte later: too large. */
+    memcpy(big + MAX - 2, "\n\n", 2);
+    assert_int_equal(metrics_request_parse(big, MAX, &r), MAX);
+    memset(big + MAX - 2, 'a', 2);
+    memcpy(big + MAX - 1, "\n\n", 2);
+    assert_int_equal(metrics_request_parse(big, MAX + 1, &r), METRICS_REQ_E_TOO_LARGE);
+    free(big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -698,6 +795,8 @@ int main(void)
         cmocka_unit_test_setup(test_render_length, setup),
         cmocka_unit_test_setup(test_tuning_names, setup),
         cmocka_unit_test_setup(test_health, setup),
+        cmocka_unit_test(test_request_reader),
+        cmocka_unit_test(test_request_reader_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,9 +4,12 @@
  * Every /metrics body goes through the strict parser of the text format
  * (tests/support/promtext.h). Cases: counters move by exactly what a device sent (packets,
  * records, ACK latency observations) and the connection gauge follows the device; the paths
- * (/healthz, 404, 405, HEAD, a query string), more clients at once than the server has slots,
- * and a second gateway on the same metrics port (exit 1 at start, naming the port); /healthz
- * 503 while the fixture's PostgreSQL is stopped, 200 again after it is back.
+ * (/healthz, 404, 405, 400, 431, HEAD, a query string), more clients at once than the server
+ * has slots, and a second gateway on the same metrics port (exit 1 at start, naming the port);
+ * /healthz 503 while the fixture's PostgreSQL is stopped, 200 again after it is back; probes beside
+ * clients that hold the port (50 idle connections, 50 that never read their response, and 50
+ * idle ones while the gateway still waits for its database): every /healthz answers within
+ * 1 s, the slowest is printed, and the endpoint counts what it closed.
  *
  * One case stops the fixture's server and starts it again: ctest runs this test with
  * RUN_SERIAL, and the teardown restarts the server if the case failed while it was down. The
@@ -22,6 +25,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,9 +34,11 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codec/avl.h"
+#include "gateway/metrics.h"
 #include "gateway/shared.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"
@@ -94,12 +100,15 @@ static void http_free(struct http_resp *r)
     memset(r, 0, sizeof *r);
 }
 
-/* A connected socket to the metrics port with send and receive timeouts, or -errno. */
-static int http_connect(uint16_t port)
+/* A connected socket to the metrics port with send and receive timeouts, or -errno; with
+ * rcvbuf > 0, that SO_RCVBUF (set before connecting, so the window stays small). */
+static int http_connect_rcvbuf(uint16_t port, int rcvbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct timeval tv = {.tv_sec = HTTP_TIMEOUT_MS / 1000, .tv_usec = 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -111,6 +120,11 @@ static int http_connect(uint16_t port)
         return -e;
     }
     return fd;
+}
+
+static int http_connect(uint16_t port)
+{
+    return http_connect_rcvbuf(port, 0);
 }
 
 static void http_send(int fd, const char *request)
@@ -385,9 +399,25 @@ static void test_paths_and_port_in_use(void **state)
     http_do("GET", "/metrics?x=1", &r);
     CHECK(r.status == 200, "/metrics?x=1: status %d", r.status);
     http_free(&r);
+    http_do("GET", "", &r); /* "GET  HTTP/1.1": no target */
+    CHECK(r.status == 400, "a request line without a target: status %d", r.status);
+    http_free(&r);
+    /* A head that has not ended after METRICS_REQUEST_BYTES_MAX bytes (all of them read, so
+     * the close is not a reset). */
+    static char big[METRICS_REQUEST_BYTES_MAX + 1];
+    memset(big, 'a', METRICS_REQUEST_BYTES_MAX);
+    memcpy(big, "GET /metrics HTTP/1.1\r\nX: ", 26);
+    int fd = http_connect(T.metrics_port);
+    CHECK(fd >= 0, "connect: %s", strerror(-fd));
+    http_send(fd, big);
+    http_read(fd, &r, false);
+    close(fd);
+    CHECK(r.status == 431, "a head of %d bytes: status %d", METRICS_REQUEST_BYTES_MAX, r.status);
+    http_free(&r);
 
-    /* More clients than METRICS_CONNS_MAX (8) at once: the rest wait in the backlog. */
-    enum { CLIENTS = 12 };
+    /* More clients than METRICS_CONNS_MAX at once, each request whole at once: a newcomer
+     * takes a free slot (a served one) or waits in the backlog; none is refused. */
+    enum { CLIENTS = METRICS_CONNS_MAX + 4 };
     int fds[CLIENTS];
     for (unsigned i = 0; i < CLIENTS; i++) {
         fds[i] = http_connect(T.metrics_port);
@@ -476,12 +506,253 @@ static void test_healthz_database_down(void **state)
     CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
+/* ---- clients that hold the metrics port ---------------------------------------------------- */
+
+enum {
+    HOLDERS = 50,          /* the figure: 50 connections held open */
+    PROBES = 25,           /* /healthz probes beside them */
+    PROBE_GAP_MS = 100,    /* 2.5 s of probes: past the server's 2 s request timeout */
+    PROBE_BOUND_MS = 1000, /* the goal; a probe takes a few ms */
+    SLOW_RCVBUF = 1024,    /* a slow reader's receive buffer (the kernel's minimum is ~2 KiB) */
+};
+
+/* HOLDERS connections to the metrics port that send req (NULL: nothing) and never read; each
+ * one the server closes is opened again at once, as a client that insists would. */
+struct holders {
+    int fd[HOLDERS];
+    const char *req;
+    int rcvbuf;
+    unsigned reopened;
+};
+
+static void holder_open(struct holders *h, unsigned i)
+{
+    h->fd[i] = http_connect_rcvbuf(T.metrics_port, h->rcvbuf);
+    CHECK(h->fd[i] >= 0, "holder %u: connect: %s", i, strerror(-h->fd[i]));
+    if (h->req)
+        http_send(h->fd[i], h->req);
+}
+
+static void holders_open(struct holders *h, const char *req, int rcvbuf)
+{
+    memset(h, 0, sizeof *h);
+    h->req = req;
+    h->rcvbuf = rcvbuf;
+    for (unsigned i = 0; i < HOLDERS; i++)
+        holder_open(h, i);
+}
+
+/* Reopens the holders the server closed (reset or end of stream; a response that arrived but
+ * was not read does not count). */
+static void holders_refresh(struct holders *h)
+{
+    for (unsigned i = 0; i < HOLDERS; i++) {
+        struct pollfd p = {.fd = h->fd[i], .events = POLLRDHUP};
+        if (poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP | POLLRDHUP))) {
+            close(h->fd[i]);
+            holder_open(h, i);
+            h->reopened++;
+        }
+    }
+}
+
+/* Waits until the server has closed each of fds[0 .. n) (a reset or an end of stream). */
+static void wait_server_closed(const int *fds, unsigned n, int timeout_ms, const char *what)
+{
+    uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
+    for (unsigned i = 0; i < n; i++) {
+        for (;;) {
+            struct pollfd p = {.fd = fds[i], .events = POLLRDHUP};
+            uint64_t now = device_now_ms();
+            CHECK(now < deadline, "%s %u: not closed by the server within %d ms", what, i,
+                  timeout_ms);
+            if (poll(&p, 1, (int)(deadline - now)) == 1 &&
+                (p.revents & (POLLERR | POLLHUP | POLLRDHUP)))
+                break;
+            device_sleep_ms(10); /* POLLIN alone: part of a response that is not read */
+        }
+    }
+}
+
+static void holders_close(struct holders *h)
+{
+    for (unsigned i = 0; i < HOLDERS; i++)
+        if (h->fd[i] > 0)
+            close(h->fd[i]);
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* PROBES GET /healthz, PROBE_GAP_MS apart, the holders refreshed before each; every one must
+ * answer status within PROBE_BOUND_MS. Prints and returns the slowest, in ms. */
+static double probe_beside(struct holders *h, int status, const char *what)
+{
+    double ms[PROBES];
+    for (unsigned k = 0; k < PROBES; k++) {
+        holders_refresh(h);
+        uint64_t t0 = now_us();
+        struct http_resp r;
+        http_do("GET", "/healthz", &r);
+        ms[k] = (double)(now_us() - t0) / 1000.0;
+        CHECK(r.status == status, "probe %u beside %s: status %d", k, what, r.status);
+        http_free(&r);
+        CHECK(ms[k] < PROBE_BOUND_MS, "probe %u beside %s took %.1f ms", k, what, ms[k]);
+        device_sleep_ms(PROBE_GAP_MS);
+    }
+    qsort(ms, PROBES, sizeof ms[0], cmp_double);
+    printf("test_metrics_gateway: /healthz beside %u %s: slowest %.1f ms, median %.1f ms over %u "
+           "probes (%u holders reopened after the server closed them)\n",
+           HOLDERS, what, ms[PROBES - 1], ms[PROBES / 2], PROBES, h->reopened);
+    return ms[PROBES - 1];
+}
+
+/* avlgate_metrics_connections_closed_total{reason} from a scrape. */
+static double http_closed(const struct prom_text *t, const char *reason)
+{
+    CHECK(prom_count(t, "avlgate_metrics_connections_closed_total", NULL) == 7,
+          "avlgate_metrics_connections_closed_total: one series per reason");
+    return prom_sum(t, "avlgate_metrics_connections_closed_total", "reason", reason, NULL);
+}
+
+/* 50 connections that send nothing, reopened whenever the server closes them: the probes get
+ * in at once (a newcomer takes the oldest idle connection's slot), and what was closed is
+ * counted by reason. Then idle connections alone: closed at the request timeout. */
+static void test_probe_beside_idle_clients(void **state)
+{
+    (void)state;
+    begin_with_metrics("idle_clients");
+    wait_health(200, 15000, (const char *const[]){"ok\n", NULL});
+    struct holders h;
+    holders_open(&h, NULL, 0);
+    probe_beside(&h, 200, "idle clients");
+    struct prom_text t;
+    scrape(&t);
+    /* HOLDERS + PROBES connections over METRICS_CONNS_MAX slots: most holders were evicted
+     * or timed out; every probe was served. */
+    double evicted = http_closed(&t, "evicted_request"),
+           timeout = http_closed(&t, "request_timeout");
+    CHECK(evicted >= HOLDERS + 1 - METRICS_CONNS_MAX, "evicted_request %g", evicted);
+    printf("test_metrics_gateway: closed %g evicted_request, %g request_timeout\n", evicted,
+           timeout);
+    CHECK(http_closed(&t, "served") >= PROBES + 1, "served %g", http_closed(&t, "served"));
+    CHECK(http_closed(&t, "evicted_response") == 0 && http_closed(&t, "out_of_memory") == 0,
+          "evicted_response or out_of_memory");
+    prom_free(&t);
+    holders_close(&h);
+
+    /* Idle connections and no newcomer: closed at the request timeout (2 s), counted. */
+    scrape(&t);
+    double timeouts0 = http_closed(&t, "request_timeout");
+    prom_free(&t);
+    int fds[3];
+    for (unsigned i = 0; i < 3; i++) {
+        fds[i] = http_connect(T.metrics_port);
+        CHECK(fds[i] >= 0, "idle %u: connect: %s", i, strerror(-fds[i]));
+    }
+    wait_server_closed(fds, 3, 5000, "idle connection");
+    for (unsigned i = 0; i < 3; i++)
+        close(fds[i]);
+    scrape(&t);
+    CHECK(http_closed(&t, "request_timeout") >= timeouts0 + 3,
+          "request_timeout %g, want at least %g", http_closed(&t, "request_timeout"),
+          timeouts0 + 3);
+    prom_free(&t);
+    CHECK(gwproc_running(&T.gw), "the gateway died");
+}
+
+/* 50 clients that ask for /metrics and never read, with a receive buffer too small for it:
+ * the server's send stops, and their responses wait in the server, not in the probe's way.
+ * Then slow readers alone: closed at the response timeout. */
+static void test_probe_beside_slow_readers(void **state)
+{
+    (void)state;
+    begin_with_metrics("slow_readers");
+    wait_health(200, 15000, (const char *const[]){"ok\n", NULL});
+    struct http_resp r;
+    http_do("HEAD", "/metrics", &r);
+    long body = r.content_length;
+    http_free(&r);
+    printf("test_metrics_gateway: /metrics is %ld bytes\n", body);
+    struct holders h;
+    holders_open(&h, "GET /metrics HTTP/1.1\r\n\r\n", SLOW_RCVBUF);
+    probe_beside(&h, 200, "slow readers");
+    struct prom_text t;
+    scrape(&t);
+    double evicted = http_closed(&t, "evicted_response");
+    CHECK(evicted >= HOLDERS + 1 - METRICS_CONNS_MAX,
+          "evicted_response %g (a /metrics of %ld bytes)", evicted, body);
+    CHECK(http_closed(&t, "served") >= PROBES + 1, "served %g", http_closed(&t, "served"));
+    double timeouts0 = http_closed(&t, "response_timeout");
+    prom_free(&t);
+    holders_close(&h);
+
+    /* Slow readers and no newcomer: closed at the response timeout (10 s), counted. */
+    int fds[2];
+    for (unsigned i = 0; i < 2; i++) {
+        fds[i] = http_connect_rcvbuf(T.metrics_port, SLOW_RCVBUF);
+        CHECK(fds[i] >= 0, "slow reader %u: connect: %s", i, strerror(-fds[i]));
+        http_send(fds[i], "GET /metrics HTTP/1.1\r\n\r\n");
+    }
+    wait_server_closed(fds, 2, 15000, "slow reader");
+    for (unsigned i = 0; i < 2; i++)
+        close(fds[i]);
+    scrape(&t);
+    CHECK(http_closed(&t, "response_timeout") >= timeouts0 + 2,
+          "response_timeout %g, want at least %g", http_closed(&t, "response_timeout"),
+          timeouts0 + 2);
+    prom_free(&t);
+    CHECK(gwproc_running(&T.gw), "the gateway died");
+}
+
+/* While the gateway waits for its database at start (a port nobody listens on), /healthz is
+ * 503 `starting`, and 50 idle connections do not hold it up. */
+static void test_probe_beside_idle_clients_starting(void **state)
+{
+    (void)state;
+    memset(&T, 0, sizeof T);
+    gwproc_begin(&T.gw, "test_metrics_gateway", "idle_starting", "test_metrics");
+    T.metrics_port = device_free_port();
+    snprintf(T.metrics_addr, sizeof T.metrics_addr, "127.0.0.1:%u", T.metrics_port);
+    char listen[32], pg[128];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", T.gw.port);
+    snprintf(pg, sizeof pg, "host=127.0.0.1 port=%u dbname=nobody connect_timeout=2",
+             device_free_port());
+    const char *argv[] = {gwproc_avlgate(), "run", "--listen",  listen,         "--shards", "2",
+                          "--pg",           pg,    "--metrics", T.metrics_addr, NULL};
+    T.gw.pid = gwproc_spawn(argv, T.gw.log);
+    uint64_t deadline = device_now_ms() + GWPROC_START_WAIT_MS;
+    while (!device_port_open(T.metrics_port)) {
+        CHECK(device_now_ms() < deadline, "the metrics port did not open");
+        device_sleep_ms(20); /* bounded: the gateway's start-up */
+    }
+    wait_health(503, 5000, (const char *const[]){"starting: database unreachable\n", NULL});
+    struct holders h;
+    holders_open(&h, NULL, 0);
+    probe_beside(&h, 503, "idle clients at start-up");
+    holders_close(&h);
+    CHECK(gwproc_running(&T.gw), "the gateway died");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_counters_follow_traffic, teardown),
         cmocka_unit_test_teardown(test_paths_and_port_in_use, teardown),
         cmocka_unit_test_teardown(test_healthz_database_down, teardown),
+        cmocka_unit_test_teardown(test_probe_beside_idle_clients, teardown),
+        cmocka_unit_test_teardown(test_probe_beside_slow_readers, teardown),
+        cmocka_unit_test_teardown(test_probe_beside_idle_clients_starting, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

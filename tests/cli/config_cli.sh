@@ -101,6 +101,36 @@ run --config "$tmp/q.conf" --print-config
 want_rc 2 "text after the closing quote"
 want_err "text after the closing quote" "after the quote"
 
+# A quoted value holding '"' or '\' is written escaped and reads back whole; a value with a line
+# break cannot be written in a file and is said in a comment.
+run --print-config --apply-schema 'a"#b\c '
+want_line 'apply-schema = "a\"#b\\c "  # flag' "quote and backslash escaped"
+cp "$tmp/out" "$tmp/esc.conf"
+run --config "$tmp/esc.conf" --print-config
+want_rc 0 "escaped value read back"
+want_line 'apply-schema = "a\"#b\\c "  # file' "escaped value round trip"
+printf 'apply-schema = "C:\\dir\\x"\n' >"$tmp/bs.conf"
+run --config "$tmp/bs.conf" --print-config
+want_line 'apply-schema = C:\dir\x  # file' "a lone backslash stays a backslash"
+run --print-config --apply-schema "$(printf 'a\nb')"
+want_rc 0 "a value with a line break"
+want_line '# apply-schema = (holds a line break: set it with the flag or the environment)  # flag' \
+  "a line break said, not written"
+
+# pg: a conninfo that parses to nothing prints as postgresql:// (it used to read before its
+# buffer); a value with a tab is quoted for libpq and reads back; a very long one is said.
+run --print-config --pg postgresql://
+want_rc 0 "pg that parses to nothing"
+want_line "pg = postgresql://  # flag" "empty conninfo printed as a URI"
+run --print-config --pg "host=127.0.0.1 application_name='a$(printf '\t')b'"
+want_line "pg = host=127.0.0.1 application_name='a$(printf '\t')b'  # flag" "tab quoted for libpq"
+cp "$tmp/out" "$tmp/tab.conf"
+run --config "$tmp/tab.conf" --print-config
+want_line "pg = host=127.0.0.1 application_name='a$(printf '\t')b'  # file" "tab round trip"
+run --print-config --pg "host=127.0.0.1 application_name=$(head -c 20000 /dev/zero | tr '\0' x)"
+want_rc 0 "a very long pg"
+want_line "# pg = (too long to print)  # flag" "a pg too long to print is said"
+
 # 3. Errors: named, with the source, exit 2 (1 for a file that cannot be read).
 printf 'batch-rows = 5\nbatchrows = 5\n' >"$tmp/bad.conf"
 run --config "$tmp/bad.conf" --pg x

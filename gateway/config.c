@@ -29,6 +29,9 @@ enum kind {
 enum source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_FLAG };
 static const char *const source_names[] = {"default", "file", "environment", "flag"};
 
+/* The longest line of a config file the reader takes (and --print-config writes). */
+enum { CONFIG_LINE_BYTES = 4094 };
+
 struct opt {
     const char *name;
     enum kind kind;
@@ -332,8 +335,8 @@ static bool file_line(struct run_options *o, char *line, char *why, size_t cap)
 
 int config_read_file(struct run_options *o, FILE *f, const char *name, FILE *err)
 {
-    char line[4096];
-    char why[sizeof line + 256]; /* may quote the whole line */
+    char line[CONFIG_LINE_BYTES + 2]; /* the line, its newline, the NUL */
+    char why[sizeof line + 256];      /* may quote the whole line */
     unsigned n = 0;
     int rc = 0;
     while (rc == 0 && fgets(line, sizeof line, f)) {
@@ -640,19 +643,29 @@ static bool masked(const char *s, char *out, size_t cap)
     return len + 1 < cap; /* append stops one short of cap when it cuts */
 }
 
+/* The length of v written between double quotes with " and \ escaped. */
+static size_t quoted_len(const char *v)
+{
+    size_t n = 2;
+    for (; *v; v++)
+        n += (*v == '"' || *v == '\\') ? 2 : 1;
+    return n;
+}
+
 /* One string option's line: bare when the file reads it back as it is, else between double
- * quotes with " and \ escaped; a value with a line break cannot be written in the file and is
- * said in a comment instead. */
+ * quotes with " and \ escaped. A value the file cannot hold — a line break (only a flag or the
+ * environment can give one), or a line longer than the reader takes — is said in a comment. */
 static void print_string(FILE *out, const char *name, const char *v, const char *src)
 {
     size_t n = strlen(v);
-    if (strchr(v, '\n')) {
-        fprintf(out, "# %s = (holds a line break: set it with the flag or the environment)  # %s\n",
-                name, src);
-        return;
-    }
     bool quote = n == 0 || strchr(v, '#') || isspace((unsigned char)v[0]) ||
                  isspace((unsigned char)v[n - 1]) || v[0] == '"';
+    size_t line = strlen(name) + 3 + (quote ? quoted_len(v) : n) + 4 + strlen(src);
+    if (strchr(v, '\n') || line > CONFIG_LINE_BYTES) {
+        fprintf(out, "# %s = (%s: set it with the flag or the environment)  # %s\n", name,
+                strchr(v, '\n') ? "holds a line break" : "too long for a config file line", src);
+        return;
+    }
     if (!quote) {
         fprintf(out, "%s = %s  # %s\n", name, v, src);
         return;
@@ -691,7 +704,10 @@ void config_print(const struct run_options *o, FILE *out)
                 break;
             }
             if (strcmp(op->name, "pg") == 0 && !masked(v, buf, sizeof buf)) {
-                fprintf(out, "# pg = (too long to print)  # %s\n", src);
+                fprintf(out,
+                        "# pg = (too long for a config file line: set it with the flag or "
+                        "the environment)  # %s\n",
+                        src);
                 break;
             }
             if (strcmp(op->name, "pg") == 0)

@@ -116,6 +116,13 @@ run --print-config --apply-schema "$(printf 'a\nb')"
 want_rc 0 "a value with a line break"
 want_line '# apply-schema = (holds a line break: set it with the flag or the environment)  # flag' \
   "a line break said, not written"
+# A value the file reader takes can need a longer line once quoted: said, not written cut.
+long=$(head -c 4070 /dev/zero | tr '\0' x)
+printf 'apply-schema = #%s\n' "$long" >"$tmp/long.conf"
+run --config "$tmp/long.conf" --print-config
+want_rc 0 "a value near the line limit"
+want_line '# apply-schema = (too long for a config file line: set it with the flag or the environment)  # file' \
+  "a line too long once quoted is said"
 
 # pg: a conninfo that parses to nothing prints as postgresql:// (it used to read before its
 # buffer); a value with a tab is quoted for libpq and reads back; a very long one is said.
@@ -129,7 +136,8 @@ run --config "$tmp/tab.conf" --print-config
 want_line "pg = host=127.0.0.1 application_name='a$(printf '\t')b'  # file" "tab round trip"
 run --print-config --pg "host=127.0.0.1 application_name=$(head -c 20000 /dev/zero | tr '\0' x)"
 want_rc 0 "a very long pg"
-want_line "# pg = (too long to print)  # flag" "a pg too long to print is said"
+want_line "# pg = (too long for a config file line: set it with the flag or the environment)  # flag" \
+  "a pg too long to print is said"
 
 # 3. Errors: named, with the source, exit 2 (1 for a file that cannot be read).
 printf 'batch-rows = 5\nbatchrows = 5\n' >"$tmp/bad.conf"

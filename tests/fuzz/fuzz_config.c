@@ -140,6 +140,11 @@ static void check_round_trip(const struct run_options *o)
     sink_open(&s);
     config_print(&plain, s.f);
     sink_close(&s);
+    if (strstr(s.text, "(too long for a config file line")) {
+        free(s.text); /* said so instead of written: nothing to read back (a value near the
+                         line limit, longer once quoted) */
+        return;
+    }
     struct run_options back;
     struct sink err;
     int rc = read_config(s.text, s.len, &back, &err);

@@ -99,11 +99,13 @@ static int batch_alloc(const struct ingest_config *c, struct batch *b)
     assert(b->params_cap <= INT_MAX); /* a parameter's length is an int */
     b->copy = malloc(b->copy_cap);
     b->pkts = calloc(b->pkts_cap, sizeof *b->pkts);
+    b->replies = c->udp ? calloc(b->pkts_cap, sizeof *b->replies) : NULL;
     b->fps = calloc(b->fps_cap, sizeof *b->fps);
     b->devs = calloc(b->devs_cap, sizeof *b->devs);
     b->dev_map = calloc(map, sizeof *b->dev_map);
     b->params_buf = malloc(b->params_cap);
-    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_buf)
+    if (!b->copy || !b->pkts || !b->fps || !b->devs || !b->dev_map || !b->params_buf ||
+        (c->udp && !b->replies))
         return -ENOMEM;
     copyenc_header(b->copy);
     batch_reset(b);
@@ -114,6 +116,7 @@ static void batch_free(struct batch *b)
 {
     free(b->copy);
     free(b->pkts);
+    free(b->replies);
     free(b->fps);
     free(b->devs);
     free(b->dev_map);
@@ -244,19 +247,42 @@ static void build_state_params(const struct shard *s, const struct bdev *devs, u
  * ACKs and the ring
  * ------------------------------------------------------------------------------------------- */
 
-/* Acknowledges one committed packet with its full record count. */
-static void ack_packet(struct shard *s, const struct pkt_ref *p)
+/* A datagram's ACK (7 bytes, to the address it came from), while its device's slot still
+ * stands for the device that sent it: a device closed since (its packet refused, deferred or
+ * its outcome unknown) re-sends, as a connection closed does. */
+static int ack_datagram(struct shard *s, const struct pkt_ref *p, const struct udp_reply *r)
 {
-    uint8_t ack[AVL_TCP_ACK_BYTES];
-    avl_encode_tcp_ack(ack, p->records);
-    if (engine_send(s->e, p->slot, p->gen, ack, sizeof ack) != 0) {
+    const struct dev *d = session_dev(s, p->slot);
+    if (d->gen != p->gen || !dev_owned(d))
+        return -ESTALE;
+    uint8_t ack[AVL_UDP_ACK_BYTES];
+    avl_encode_udp_ack(ack, r->packet_id, r->avl_packet_id, (uint8_t)p->records);
+    int rc = engine_udp_send(s->e, (const struct sockaddr *)&r->to, r->to_len, ack, sizeof ack);
+    if (rc == 0)
+        stat_add(&s->st->udp_acked, 1);
+    return rc;
+}
+
+/* Acknowledges one committed packet (batch b's i-th) with its full record count. */
+static void ack_packet(struct shard *s, const struct batch *b, uint32_t i)
+{
+    const struct pkt_ref *p = &b->pkts[i];
+    int rc;
+    if (p->udp) {
+        rc = ack_datagram(s, p, &b->replies[i]);
+    } else {
+        uint8_t ack[AVL_TCP_ACK_BYTES];
+        avl_encode_tcp_ack(ack, p->records);
+        rc = engine_send(s->e, p->slot, p->gen, ack, sizeof ack);
+    }
+    if (rc != 0) {
         stat_add(&s->st->acks_stale, 1); /* the connection is gone: the device re-sends, we dedup */
         return;
     }
     stat_add(&s->st->packets_acked, 1);
     prom_hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
     struct dev *d = session_dev(s, p->slot);
-    if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0)
+    if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0 && !session_is_udp(s, p->slot))
         delivery_on_acked(s, p->slot); /* a command may go now, after the ACK */
 }
 
@@ -264,7 +290,7 @@ static void ack_batch(struct shard *s, struct batch *b)
 {
     for (uint32_t i = 0; i < b->pkts_len; i++)
         if (!b->pkts[i].rejected)
-            ack_packet(s, &b->pkts[i]);
+            ack_packet(s, b, i);
 }
 
 /* A batch came free: the connections paused for room may go on. */
@@ -461,7 +487,7 @@ static void on_committed(struct shard *s, struct batch *b)
     if (b->split) {
         /* One packet of a split batch committed. */
         struct pkt_ref *p = &b->pkts[b->split_next];
-        ack_packet(s, p);
+        ack_packet(s, b, b->split_next);
         p->rejected = true; /* done: never again */
         b->split_timeouts = 0;
         deferral_clear(s->ring, b->devs[p->dev].imei);
@@ -489,7 +515,7 @@ static void abandon_all(struct shard *s)
         if (b->state == BATCH_FREE)
             continue;
         for (uint32_t k = 0; k < b->pkts_len; k++)
-            engine_close(s->e, b->pkts[k].slot, b->pkts[k].gen);
+            session_close(s, b->pkts[k].slot, b->pkts[k].gen);
         /* Also a replacing connection that took its state from this batch (pending snapshot). */
         for (uint32_t k = 0; k < b->devs_len; k++)
             session_close_owner(s, b->devs[k].imei);
@@ -529,7 +555,7 @@ static void drop_packet(struct shard *s, struct batch *b, struct pkt_ref *p)
     p->rejected = true;
     p->refused = true;
     forget_refused(s, b, p);
-    engine_close(s->e, p->slot, p->gen);
+    session_close(s, p->slot, p->gen);
     /* A replacing connection may hold this packet's records as sent (its state came from this
      * batch): it would take the re-send for a duplicate and ACK it. */
     session_close_owner(s, b->devs[p->dev].imei);
@@ -795,7 +821,8 @@ static void store_records(struct shard *s, struct batch *b, struct bdev *bd, str
 }
 
 int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
-               const struct avl_packet *pkt, const struct avl_record *recs)
+               const struct avl_packet *pkt, const struct avl_record *recs,
+               const struct udp_reply *reply)
 {
     if (deferred_now(s, d->imei)) {
         count_deferred(s, d->imei, "device_deferred");
@@ -815,10 +842,15 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
                           .copy_off = (uint32_t)b->copy_len,
                           .fp_off = b->fps_len,
                           .dev = dev_index,
-                          .taken_ns = engine_now_ns(s->e)};
+                          .taken_ns = engine_now_ns(s->e),
+                          .udp = reply != NULL};
+    if (reply)
+        b->replies[b->pkts_len] = *reply;
     struct dedup *win = dedup_win_mut(&s->sess->wins, &d->win);
     d->last_packet_s = shard_now_s(s);
+    uint32_t rows_before = b->rows;
     store_records(s, b, bd, win, pkt, recs, received_us);
+    s->ring->last_stored = b->rows - rows_before;
     p->copy_len = (uint32_t)(b->copy_len - p->copy_off);
     p->fp_len = b->fps_len - p->fp_off;
     bd->received_ms = received_us / 1000;

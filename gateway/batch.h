@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "codec/avl.h"
@@ -59,6 +61,16 @@ struct pkt_ref {
     uint64_t taken_ns;           /* engine time it was taken (ACK latency) */
     bool rejected;               /* settled in split mode: committed alone, or refused */
     bool refused;                /* the database refused its rows (never stored) */
+    bool udp;                    /* came as a datagram: its ACK is the batch's replies[i] */
+};
+
+/* Where and how a datagram's packet is acknowledged (the ACK goes to the address the datagram
+ * came from, whatever address the device uses later). */
+struct udp_reply {
+    struct sockaddr_in6 to; /* or a sockaddr_in */
+    socklen_t to_len;
+    uint16_t packet_id;
+    uint8_t avl_packet_id;
 };
 
 /* A device of a batch: its device_state row as of its last packet in the batch. */
@@ -80,7 +92,8 @@ struct batch {
     uint32_t rows;
     struct pkt_ref *pkts;
     uint32_t pkts_len, pkts_cap;
-    uint64_t *fps; /* fingerprints of the stored records, packet after packet */
+    struct udp_reply *replies; /* pkts_cap: replies[i] is pkts[i]'s when pkts[i].udp */
+    uint64_t *fps;             /* fingerprints of the stored records, packet after packet */
     uint32_t fps_len, fps_cap;
     struct bdev *devs;
     uint32_t devs_len, devs_cap;
@@ -123,6 +136,7 @@ struct batches {
     uint8_t trailer[COPYENC_TRAILER_BYTES];
     uint8_t split_params[DEV_PARAM_BYTES + STATE_FIXED_BYTES];
     struct bdev split_dev;
+    uint32_t last_stored; /* records of the packet batch_take took last not already stored */
 };
 
 int batch_setup(struct shard *s, char *err, size_t cap);
@@ -130,12 +144,14 @@ void batch_teardown(struct shard *s);
 
 /* Takes one decoded packet of the device on (slot, gen) into the filling batch: its records not
  * already in the device's window become tuples (an angle or speed smallint cannot hold stored
- * NULL, counted), the window grows, and the packet waits for its ACK (d->unacked). Returns 1
- * when taken, 0 when the ring is full (the caller pauses the connection), or -EAGAIN when the
- * device is deferred (counted; nothing was taken: the caller closes the connection and the
- * device re-sends later). */
+ * NULL, counted), the window grows, and the packet waits for its ACK (d->unacked). reply: NULL
+ * for a packet of the TCP connection, else the datagram's (copied). Returns 1 when taken, 0
+ * when the ring is full (the caller pauses the connection), or -EAGAIN when the device is
+ * deferred (counted; nothing was taken: the caller closes the connection, or drops the
+ * datagram, and the device re-sends later). */
 int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
-               const struct avl_packet *pkt, const struct avl_record *recs);
+               const struct avl_packet *pkt, const struct avl_record *recs,
+               const struct udp_reply *reply);
 
 /* Seals the filling batch when batch_ms is up (or draining), and submits the oldest sealed one
  * when the sink is free. Returns the engine ns at which the filling batch is due, or 0. */

@@ -47,6 +47,12 @@ static const struct opt opts[] = {
     {"pg", K_STR, CFG(pg_conninfo), 0, 0, "CONNINFO",
      "libpq conninfo or URI (required; give an IP address)"},
     {"listen", K_STR, RO(listen), 0, 0, "HOST:PORT", "device port (default 0.0.0.0:5027)"},
+    {"udp", K_STR, RO(udp), 0, 0, "HOST:PORT|off",
+     "UDP device port (default: the --listen address and port; off: none)"},
+    {"udp-devices-max", K_U32, CFG(udp_devices_max), 1, 1u << 20, "N",
+     "devices known over UDP only, per shard (10000)"},
+    {"udp-bytes-max", K_U32, CFG(udp_bytes_max), 64, 65535, "N",
+     "longest datagram taken (4096; longer ones are counted and dropped)"},
     {"shards", K_U32, CFG(shards), 1, ENGINE_SHARDS_MAX, "N",
      "shard threads (default: online CPUs)"},
     {"pin", K_SWITCH, CFG(pin), 0, 0, NULL, "pin shard i to CPU i"},
@@ -248,6 +254,8 @@ void config_defaults(struct run_options *o)
     c->cmd_timeout_s = 30;
     c->cmd_attempts = 3;
     c->registry_ttl_s = 90;
+    c->udp_devices_max = 10000;
+    c->udp_bytes_max = 4096;
     c->metrics_fd = -1;
     if (gethostname(hostname, sizeof hostname) != 0 || hostname[0] == '\0')
         snprintf(hostname, sizeof hostname, "avlgate");

@@ -30,6 +30,7 @@ enum { CONFIG_OPTIONS_MAX = 48 };
 struct run_options {
     struct ingest_config cfg; /* numbers, switches, pg_conninfo, instance */
     const char *listen;       /* HOST:PORT */
+    const char *udp;          /* HOST:PORT, "off", or NULL: the listen address */
     const char *redis;        /* HOST:PORT or NULL */
     const char *metrics;      /* HOST:PORT or NULL */
     const char *schema_dir;   /* --apply-schema, or NULL */

@@ -28,6 +28,7 @@
 #include "gateway/session.h"
 #include "gateway/shard_state.h"
 #include "gateway/tags.h"
+#include "gateway/udp.h"
 
 /* The earlier of two wake-up times, 0 meaning none. */
 static uint64_t earliest(uint64_t a, uint64_t b)
@@ -79,7 +80,7 @@ static enum engine_verdict on_avl(struct shard *s, uint32_t slot, uint32_t gen, 
         count_invalid(s, rc);
         return ENGINE_CLOSE;
     }
-    rc = batch_take(s, slot, gen, d, &pkt, s->recs);
+    rc = batch_take(s, slot, gen, d, &pkt, s->recs, NULL);
     if (rc == 0) {
         s->paused = true;
         stat_add(&s->st->backpressure_pauses, 1);
@@ -195,10 +196,24 @@ static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
     session_on_close(s, slot, gen);
 }
 
+static void on_datagram(void *user, struct engine *e, const uint8_t *p, size_t len, bool truncated,
+                        const struct sockaddr *from, socklen_t from_len)
+{
+    (void)e;
+    udp_on_datagram(user, p, len, truncated, from, from_len);
+}
+
+/* A mail is a datagram handed to its owner (udp.h: its first 8 bytes 0) or a command wake-up. */
 static void on_mail(void *user, struct engine *e, unsigned from, const void *msg)
 {
     (void)e;
     (void)from;
+    uint64_t first;
+    memcpy(&first, msg, sizeof first);
+    if (first == 0) {
+        udp_on_mail(user, msg);
+        return;
+    }
     struct cmd_wake w;
     memcpy(&w, msg, sizeof w);
     delivery_wake(user, &w);
@@ -276,7 +291,8 @@ static void on_state_loaded(struct shard *s, uint64_t key, const PGresult *res)
 {
     const struct dev *d = session_loading(s, key);
     if (!d)
-        return; /* the connection went away meanwhile */
+        return;  /* the connection went away meanwhile */
+    udp_wake(s); /* datagrams may wait for this device */
     bool has_commands = false;
     if (!session_on_load(s, key, res, batch_pending_dedup(s, d->imei), &has_commands))
         return;
@@ -372,6 +388,7 @@ static void publish(struct shard *s)
         stat_set(&st->pg_up[l], ph != PGSINK_PHASE_DOWN && ph != PGSINK_PHASE_CONNECTING);
     }
     stat_set(&st->listening, !s->draining);
+    stat_set(&st->udp_devices, session_udp_devices(s));
 }
 
 /* At stop: accept no more, then stop the engine once nothing is held (or the time is up). */
@@ -409,6 +426,7 @@ static uint64_t on_tick(void *user, struct engine *e, uint64_t now_ns)
     session_allowlist_step(s);
     sink_arm_polls(s);
     session_release_idle(s, ms);
+    udp_tick(s);
     drain_step(s, e, now_ns);
     publish(s);
     if (s->metrics)
@@ -428,6 +446,7 @@ static const struct engine_ops ingest_ops = {
     .on_mail = on_mail,
     .on_tick = on_tick,
     .on_sent = on_sent,
+    .on_datagram = on_datagram,
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -439,6 +458,8 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
     int rc = session_setup(s, err, cap);
     if (rc == 0)
         rc = batch_setup(s, err, cap);
+    if (rc == 0)
+        rc = udp_setup(s, err, cap);
     if (rc)
         return rc;
     struct pgsink_config pc = {
@@ -473,6 +494,7 @@ static void shard_teardown(struct shard *s)
     intake_teardown(s);
     registry_teardown(s);
     delivery_teardown(s);
+    udp_teardown(s); /* after every shard's loop: none holds a copy of this one's slab now */
     batch_teardown(s);
     session_teardown(s);
 }
@@ -498,6 +520,10 @@ static int engine_start(struct shard *s, char *err, size_t cap)
         .sq_entries = 4096,
         .wait_batch_us = c->wait_batch_us,
         .pin = c->pin,
+        .udp = c->udp,
+        .udp_addr = c->udp_addr,
+        .udp_addr_len = c->udp_addr_len,
+        .udp_bytes_max = c->udp_bytes_max,
         .ops = &ingest_ops,
         .app = s,
     };

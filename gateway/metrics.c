@@ -128,6 +128,20 @@ static const struct stat_family ingest_families[] = {
      ST(ring_busy), true},
     {"avlgate_row_ring_batches", "Batches in the row ring.", ST(ring_batches), true},
     {"avlgate_listening", "1 while the shard accepts connections.", ST(listening), true},
+    {"avlgate_udp_datagrams_received_total", "Datagrams received on the shard's UDP socket.",
+     ST(udp_received), false},
+    {"avlgate_udp_datagrams_handed_off_total", "Datagrams passed to their IMEI's owner shard.",
+     ST(udp_handed_off), false},
+    {"avlgate_udp_datagrams_taken_total", "Datagrams taken into a batch by the owner shard.",
+     ST(udp_taken), false},
+    {"avlgate_udp_datagrams_acked_total", "Datagrams acknowledged after their commit.",
+     ST(udp_acked), false},
+    {"avlgate_udp_datagrams_duplicate_total",
+     "Datagrams taken whose records were all stored or held already (re-sends, network "
+     "duplicates): acknowledged with their batch, nothing stored.",
+     ST(udp_duplicate), false},
+    {"avlgate_udp_devices", "Devices known over UDP only (no TCP connection), open now.",
+     ST(udp_devices), true},
 };
 
 /* One counter of struct engine_stats, per shard. */
@@ -155,6 +169,12 @@ static const struct stat_family engine_families[] = {
     {"avlgate_reassembly_released_bytes_total",
      "Reassembly memory given back to the system once no longer used.", ES(reasm_released_bytes),
      false},
+    {"avlgate_udp_receive_buffer_exhausted_total",
+     "UDP receives that found no provided buffer free (re-armed).", ES(udp_enobufs), false},
+    {"avlgate_udp_acks_failed_total", "UDP ACKs whose sendmsg failed (the device re-sends).",
+     ES(udp_send_errors), false},
+    {"avlgate_udp_acks_no_slot_total", "UDP ACKs not sent for want of a send slot.",
+     ES(udp_send_full), false},
 };
 
 static uint64_t field_at(const void *base, size_t off)
@@ -279,6 +299,38 @@ static void render_invalid(struct out *o, const struct ingest_shared *sh)
     }
 }
 
+static const char *udp_invalid_reason(unsigned r)
+{
+    if (r == UDP_INVALID_TOO_LONG)
+        return "datagram_too_long";
+    if (r == UDP_INVALID_IMEI_RANGE)
+        return "imei_out_of_range";
+    return avl_strerror(-(int)r);
+}
+
+/* Datagrams never acknowledged: invalid (by reason) or valid and dropped (by reason). */
+static void render_udp(struct out *o, const struct ingest_shared *sh)
+{
+    static const char *const drops[UDP_DROPS] = {"backlog_full", "devices_full", "unknown_device",
+                                                 "deferred"};
+    family(o, "avlgate_udp_datagrams_invalid_total", "counter",
+           "Datagrams refused (never acknowledged), by reason.");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        for (unsigned r = 1; r < UDP_INVALID_REASONS; r++) {
+            uint64_t v = stat_read(&shard_stats(sh, i)->udp_invalid[r]);
+            if (v)
+                put(o,
+                    "avlgate_udp_datagrams_invalid_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
+                    i, udp_invalid_reason(r), v);
+        }
+    family(o, "avlgate_udp_datagrams_dropped_total", "counter",
+           "Valid datagrams not taken (never acknowledged: the device sends them again).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        for (unsigned r = 0; r < UDP_DROPS; r++)
+            put(o, "avlgate_udp_datagrams_dropped_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n",
+                i, drops[r], stat_read(&shard_stats(sh, i)->udp_dropped[r]));
+}
+
 static void render_out_of_range(struct out *o, const struct ingest_shared *sh)
 {
     static const char *const fields[INGEST_FIELDS] = {"angle", "speed"};
@@ -370,6 +422,7 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     render_replaced(&o, sh);
     render_invalid(&o, sh);
     render_out_of_range(&o, sh);
+    render_udp(&o, sh);
     render_commands(&o, sh);
     render_pg_links(&o, sh);
     render_redis_links(&o, sh);

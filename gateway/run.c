@@ -71,9 +71,9 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
 /* The shards listen with SO_REUSEPORT, which would let this process share the port with
  * another gateway (the kernel spreading devices over both) instead of failing: a plain bind
  * first says whether anything holds the port. Returns 0 or -errno. */
-static int port_free(const struct sockaddr_storage *ss, socklen_t len)
+static int port_free(const struct sockaddr_storage *ss, socklen_t len, int type)
 {
-    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     int one = 1;
@@ -180,6 +180,16 @@ static int run_resolve(struct run_state *st)
                 o->listen);
         return 2;
     }
+    st->cfg.udp = !o->udp || strcmp(o->udp, "off") != 0;
+    if (!o->udp) {
+        st->cfg.udp_addr = st->cfg.listen_addr;
+        st->cfg.udp_addr_len = st->cfg.listen_addr_len;
+    } else if (st->cfg.udp && parse_listen(o->udp, &st->cfg.udp_addr, &st->cfg.udp_addr_len)) {
+        fprintf(stderr,
+                "avlgate run: bad --udp '%s' (want HOST:PORT with a numeric host, or off)\n",
+                o->udp);
+        return 2;
+    }
     if (o->redis) {
         int port = resolve_redis(o->redis, st->redis_ip, sizeof st->redis_ip);
         if (port < 0) {
@@ -198,10 +208,16 @@ static int run_claim_ports(struct run_state *st)
 {
     const struct run_options *o = &st->o;
     struct ingest_config *cfg = &st->cfg;
-    int rc = port_free(&cfg->listen_addr, cfg->listen_addr_len);
+    int rc = port_free(&cfg->listen_addr, cfg->listen_addr_len, SOCK_STREAM);
     if (rc != 0) {
         fprintf(stderr, "avlgate run: cannot listen on %s: %s%s\n", o->listen, strerror(-rc),
                 rc == -EADDRINUSE ? " (another process has the port)" : "");
+        return 1;
+    }
+    rc = cfg->udp ? port_free(&cfg->udp_addr, cfg->udp_addr_len, SOCK_DGRAM) : 0;
+    if (rc != 0) {
+        fprintf(stderr, "avlgate run: cannot take UDP %s: %s%s\n", o->udp ? o->udp : o->listen,
+                strerror(-rc), rc == -EADDRINUSE ? " (another process has the port)" : "");
         return 1;
     }
     if (!o->metrics)

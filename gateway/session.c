@@ -17,7 +17,8 @@
  * after a shard-wide backoff (load_refused), never in a tight loop on the control link; the
  * device waits unanswered meanwhile. A device quiet for state_idle_s gives its window back
  * (dormant); its next packet waits for its state to be loaded again (DEV_RELOADING, the
- * connection held by the engine). */
+ * connection held by the engine). A UDP device (session.h) goes the same way without an answer
+ * and is closed, not made dormant, when quiet. */
 #include "gateway/session.h"
 
 #include <arpa/inet.h>
@@ -71,7 +72,7 @@ static void queue_load(struct shard *s, uint32_t slot)
     struct dev *d = &ss->devs[slot];
     if (d->load_queued)
         return;
-    uint32_t cap = s->cfg->conns_max;
+    uint32_t cap = ss->slots;
     if (ss->load_len == cap) {
         /* Full of entries of connections gone since (the control link was down while devices
          * came and went): keep the live ones, in order. There is at most one live entry per
@@ -99,7 +100,7 @@ void session_send_loads(struct shard *s)
         uint64_t key = ss->load_queue[ss->load_head];
         struct dev *d = session_dev(s, engine_key_slot(key));
         if (!load_entry_live(s, key)) {
-            ss->load_head = (ss->load_head + 1) % s->cfg->conns_max;
+            ss->load_head = (ss->load_head + 1) % ss->slots;
             ss->load_len--;
             continue;
         }
@@ -110,7 +111,7 @@ void session_send_loads(struct shard *s)
                          shard_now_ms(s)) != 0)
             return; /* down or full: the next tick tries again */
         d->load_queued = false;
-        ss->load_head = (ss->load_head + 1) % s->cfg->conns_max;
+        ss->load_head = (ss->load_head + 1) % ss->slots;
         ss->load_len--;
     }
 }
@@ -181,16 +182,23 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
         return false;
     }
     s->sess->load_backoff_ms = 0;
+    bool udp = session_is_udp(s, slot);
     if (!reload && s->cfg->devices_known &&
         (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
-        stat_add(&s->st->handshake_rejected, 1);
-        send_reply(s, slot, gen, 0x00);
-        engine_close(s->e, slot, gen);
+        if (udp) {
+            stat_add(&s->st->udp_dropped[UDP_DROP_UNKNOWN_DEVICE], 1);
+        } else {
+            stat_add(&s->st->handshake_rejected, 1);
+            send_reply(s, slot, gen, 0x00);
+        }
+        session_close(s, slot, gen);
         return false;
     }
     load_window(s, d, res, pending);
     d->state = DEV_OPEN;
     d->last_packet_s = shard_now_s(s);
+    if (udp)
+        return false; /* its datagrams wait in udp.c, which hears of the load (udp_on_loaded) */
     if (reload) {
         engine_resume_conn(s->e, slot, gen); /* its held packet goes on */
         return false;
@@ -300,7 +308,7 @@ static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
     if (old >= 0 && (uint32_t)old != slot) {
         /* A second connection replaces the first; its state is the freshest there is. */
         count_replaced(s, (uint32_t)old, slot, imei);
-        engine_close(s->e, (uint32_t)old, ss->devs[old].gen);
+        session_close(s, (uint32_t)old, ss->devs[old].gen);
     }
     imap_put(&ss->owned, imei, slot);
     queue_load(s, slot);
@@ -333,7 +341,41 @@ void session_close_owner(struct shard *s, uint64_t imei)
 {
     int64_t slot = imap_get(&s->sess->owned, imei);
     if (slot >= 0)
-        engine_close(s->e, (uint32_t)slot, session_dev(s, (uint32_t)slot)->gen);
+        session_close(s, (uint32_t)slot, session_dev(s, (uint32_t)slot)->gen);
+}
+
+int session_close(struct shard *s, uint32_t slot, uint32_t gen)
+{
+    if (!session_is_udp(s, slot))
+        return engine_close(s->e, slot, gen);
+    struct sessions *ss = s->sess;
+    struct dev *d = &ss->devs[slot];
+    if (d->state == DEV_FREE || d->gen != (gen & ENGINE_GEN_MASK))
+        return -ESTALE;
+    session_on_close(s, slot, d->gen);
+    ss->udp_free[ss->udp_free_len++] = slot;
+    return 0;
+}
+
+int64_t session_udp_open(struct shard *s, uint64_t imei)
+{
+    struct sessions *ss = s->sess;
+    if (ss->udp_free_len == 0)
+        return -1;
+    uint32_t slot = ss->udp_free[--ss->udp_free_len];
+    struct dev *d = &ss->devs[slot];
+    assert(d->state == DEV_FREE && imap_get(&ss->owned, imei) < 0);
+    d->load_queued = false;
+    d->unacked = 0;
+    d->accepted_ms = (uint64_t)wall_clock_ms();
+    take_device(s, slot, imei);
+    return slot;
+}
+
+uint32_t session_udp_devices(const struct shard *s)
+{
+    const struct sessions *ss = s->sess;
+    return ss->slots - s->cfg->conns_max - ss->udp_free_len;
 }
 
 int64_t session_owned_slot_of_row(const struct shard *s, const PGresult *res, int row)
@@ -388,7 +430,7 @@ unsigned session_imei_array(struct shard *s, uint32_t *cursor, unsigned max,
     *o++ = '{';
     unsigned n = 0;
     uint32_t cur = *cursor;
-    while (cur < s->cfg->conns_max && n < max) {
+    while (cur < s->sess->slots && n < max) {
         uint32_t slot = cur++;
         if (!pick(s, slot))
             continue;
@@ -411,7 +453,7 @@ void session_allowlist_step(struct shard *s)
 {
     struct sessions *ss = s->sess;
     allowlist_start(s);
-    if (ss->allow_in_flight || ss->allow_cursor >= s->cfg->conns_max)
+    if (ss->allow_in_flight || ss->allow_cursor >= ss->slots)
         return;
     enum pgsink_phase ph = pgsink_phase(s->sink, PGSINK_LINK_CONTROL);
     if (ph != PGSINK_PHASE_IDLE && ph != PGSINK_PHASE_BUSY)
@@ -428,7 +470,7 @@ void session_allowlist_step(struct shard *s)
         ss->allow_checked += n;
     }
     ss->allow_cursor = cur;
-    if (cur >= s->cfg->conns_max && n == 0)
+    if (cur >= ss->slots && n == 0)
         allowlist_said(s);
 }
 
@@ -444,19 +486,19 @@ void session_on_allowlist(struct shard *s, const PGresult *res)
         char q[256];
         log_line(LOG_WARN, "allow-list check failed; SIGHUP again", "shard=%u error=\"%s\"", s->id,
                  logfmt_q(q, sizeof q, PQresultErrorMessage(res)));
-        ss->allow_cursor = s->cfg->conns_max;
+        ss->allow_cursor = ss->slots;
         return;
     }
     for (int i = 0; i < PQntuples(res); i++) {
         int64_t slot = session_owned_slot_of_row(s, res, i);
         if (slot < 0)
             continue;
-        if (engine_close(s->e, (uint32_t)slot, ss->devs[slot].gen) != 0)
+        if (session_close(s, (uint32_t)slot, ss->devs[slot].gen) != 0)
             continue; /* gone meanwhile */
         stat_add(&s->st->devices_revoked, 1);
         ss->allow_closed++;
     }
-    if (ss->allow_cursor >= s->cfg->conns_max)
+    if (ss->allow_cursor >= ss->slots)
         allowlist_said(s);
 }
 
@@ -477,14 +519,30 @@ static void release_idle_windows(struct shard *s)
     }
 }
 
+/* Closes the UDP devices quiet for `idle` seconds with nothing unacknowledged. */
+static void close_idle_udp(struct shard *s, uint32_t idle)
+{
+    struct sessions *ss = s->sess;
+    uint32_t now = shard_now_s(s);
+    for (uint32_t slot = s->cfg->conns_max; slot < ss->slots; slot++) {
+        struct dev *d = &ss->devs[slot];
+        if (d->state == DEV_OPEN && d->unacked == 0 && now - d->last_packet_s >= idle)
+            session_close(s, slot, d->gen);
+    }
+}
+
 void session_release_idle(struct shard *s, uint64_t ms)
 {
     struct sessions *ss = s->sess;
-    if (!s->cfg->state_idle_s || ms < ss->next_release_ms)
+    uint32_t udp_idle = s->cfg->state_idle_s ? s->cfg->state_idle_s : s->cfg->idle_timeout_s;
+    if ((!s->cfg->state_idle_s && !udp_idle) || ms < ss->next_release_ms)
         return;
-    release_idle_windows(s);
-    /* Every SESSION_RELEASE_EVERY_MS, or twice per state_idle_s when that is shorter. */
-    uint64_t every = (uint64_t)s->cfg->state_idle_s * 500u;
+    if (s->cfg->state_idle_s)
+        release_idle_windows(s);
+    if (udp_idle && ss->slots > s->cfg->conns_max)
+        close_idle_udp(s, udp_idle);
+    /* Every SESSION_RELEASE_EVERY_MS, or twice per idle period when that is shorter. */
+    uint64_t every = (uint64_t)udp_idle * 500u;
     ss->next_release_ms =
         ms + (every < SESSION_RELEASE_EVERY_MS ? every : SESSION_RELEASE_EVERY_MS);
 }
@@ -500,17 +558,22 @@ int session_setup(struct shard *s, char *err, size_t cap)
     s->sess = ss;
     if (!ss)
         goto oom;
-    ss->allow_cursor = c->conns_max; /* no allow-list walk before a SIGHUP */
-    ss->devs = zmap((size_t)c->conns_max * sizeof *ss->devs);
+    uint32_t udp = c->udp ? c->udp_devices_max : 0;
+    ss->slots = c->conns_max + udp;
+    ss->allow_cursor = ss->slots; /* no allow-list walk before a SIGHUP */
+    ss->devs = zmap((size_t)ss->slots * sizeof *ss->devs);
+    ss->udp_free = malloc(((size_t)udp + 1) * sizeof *ss->udp_free);
+    for (uint32_t i = 0; ss->udp_free && i < udp; i++)
+        ss->udp_free[ss->udp_free_len++] = ss->slots - 1 - i; /* the lowest slots first */
     uint32_t map = 1;
-    while (map < 2 * c->conns_max)
+    while (map < 2 * ss->slots)
         map <<= 1;
     ss->owned.mask = map - 1;
     ss->owned.keys = zmap((size_t)map * sizeof *ss->owned.keys);
     ss->owned.slots = zmap((size_t)map * sizeof *ss->owned.slots);
-    ss->load_queue = calloc(c->conns_max, sizeof *ss->load_queue);
-    if (!ss->devs || !ss->owned.keys || !ss->owned.slots || !ss->load_queue ||
-        dedup_pool_init(&ss->wins, c->conns_max) != 0)
+    ss->load_queue = calloc(ss->slots, sizeof *ss->load_queue);
+    if (!ss->devs || !ss->udp_free || !ss->owned.keys || !ss->owned.slots || !ss->load_queue ||
+        dedup_pool_init(&ss->wins, ss->slots) != 0)
         goto oom;
     return 0;
 oom:
@@ -523,8 +586,9 @@ void session_teardown(struct shard *s)
     struct sessions *ss = s->sess;
     if (!ss)
         return;
-    uint32_t conns = s->cfg->conns_max, cells = ss->owned.mask + 1;
+    uint32_t conns = ss->slots, cells = ss->owned.mask + 1;
     dedup_pool_destroy(&ss->wins);
+    free(ss->udp_free);
     free(ss->load_queue);
     zunmap(ss->devs, (size_t)conns * sizeof *ss->devs);
     zunmap(ss->owned.keys, (size_t)cells * sizeof *ss->owned.keys);

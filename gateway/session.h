@@ -6,7 +6,14 @@
  * struct sessions is this module's; the shard's thread only. Who writes a struct dev's fields:
  * session.c all of them, except `unacked` (batch.c counts taken and acknowledged packets;
  * session.c zeroes it at open and close) and the window behind `win` (batch.c appends the
- * fingerprints of records it takes, through dedup_win_mut). Others read. */
+ * fingerprints of records it takes, through dedup_win_mut). Others read.
+ *
+ * Devices over UDP (udp.c) have no connection: each takes a slot of its own above the engine's
+ * table, [conns_max, conns_max + udp_devices_max), opened by the first datagram that reaches
+ * the owner shard (its state is loaded as for a handshake, without an answer) and closed after
+ * state_idle_s quiet with nothing unacknowledged (idle_timeout_s when that is 0), or as a
+ * connection is closed (session_close). A device already connected over TCP keeps its
+ * connection's slot: its datagrams use it, so a device has one window whichever way it sends. */
 #ifndef AVLGATE_GATEWAY_SESSION_H
 #define AVLGATE_GATEWAY_SESSION_H
 
@@ -68,7 +75,10 @@ enum {
 };
 
 struct sessions {
-    struct dev *devs;       /* conns_max, indexed by engine slot */
+    struct dev *devs;   /* slots: engine slots, then the UDP devices' */
+    uint32_t slots;     /* conns_max + udp_devices_max */
+    uint32_t *udp_free; /* free UDP device slots, a stack */
+    uint32_t udp_free_len;
     struct imap owned;      /* IMEI -> slot of the devices this shard owns */
     struct dedup_pool wins; /* one window per connection slot */
     /* Devices whose state load waits to be sent (control link down or full): engine keys. */
@@ -98,6 +108,22 @@ static inline struct dev *session_dev(const struct shard *s, uint32_t slot)
 {
     return &s->sess->devs[slot];
 }
+
+/* Whether slot is a UDP device's (no connection behind it). */
+static inline bool session_is_udp(const struct shard *s, uint32_t slot)
+{
+    return slot >= s->cfg->conns_max;
+}
+
+/* Closes the connection on (slot, gen) (engine_close: on_close follows), or a UDP device's slot
+ * at once. Returns 0, or -ESTALE when it is gone already. */
+int session_close(struct shard *s, uint32_t slot, uint32_t gen);
+
+/* A datagram of imei, which this shard owns and which has no slot: opens a UDP device and loads
+ * its state (DEV_LOADING). Returns its slot, or -1 when every UDP device slot is taken. */
+int64_t session_udp_open(struct shard *s, uint64_t imei);
+/* UDP devices open now. */
+uint32_t session_udp_devices(const struct shard *s);
 
 /* The engine opened a connection (accepted, or handed over: the caller then calls
  * session_handshake with the handoff key's IMEI). */

@@ -55,6 +55,12 @@ struct ingest_config {
     uint32_t cmd_timeout_s;  /* wait this long for an answer before sending again */
     uint32_t cmd_attempts;   /* sends before a command fails */
     uint32_t registry_ttl_s; /* TTL of avlgate:dev:{imei}, refreshed every third of it */
+    /* UDP (gateway/udp.c): udp false: no UDP socket. */
+    bool udp;
+    struct sockaddr_storage udp_addr;
+    socklen_t udp_addr_len;
+    uint32_t udp_devices_max; /* devices known over UDP only, per shard */
+    uint32_t udp_bytes_max;   /* the longest datagram taken */
 };
 
 /* Why a connection was replaced by a second one of the same IMEI (session.c), as
@@ -66,6 +72,21 @@ enum replaced_reason {
     REPLACED_UNKNOWN_ADDRESS,
     REPLACED_REASONS
 };
+
+/* Why a datagram was not taken although it was valid (udp.c), as
+ * avlgate_udp_datagrams_dropped_total{reason} says. Never acknowledged: the device sends it again.
+ */
+enum udp_drop {
+    UDP_DROP_BACKLOG_FULL,   /* no room to keep it while its device's state loads or the ring
+                                is full, or to hand it to its owner shard */
+    UDP_DROP_DEVICES_FULL,   /* a new device and --udp-devices-max reached */
+    UDP_DROP_UNKNOWN_DEVICE, /* --devices known and the IMEI is not enabled */
+    UDP_DROP_DEFERRED,       /* its device's rows could not be written in time (batch.c) */
+    UDP_DROPS
+};
+
+/* Invalid datagrams (never acknowledged) by reason: codec errors at -err (avl.h), and these. */
+enum { UDP_INVALID_TOO_LONG = 30, UDP_INVALID_IMEI_RANGE = 31, UDP_INVALID_REASONS = 32 };
 
 /* The fields of a record that may be stored NULL: records_out_of_range's index. */
 enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };
@@ -92,6 +113,12 @@ struct ingest_stats {
     uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
     uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
     uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
+    /* UDP: datagrams received here, handed to their owner shard, taken into a batch,
+     * acknowledged, all of whose records were already stored, invalid, dropped. */
+    uint64_t udp_received, udp_handed_off, udp_taken, udp_acked, udp_duplicate;
+    uint64_t udp_invalid[UDP_INVALID_REASONS];
+    uint64_t udp_dropped[UDP_DROPS];
+    uint64_t udp_devices; /* gauge: devices over UDP only, open now */
     /* Gauges and copies the shard publishes every loop turn (stat_set). */
     uint64_t conns_open, ring_busy, ring_batches;
     uint64_t pg_up[2], pg_connects[2], pg_disconnects[2], pg_connect_failures[2];

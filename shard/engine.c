@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shard/dgram.h"
 #include "shard/spsc.h"
 #include "shard/stat.h"
 #include "shard/uring.h"
@@ -68,6 +69,9 @@ enum op {
     OP_MAIL_WAKE,    /* this ring's MSG_RING that woke another shard */
     OP_CONNECT,      /* engine_connect's IORING_OP_CONNECT on the fixed file */
     OP_PEER,         /* payload: a sequence number; engine_peer_addr reads it in the CQ */
+    OP_UDP_RECV,     /* the UDP socket's multishot recvmsg */
+    OP_UDP_SEND,     /* payload: the send slot */
+    OP_UDP_CANCEL,   /* engine_udp_pause's cancel of the recvmsg */
 };
 
 #define GEN_MASK     ENGINE_GEN_MASK
@@ -189,6 +193,7 @@ enum {
     CQE_BATCH = 256,
     WAIT_BATCH_CQES = 64, /* with min_wait: completions that end the wait at once */
     BGID = 0,
+    UDP_BGID = 1,
     WAIT_MS_MAX = 100,
     SWEEP_MS = 1000,
     REASM_CLASS_MIN_BYTES = 2048, /* the smallest class: a Teltonika packet (<= 1280 bytes) */
@@ -262,6 +267,11 @@ struct engine {
     /* What the kernel writes engine_peer_addr's answer into: the engine's, not the caller's, so
      * that a request still queued after the wait ran out can never write into a stack gone. */
     struct sockaddr_storage peer_buf;
+
+    /* UDP (dgram.h): the socket, its recvmsg armed, paused by the application, closed for
+     * good (stop accepting). */
+    struct dgram *dg;
+    bool udp_armed, udp_paused, udp_closed;
 };
 
 static const char *const close_reason_names[ENGINE_CLOSE_REASONS] = {
@@ -1289,6 +1299,93 @@ void engine_set_mailboxes(struct engine *e, struct engine *const *all, unsigned 
         e->outbox[i] = i == e->cfg.shard ? NULL : all[i]->inbox[e->cfg.shard];
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * UDP (dgram.h): the recvmsg armed while neither paused nor closed; each datagram offered to
+ * the application and its buffer given back at once.
+ * ------------------------------------------------------------------------------------------- */
+
+static void udp_arm(struct engine *e)
+{
+    if (!e->dg || e->udp_armed || e->udp_paused || e->udp_closed)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(e);
+    dgram_prep_recv(e->dg, sqe);
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_UDP_RECV, 0));
+    e->udp_armed = true;
+}
+
+static void on_udp_recv(struct engine *e, const struct cqe_copy *q)
+{
+    if (!(q->flags & IORING_CQE_F_MORE))
+        e->udp_armed = false; /* re-armed at the end of the loop turn (udp_arm) */
+    if (q->res == -ENOBUFS)
+        stat_add(&e->stats.udp_enobufs, 1);
+    if (!(q->flags & IORING_CQE_F_BUFFER))
+        return;
+    struct dgram_in in;
+    if (q->res >= 0 && dgram_read(e->dg, q->res, q->flags, &in)) {
+        stat_add(&e->stats.udp_received, 1);
+        stat_add(&e->stats.udp_truncated, in.truncated ? 1 : 0);
+        e->cfg.ops->on_datagram(e->cfg.app, e, in.p, in.len, in.truncated, in.from, in.from_len);
+    } else {
+        in.bid = (uint16_t)(q->flags >> IORING_CQE_BUFFER_SHIFT);
+        stat_add(&e->stats.udp_bad_buffers, 1);
+    }
+    dgram_recycle(e->dg, in.bid);
+}
+
+static void on_udp_send(struct engine *e, const struct cqe_copy *q)
+{
+    dgram_send_done(e->dg, (int)(q->user_data & PAYLOAD_MASK));
+    stat_add(q->res < 0 ? &e->stats.udp_send_errors : &e->stats.udp_sent, 1);
+}
+
+int engine_udp_send(struct engine *e, const struct sockaddr *to, socklen_t to_len, const void *p,
+                    size_t len)
+{
+    if (!e->dg || len > ENGINE_UDP_SEND_BYTES_MAX || to_len > sizeof(struct sockaddr_in6))
+        return -EINVAL;
+    int slot = dgram_send_slot(e->dg);
+    if (slot < 0) {
+        stat_add(&e->stats.udp_send_full, 1);
+        return -ENOBUFS;
+    }
+    struct io_uring_sqe *sqe = get_sqe(e);
+    dgram_prep_send(e->dg, slot, sqe, to, to_len, p, len);
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_UDP_SEND, (uint64_t)slot));
+    return 0;
+}
+
+static void udp_cancel(struct engine *e)
+{
+    if (!e->udp_armed)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(e);
+    io_uring_prep_cancel64(sqe, ud_payload(OP_UDP_RECV, 0), 0);
+    io_uring_sqe_set_data64(sqe, ud_payload(OP_UDP_CANCEL, 0));
+}
+
+void engine_udp_pause(struct engine *e)
+{
+    if (!e->dg || e->udp_paused)
+        return;
+    e->udp_paused = true;
+    udp_cancel(e);
+}
+
+void engine_udp_resume(struct engine *e)
+{
+    if (!e->dg || !e->udp_paused)
+        return;
+    e->udp_paused = false;
+    /* A cancel still in flight ends the old recvmsg; udp_arm then starts a new one. */
+}
+
+int engine_udp_local_addr(const struct engine *e, struct sockaddr_storage *out, socklen_t *len)
+{
+    return e->dg ? dgram_local_addr(e->dg, out, len) : -EINVAL;
+}
+
 static void dispatch(struct engine *e, const struct cqe_copy *q)
 {
     switch (ud_op(q->user_data)) {
@@ -1326,6 +1423,14 @@ static void dispatch(struct engine *e, const struct cqe_copy *q)
         break;
     case OP_MAIL:
         mail_drain(e, (unsigned)(q->user_data & PAYLOAD_MASK));
+        break;
+    case OP_UDP_RECV:
+        on_udp_recv(e, q);
+        break;
+    case OP_UDP_SEND:
+        on_udp_send(e, q);
+        break;
+    case OP_UDP_CANCEL:
         break;
     default:
         assert(!"unknown op in user_data");
@@ -1716,6 +1821,10 @@ void engine_stop(struct engine *e)
 
 void engine_stop_accepting(struct engine *e)
 {
+    if (e->dg && !e->udp_closed) {
+        e->udp_closed = true;
+        udp_cancel(e);
+    }
     if (e->accept_armed) {
         struct io_uring_sqe *sqe = get_sqe(e);
         io_uring_prep_cancel64(sqe, ud_payload(OP_ACCEPT, 0), 0);
@@ -1743,16 +1852,40 @@ static void begin_stop(struct engine *e)
     }
 }
 
+/* After a turn's completions: buffers given back, receives re-armed, timers, the application's
+ * tick, the other shards woken. */
+static void turn_end(struct engine *e)
+{
+    if (e->br_pending) {
+        io_uring_buf_ring_advance(e->br, (int)e->br_pending);
+        e->br_pending = 0;
+    }
+    if (e->dg)
+        dgram_flush(e->dg);
+    rearm_all(e);
+    identify_expire(e);
+    if (e->now_ns >= e->next_sweep_ns) {
+        sweep(e);
+        reasm_sweep(e);
+        e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
+    }
+    e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
+    udp_arm(e);
+    mail_wake(e);
+}
+
 int engine_run(struct engine *e)
 {
     if (e->listen_fd >= 0)
         arm_accept(e);
+    udp_arm(e);
     e->now_ns = engine_clock_ns();
     e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
     for (;;) {
         if (atomic_load_explicit(&e->stopping, memory_order_relaxed) && !e->stop_started)
             begin_stop(e);
-        if (e->stop_started && e->conns_open == 0 && e->conns_dialing == 0 && !e->accept_armed)
+        if (e->stop_started && e->conns_open == 0 && e->conns_dialing == 0 && !e->accept_armed &&
+            !e->udp_armed && (!e->dg || dgram_sends_in_flight(e->dg) == 0))
             break;
 
         uint64_t now = engine_clock_ns();
@@ -1793,19 +1926,7 @@ int engine_run(struct engine *e)
         for (unsigned i = 0; i < n; i++)
             dispatch(e, &e->cqes[i]);
 
-        if (e->br_pending) {
-            io_uring_buf_ring_advance(e->br, (int)e->br_pending);
-            e->br_pending = 0;
-        }
-        rearm_all(e);
-        identify_expire(e);
-        if (e->now_ns >= e->next_sweep_ns) {
-            sweep(e);
-            reasm_sweep(e);
-            e->next_sweep_ns = e->now_ns + SWEEP_MS * 1000000ull;
-        }
-        e->app_deadline_ns = e->cfg.ops->on_tick(e->cfg.app, e, e->now_ns);
-        mail_wake(e);
+        turn_end(e);
     }
     return 0;
 }
@@ -2061,6 +2182,30 @@ static int mailboxes_setup(struct engine *e, char *err, size_t err_cap)
     return 0;
 }
 
+static int udp_setup(struct engine *e, char *err, size_t err_cap)
+{
+    const struct engine_config *cfg = &e->cfg;
+    if (!cfg->udp)
+        return 0;
+    if (!cfg->ops->on_datagram) {
+        snprintf(err, err_cap, "UDP asked for without on_datagram");
+        return -EINVAL;
+    }
+    struct dgram_config dc = {
+        .addr = cfg->udp_addr,
+        .addr_len = cfg->udp_addr_len,
+        .bufs = cfg->udp_bufs ? cfg->udp_bufs : 256,
+        .bytes_max = cfg->udp_bytes_max ? cfg->udp_bytes_max : 4096,
+        .sends = cfg->udp_sends ? cfg->udp_sends : 1024,
+        .bgid = UDP_BGID,
+    };
+    char why[192];
+    int ret = dgram_open(&e->dg, &e->ring, &dc, why, sizeof why);
+    if (ret)
+        snprintf(err, err_cap, "shard %u: %s", cfg->shard, why);
+    return ret;
+}
+
 static int check_config(const struct engine_config *cfg, char *err, size_t err_cap)
 {
     struct rlimit rl;
@@ -2150,6 +2295,9 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
         if (ret)
             goto err;
     }
+    ret = udp_setup(e, err, err_cap);
+    if (ret)
+        goto err;
     *out = e;
     return 0;
 err:
@@ -2163,6 +2311,7 @@ void engine_free(struct engine *e)
         return;
     if (e->listen_fd >= 0)
         close(e->listen_fd);
+    dgram_free(e->dg, &e->ring);
     if (e->ring.ring_fd >= 0)
         io_uring_queue_exit(&e->ring);
     if (e->br)

@@ -8,7 +8,9 @@
  * given back to the system when no longer used); sends (one in flight per connection: small ones
  * copied, large ones by reference); outbound connections (engine_connect) into slots of the
  * same table; idle, frame and connect timers; readiness polls for the application's own
- * sockets (PostgreSQL, Redis); and socket handoff to another shard with IORING_OP_MSG_RING.
+ * sockets (PostgreSQL, Redis); socket handoff to another shard with IORING_OP_MSG_RING; and,
+ * when asked, a UDP socket of the shard's own (dgram.h): multishot recvmsg from a second
+ * provided buffer ring, each datagram offered to on_datagram, replies by sendmsg.
  *
  * The application (the gateway, loadgen) is called through one table of operations, from
  * the shard's thread only, after each batch of completions has been copied out of the CQ.
@@ -154,6 +156,12 @@ struct engine_ops {
      * returns; on_open and on_close are never called for it. May be NULL when the application
      * never dials. */
     void (*on_connect_failed)(void *app, struct engine *e, uint64_t key, int err);
+    /* A datagram arrived on the shard's UDP socket: p[0 .. len-1] (at most udp_bytes_max; when
+     * truncated, the datagram was longer and only its start is here), from `from`. Both are
+     * valid only during the call (the buffer goes back to the ring after it). May be NULL when
+     * the engine has no UDP socket. */
+    void (*on_datagram)(void *app, struct engine *e, const uint8_t *p, size_t len, bool truncated,
+                        const struct sockaddr *from, socklen_t from_len);
 };
 
 struct engine_config {
@@ -198,6 +206,14 @@ struct engine_config {
     uint32_t wait_batch_us;
     bool pin; /* pin the calling thread to CPU `shard` */
 
+    /* UDP: a SO_REUSEPORT socket of the shard's bound to udp_addr (udp == false: none). */
+    bool udp;
+    struct sockaddr_storage udp_addr;
+    socklen_t udp_addr_len;
+    uint32_t udp_bufs;      /* receive buffers, a power of two (0: 256) */
+    uint32_t udp_bytes_max; /* the longest datagram delivered whole (0: 4096; at most 65535) */
+    uint32_t udp_sends;     /* replies in flight at most (0: 1024) */
+
     const struct engine_ops *ops;
     void *app;
 };
@@ -214,6 +230,11 @@ struct engine_stats {
     /* Reassembly memory: class bytes held now (gauge) and at most, bytes given back to the
      * system (madvise). reasm_used_max above counts buffers. */
     uint64_t reasm_bytes, reasm_bytes_peak, reasm_released_bytes;
+    /* UDP: datagrams received (truncated ones included) and truncated, receive re-arms after
+     * the buffers ran out, buffers that could not be read; replies sent, failed, and refused
+     * for want of a send slot. */
+    uint64_t udp_received, udp_truncated, udp_enobufs, udp_bad_buffers;
+    uint64_t udp_sent, udp_send_errors, udp_send_full;
 } __attribute__((aligned(64)));
 
 /* Creates the ring (SINGLE_ISSUER | DEFER_TASKRUN, falling back to COOP_TASKRUN, then to
@@ -277,6 +298,21 @@ int engine_send_ref(struct engine *e, uint32_t slot, uint32_t gen, const void *p
  * setsockopt() or bind() errors such as -EADDRNOTAVAIL; io_uring_register_files_update). */
 int engine_connect(struct engine *e, const struct sockaddr *dst, socklen_t dst_len,
                    const struct sockaddr *src, socklen_t src_len, uint64_t key);
+
+/* Sends len (<= ENGINE_UDP_SEND_BYTES_MAX) bytes from the shard's UDP socket to `to` (copied).
+ * Returns 0, -ENOBUFS (every send slot in flight: counted in udp_send_full; nothing sent) or
+ * -EINVAL (no UDP socket, or len or to_len too long). A send that fails later is counted in
+ * udp_send_errors: a datagram may be lost anyway, and the peer asks again. */
+#define ENGINE_UDP_SEND_BYTES_MAX 64
+int engine_udp_send(struct engine *e, const struct sockaddr *to, socklen_t to_len, const void *p,
+                    size_t len);
+/* Stops taking datagrams (the multishot recvmsg is cancelled; what the kernel queues meanwhile
+ * waits in the socket's buffer and beyond it is dropped by the kernel), and starts again.
+ * Datagrams already completed are still delivered after a pause. */
+void engine_udp_pause(struct engine *e);
+void engine_udp_resume(struct engine *e);
+/* The UDP socket's bound address (its port when udp_addr asked for 0). Returns 0 or -errno. */
+int engine_udp_local_addr(const struct engine *e, struct sockaddr_storage *out, socklen_t *len);
 
 /* Closes the connection (on_close follows with ENGINE_CLOSE_APP). -ESTALE if already gone. */
 int engine_close(struct engine *e, uint32_t slot, uint32_t gen);

@@ -312,7 +312,7 @@ static const char *udp_invalid_reason(unsigned r)
 static void render_udp(struct out *o, const struct ingest_shared *sh)
 {
     static const char *const drops[UDP_DROPS] = {"backlog_full", "devices_full", "unknown_device",
-                                                 "deferred"};
+                                                 "deferred", "device_closed"};
     family(o, "avlgate_udp_datagrams_invalid_total", "counter",
            "Datagrams refused (never acknowledged), by reason.");
     for (unsigned i = 0; i < sh->cfg->shards; i++)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "codec/avl.h"
 #include "gateway/prom_hist.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
@@ -89,6 +90,7 @@ enum udp_drop {
 
 /* Invalid datagrams (never acknowledged) by reason: codec errors at -err (avl.h), and these. */
 enum { UDP_INVALID_TOO_LONG = 30, UDP_INVALID_IMEI_RANGE = 31, UDP_INVALID_REASONS = 32 };
+_Static_assert(-AVL_E_ERR_MIN < UDP_INVALID_TOO_LONG, "the codec's errors come first");
 
 /* The fields of a record that may be stored NULL: records_out_of_range's index. */
 enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };

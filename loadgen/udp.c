@@ -13,7 +13,9 @@
  * "connected", for the timeline and the summary (the TCP figure's nearest meaning): the devices
  * whose last datagram was acknowledged within --udp-retry-ms (UF_LIVE): a device leaves when
  * its retry fires and comes back with its next ACK. connect_all_s: when every device had its
- * first ACK. There is no handshake; the connect histogram stays empty.
+ * first ACK. There is no handshake; the connect histogram stays empty. The ACK latency runs
+ * from the send of the attempt in flight, as TCP's from the write after the reconnect: a packet
+ * acknowledged after a re-send does not count its retry wait (resends counts those).
  *
  * Invariants: a device in UDEV_SENT has exactly one timer (its retry, or the 1 ms wait of a
  * re-send the socket refused); an ACK moves a device only when it is UDEV_SENT and the ACK's
@@ -129,7 +131,7 @@ static void udp_send(struct worker *w, uint32_t di, uint64_t now)
     }
     d->state = UDEV_SENT;
     d->pkt_records = (uint8_t)n;
-    d->t_ns = engine_clock_ns(); /* the ACK latency runs from the datagram's send */
+    d->t_ns = engine_clock_ns(); /* the ACK latency runs from this attempt's send */
     timers_set(&w->timers, di, now + f->ack_timeout_ns);
 }
 

@@ -186,11 +186,12 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
     if (!reload && s->cfg->devices_known &&
         (PQgetisnull(res, 0, 2) || strcmp(PQgetvalue(res, 0, 2), "t") != 0)) {
         if (udp) {
-            stat_add(&s->st->udp_dropped[UDP_DROP_UNKNOWN_DEVICE], 1);
-        } else {
-            stat_add(&s->st->handshake_rejected, 1);
-            send_reply(s, slot, gen, 0x00);
+            d->state = DEV_REFUSED; /* its datagrams are counted by udp.c */
+            d->last_packet_s = shard_now_s(s);
+            return false;
         }
+        stat_add(&s->st->handshake_rejected, 1);
+        send_reply(s, slot, gen, 0x00);
         session_close(s, slot, gen);
         return false;
     }
@@ -306,8 +307,10 @@ static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
     d->dormant = false;
     dedup_win_drop(&ss->wins, &d->win);
     if (old >= 0 && (uint32_t)old != slot) {
-        /* A second connection replaces the first; its state is the freshest there is. */
-        count_replaced(s, (uint32_t)old, slot, imei);
+        /* A second connection replaces the first; its state is the freshest there is. A device
+         * known over UDP only that connects is not a replacement. */
+        if (!session_is_udp(s, (uint32_t)old))
+            count_replaced(s, (uint32_t)old, slot, imei);
         session_close(s, (uint32_t)old, ss->devs[old].gen);
     }
     imap_put(&ss->owned, imei, slot);
@@ -388,7 +391,7 @@ void session_on_close(struct shard *s, uint32_t slot, uint32_t gen)
     struct sessions *ss = s->sess;
     struct dev *d = &ss->devs[slot];
     assert(d->gen == gen);
-    if (dev_owned(d) && imap_get(&ss->owned, d->imei) == (int64_t)slot)
+    if ((dev_owned(d) || d->state == DEV_REFUSED) && imap_get(&ss->owned, d->imei) == (int64_t)slot)
         imap_del(&ss->owned, d->imei);
     dedup_win_drop(&ss->wins, &d->win);
     d->dormant = false;
@@ -415,6 +418,9 @@ static void allowlist_start(struct shard *s)
     if (gen == ss->allow_gen || ss->allow_in_flight)
         return;
     ss->allow_gen = gen;
+    for (uint32_t slot = s->cfg->conns_max; slot < ss->slots; slot++)
+        if (ss->devs[slot].state == DEV_REFUSED)
+            session_close(s, slot, ss->devs[slot].gen); /* enabled since? the next datagram asks */
     if (s->cfg->devices_known) {
         ss->allow_cursor = 0;
         ss->allow_checked = 0;
@@ -526,7 +532,8 @@ static void close_idle_udp(struct shard *s, uint32_t idle)
     uint32_t now = shard_now_s(s);
     for (uint32_t slot = s->cfg->conns_max; slot < ss->slots; slot++) {
         struct dev *d = &ss->devs[slot];
-        if (d->state == DEV_OPEN && d->unacked == 0 && now - d->last_packet_s >= idle)
+        bool quiet = (d->state == DEV_OPEN && d->unacked == 0) || d->state == DEV_REFUSED;
+        if (quiet && now - d->last_packet_s >= idle)
             session_close(s, slot, d->gen);
     }
 }

@@ -36,8 +36,10 @@ extern "C" {
 /* DEV_HANDSHAKE: accepted, no IMEI yet. DEV_LOADING: handshake in, state load in flight, not
  * answered yet. DEV_OPEN: answered 0x01, packets flow. DEV_RELOADING: an open device whose window
  * was released while it was quiet sent a packet; the connection is held (ENGINE_HOLD, the bytes
- * kept by the engine) until its state is loaded again. */
-enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING };
+ * kept by the engine) until its state is loaded again. DEV_REFUSED: a UDP device whose load said
+ * it is not enabled (--devices known): its datagrams are dropped (counted) without another load
+ * until it is closed — quiet for the idle period, a SIGHUP, or a TCP connection of the IMEI. */
+enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING, DEV_REFUSED };
 
 /* A connection's session. Small on purpose (an idle connection costs this, its engine slot, its
  * IMEI map cell and delivery.c's per-connection state): the duplicate-detection window lives in

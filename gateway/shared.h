@@ -83,8 +83,8 @@ enum udp_drop {
     UDP_DROP_DEVICES_FULL,   /* a new device and --udp-devices-max reached */
     UDP_DROP_UNKNOWN_DEVICE, /* --devices known and the IMEI is not enabled */
     UDP_DROP_DEFERRED,       /* its device's rows could not be written in time (batch.c) */
-    UDP_DROP_DEVICE_CLOSED,  /* held for its device's state load, and the device went away (its
-                                load refused: unknown; or closed meanwhile) */
+    UDP_DROP_DEVICE_CLOSED,  /* held for its device's state load, and the device was closed
+                                meanwhile (replaced by a TCP connection, SIGHUP, ...) */
     UDP_DROPS
 };
 

@@ -106,6 +106,10 @@ static enum verdict take(struct shard *s, const struct avl_packet *pkt, const st
         return V_DONE;
     }
     struct dev *d = session_dev(s, (uint32_t)slot);
+    if (d->state == DEV_REFUSED) {
+        stat_add(&s->st->udp_dropped[UDP_DROP_UNKNOWN_DEVICE], 1);
+        return V_DONE;
+    }
     if (d->state != DEV_OPEN)
         return wait_load(s, slot, w);
     if (d->dormant) {
@@ -226,8 +230,8 @@ void udp_wake(struct shard *s)
         s->udp->retry = true;
 }
 
-/* What became of the device a held datagram waits for: still loading (hold on), gone (its
- * load refused — an unknown device — or closed meanwhile: drop), or ready (try it). */
+/* What became of the device a held datagram waits for: still loading (hold on), gone (closed
+ * meanwhile: drop), or ready (try it: open, or refused — then take() counts it). */
 enum waited { W_LOADING, W_GONE, W_READY };
 
 static enum waited waited_for(const struct shard *s, const struct udp_held *h)

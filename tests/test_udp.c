@@ -21,7 +21,8 @@
  *                 loaded from the database): still a duplicate.
  *   nat_rebind    one IMEI from four sockets in turn (a new source port each time): each ACK
  *                 goes to the socket that sent the datagram, the earlier ones get nothing; the
- *                 previous socket's datagram re-sent from the new one is a duplicate.
+ *                 previous socket's datagram re-sent from the new one is a duplicate; one
+ *                 datagram from two sockets at once: each copy ACKed to its own socket.
  *   sigkill       UDP trackers (one datagram in flight, re-sent until ACKed) while the gateway
  *                 is SIGKILLed three times and restarted: every ACKed packet stored, none twice
  *                 or in part, all stored at the end.
@@ -35,10 +36,20 @@
  *                 (a packet sent on one and re-sent on the other is a duplicate), UDP ACKs to
  *                 the datagram's address, no UDP device while a connection has the IMEI; then
  *                 TCP trackers and UDP trackers together: everything stored exactly once.
+ *   dormant       a TCP device whose window was released while quiet (--state-idle-s): a
+ *                 datagram of its IMEI reloads it and is taken under the connection; still one
+ *                 window both ways.
+ *   poison        a datagram the database refuses, twice at once in a batch with a good one:
+ *                 the good one ACKed, the poison never (nor its re-send later: its records are
+ *                 no duplicates), the device's next datagram served.
  *   devices_known --devices known: an enabled IMEI is served; an unknown and a disabled one
  *                 get no reply, each datagram counted once as unknown_device, nothing stored.
- *   udp_off       --udp off: no reply to a valid datagram (TCP still served); --udp HOST:PORT:
- *                 served there and not on the --listen port.
+ *   devices_full  --udp-devices-max 1: a second IMEI on the same shard dropped (devices_full,
+ *                 no reply) until the first is closed as idle, then served.
+ *   udp_off       --udp off: no reply to a valid datagram (TCP still served).
+ *   udp_moved     --udp HOST:PORT: served there and not on the --listen port.
+ *   burst         2,500 new devices at once, each re-sending until ACKed (held copies past
+ *                 half the slab, the socket paused, the kernel dropping): all stored once.
  *
  * Every wait is bounded; a wait for a reply that must not come lasts QUIET_MS. No timing goal is
  * asserted. The gateway's output goes to test_udp_<case>.log in the build directory; a failing
@@ -62,6 +73,7 @@
 #include <unistd.h>
 
 #include "codec/avl.h"
+#include "gateway/router.h"
 #include "loadgen/packetgen.h"
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"
@@ -120,10 +132,12 @@ static void start(const char *const *extra)
 }
 
 static void fleet_free(struct fleet *f);
+static void burst_free(void);
 
 static int teardown(void **state)
 {
     (void)state;
+    burst_free();
     for (unsigned i = 0; i < T.socks_len; i++)
         udpdev_close(&T.socks[i]);
     T.socks_len = 0;
@@ -709,8 +723,7 @@ static void test_ack_lost(void **state)
     CHECK(metric(UDP_M("duplicate_total"), NULL, NULL) == 1, "one duplicate datagram");
 
     /* Quiet for --state-idle-s: the UDP device is closed; its window stays in device_state. */
-    double open = metric("avlgate_udp_devices", NULL, NULL);
-    CHECK(open == 1, "%.0f UDP devices open, want 1", open);
+    double open;
     uint64_t deadline = device_now_ms() + 15000;
     while ((open = metric("avlgate_udp_devices", NULL, NULL)) > 0 && device_now_ms() < deadline)
         device_sleep_ms(100); /* bounded polling of /metrics */
@@ -752,16 +765,25 @@ static void test_nat_rebind(void **state)
             send_acked(s[k], dg[k - 1], len[k - 1], RECS,
                        "the previous socket's packet re-sent from the new one");
     }
+    /* One more packet from the newest socket and the one before at once (a rebinding while
+     * a datagram is in flight): each copy's ACK goes to the socket that sent it. */
+    uint8_t last[DGRAM_BYTES];
+    size_t ll = dgram_series(imei, 0x4100, 0x20, AVL_CODEC_8E, ts + K * RECS * 1000, 4100, RECS,
+                             last, sizeof last);
+    CHECK(udpdev_send(s[K - 1], last, ll) == 0 && udpdev_send(s[K - 2], last, ll) == 0, "send");
+    expect_ack(s[K - 1], last, RECS, "one copy of a packet sent from two sockets at once");
+    expect_ack(s[K - 2], last, RECS, "the other copy, from the socket before");
     for (unsigned k = 0; k < K; k++)
         expect_silence(s[k], k == 0 ? QUIET_MS : 0, "an old socket after its own ACKs");
-    CHECK(rows_of(imei) == K * RECS, "%lld rows, want %u", rows_of(imei), K * RECS);
+    CHECK(rows_of(imei) == (K + 1) * RECS, "%lld rows, want %u", rows_of(imei), (K + 1) * RECS);
     CHECK(tags_repeated() == 0, "a record stored twice");
     for (unsigned k = 0; k < K; k++)
         expect_rows_of_dgram(dg[k], len[k]);
-    CHECK(metric(UDP_M("duplicate_total"), NULL, NULL) == K - 1, "duplicate datagrams");
+    expect_rows_of_dgram(last, ll);
+    CHECK(metric(UDP_M("duplicate_total"), NULL, NULL) == K, "duplicate datagrams");
     CHECK(metric("avlgate_udp_devices", NULL, NULL) == 1, "one UDP device for the IMEI");
     print_message("nat_rebind: %.0f of %u datagrams handed to the other shard\n",
-                  metric(UDP_M("handed_off_total"), NULL, NULL), 2 * K - 1);
+                  metric(UDP_M("handed_off_total"), NULL, NULL), 2 * K + 1);
 }
 
 /* ---- sigkill ------------------------------------------------------------------------------ */
@@ -798,6 +820,82 @@ static void test_sigkill(void **state)
     CHECK(rows_total() == (long long)total * f->records, "%lld rows, want %u", rows_total(),
           total * f->records);
     fleet_print(f, "sigkill");
+}
+
+/* ---- burst -------------------------------------------------------------------------------- */
+
+enum { BURST_DEVICES = 2500, BURST_PER = 2, BURST_BYTES = 256, BURST_CHUNK = 250 };
+
+struct burst {
+    struct udptrk t[BURST_DEVICES];
+    struct udptrk_pkt p[BURST_DEVICES][BURST_PER];
+    uint8_t bytes[BURST_DEVICES][BURST_PER][BURST_BYTES];
+    unsigned opened;
+};
+
+static struct burst *B;
+
+static void burst_free(void)
+{
+    for (unsigned i = 0; B && i < B->opened; i++)
+        udptrk_stop(&B->t[i]);
+    free(B);
+    B = NULL;
+}
+
+static unsigned burst_acked(void)
+{
+    unsigned a = 0;
+    for (unsigned i = 0; i < B->opened; i++)
+        a += B->t[i].acked;
+    return a;
+}
+
+/* Many new devices at once, each re-sending until ACKed: their first datagrams wait for state
+ * loads, more than half the held copies; the socket is paused, some are dropped (counted), and
+ * the re-sends bring everything in: every packet stored exactly once, every ACK right. */
+static void test_burst(void **state)
+{
+    (void)state;
+    begin("burst");
+    start(NULL);
+    B = calloc(1, sizeof *B);
+    assert_non_null(B);
+    uint64_t ts = gwproc_recent_ts_ms(&T.gw);
+    for (unsigned d = 0; d < BURST_DEVICES; d++) {
+        for (unsigned k = 0; k < BURST_PER; k++) {
+            size_t l = dgram_series(IMEI_BASE + 100000 + d, (uint16_t)(0xB000 + k), (uint8_t)k,
+                                    AVL_CODEC_8, ts + k * 1000, 10000000 + d * 10 + k, 1,
+                                    B->bytes[d][k], BURST_BYTES);
+            B->p[d][k] =
+                (struct udptrk_pkt){B->bytes[d][k], l, (uint16_t)(0xB000 + k), (uint8_t)k, 1, 0, 0};
+        }
+        CHECK(udptrk_init(&B->t[d], T.gw.port, B->p[d], BURST_PER) == 0, "socket %u", d);
+        B->t[d].resend_ms = 2000;
+        B->opened++;
+    }
+    uint64_t t0 = device_now_ms(), deadline = t0 + 120000;
+    while (burst_acked() < BURST_DEVICES * BURST_PER && device_now_ms() < deadline)
+        for (unsigned c = 0; c < BURST_DEVICES; c += BURST_CHUNK)
+            udptrks_poll(&B->t[c], BURST_CHUNK, c + BURST_CHUNK >= BURST_DEVICES ? 5 : 0);
+    unsigned sends = 0, late = 0, bad = 0;
+    for (unsigned d = 0; d < BURST_DEVICES; d++) {
+        sends += B->p[d][0].sends + B->p[d][1].sends;
+        late += B->t[d].late_acks;
+        bad += B->t[d].bad_acks + B->t[d].junk + B->t[d].dev.stray;
+    }
+    print_message("burst: %u devices x %u packets ACKed in %llu ms; %u datagrams sent, %u late "
+                  "ACKs; dropped: backlog_full %.0f, devices_full %.0f; received %.0f\n",
+                  BURST_DEVICES, BURST_PER, (unsigned long long)(device_now_ms() - t0), sends, late,
+                  metric(UDP_M("dropped_total"), "reason", "backlog_full"),
+                  metric(UDP_M("dropped_total"), "reason", "devices_full"),
+                  metric(UDP_M("received_total"), NULL, NULL));
+    CHECK(burst_acked() == BURST_DEVICES * BURST_PER, "%u of %u packets ACKed", burst_acked(),
+          BURST_DEVICES * BURST_PER);
+    CHECK(bad == 0, "%u wrong ACKs or stray replies", bad);
+    CHECK(rows_total() == BURST_DEVICES * BURST_PER, "%lld rows, want %u", rows_total(),
+          BURST_DEVICES * BURST_PER);
+    CHECK(tags_repeated() == 0, "a record stored twice");
 }
 
 /* ---- hostile ------------------------------------------------------------------------------ */
@@ -1047,6 +1145,40 @@ static void shared_imei(void)
     CHECK(metric(UDP_M("duplicate_total"), NULL, NULL) == 2, "duplicate datagrams");
 }
 
+/* A TCP device whose window was released while it was quiet (--state-idle-s): a datagram of
+ * its IMEI has the window loaded again and is taken under the connection; a packet sent on one
+ * way and re-sent the other is still a duplicate. */
+static void test_dormant(void **state)
+{
+    (void)state;
+    begin("dormant");
+    start((const char *const[]){"--state-idle-s", "1", NULL});
+    static struct both b;
+    both_make(&b, IMEI_BASE + 75);
+    struct device d;
+    struct udpdev *u = sock();
+    gwproc_dev_open(&T.gw, &d, b.imei);
+    gwproc_send_acked(&d, b.tf[0], b.tl[0], 2, 0, 0);
+    device_sleep_ms(3000); /* quiet for 1 s, looked at every 0.5 s: the window goes */
+    send_acked(u, b.ud[1], b.ul[1], 2, "packet 1 over UDP to the dormant device");
+    send_acked(u, b.ud[0], b.ul[0], 2, "packet 0 (sent over TCP) again over UDP");
+    CHECK(rows_of(b.imei) == 4, "%lld rows, want 4", rows_of(b.imei));
+    gwproc_send_acked(&d, b.tf[1], b.tl[1], 2, 0, 0);
+    gwproc_send_acked(&d, b.tf[2], b.tl[2], 2, 0, 0);
+    CHECK(device_quiet(&d), "the connection got more than its own ACKs");
+    device_close(&d);
+    CHECK(rows_of(b.imei) == 6, "%lld rows, want 6", rows_of(b.imei));
+    for (unsigned i = 0; i < 3; i++)
+        expect_rows_of_dgram(b.ud[i], b.ul[i]);
+    CHECK(metric("avlgate_udp_devices", NULL, NULL) == 0, "a UDP device beside the connection");
+    struct gwproc_stats st = gwproc_term(&T.gw);
+    long long released = gwproc_shard_sum(&T.gw, "windows_released");
+    long long reloads = gwproc_shard_sum(&T.gw, "state_reloads");
+    CHECK(released >= 1 && reloads >= 1, "windows released %lld, reloads %lld", released, reloads);
+    CHECK(st.stored == 6 && st.duplicates == 4, "stored %lld, duplicates %lld", st.stored,
+          st.duplicates);
+}
+
 /* TCP and UDP side by side: one IMEI both ways, then four TCP and four UDP trackers at once. */
 static void test_side_by_side(void **state)
 {
@@ -1066,6 +1198,22 @@ static void test_side_by_side(void **state)
     fleet_print(f, "side_by_side");
 }
 
+/* Another IMEI owned by the same shard as imei (the router is the gateway's), from start on. */
+static uint64_t same_shard_imei(uint64_t imei, uint64_t start)
+{
+    size_t bytes = router_storage_bytes(GWPROC_SHARDS, ROUTER_VNODES_DEFAULT);
+    bytes = (bytes + 63) / 64 * 64;
+    void *store = aligned_alloc(64, bytes);
+    assert_non_null(store);
+    struct router r;
+    assert_int_equal(router_init(&r, GWPROC_SHARDS, ROUTER_VNODES_DEFAULT, store, bytes), 0);
+    uint64_t x = start;
+    while (router_owner(&r, x) != router_owner(&r, imei))
+        x++;
+    free(store);
+    return x;
+}
+
 /* ---- poison ------------------------------------------------------------------------------- */
 
 /* A datagram the database refuses (a CHECK on event_id) in a batch with a good device's: the
@@ -1078,7 +1226,7 @@ static void test_poison(void **state)
     start((const char *const[]){"--batch-ms", "300", NULL});
     pgtest_exec(T.gw.db.conn, "ALTER TABLE telemetry.positions ADD CONSTRAINT poison"
                               " CHECK (event_id <> 4242)");
-    const uint64_t bad = IMEI_BASE + 42, good = IMEI_BASE + 43;
+    const uint64_t bad = IMEI_BASE + 42, good = same_shard_imei(bad, IMEI_BASE + 43);
     uint64_t ts = gwproc_recent_ts_ms(&T.gw);
     struct gwproc_rspec rs[3];
     for (unsigned i = 0; i < 3; i++)
@@ -1106,6 +1254,32 @@ static void test_poison(void **state)
     send_acked(ub, next, ln, 2, "the poison device's next datagram");
     CHECK(rows_of(bad) == 2, "the poison device's next datagram: %lld rows", rows_of(bad));
     CHECK(gwproc_running(&T.gw), "the gateway died");
+}
+
+/* --udp-devices-max 1: a second IMEI on the same shard is dropped (devices_full, no reply)
+ * while the first is open, and served once the first was closed as idle. */
+static void test_devices_full(void **state)
+{
+    (void)state;
+    begin("devices_full");
+    start((const char *const[]){"--udp-devices-max", "1", "--state-idle-s", "3", NULL});
+    const uint64_t a = IMEI_BASE + 50, b = same_shard_imei(a, IMEI_BASE + 51);
+    uint64_t ts = gwproc_recent_ts_ms(&T.gw);
+    uint8_t da[DGRAM_BYTES], db[DGRAM_BYTES];
+    size_t la = dgram_series(a, 0x5000, 1, AVL_CODEC_8, ts, 5000, 2, da, sizeof da);
+    size_t lb = dgram_series(b, 0x5100, 1, AVL_CODEC_8E, ts, 5100, 3, db, sizeof db);
+    struct udpdev *ua = sock(), *ub = sock();
+    send_acked(ua, da, la, 2, "the first UDP device of the shard");
+    send_unanswered(ub, db, lb, "a second UDP device on the same shard");
+    CHECK(metric(UDP_M("dropped_total"), "reason", "devices_full") == 1, "devices_full");
+    CHECK(rows_of(b) == 0, "the dropped datagram stored %lld rows", rows_of(b));
+    uint64_t deadline = device_now_ms() + 15000;
+    double open;
+    while ((open = metric("avlgate_udp_devices", NULL, NULL)) > 0 && device_now_ms() < deadline)
+        device_sleep_ms(100); /* bounded polling of /metrics */
+    CHECK(open == 0, "the idle UDP device was not closed within 15 s");
+    send_acked(ub, db, lb, 3, "the second device once the first was closed");
+    CHECK(rows_of(a) == 2 && rows_of(b) == 3, "rows %lld and %lld", rows_of(a), rows_of(b));
 }
 
 /* ---- devices_known, udp_off, udp_moved ---------------------------------------------------- */
@@ -1215,11 +1389,14 @@ int main(void)
         cmocka_unit_test_teardown(test_nat_rebind, teardown),
         cmocka_unit_test_teardown(test_hostile, teardown),
         cmocka_unit_test_teardown(test_side_by_side, teardown),
+        cmocka_unit_test_teardown(test_dormant, teardown),
         cmocka_unit_test_teardown(test_poison, teardown),
         cmocka_unit_test_teardown(test_devices_known, teardown),
+        cmocka_unit_test_teardown(test_devices_full, teardown),
         cmocka_unit_test_teardown(test_udp_off, teardown),
         cmocka_unit_test_teardown(test_udp_moved, teardown),
         cmocka_unit_test_teardown(test_sigkill, teardown),
+        cmocka_unit_test_teardown(test_burst, teardown),
     };
     /* By hand: TEST_UDP_FILTER=test_hostile (a cmocka pattern) runs matching cases only. */
     const char *filter = getenv("TEST_UDP_FILTER");

@@ -312,11 +312,14 @@ static const char *udp_invalid_reason(unsigned r)
 static void render_udp(struct out *o, const struct ingest_shared *sh)
 {
     static const char *const drops[UDP_DROPS] = {"backlog_full", "devices_full", "unknown_device",
-                                                 "deferred"};
+                                                 "deferred", "device_closed"};
     family(o, "avlgate_udp_datagrams_invalid_total", "counter",
            "Datagrams refused (never acknowledged), by reason.");
     for (unsigned i = 0; i < sh->cfg->shards; i++)
         for (unsigned r = 1; r < UDP_INVALID_REASONS; r++) {
+            if (r > (unsigned)-AVL_E_ERR_MIN && r != UDP_INVALID_TOO_LONG &&
+                r != UDP_INVALID_IMEI_RANGE)
+                continue; /* no reason has this index */
             uint64_t v = stat_read(&shard_stats(sh, i)->udp_invalid[r]);
             if (v)
                 put(o,

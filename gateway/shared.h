@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "codec/avl.h"
 #include "gateway/prom_hist.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
@@ -82,11 +83,14 @@ enum udp_drop {
     UDP_DROP_DEVICES_FULL,   /* a new device and --udp-devices-max reached */
     UDP_DROP_UNKNOWN_DEVICE, /* --devices known and the IMEI is not enabled */
     UDP_DROP_DEFERRED,       /* its device's rows could not be written in time (batch.c) */
+    UDP_DROP_DEVICE_CLOSED,  /* held for its device's state load, and the device went away (its
+                                load refused: unknown; or closed meanwhile) */
     UDP_DROPS
 };
 
 /* Invalid datagrams (never acknowledged) by reason: codec errors at -err (avl.h), and these. */
 enum { UDP_INVALID_TOO_LONG = 30, UDP_INVALID_IMEI_RANGE = 31, UDP_INVALID_REASONS = 32 };
+_Static_assert(-AVL_E_ERR_MIN < UDP_INVALID_TOO_LONG, "the codec's errors come first");
 
 /* The fields of a record that may be stored NULL: records_out_of_range's index. */
 enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };

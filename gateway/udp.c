@@ -21,6 +21,13 @@
 
 enum verdict { V_DONE, V_HOLD, V_HANDOFF };
 
+/* What a held datagram waits for: the state load of the device on (slot, gen), or (slot -1)
+ * room in the ring. */
+struct wait {
+    int64_t slot;
+    uint32_t gen;
+};
+
 /* ---------------------------------------------------------------------------------------------
  * The slab of copies
  * ------------------------------------------------------------------------------------------- */
@@ -78,24 +85,34 @@ static void count_invalid(struct shard *s, unsigned reason)
     stat_add(&s->st->udp_invalid[reason], 1);
 }
 
+/* Held until the state of the device on slot is loaded. */
+static enum verdict wait_load(struct shard *s, int64_t slot, struct wait *w)
+{
+    w->slot = slot;
+    w->gen = session_dev(s, (uint32_t)slot)->gen;
+    return V_HOLD;
+}
+
 /* The datagram's packet under its device's slot (this shard owns the IMEI). */
 static enum verdict take(struct shard *s, const struct avl_packet *pkt, const struct sockaddr *from,
-                         socklen_t from_len)
+                         socklen_t from_len, struct wait *w)
 {
     int64_t slot = imap_get(&s->sess->owned, pkt->imei);
     if (slot < 0) {
-        if (session_udp_open(s, pkt->imei) >= 0)
-            return V_HOLD; /* its state is loading */
+        slot = session_udp_open(s, pkt->imei);
+        if (slot >= 0)
+            return wait_load(s, slot, w);
         stat_add(&s->st->udp_dropped[UDP_DROP_DEVICES_FULL], 1);
         return V_DONE;
     }
     struct dev *d = session_dev(s, (uint32_t)slot);
     if (d->state != DEV_OPEN)
-        return V_HOLD;
+        return wait_load(s, slot, w);
     if (d->dormant) {
         session_reload(s, (uint32_t)slot); /* a TCP device's window, released while quiet */
-        return V_HOLD;
+        return wait_load(s, slot, w);
     }
+    w->slot = -1;
     if (s->paused)
         return V_HOLD; /* the ring is full: in arrival order, after what waits already */
     struct udp_reply r = {.to_len = from_len <= sizeof r.to ? from_len : (socklen_t)sizeof r.to,
@@ -118,10 +135,11 @@ static enum verdict take(struct shard *s, const struct avl_packet *pkt, const st
     return V_DONE;
 }
 
-/* Decodes, routes and takes one datagram; *owner and *imei say where a V_HANDOFF goes. */
+/* Decodes, routes and takes one datagram; *owner and *imei say where a V_HANDOFF goes, *w what
+ * a V_HOLD waits for. */
 static enum verdict process(struct shard *s, const uint8_t *p, size_t len,
                             const struct sockaddr *from, socklen_t from_len, unsigned *owner,
-                            uint64_t *imei)
+                            uint64_t *imei, struct wait *w)
 {
     struct avl_packet pkt;
     int rc = avl_decode_udp(p, len, &pkt, s->recs);
@@ -137,7 +155,7 @@ static enum verdict process(struct shard *s, const uint8_t *p, size_t len,
     *owner = router_owner(s->sh->router, pkt.imei);
     if (*owner != s->id)
         return V_HANDOFF;
-    return take(s, &pkt, from, from_len);
+    return take(s, &pkt, from, from_len, w);
 }
 
 void udp_on_datagram(struct shard *s, const uint8_t *p, size_t len, bool truncated,
@@ -151,7 +169,8 @@ void udp_on_datagram(struct shard *s, const uint8_t *p, size_t len, bool truncat
     }
     unsigned owner = 0;
     uint64_t imei = 0;
-    enum verdict v = process(s, p, len, from, from_len, &owner, &imei);
+    struct wait w = {.slot = -1};
+    enum verdict v = process(s, p, len, from, from_len, &owner, &imei, &w);
     if (v == V_DONE)
         return;
     struct udp_held *h = copy_of(u, p, len, from, from_len, imei);
@@ -160,6 +179,8 @@ void udp_on_datagram(struct shard *s, const uint8_t *p, size_t len, bool truncat
         return;
     }
     if (v == V_HOLD) {
+        h->wait_slot = w.slot;
+        h->wait_gen = w.gen;
         hold(u, h);
         return;
     }
@@ -179,13 +200,17 @@ static void process_copy(struct shard *s, struct udp_held *h)
 {
     unsigned owner = 0;
     uint64_t imei = 0;
-    enum verdict v =
-        process(s, h->bytes, h->len, (const struct sockaddr *)&h->from, h->from_len, &owner, &imei);
+    struct wait w = {.slot = -1};
+    enum verdict v = process(s, h->bytes, h->len, (const struct sockaddr *)&h->from, h->from_len,
+                             &owner, &imei, &w);
     assert(v != V_HANDOFF); /* decoded and routed here before */
-    if (v == V_HOLD)
+    if (v == V_HOLD) {
+        h->wait_slot = w.slot;
+        h->wait_gen = w.gen;
         hold(s->udp, h);
-    else
+    } else {
         release(h);
+    }
 }
 
 void udp_on_mail(struct shard *s, const void *msg)
@@ -201,11 +226,18 @@ void udp_wake(struct shard *s)
         s->udp->retry = true;
 }
 
-/* Whether a held datagram's device still waits for its state (no need to decode it again). */
-static bool still_loading(const struct shard *s, const struct udp_held *h)
+/* What became of the device a held datagram waits for: still loading (hold on), gone (its
+ * load refused — an unknown device — or closed meanwhile: drop), or ready (try it). */
+enum waited { W_LOADING, W_GONE, W_READY };
+
+static enum waited waited_for(const struct shard *s, const struct udp_held *h)
 {
-    int64_t slot = imap_get(&s->sess->owned, h->imei);
-    return slot >= 0 && dev_loading(session_dev(s, (uint32_t)slot));
+    if (h->wait_slot < 0)
+        return W_READY;
+    const struct dev *d = session_dev(s, (uint32_t)h->wait_slot);
+    if (d->gen != h->wait_gen || d->state == DEV_FREE)
+        return W_GONE;
+    return dev_loading(d) ? W_LOADING : W_READY;
 }
 
 /* One pass over the held datagrams, in order: each taken, dropped, or held again. */
@@ -218,10 +250,15 @@ static void retry_held(struct shard *s)
     u->retry = false;
     while (h) {
         struct udp_held *next = h->next;
-        if (still_loading(s, h) || s->paused)
+        enum waited w = waited_for(s, h);
+        if (w == W_GONE) {
+            stat_add(&s->st->udp_dropped[UDP_DROP_DEVICE_CLOSED], 1);
+            release(h);
+        } else if (w == W_LOADING || s->paused) {
             hold(u, h);
-        else
+        } else {
             process_copy(s, h);
+        }
         h = next;
     }
 }

@@ -43,6 +43,8 @@ struct udp_held {
     struct sockaddr_in6 from;
     socklen_t from_len;
     uint32_t len;
+    int64_t wait_slot; /* held for the state load of the device on (slot, gen); -1: for room */
+    uint32_t wait_gen;
     atomic_bool busy; /* set by the slab's shard when it copies, cleared by the last holder */
     uint8_t bytes[];
 };

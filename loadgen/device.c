@@ -1,14 +1,17 @@
-/* device.c — loadgen's simulated trackers on one worker's engine (device.h): each device's
- * state machine, its timers, the connect queue, the packet arena, and the engine's callbacks.
+/* device.c — loadgen's simulated trackers over TCP on one worker's engine (device.h): each
+ * device's state machine, the connect queue, the packet arena, and the engine's callbacks; and
+ * what a worker has on either transport: its sizing, its once-a-second publication and its ACK
+ * latencies (udp.c has the UDP devices, timers.c the timers, records.c the packets' records).
  *
- * A device (struct dev, 48 bytes) walks IDLE -> DIALING -> HANDSHAKE -> READY <-> PACKET
- * (-> DONE with --packets) and back to IDLE when its connection closes (dev_drop / on_close:
- * the one place a connection ends). It holds one packet in flight: the next only after the ACK
- * whose value equals the record count. A packet's bytes are not kept: they are regenerated
- * from (seed, device, packets acknowledged, records acknowledged), so a packet re-sent after a
- * reconnect is byte-identical, as a tracker's flash keeps it. While its bytes are being written
- * they live in a chunk of the worker's arena, sent by reference (engine_send_ref); the chunk
- * goes back when the last byte went (on_sent) or the connection died.
+ * A device (struct dev, 40 bytes, and its timer's place) walks IDLE -> DIALING -> HANDSHAKE ->
+ * READY <-> PACKET (-> DONE with --packets) and back to IDLE when its connection closes
+ * (dev_drop / on_close: the one place a connection ends). It holds one packet in flight: the
+ * next only after the ACK whose value equals the record count. A packet's bytes are not kept:
+ * they are regenerated from (seed, device, packets acknowledged, records acknowledged), so a
+ * packet re-sent after a reconnect is byte-identical, as a tracker's flash keeps it. While its
+ * bytes are being written they live in a chunk of the worker's arena, sent by reference
+ * (engine_send_ref); the chunk goes back when the last byte went (on_sent) or the connection
+ * died.
  *
  * Invariants: a device is in the connect queue at most once (DF_QUEUED) and has at most one
  * timer; at most one reference per connection is pending (slotinfo.ref), so a command reply
@@ -31,7 +34,7 @@
 #include <sys/mman.h>
 
 #include "codec/bytes.h"
-#include "loadgen/verify.h"
+#include "loadgen/records.h"
 
 /* ---------------------------------------------------------------------------------------------
  * Limits
@@ -41,7 +44,6 @@ enum {
     SERVER_FRAME_BYTES_MAX = 16384, /* the largest frame accepted from the gateway */
     CHUNKS_MAX = 8192,              /* packet buffers per worker */
     TIMERS_PER_TICK = 4096,         /* timers handled per loop turn, so I/O is never starved */
-    DEVICE_TEMPLATES = 64,          /* packetgen devices (IO id orders) the fleet is made of */
     SLOW_PIECE_BYTES_MAX = 32,      /* a slow device writes 4..32 bytes at a time */
     CMDLOG_TEXT_MAX = 512,
 };
@@ -88,7 +90,6 @@ struct dev {
     uint32_t pkt_acked;  /* packets acknowledged */
     uint32_t rec_acked;  /* records acknowledged: the first record of the packet in flight */
     uint64_t t_ns;       /* DIALING, HANDSHAKE: when the dial began; PACKET: when it was written */
-    uint32_t timer;      /* heap position + 1; 0: none */
     uint32_t pkt_bytes;  /* the packet in flight (0: none generated) */
     uint32_t write_off;  /* its bytes handed to the engine */
     uint8_t state;       /* enum dev_state */
@@ -100,7 +101,7 @@ struct dev {
     uint8_t replies;     /* command replies still to write */
 };
 
-_Static_assert(sizeof(struct dev) <= 64, "per-device state stays small");
+_Static_assert(sizeof(struct dev) <= 40, "per-device state stays small");
 
 enum ref_kind { REF_NONE = 0, REF_PACKET, REF_REPLY };
 
@@ -112,15 +113,11 @@ struct slotinfo {
     uint8_t ref;    /* enum ref_kind */
 };
 
-struct timer {
-    uint64_t at_ns;
-    uint32_t dev;
-};
-
 uint64_t counters_errors(const struct counters *c)
 {
     uint64_t n = c->rejected + c->bad_ack + c->bad_frame + c->unexpected_close + c->ack_timeout +
-                 c->handshake_timeout + c->malformed_acked;
+                 c->handshake_timeout + c->malformed_acked + c->udp_bad_count_acks +
+                 c->udp_send_errors;
     for (int k = 0; k < CE_KINDS; k++)
         n += c->connect_failed[k];
     return n;
@@ -151,6 +148,11 @@ void counters_add(struct counters *sum, const struct counters *c)
     sum->gprs_other += c->gprs_other;
     sum->arena_waits += c->arena_waits;
     sum->dial_slot_waits += c->dial_slot_waits;
+    sum->udp_datagrams += c->udp_datagrams;
+    sum->udp_stale_acks += c->udp_stale_acks;
+    sum->udp_bad_count_acks += c->udp_bad_count_acks;
+    sum->udp_send_waits += c->udp_send_waits;
+    sum->udp_send_errors += c->udp_send_errors;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -194,76 +196,6 @@ static bool dev_is_slow(const struct fleet *f, uint32_t g)
 {
     return f->o.slow > 0 &&
            (double)(mix64(f->o.seed ^ UINT64_C(0x51077) ^ g) >> 11) * 0x1p-53 < f->o.slow;
-}
-
-/* ---------------------------------------------------------------------------------------------
- * Timers: a binary min-heap of (deadline, device), at most one entry per device
- * ------------------------------------------------------------------------------------------- */
-
-static void heap_put(struct worker *w, uint32_t i, struct timer t)
-{
-    w->heap[i] = t;
-    w->devs[t.dev].timer = i + 1;
-}
-
-static uint32_t heap_up(struct worker *w, uint32_t i)
-{
-    struct timer t = w->heap[i];
-    while (i > 0) {
-        uint32_t parent = (i - 1) / 2;
-        if (w->heap[parent].at_ns <= t.at_ns)
-            break;
-        heap_put(w, i, w->heap[parent]);
-        i = parent;
-    }
-    heap_put(w, i, t);
-    return i;
-}
-
-static void heap_down(struct worker *w, uint32_t i)
-{
-    struct timer t = w->heap[i];
-    for (;;) {
-        uint32_t child = 2 * i + 1;
-        if (child >= w->heap_len)
-            break;
-        if (child + 1 < w->heap_len && w->heap[child + 1].at_ns < w->heap[child].at_ns)
-            child++;
-        if (w->heap[child].at_ns >= t.at_ns)
-            break;
-        heap_put(w, i, w->heap[child]);
-        i = child;
-    }
-    heap_put(w, i, t);
-}
-
-static void timer_set(struct worker *w, uint32_t di, uint64_t at_ns)
-{
-    struct dev *d = &w->devs[di];
-    if (d->timer) {
-        uint32_t i = d->timer - 1;
-        w->heap[i].at_ns = at_ns;
-        heap_down(w, heap_up(w, i));
-        return;
-    }
-    assert(w->heap_len < w->devs_len); /* one entry per device */
-    uint32_t i = w->heap_len++;
-    heap_put(w, i, (struct timer){at_ns, di});
-    heap_up(w, i);
-}
-
-static void timer_cancel(struct worker *w, uint32_t di)
-{
-    struct dev *d = &w->devs[di];
-    if (!d->timer)
-        return;
-    uint32_t i = d->timer - 1;
-    d->timer = 0;
-    uint32_t last = --w->heap_len;
-    if (i != last) {
-        heap_put(w, i, w->heap[last]);
-        heap_down(w, heap_up(w, i));
-    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -313,81 +245,17 @@ static uint32_t cq_pop(struct worker *w)
  * Packets: regenerated from (seed, device, packets and records acknowledged)
  * ------------------------------------------------------------------------------------------- */
 
-/* The time of the device's record `rec`: a day of backlog before the start when draining,
- * live from the start when paced, or going back in time (--newest-first). Strictly monotonic
- * per device, so every record differs from the others of its device. */
-static uint64_t record_ts_ms(const struct fleet *f, uint32_t g, uint32_t rec)
-{
-    uint64_t offset = mix64(f->o.seed ^ g) % f->step_ms;
-    uint64_t span = (uint64_t)rec * f->step_ms + offset;
-    if (f->o.newest_first)
-        return f->t0_wall_ms - span;
-    uint64_t start = f->period_ns ? f->t0_wall_ms : f->t0_wall_ms - 86400000u;
-    return start + span;
-}
-
-static int32_t clamp_lat(int64_t v)
-{
-    return (int32_t)(v > 850000000 ? 850000000 : v < -850000000 ? -850000000 : v);
-}
-
-static int32_t wrap_lon(int64_t v)
-{
-    while (v > 1800000000)
-        v -= 3600000000;
-    while (v < -1800000000)
-        v += 3600000000;
-    return (int32_t)v;
-}
-
-/* Writes the device's packet in flight into out (cap bytes): realistic records from
- * packetgen (codecs 8, 8E, 16 in turn), moved to the device's home area, stamped with the
- * device's record times and, with --verify, the sequence element. Returns the frame's bytes
- * and *records, or an avl_err. */
+/* Writes the device's packet in flight into out (cap bytes) as a TCP frame (records.h).
+ * Returns the frame's bytes and *records, or an avl_err. */
 static int make_packet(struct worker *w, uint32_t di, uint8_t *out, size_t cap, uint8_t *records)
 {
-    const struct fleet *f = w->fleet;
-    static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
     const struct dev *d = &w->devs[di];
-    uint32_t g = gidx(w, di);
-    /* A template device with this device's own salt (its static IO values), its stream
-     * seeded by the packet's number: the same bytes whenever this packet is made. */
-    w->gen = w->templates[g % DEVICE_TEMPLATES];
-    w->gen.device_salt = mix64(f->o.seed ^ UINT64_C(0x5A17) ^ g);
-    pktgen_reseed(&w->gen, mix64(f->o.seed ^ mix64((uint64_t)g << 32 | d->pkt_acked)));
-    uint8_t codec = codecs[(g + d->pkt_acked) % 3];
-    struct pktgen_packet *pkt = w->pkt;
-    unsigned n = pktgen_fill(&w->gen, PKTGEN_REALISTIC, codec, f->o.records, f->pkt_budget, pkt);
-    if (n == 0)
-        return AVL_E_NO_SPACE;
-    uint64_t home = mix64(f->o.seed ^ UINT64_C(0x40E) ^ g);
-    int64_t home_lon = (int64_t)(home % 3600000000u) - 1800000000;
-    int64_t home_lat = (int64_t)((home >> 32) % 1400000000u) - 700000000;
-    int64_t dlon = home_lon - pkt->recs[0].rec.lon_e7, dlat = home_lat - pkt->recs[0].rec.lat_e7;
-    uint32_t io_used = 0;
-    for (unsigned i = 0; i < n; i++) {
-        struct avl_record_src *src = &pkt->recs[i];
-        uint32_t rec = d->rec_acked + i;
-        src->rec.ts_ms = record_ts_ms(w->fleet, g, rec);
-        src->rec.lon_e7 = wrap_lon(src->rec.lon_e7 + dlon);
-        src->rec.lat_e7 = clamp_lat(src->rec.lat_e7 + dlat);
-        if (!f->o.verify)
-            continue;
-        /* The record's IO without any element of the sequence id, then the sequence in the
-         * 8-byte group: packetgen's own output stays as it is for its other callers. */
-        struct avl_io_elem *io = w->io + io_used;
-        uint16_t k = 0;
-        for (uint16_t j = 0; j < src->io_len; j++)
-            if (src->io[j].id != VERIFY_IO_ID)
-                io[k++] = src->io[j];
-        io[k++] = (struct avl_io_elem){
-            .id = VERIFY_IO_ID, .width = 8, .value = verify_seq(f->nonce, g, rec)};
-        src->io = io;
-        src->io_len = k;
-        io_used += k;
-    }
+    uint8_t codec;
+    int n = records_make(w, gidx(w, di), d->pkt_acked, d->rec_acked, &codec);
+    if (n < 0)
+        return n;
     *records = (uint8_t)n;
-    return avl_encode_tcp(out, cap, codec, pkt->recs, n);
+    return avl_encode_tcp(out, cap, codec, w->pkt->recs, (size_t)n);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -399,18 +267,6 @@ static void dev_pump(struct worker *w, uint32_t di);
 static uint64_t now_of(const struct worker *w)
 {
     return engine_now_ns(w->e);
-}
-
-/* When packet number pkt_acked is due: never before its place on the device's schedule
- * (phases spread uniformly over the period); with --drain at once. */
-static uint64_t dev_due_ns(const struct worker *w, uint32_t di)
-{
-    const struct fleet *f = w->fleet;
-    if (!f->period_ns)
-        return 0;
-    uint32_t g = gidx(w, di);
-    uint64_t phase = (uint64_t)((double)f->period_ns * g / f->o.devices);
-    return f->t0_ns + phase + (uint64_t)w->devs[di].pkt_acked * f->period_ns;
 }
 
 /* Exponential backoff with jitter: reconnect_ms doubling per consecutive failure, to 30 s. */
@@ -433,7 +289,7 @@ static void dev_reconnect(struct worker *w, uint32_t di, uint64_t delay_ns)
     if (delay_ns == 0)
         cq_push(w, di);
     else
-        timer_set(w, di, now_of(w) + delay_ns);
+        timers_set(&w->timers, di, now_of(w) + delay_ns);
 }
 
 /* Ends the device's connection for `cause`; on_close (called inside) does the rest. */
@@ -460,7 +316,7 @@ static void dev_dial(struct worker *w, uint32_t di, uint64_t now)
     if (rc == -ENFILE) {
         /* Every slot is taken, some by connections still closing: try again shortly. */
         w->c.dial_slot_waits++;
-        timer_set(w, di, now + NS_PER_MS);
+        timers_set(&w->timers, di, now + NS_PER_MS);
         return;
     }
     if (rc == -ESHUTDOWN)
@@ -482,7 +338,7 @@ static void dev_accepted(struct worker *w, uint32_t di)
     struct dev *d = &w->devs[di];
     uint64_t now = now_of(w);
     assert(d->state == DEV_HANDSHAKE && w->inflight > 0);
-    timer_cancel(w, di); /* the handshake's timeout */
+    timers_cancel(&w->timers, di); /* the handshake's timeout */
     w->inflight--;
     w->connected++;
     w->c.handshakes++;
@@ -528,7 +384,7 @@ static void packet_start(struct worker *w, uint32_t di)
     uint32_t chunk = chunk_take(w);
     if (!chunk) {
         w->c.arena_waits++;
-        timer_set(w, di, now_of(w) + NS_PER_MS);
+        timers_set(&w->timers, di, now_of(w) + NS_PER_MS);
         return;
     }
     uint8_t *buf = chunk_ptr(w, chunk);
@@ -590,9 +446,9 @@ static void dev_pump(struct worker *w, uint32_t di)
     }
     if (d->state != DEV_READY || w->fleet->o.pacing == PACE_IDLE)
         return; /* --idle: connected and silent */
-    uint64_t due = dev_due_ns(w, di);
+    uint64_t due = fleet_due_ns(w->fleet, gidx(w, di), d->pkt_acked);
     if (due > now_of(w)) {
-        timer_set(w, di, due);
+        timers_set(&w->timers, di, due);
         return;
     }
     packet_start(w, di);
@@ -617,12 +473,7 @@ static bool dev_ack(struct worker *w, uint32_t di, uint32_t value)
         dev_drop(w, di, CAUSE_BAD_ACK);
         return false;
     }
-    uint64_t now = now_of(w), us = now > d->t_ns ? (now - d->t_ns) / 1000 : 0;
-    /* The run's percentiles leave out the warm-up (connections, first state loads); the
-     * per-second timeline keeps everything. */
-    if (now >= w->fleet->t0_ns + w->fleet->warmup_ns)
-        hdr_hist_record(&w->ack, us);
-    hdr_hist_record(&w->ack_sec, us);
+    worker_ack_latency(w, now_of(w), d->t_ns);
     w->c.packets_acked++;
     w->c.records_acked += value;
     d->pkt_acked++;
@@ -630,7 +481,7 @@ static bool dev_ack(struct worker *w, uint32_t di, uint32_t value)
     d->pkt_records = 0;
     d->pkt_bytes = d->write_off = 0;
     d->flags &= (uint8_t) ~(DF_ATTEMPTED | DF_SLOW);
-    timer_cancel(w, di); /* the ACK timeout */
+    timers_cancel(&w->timers, di); /* the ACK timeout */
     if (w->fleet->o.packets && d->pkt_acked >= w->fleet->o.packets) {
         d->state = DEV_DONE;
         atomic_fetch_add_explicit(&w->fleet->devices_done, 1, memory_order_relaxed);
@@ -755,7 +606,7 @@ static void lg_on_open(void *app, struct engine *e, uint32_t slot, uint32_t gen,
     assert(rc == 0);
     (void)rc;
     if (w->fleet->ack_timeout_ns)
-        timer_set(w, di, now_of(w) + w->fleet->ack_timeout_ns);
+        timers_set(&w->timers, di, now_of(w) + w->fleet->ack_timeout_ns);
 }
 
 static void lg_on_connect_failed(void *app, struct engine *e, uint64_t key, int err)
@@ -852,7 +703,7 @@ static void lg_on_close(void *app, struct engine *e, uint32_t slot, uint32_t gen
         chunk_give(w, si->chunk);
         si->chunk = 0;
     }
-    timer_cancel(w, di);
+    timers_cancel(&w->timers, di);
     enum cause cause = (enum cause)d->cause;
     d->cause = CAUSE_NONE;
     bool corrupt = was == DEV_PACKET && (d->flags & DF_CORRUPT);
@@ -902,7 +753,7 @@ static void lg_on_sent(void *app, struct engine *e, uint32_t slot, uint32_t gen,
             if (d->state == DEV_PACKET) {
                 d->t_ns = now; /* the ACK latency runs from the packet's last byte */
                 if (w->fleet->ack_timeout_ns)
-                    timer_set(w, di, now + w->fleet->ack_timeout_ns);
+                    timers_set(&w->timers, di, now + w->fleet->ack_timeout_ns);
             }
         } else {
             /* The next piece after a pause: ~1 s in all for a slow device, 1..20 ms between
@@ -911,7 +762,7 @@ static void lg_on_sent(void *app, struct engine *e, uint32_t slot, uint32_t gen,
                                  ? NS_PER_S * (SLOW_PIECE_BYTES_MAX / 2 + 2) / d->pkt_bytes
                                  : (1 + rnd_below(w, 20)) * NS_PER_MS;
             d->flags |= DF_PIECE_WAIT;
-            timer_set(w, di, now + delay);
+            timers_set(&w->timers, di, now + delay);
         }
     }
     dev_pump(w, di);
@@ -925,8 +776,17 @@ static void lg_on_poll(void *app, struct engine *e, uint64_t tag, int revents)
     (void)revents;
 }
 
-/* Adds the interval that just ended to the fleet's timeline (once a second). */
-static void publish(struct worker *w, uint64_t now)
+void worker_ack_latency(struct worker *w, uint64_t now, uint64_t sent_ns)
+{
+    uint64_t us = now > sent_ns ? (now - sent_ns) / 1000 : 0;
+    /* The run's percentiles leave out the warm-up (connections, first state loads); the
+     * per-second timeline keeps everything. */
+    if (now >= w->fleet->t0_ns + w->fleet->warmup_ns)
+        hdr_hist_record(&w->ack, us);
+    hdr_hist_record(&w->ack_sec, us);
+}
+
+void worker_publish(struct worker *w, uint64_t now)
 {
     uint64_t k = (now - w->fleet->t0_ns) / NS_PER_S; /* the interval now runs in */
     int64_t sec = (int64_t)k - 1;                    /* the one that ended */
@@ -949,10 +809,9 @@ static uint64_t lg_on_tick(void *app, struct engine *e, uint64_t now)
     if (stopping(w))
         return 0;
     unsigned fired = 0;
-    while (w->heap_len > 0 && w->heap[0].at_ns <= now && fired < TIMERS_PER_TICK) {
-        uint32_t di = w->heap[0].dev;
-        timer_cancel(w, di);
-        dev_timer(w, di);
+    uint32_t due;
+    while (fired < TIMERS_PER_TICK && timers_pop_due(&w->timers, now, &due)) {
+        dev_timer(w, due);
         fired++;
     }
     if (w->fleet->storm_every_ns && now >= w->next_storm_ns) {
@@ -975,13 +834,13 @@ static uint64_t lg_on_tick(void *app, struct engine *e, uint64_t now)
             w->tokens -= 1.0;
     }
     if (now >= w->next_pub_ns)
-        publish(w, now);
+        worker_publish(w, now);
 
     uint64_t next = w->next_pub_ns;
     if (fired == TIMERS_PER_TICK)
         next = now; /* more timers are due: come back at once */
-    else if (w->heap_len > 0 && w->heap[0].at_ns < next)
-        next = w->heap[0].at_ns;
+    else if (timers_next_ns(&w->timers) < next)
+        next = timers_next_ns(&w->timers);
     if (w->fleet->storm_every_ns && w->next_storm_ns < next)
         next = w->next_storm_ns;
     if (w->cq_len > 0 && w->inflight < w->inflight_max && w->tokens_per_ns > 0) {
@@ -1027,6 +886,25 @@ static void worker_connect_limits(struct worker *w)
     }
 }
 
+/* The TCP devices' tables: devices, connect queue, slots, the packet arena. */
+static int worker_init_tcp(struct worker *w, uint32_t conns_max)
+{
+    w->slots_len = conns_max;
+    w->chunks_len = w->devs_len < CHUNKS_MAX ? w->devs_len : CHUNKS_MAX;
+    w->devs = calloc(w->devs_len, sizeof *w->devs);
+    w->cq = calloc(w->devs_len, sizeof *w->cq);
+    w->slots = calloc(conns_max, sizeof *w->slots);
+    w->chunk_free = calloc(w->chunks_len, sizeof *w->chunk_free);
+    w->chunks = map_bytes((size_t)w->chunks_len * w->fleet->chunk_bytes); /* touched as used */
+    if (!w->devs || !w->cq || !w->slots || !w->chunk_free || !w->chunks)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < w->chunks_len; i++)
+        w->chunk_free[i] = w->chunks_len - i; /* chunk 1 first */
+    w->chunk_free_len = w->chunks_len;
+    worker_connect_limits(w);
+    return 0;
+}
+
 int worker_init(struct worker *w, struct fleet *f, unsigned id, uint32_t base, uint32_t devs_len,
                 uint32_t conns_max)
 {
@@ -1034,33 +912,20 @@ int worker_init(struct worker *w, struct fleet *f, unsigned id, uint32_t base, u
     w->fleet = f;
     w->base = base;
     w->devs_len = devs_len;
-    w->slots_len = conns_max;
-    w->chunks_len = w->devs_len < CHUNKS_MAX ? w->devs_len : CHUNKS_MAX;
-    w->devs = calloc(w->devs_len, sizeof *w->devs);
-    w->heap = calloc(w->devs_len, sizeof *w->heap);
-    w->cq = calloc(w->devs_len, sizeof *w->cq);
-    w->slots = calloc(conns_max, sizeof *w->slots);
-    w->chunk_free = calloc(w->chunks_len, sizeof *w->chunk_free);
-    w->chunks = map_bytes((size_t)w->chunks_len * f->chunk_bytes); /* touched as used */
     w->pkt = malloc(sizeof *w->pkt);
     w->templates = calloc(DEVICE_TEMPLATES, sizeof *w->templates);
-    if (!w->devs || !w->heap || !w->cq || !w->slots || !w->chunk_free || !w->chunks || !w->pkt ||
-        !w->templates)
+    if (timers_init(&w->timers, w->devs_len) != 0 || !w->pkt || !w->templates)
         return -ENOMEM;
     for (uint32_t k = 0; k < DEVICE_TEMPLATES; k++)
         pktgen_init(&w->templates[k], mix64(f->o.seed ^ UINT64_C(0x7E47) ^ k));
-    for (uint32_t i = 0; i < w->chunks_len; i++)
-        w->chunk_free[i] = w->chunks_len - i; /* chunk 1 first */
-    w->chunk_free_len = w->chunks_len;
     w->rnd = mix64(f->o.seed ^ UINT64_C(0xA11CE) ^ w->id) | 1;
-    worker_connect_limits(w);
-    return 0;
+    return f->o.udp ? 0 : worker_init_tcp(w, conns_max); /* udp_init makes the UDP ones */
 }
 
 void worker_free(struct worker *w)
 {
     free(w->devs);
-    free(w->heap);
+    timers_free(&w->timers);
     free(w->cq);
     free(w->slots);
     free(w->chunk_free);
@@ -1098,7 +963,8 @@ void worker_start(struct worker *w)
     uint64_t ramp_ns = (uint64_t)(f->o.ramp_s * 1e9);
     for (uint32_t di = 0; di < w->devs_len; di++) {
         if (ramp_ns)
-            timer_set(w, di, f->t0_ns + (uint64_t)((double)ramp_ns * gidx(w, di) / f->o.devices));
+            timers_set(&w->timers, di,
+                       f->t0_ns + (uint64_t)((double)ramp_ns * gidx(w, di) / f->o.devices));
         else
             cq_push(w, di);
     }

@@ -1,6 +1,8 @@
 /* device.h — loadgen's simulated trackers: the settings the whole fleet shares (struct fleet),
- * and a worker, one engine with its block of devices, each walking a tracker's life (connect,
- * handshake, packets and their ACKs, faults, commands answered) in device.c.
+ * and a worker, one engine with its block of devices, each walking a tracker's life: over TCP
+ * (connect, handshake, packets and their ACKs, faults, commands answered) in device.c, or over
+ * UDP (--udp: datagrams, their ACKs, re-sends) in udp.c. The worker's sizing, its per-second
+ * publication and its ACK latencies, which both share, are device.c's.
  *
  * Ownership, lifetimes, threads: the main thread owns the struct fleet (static storage, for the
  * whole run) and fills it before any worker starts; t0_ns and t0_wall_ms it sets between the
@@ -27,6 +29,7 @@
 #include "loadgen/options.h"
 #include "loadgen/packetgen.h"
 #include "loadgen/timeline.h"
+#include "loadgen/timers.h"
 #include "shard/engine.h"
 
 #ifdef __cplusplus
@@ -38,6 +41,7 @@ extern "C" {
 
 enum {
     RECORD_SEQ_BYTES = 10, /* the sequence element of a record (--verify): id u16 + u64 at most */
+    DEVICE_TEMPLATES = 64, /* packetgen devices (IO id orders) the fleet is made of */
 };
 
 /* The run as every worker sees it. */
@@ -64,13 +68,20 @@ struct fleet {
 
 enum conn_err { CE_REFUSED, CE_TIMEOUT, CE_ADDRNOTAVAIL, CE_OTHER, CE_KINDS };
 
-/* What a worker's devices did; the main thread sums the workers' after the run. */
+/* What a worker's devices did; the main thread sums the workers' after the run. packets_sent
+ * counts first attempts and resends the attempts after them, on either transport; bad_frame
+ * also counts UDP datagrams from the gateway that are no ACK of a device of ours. */
 struct counters {
     uint64_t dials, handshakes, rejected, connect_failed[CE_KINDS];
     uint64_t packets_sent, resends, packets_acked, records_acked;
     uint64_t bad_ack, bad_frame, unexpected_close, ack_timeout, handshake_timeout;
     uint64_t malformed_sent, malformed_closed, malformed_acked;
     uint64_t storm_drops, commands, replies, gprs_other, arena_waits, dial_slot_waits;
+    /* --udp: datagrams that went (first attempts and re-sends); ACKs naming a packet no longer
+     * in flight (an earlier AVL packet id: the ACK of an attempt already answered); ACKs of the
+     * packet in flight with another record count; sends the socket refused for now (EAGAIN,
+     * ENOBUFS: tried again 1 ms later) or for good (an error; the datagram counts as lost). */
+    uint64_t udp_datagrams, udp_stale_acks, udp_bad_count_acks, udp_send_waits, udp_send_errors;
 };
 
 /* The errors among c's counts (the summary's errors=, the timeline's errors). */
@@ -78,9 +89,9 @@ uint64_t counters_errors(const struct counters *c);
 /* Adds every count of c to sum. */
 void counters_add(struct counters *sum, const struct counters *c);
 
-struct dev;      /* a device (device.c) */
-struct timer;    /* a device's timer in the worker's heap (device.c) */
+struct dev;      /* a TCP device (device.c) */
 struct slotinfo; /* what the worker keeps per engine slot (device.c) */
+struct udp;      /* the UDP devices and sockets of a --udp worker (udp.c) */
 
 struct worker {
     unsigned id;
@@ -91,10 +102,10 @@ struct worker {
     char err[256];
 
     uint32_t base, devs_len; /* global index of its first device; its devices */
-    struct dev *devs;
-    struct timer *heap;
-    uint32_t heap_len;
-    uint32_t *cq; /* connect queue: a ring of devs_len */
+    struct dev *devs;        /* TCP */
+    struct udp *udp;         /* --udp (then the TCP parts stay idle); NULL otherwise */
+    struct timers timers;    /* one per device, on either transport */
+    uint32_t *cq;            /* connect queue: a ring of devs_len */
     uint32_t cq_head, cq_len;
     struct slotinfo *slots;
     uint32_t slots_len;
@@ -121,9 +132,10 @@ struct worker {
 };
 
 /* Sizes worker `id` of fleet f for the devices base .. base + devs_len - 1 and an engine of
- * conns_max slots: everything its loop will use, so the loop allocates nothing. Returns 0 or
- * -ENOMEM; worker_free releases what was made either way. The main thread, before the worker's
- * thread starts; f must outlive the worker. */
+ * conns_max slots: everything its loop will use, so the loop allocates nothing (with --udp only
+ * what both transports share: udp_init makes the rest). Returns 0 or -ENOMEM; worker_free
+ * releases what was made either way. The main thread, before the worker's thread starts; f must
+ * outlive the worker. */
 int worker_init(struct worker *w, struct fleet *f, unsigned id, uint32_t base, uint32_t devs_len,
                 uint32_t conns_max);
 /* Creates the worker's engine (it only dials) with the devices' callbacks. On the worker's own
@@ -138,6 +150,23 @@ void worker_start(struct worker *w);
 void worker_device_records(const struct worker *w, uint32_t di, uint32_t *acked, uint32_t *sent);
 /* Releases what worker_init made (not the engine: engine_free). */
 void worker_free(struct worker *w);
+
+/* Adds the interval that just ended to the fleet's timeline and schedules the next publication
+ * (w->next_pub_ns). Once a second, on the worker's thread (its on_tick). */
+void worker_publish(struct worker *w, uint64_t now);
+/* Records the latency of an ACK received at now for a packet that went at sent_ns: in the
+ * second's histogram always, in the run's after the warm-up. The worker's thread. */
+void worker_ack_latency(struct worker *w, uint64_t now, uint64_t sent_ns);
+
+/* When packet number pkt_no of device g (its global index) is due: never before its place on
+ * the device's schedule (phases spread uniformly over the period); 0 (at once) with --drain. */
+static inline uint64_t fleet_due_ns(const struct fleet *f, uint32_t g, uint32_t pkt_no)
+{
+    if (!f->period_ns)
+        return 0;
+    uint64_t phase = (uint64_t)((double)f->period_ns * g / f->o.devices);
+    return f->t0_ns + phase + (uint64_t)pkt_no * f->period_ns;
+}
 
 /* The finaliser of splitmix64: the run's reproducible choices hash (seed, salt, device). */
 static inline uint64_t mix64(uint64_t x)

@@ -1,8 +1,8 @@
 /* loadgen.c — avlgate-loadgen: simulates a fleet of Teltonika trackers against a gateway, on
  * the shard engine (shard/engine.h), up to 100,000 devices from one process. This file is its
  * main: the set-up derived from the options, the worker threads, the run's clock and its end.
- * The devices are device.c's, the per-second timeline timeline.c's, the output report.c's, the
- * command line options.c's.
+ * The devices are device.c's (TCP) or udp.c's (--udp), the per-second timeline timeline.c's,
+ * the output report.c's, the command line options.c's.
  *
  * Threads: the main thread parses options, starts T worker threads, prints one progress line a
  * second, stops the run and writes the summary (and --json, --verify). Each worker owns an
@@ -36,6 +36,7 @@
 #include "loadgen/packetgen.h"
 #include "loadgen/report.h"
 #include "loadgen/timeline.h"
+#include "loadgen/udp.h"
 #include "loadgen/verify.h"
 #include "shard/engine.h"
 
@@ -125,6 +126,15 @@ static int setup_fd_limit(void)
     }
     getrlimit(RLIMIT_NOFILE, &rl);
     uint32_t per = (fleet.o.devices + fleet.threads - 1) / fleet.threads;
+    if (fleet.o.udp) {
+        /* No fixed file table: the workers' sockets are ordinary descriptors. */
+        uint64_t fds = (uint64_t)fleet.threads * (UDP_SOCKETS_PER_WORKER + 8) + 64;
+        if (fds <= rl.rlim_cur)
+            return 0;
+        fprintf(stderr, "avlgate-loadgen: %u threads' UDP sockets do not fit RLIMIT_NOFILE %llu\n",
+                fleet.threads, (unsigned long long)rl.rlim_cur);
+        return 2;
+    }
     if (per + 64 > rl.rlim_cur) {
         fprintf(stderr,
                 "avlgate-loadgen: %u devices per ring do not fit RLIMIT_NOFILE %llu, which "
@@ -151,10 +161,16 @@ static void setup_schedule(void)
                                           : (o->records * 400 > 1024 ? o->records * 400 : 1024);
     if (budget > PKTGEN_FRAME_BYTES_MAX)
         budget = PKTGEN_FRAME_BYTES_MAX;
+    /* A datagram has the sequence elements on top of packetgen's budget too. */
+    uint32_t udp_max = UDP_DATAGRAM_BYTES_MAX - o->records * RECORD_SEQ_BYTES;
+    if (o->udp && budget > udp_max)
+        budget = udp_max;
     fleet.pkt_budget = budget;
     /* The sequence elements come on top of packetgen's budget. */
     fleet.chunk_bytes = (budget + o->records * RECORD_SEQ_BYTES + 63) / 64 * 64;
-    fleet.ack_timeout_ns = (uint64_t)(o->ack_timeout_s * 1e9);
+    /* TCP: reconnect after --ack-timeout-s; UDP: re-send after --udp-retry-ms. */
+    fleet.ack_timeout_ns =
+        o->udp ? (uint64_t)o->udp_retry_ms * NS_PER_MS : (uint64_t)(o->ack_timeout_s * 1e9);
     fleet.storm_every_ns = o->storm_fraction > 0 ? (uint64_t)(o->storm_every_s * 1e9) : 0;
 }
 
@@ -220,12 +236,15 @@ static void block_stop_signals(sigset_t *stop_signals)
 static void *worker_thread(void *arg)
 {
     struct worker *w = arg;
-    w->rc = worker_engine_init(w);
+    w->rc = w->udp ? udp_engine_init(w) : worker_engine_init(w);
     pthread_barrier_wait(&ready);
     pthread_barrier_wait(&go); /* fleet.t0_ns is set */
     if (w->rc || atomic_load(&start_failed))
         return NULL;
-    worker_start(w);
+    if (w->udp)
+        udp_start(w);
+    else
+        worker_start(w);
     w->rc = engine_run(w->e);
     if (w->rc)
         snprintf(w->err, sizeof w->err, "engine_run: %s", strerror(-w->rc));
@@ -255,6 +274,10 @@ static int workers_create(void)
             conns = rl.rlim_cur;
         if (worker_init(w, &fleet, t, base, devs_len, (uint32_t)conns) != 0) {
             fprintf(stderr, "avlgate-loadgen: out of memory for %u devices\n", devs_len);
+            return 1;
+        }
+        if (fleet.o.udp && udp_init(w, w->err, sizeof w->err) != 0) {
+            fprintf(stderr, "avlgate-loadgen: worker %u: %s\n", t, w->err);
             return 1;
         }
         if (pthread_create(&w->thread, NULL, worker_thread, w) != 0) {
@@ -330,6 +353,7 @@ static void workers_free(void)
 {
     for (uint32_t t = 0; t < fleet.threads; t++) {
         engine_free(workers[t].e);
+        udp_free(&workers[t]);
         worker_free(&workers[t]);
     }
     free(workers);
@@ -401,8 +425,12 @@ static int verify_fleet(struct verify_result *vr, bool *verified)
     }
     for (uint32_t t = 0; t < fleet.threads; t++) {
         const struct worker *w = &workers[t];
-        for (uint32_t di = 0; di < w->devs_len; di++)
-            worker_device_records(w, di, &acked[w->base + di], &sent[w->base + di]);
+        for (uint32_t di = 0; di < w->devs_len; di++) {
+            if (w->udp)
+                udp_device_records(w, di, &acked[w->base + di], &sent[w->base + di]);
+            else
+                worker_device_records(w, di, &acked[w->base + di], &sent[w->base + di]);
+        }
     }
     if (verify_run(o->pg, o->imei_base, o->devices, fleet.nonce, acked, sent, vr, err,
                    sizeof err) != 0) {
@@ -442,7 +470,7 @@ static int finish(const struct summary *s, const struct report_seconds *tl, bool
             exit_code = 1;
         }
     }
-    if (report_failures(s))
+    if (report_failures(&fleet, s))
         exit_code = 1;
     return exit_code;
 }
@@ -472,7 +500,7 @@ int main(int argc, char **argv)
     int exit_code = workers_collect(&s);
     s.connected_max = tl.connected_max;
     s.connected_end = tl.len ? tl.v[tl.len - 1].n.connected : 0;
-    if (s.connected_max == 0 && s.c.handshakes > 0)
+    if (s.connected_max == 0 && (s.c.handshakes > 0 || s.c.packets_acked > 0))
         s.connected_max = 1; /* ran for less than a second */
     if (finish(&s, &tl, interrupted) != 0)
         exit_code = 1;

@@ -3,7 +3,9 @@
  *
  * Owns nothing past the call: options_parse writes the caller's struct, whose strings point
  * into argv. Invariant: a struct options that options_parse returned 0 for has every value in
- * its documented range, at most one pacing and --pg with --verify. Main thread only, before the
+ * its documented range, at most one pacing, --pg with --verify, and with --udp none of the
+ * options only TCP connections have (what was given, not what it was set to: --fragment 0 is
+ * refused with --udp as well, so nobody believes it did something). Main thread only, before the
  * workers start (getopt_long keeps global state). */
 #include "loadgen/options.h"
 
@@ -51,6 +53,14 @@ void options_usage(FILE *f)
             "  --ack-timeout-s S          reconnect when an ACK or the handshake's answer takes\n"
             "                             longer (default 60)\n"
             "  --reconnect-ms MS          backoff after a failure, doubling to 30 s (1000)\n"
+            "UDP (Teltonika over UDP: one datagram per packet, its ACK after commit):\n"
+            "  --udp                      send each packet as a datagram to --connect instead,\n"
+            "                             from 64 sockets per thread; one in flight per device.\n"
+            "                             Not with the connection, fault and command options\n"
+            "                             (--idle, --connect-*, --ack-timeout-s, --reconnect-*,\n"
+            "                             --fragment, --slow, --malformed, --command-*)\n"
+            "  --udp-retry-ms MS          re-send the same datagram (same ids) when its ACK\n"
+            "                             has not come after MS ms, again and again (1000)\n"
             "faults:\n"
             "  --fragment P               write a packet in 2..4 pieces with probability P\n"
             "  --slow F                   fraction F of devices write a few bytes at a time, ~1 s\n"
@@ -158,6 +168,8 @@ enum {
     O_CONNECT_TIMEOUT,
     O_ACK_TIMEOUT,
     O_RECONNECT_MS,
+    O_UDP, /* UDP */
+    O_UDP_RETRY,
     O_FRAGMENT, /* faults */
     O_NEWEST,
     O_STORM,
@@ -172,6 +184,7 @@ enum {
     O_JSON,
     O_HELP,
 };
+_Static_assert(O_HELP - O_CONNECT < 64, "a bit of options_parse's `given` per option");
 
 static const struct option options_table[] = {
     {"connect", required_argument, 0, O_CONNECT},
@@ -195,6 +208,8 @@ static const struct option options_table[] = {
     {"connect-timeout-s", required_argument, 0, O_CONNECT_TIMEOUT},
     {"ack-timeout-s", required_argument, 0, O_ACK_TIMEOUT},
     {"reconnect-ms", required_argument, 0, O_RECONNECT_MS},
+    {"udp", no_argument, 0, O_UDP},
+    {"udp-retry-ms", required_argument, 0, O_UDP_RETRY},
     {"fragment", required_argument, 0, O_FRAGMENT},
     {"newest-first", no_argument, 0, O_NEWEST},
     {"reconnect-storm", required_argument, 0, O_STORM},
@@ -293,6 +308,11 @@ static enum applied apply_connections(struct options *o, int opt, char *arg)
         return applied(parse_double(arg, 0, 86400, &o->ack_timeout_s));
     case O_RECONNECT_MS:
         return applied(parse_u32(arg, 1, 600000, &o->reconnect_ms));
+    case O_UDP:
+        o->udp = true;
+        return APPLIED_OK;
+    case O_UDP_RETRY:
+        return applied(parse_u32(arg, 1, 3600000, &o->udp_retry_ms));
     default:
         return APPLIED_NOT_MINE;
     }
@@ -379,14 +399,51 @@ static void options_defaults(struct options *o)
         .connect_timeout_s = 10,
         .ack_timeout_s = 60,
         .reconnect_ms = 1000,
+        .udp_retry_ms = 1000,
         .seed = 1,
         .command_reply = "OK",
         .progress = isatty(STDERR_FILENO),
     };
 }
 
-/* What no single option can check: leftovers, pacings, --verify's --pg, the IMEI range. */
-static int options_check(int argc, char **argv, const struct options *o, int paced)
+static uint64_t given_bit(int opt)
+{
+    return UINT64_C(1) << (opt - O_CONNECT);
+}
+
+/* The transport: with --udp no option of TCP connections (what they do has no meaning for a
+ * datagram: a connection's life, its faults, commands, which come only over TCP); without it no
+ * --udp-retry-ms. `given` has given_bit(opt) for each option on the command line. */
+static int options_check_udp(const struct options *o, uint64_t given)
+{
+    static const int tcp_only[] = {
+        O_IDLE,     O_CONNECT_RATE, O_INFLIGHT, O_CONNECT_TIMEOUT, O_ACK_TIMEOUT, O_RECONNECT_MS,
+        O_FRAGMENT, O_STORM,        O_SLOW,     O_MALFORMED,       O_REPLY,       O_CMDLOG,
+    };
+    if (!o->udp) {
+        if (given & given_bit(O_UDP_RETRY)) {
+            fprintf(stderr, "avlgate-loadgen: --udp-retry-ms needs --udp\n");
+            return 2;
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof tcp_only / sizeof tcp_only[0]; i++) {
+        if (!(given & given_bit(tcp_only[i])))
+            continue;
+        const char *name = "?";
+        for (const struct option *t = options_table; t->name; t++)
+            if (t->val == tcp_only[i])
+                name = t->name;
+        fprintf(stderr, "avlgate-loadgen: --%s is for TCP connections, not with --udp%s\n", name,
+                tcp_only[i] == O_ACK_TIMEOUT ? " (there: --udp-retry-ms)" : "");
+        return 2;
+    }
+    return 0;
+}
+
+/* What no single option can check: leftovers, pacings, --verify's --pg, the IMEI range, the
+ * options of the other transport. */
+static int options_check(int argc, char **argv, const struct options *o, int paced, uint64_t given)
 {
     if (optind < argc) {
         fprintf(stderr, "avlgate-loadgen: unexpected argument %s\n", argv[optind]);
@@ -404,13 +461,14 @@ static int options_check(int argc, char **argv, const struct options *o, int pac
         fprintf(stderr, "avlgate-loadgen: --imei-base + --devices leaves 15 digits\n");
         return 2;
     }
-    return 0;
+    return options_check_udp(o, given);
 }
 
 int options_parse(int argc, char **argv, struct options *o)
 {
     options_defaults(o);
     int paced = 0, opt, which = 0;
+    uint64_t given = 0;
     while ((opt = getopt_long(argc, argv, "", options_table, &which)) != -1) {
         if (opt == O_HELP) {
             options_usage(stdout);
@@ -426,6 +484,7 @@ int options_parse(int argc, char **argv, struct options *o)
                     optarg);
             return 2;
         }
+        given |= given_bit(opt);
     }
-    return options_check(argc, argv, o, paced);
+    return options_check(argc, argv, o, paced, given);
 }

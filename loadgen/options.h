@@ -42,6 +42,8 @@ struct options {
     double connect_timeout_s;
     double ack_timeout_s;
     uint32_t reconnect_ms;
+    bool udp;              /* --udp: datagrams to the --connect address, no connections */
+    uint32_t udp_retry_ms; /* --udp: re-send a datagram whose ACK did not come in this long */
     double fragment;
     bool newest_first;
     double storm_every_s, storm_fraction;
@@ -57,7 +59,9 @@ struct options {
 };
 
 /* Parses argv into *o (defaults for what is not given). Returns 0; or 2 (usage error) after
- * printing what is wrong on stderr. --help prints the usage on stdout and exits 0. */
+ * printing what is wrong on stderr: a value out of range, two pacings, --verify without --pg, an
+ * option that only TCP connections have (--fragment, --command-reply, ...) with --udp, or
+ * --udp-retry-ms without it. --help prints the usage on stdout and exits 0. */
 int options_parse(int argc, char **argv, struct options *o);
 /* The usage text. */
 void options_usage(FILE *f);

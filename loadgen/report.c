@@ -4,7 +4,8 @@
  *
  * Owns only the array of seconds it grows for the caller. Invariant: the summary's keys, their
  * order and their formats (%.3f for times and rates, integers for counts) are what the
- * benchmark scripts and tests parse, so they change only together with those. The main thread
+ * benchmark scripts and tests parse, so they change only together with those; new keys go
+ * after the old ones (transport: after pacing; the udp_ counts: last, 0 over TCP). The main thread
  * calls everything here, after the workers ended (report_start and report_second while they
  * run: they read only the fleet's settings and a taken second). */
 #include "loadgen/report.h"
@@ -38,9 +39,9 @@ void report_start(FILE *f, const struct fleet *fl)
 {
     fprintf(f,
             "avlgate-loadgen: %u devices, %u threads, %u source addresses, %s pacing, "
-            "target %s\n",
+            "target %s %s\n",
             fl->o.devices, fl->threads, fl->src_ips, options_pacing_name(fl->o.pacing),
-            fl->o.target);
+            fl->o.udp ? "udp" : "tcp", fl->o.target);
 }
 
 void report_second(FILE *f, const struct timeline_sample *smp)
@@ -60,16 +61,46 @@ static uint64_t connect_failed_of(const struct counters *c)
     return n;
 }
 
+/* One key of the summary: a count, or a time or rate (is_f). */
+struct kv {
+    const char *k;
+    bool is_f;
+    uint64_t u;
+    double f;
+};
+
+/* Prints kv[0 .. len-1] as key=value pairs (sep " ") or JSON members (sep ","), each after a
+ * separator. */
+static void print_kv(FILE *f, const struct kv *kv, size_t len, bool json)
+{
+    for (size_t i = 0; i < len; i++) {
+        fputc(json ? ',' : ' ', f);
+        fprintf(f, json ? "\"%s\":" : "%s=", kv[i].k);
+        if (kv[i].is_f)
+            fprintf(f, "%.3f", kv[i].f);
+        else
+            fprintf(f, "%" PRIu64, kv[i].u);
+    }
+}
+
+/* The UDP counts, after every other key (0 over TCP). */
+static void summary_udp(FILE *f, const struct counters *c, bool json)
+{
+    const struct kv kv[] = {
+        {"udp_datagrams_sent", false, c->udp_datagrams, 0},
+        {"udp_stale_acks", false, c->udp_stale_acks, 0},
+        {"udp_bad_count_acks", false, c->udp_bad_count_acks, 0},
+        {"udp_send_waits", false, c->udp_send_waits, 0},
+        {"udp_send_errors", false, c->udp_send_errors, 0},
+    };
+    print_kv(f, kv, sizeof kv / sizeof kv[0], json);
+}
+
 /* The summary as key=value pairs (sep " ") or JSON members (sep ","), the same keys. */
 void report_summary(FILE *f, const struct fleet *fl, const struct summary *s, bool json)
 {
     const struct counters *c = &s->c;
-    struct {
-        const char *k;
-        bool is_f;
-        uint64_t u;
-        double f;
-    } kv[] = {
+    const struct kv kv[] = {
         {"devices", false, fl->o.devices, 0},
         {"threads", false, fl->threads, 0},
         {"src_ips", false, fl->src_ips, 0},
@@ -114,19 +145,13 @@ void report_summary(FILE *f, const struct fleet *fl, const struct summary *s, bo
         {"arena_waits", false, c->arena_waits, 0},
         {"dial_slot_waits", false, c->dial_slot_waits, 0},
     };
+    const char *pacing = options_pacing_name(fl->o.pacing), *transport = fl->o.udp ? "udp" : "tcp";
     if (json)
-        fprintf(f, "\"pacing\":\"%s\",", options_pacing_name(fl->o.pacing));
+        fprintf(f, "\"pacing\":\"%s\",\"transport\":\"%s\"", pacing, transport);
     else
-        fprintf(f, "pacing=%s ", options_pacing_name(fl->o.pacing));
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
-        if (i)
-            fputc(json ? ',' : ' ', f);
-        fprintf(f, json ? "\"%s\":" : "%s=", kv[i].k);
-        if (kv[i].is_f)
-            fprintf(f, "%.3f", kv[i].f);
-        else
-            fprintf(f, "%" PRIu64, kv[i].u);
-    }
+        fprintf(f, "pacing=%s transport=%s", pacing, transport);
+    print_kv(f, kv, sizeof kv / sizeof kv[0], json);
+    summary_udp(f, c, json);
 }
 
 void report_verify(FILE *f, const struct verify_result *v)
@@ -167,10 +192,14 @@ int report_json(const char *path, const struct fleet *fl, const struct summary *
     return fclose(f) == 0 ? 0 : -errno;
 }
 
-int report_failures(const struct summary *s)
+int report_failures(const struct fleet *fl, const struct summary *s)
 {
     int failed = 0;
-    if (s->c.handshakes == 0) {
+    const struct counters *c = &s->c;
+    if (fl->o.udp && c->packets_acked + c->udp_stale_acks + c->udp_bad_count_acks == 0) {
+        fprintf(stderr, "avlgate-loadgen: the gateway answered no datagram\n");
+        failed = 1;
+    } else if (!fl->o.udp && c->handshakes == 0) {
         fprintf(stderr, "avlgate-loadgen: no device connected\n");
         failed = 1;
     }

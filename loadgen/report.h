@@ -55,9 +55,9 @@ void report_verify(FILE *f, const struct verify_result *v);
  * Returns 0 or -errno. */
 int report_json(const char *path, const struct fleet *fl, const struct summary *s,
                 const struct report_seconds *tl, const struct verify_result *v);
-/* Says on stderr what makes the run a failure in itself (nothing connected, a malformed packet
- * acknowledged). Returns 1 if anything did, else 0. */
-int report_failures(const struct summary *s);
+/* Says on stderr what makes the run a failure in itself (TCP: nothing connected; UDP: no
+ * datagram answered; a malformed packet acknowledged). Returns 1 if anything did, else 0. */
+int report_failures(const struct fleet *fl, const struct summary *s);
 
 #ifdef __cplusplus
 }

@@ -170,7 +170,8 @@ bool dgram_read(struct dgram *d, int res, uint32_t cqe_flags, struct dgram_in *i
     in->from = io_uring_recvmsg_name(o);
     in->from_len = (socklen_t)o->namelen;
     in->p = io_uring_recvmsg_payload(o, &d->recv_msg);
-    in->len = io_uring_recvmsg_payload_length(o, res, &d->recv_msg);
+    size_t got = io_uring_recvmsg_payload_length(o, res, &d->recv_msg);
+    in->len = got < d->cfg.bytes_max ? got : d->cfg.bytes_max; /* the stride rounds up */
     in->sent_len = o->payloadlen;
     in->truncated = (o->flags & MSG_TRUNC) || o->payloadlen > in->len;
     return true;

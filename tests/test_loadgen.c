@@ -7,12 +7,20 @@
  * (--command-reply, --command-log); a wrong ACK, after which the device must reconnect and
  * send the same packet again byte for byte; packets written in pieces (--fragment 1); and
  * first attempts with a corrupted CRC (--malformed 1), which the gateway closes, followed by
- * the real packet. The run ends by --packets, and the summary line must count it all. */
+ * the real packet. The run ends by --packets, and the summary line must count it all.
+ *
+ * Over UDP (--udp) the test plays the gateway's UDP side on a loopback datagram socket: a
+ * responder that ACKs each datagram (one in flight per device, ids kept per device, AVL packet
+ * ids going up by one), one that lets each packet's first attempt go unanswered (the device must
+ * send the very same bytes again after --udp-retry-ms, and count it) and answers an earlier
+ * packet's ACK again (stale: counted, nothing moves), and one that ACKs with a wrong record
+ * count (counted, no progress: the same packet again and again). */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -384,6 +392,245 @@ static void test_nothing_connected_fails(void **state)
     assert_int_equal(summary_value(text, "handshakes"), 0);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The scripted gateway over UDP
+ * ------------------------------------------------------------------------------------------- */
+
+/* One datagram as the responder saw it. */
+struct dgram {
+    uint8_t bytes[FRAME_MAX];
+    size_t len;
+    struct sockaddr_in from;
+    struct avl_packet pkt; /* decoded: ids, IMEI, records_len */
+};
+
+static int udp_srv_open(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t l = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Receives one datagram within timeout_ms, which must decode as an AVL packet over UDP. False
+ * when none came. */
+static bool udp_srv_recv(int fd, struct dgram *d, int timeout_ms)
+{
+    static struct avl_record recs[AVL_RECORDS_MAX];
+    if (!wait_readable(fd, timeout_ms))
+        return false;
+    socklen_t l = sizeof d->from;
+    ssize_t n = recvfrom(fd, d->bytes, sizeof d->bytes, 0, (struct sockaddr *)&d->from, &l);
+    assert_true(n > 0);
+    d->len = (size_t)n;
+    assert_int_equal(avl_decode_udp(d->bytes, d->len, &d->pkt, recs), 0);
+    assert_int_equal(d->pkt.udp_not_usable, 0x01);
+    assert_true(d->pkt.records_len >= 1);
+    return true;
+}
+
+/* Answers d with the ACK of its ids and `records`, to its source address. */
+static void udp_srv_ack(int fd, const struct dgram *d, uint8_t records)
+{
+    uint8_t ack[AVL_UDP_ACK_BYTES];
+    avl_encode_udp_ack(ack, d->pkt.udp_packet_id, d->pkt.udp_avl_packet_id, records);
+    assert_int_equal(
+        sendto(fd, ack, sizeof ack, 0, (const struct sockaddr *)&d->from, sizeof d->from),
+        (ssize_t)sizeof ack);
+}
+
+static bool same_source(const struct dgram *a, const struct dgram *b)
+{
+    return a->from.sin_port == b->from.sin_port &&
+           a->from.sin_addr.s_addr == b->from.sin_addr.s_addr;
+}
+
+/* The summary line must say the transport. */
+static void assert_transport(const char *text, const char *transport)
+{
+    char pat[32];
+    snprintf(pat, sizeof pat, " transport=%s ", transport);
+    if (!strstr(text, pat))
+        fail_msg("no%s in: %s", pat, text);
+}
+
+/* Checks datagram d of device g against that device's previous one (if any): the same source
+ * address and packet id, the next AVL packet id; --records 4. */
+static void udp_check_next(const struct dgram *d, const struct dgram *prev, bool first)
+{
+    assert_int_equal(d->pkt.records_len, 4);
+    if (first)
+        return;
+    assert_true(same_source(d, prev));
+    assert_int_equal(d->pkt.udp_packet_id, prev->pkt.udp_packet_id);
+    assert_int_equal(d->pkt.udp_avl_packet_id, (uint8_t)(prev->pkt.udp_avl_packet_id + 1));
+}
+
+/* Two devices, three packets each, every datagram acknowledged: one in flight per device (no
+ * second datagram before the ACK), each device on its own socket with its own packet id kept,
+ * its AVL packet id going up by one per packet. */
+static void test_udp_acked(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int fd = udp_srv_open(&port);
+    char target[32], out[256];
+    snprintf(target, sizeof target, "127.0.0.1:%u", port);
+    snprintf(out, sizeof out, "%s/test_loadgen_udp_acked.out", TEST_TMPDIR);
+    /* A retry far beyond the test: any second datagram of a device is its next packet. */
+    const char *args[] = {"--udp", "--connect", target, "--devices",    "2",  "--packets",
+                          "3",     "--records", "4",    "--duration-s", "20", "--udp-retry-ms",
+                          "5000",  NULL};
+    pid_t pid = loadgen_start(out, args);
+    static struct dgram last[2], d;
+    unsigned seen[2] = {0, 0};
+    for (unsigned k = 0; k < 6; k++) {
+        if (!udp_srv_recv(fd, &d, WAIT_MS))
+            fail_msg("datagram %u did not come within %d ms", k, WAIT_MS);
+        assert_true(d.pkt.imei == IMEI || d.pkt.imei == IMEI + 1);
+        unsigned g = (unsigned)(d.pkt.imei - IMEI);
+        udp_check_next(&d, &last[g], seen[g] == 0);
+        seen[g]++;
+        last[g] = d;
+        if (k == 0) {
+            /* The other device's first packet, then nothing while both wait for their ACK. */
+            assert_true(udp_srv_recv(fd, &last[1 - g], WAIT_MS));
+            assert_int_equal(last[1 - g].pkt.imei, IMEI + (1 - g));
+            udp_check_next(&last[1 - g], NULL, true);
+            seen[1 - g]++;
+            assert_false(wait_readable(fd, 300));
+            udp_srv_ack(fd, &last[1 - g], 4);
+            k++;
+        }
+        udp_srv_ack(fd, &d, 4);
+    }
+    assert_int_equal(seen[0], 3);
+    assert_int_equal(seen[1], 3);
+    assert_false(same_source(&last[0], &last[1])); /* two sockets: two ports for SO_REUSEPORT */
+    assert_int_equal(loadgen_wait(pid), 0);
+    assert_false(wait_readable(fd, 0)); /* nothing after the last ACK */
+    close(fd);
+    const char *text = slurp(out);
+    assert_transport(text, "udp");
+    assert_int_equal(summary_value(text, "packets_sent"), 6);
+    assert_int_equal(summary_value(text, "udp_datagrams_sent"), 6);
+    assert_int_equal(summary_value(text, "resends"), 0);
+    assert_int_equal(summary_value(text, "packets_acked"), 6);
+    assert_int_equal(summary_value(text, "records_acked"), 24);
+    assert_int_equal(summary_value(text, "udp_stale_acks"), 0);
+    assert_int_equal(summary_value(text, "udp_bad_count_acks"), 0);
+    assert_int_equal(summary_value(text, "handshakes"), 0);
+    assert_int_equal(summary_value(text, "errors"), 0);
+}
+
+/* Each packet's first attempt goes unanswered: after --udp-retry-ms the device sends the very
+ * same bytes (same packet id, same AVL packet id), which are acknowledged; before that ACK the
+ * previous packet's ACK comes again, which is stale and moves nothing. */
+static void test_udp_resend(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int fd = udp_srv_open(&port);
+    char target[32], out[256];
+    snprintf(target, sizeof target, "127.0.0.1:%u", port);
+    snprintf(out, sizeof out, "%s/test_loadgen_udp_resend.out", TEST_TMPDIR);
+    const char *args[] = {"--udp", "--connect", target, "--devices",      "1",   "--packets",
+                          "3",     "--records", "4",    "--udp-retry-ms", "500", "--duration-s",
+                          "20",    NULL};
+    pid_t pid = loadgen_start(out, args);
+    static struct dgram first, again, prev;
+    for (unsigned k = 0; k < 3; k++) {
+        assert_true(udp_srv_recv(fd, &first, WAIT_MS));
+        udp_check_next(&first, &prev, k == 0);
+        uint64_t t0 = device_now_ms();
+        assert_true(udp_srv_recv(fd, &again, WAIT_MS)); /* unanswered: the re-send */
+        assert_true(device_now_ms() - t0 >= 400);
+        assert_int_equal(again.len, first.len);
+        assert_memory_equal(again.bytes, first.bytes, first.len);
+        assert_true(same_source(&again, &first));
+        if (k > 0)
+            udp_srv_ack(fd, &prev, 4); /* stale: the device is on the next packet */
+        udp_srv_ack(fd, &again, 4);
+        prev = again;
+    }
+    assert_int_equal(loadgen_wait(pid), 0);
+    close(fd);
+    const char *text = slurp(out);
+    assert_transport(text, "udp");
+    assert_int_equal(summary_value(text, "packets_sent"), 3);
+    assert_int_equal(summary_value(text, "resends"), 3);
+    assert_int_equal(summary_value(text, "udp_datagrams_sent"), 6);
+    assert_int_equal(summary_value(text, "packets_acked"), 3);
+    assert_int_equal(summary_value(text, "records_acked"), 12);
+    assert_int_equal(summary_value(text, "udp_stale_acks"), 2);
+    assert_int_equal(summary_value(text, "udp_bad_count_acks"), 0);
+    assert_int_equal(summary_value(text, "errors"), 0);
+}
+
+/* Every ACK names the right packet with a record count one too many: no progress, each one
+ * counted, and the same datagram again after every retry until the run ends. */
+static void test_udp_wrong_count(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int fd = udp_srv_open(&port);
+    char target[32], out[256];
+    snprintf(target, sizeof target, "127.0.0.1:%u", port);
+    snprintf(out, sizeof out, "%s/test_loadgen_udp_count.out", TEST_TMPDIR);
+    const char *args[] = {"--udp", "--connect",      target, "--devices",    "1",   "--records",
+                          "4",     "--udp-retry-ms", "100",  "--duration-s", "1.5", NULL};
+    pid_t pid = loadgen_start(out, args);
+    static struct dgram first, d;
+    assert_true(udp_srv_recv(fd, &first, WAIT_MS));
+    udp_srv_ack(fd, &first, 5);
+    long long n = 1;
+    while (udp_srv_recv(fd, &d, 1000)) { /* until the run is over */
+        assert_int_equal(d.len, first.len);
+        assert_memory_equal(d.bytes, first.bytes, first.len);
+        udp_srv_ack(fd, &d, (uint8_t)(n % 2 ? 3 : 5)); /* too few, too many */
+        n++;
+    }
+    assert_int_equal(loadgen_wait(pid), 0); /* answered, if wrongly: not "nothing answered" */
+    close(fd);
+    assert_true(n >= 3);
+    const char *text = slurp(out);
+    assert_transport(text, "udp");
+    assert_int_equal(summary_value(text, "packets_sent"), 1);
+    assert_int_equal(summary_value(text, "resends"), n - 1);
+    assert_int_equal(summary_value(text, "udp_datagrams_sent"), n);
+    assert_int_equal(summary_value(text, "packets_acked"), 0);
+    assert_int_equal(summary_value(text, "records_acked"), 0);
+    /* The last ACK may land after the run stopped reading. */
+    long long bad = summary_value(text, "udp_bad_count_acks");
+    assert_true(bad == n || bad == n - 1);
+    assert_int_equal(summary_value(text, "udp_stale_acks"), 0);
+    assert_true(summary_value(text, "errors") >= bad);
+}
+
+/* Nothing answers over UDP: the datagrams go, are re-sent, and the exit status says so. */
+static void test_udp_unanswered_fails(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int fd = udp_srv_open(&port); /* bound, never answering */
+    char target[32], out[256];
+    snprintf(target, sizeof target, "127.0.0.1:%u", port);
+    snprintf(out, sizeof out, "%s/test_loadgen_udp_unanswered.out", TEST_TMPDIR);
+    const char *args[] = {"--udp",          "--connect", target,         "--devices", "3",
+                          "--udp-retry-ms", "200",       "--duration-s", "1",         NULL};
+    pid_t pid = loadgen_start(out, args);
+    assert_int_equal(loadgen_wait(pid), 1);
+    close(fd);
+    const char *text = slurp(out);
+    assert_int_equal(summary_value(text, "packets_sent"), 3);
+    assert_true(summary_value(text, "resends") >= 3);
+    assert_int_equal(summary_value(text, "packets_acked"), 0);
+}
+
 /* Usage errors exit 2. */
 static void test_usage(void **state)
 {
@@ -398,6 +645,19 @@ static void test_usage(void **state)
     assert_int_equal(loadgen_wait(loadgen_start(out, bad3)), 2);
     const char *bad4[] = {"--reconnect-storm", "5", NULL};
     assert_int_equal(loadgen_wait(loadgen_start(out, bad4)), 2);
+    /* What only TCP connections have, with --udp; --udp-retry-ms without it. */
+    const char *udp1[] = {"--udp", "--fragment", "0.5", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp1)), 2);
+    const char *udp2[] = {"--ack-timeout-s", "1", "--udp", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp2)), 2);
+    const char *udp3[] = {"--udp", "--idle", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp3)), 2);
+    const char *udp4[] = {"--udp", "--command-reply", "OK", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp4)), 2);
+    const char *udp5[] = {"--udp-retry-ms", "100", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp5)), 2);
+    const char *udp6[] = {"--udp", "--udp-retry-ms", "0", NULL};
+    assert_int_equal(loadgen_wait(loadgen_start(out, udp6)), 2);
 }
 
 int main(void)
@@ -407,6 +667,10 @@ int main(void)
         cmocka_unit_test(test_device_script),
         cmocka_unit_test(test_malformed_then_real),
         cmocka_unit_test(test_nothing_connected_fails),
+        cmocka_unit_test(test_udp_acked),
+        cmocka_unit_test(test_udp_resend),
+        cmocka_unit_test(test_udp_wrong_count),
+        cmocka_unit_test(test_udp_unanswered_fails),
         cmocka_unit_test(test_usage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

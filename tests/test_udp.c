@@ -43,7 +43,8 @@
  *                 the good one ACKed, the poison never (nor its re-send later: its records are
  *                 no duplicates), the device's next datagram served.
  *   devices_known --devices known: an enabled IMEI is served; an unknown and a disabled one
- *                 get no reply, each datagram counted once as unknown_device, nothing stored.
+ *                 get no reply (also two copies at once), each datagram counted once, as
+ *                 unknown_device and under no other drop reason, nothing stored.
  *   devices_full  --udp-devices-max 1: a second IMEI on the same shard dropped (devices_full,
  *                 no reply) until the first is closed as idle, then served.
  *   udp_off       --udp off: no reply to a valid datagram (TCP still served).
@@ -1284,20 +1285,42 @@ static void test_devices_full(void **state)
 
 /* ---- devices_known, udp_off, udp_moved ---------------------------------------------------- */
 
-/* unknown_device drops so far; they must stay at want for a while (nothing counts twice). */
-static void unknown_drops_are(double want, const char *what)
+/* Sends dg twice back-to-back from u; no reply may come. */
+static void send_twice_unanswered(struct udpdev *u, const uint8_t *dg, size_t len, const char *what)
 {
-    double v = metric_at_least(UDP_M("dropped_total"), "reason", "unknown_device", want, WAIT_MS);
-    device_sleep_ms(1000); /* a datagram counted again later would show now */
-    double later = metric(UDP_M("dropped_total"), "reason", "unknown_device");
-    CHECK(v == want && later == want,
-          "%s: %.0f, a second later %.0f datagrams counted "
-          "unknown_device, want %.0f",
-          what, v, later, want);
+    CHECK(udpdev_send(u, dg, len) == 0 && udpdev_send(u, dg, len) == 0, "%s: send", what);
+    expect_silence(u, QUIET_MS, what);
+}
+
+/* The drops of the refused devices' datagrams: unknown_device when it reaches want (or after
+ * WAIT_MS), again a second later (a datagram counted again later would show then), and the
+ * drops under every reason then, with the reasons other than unknown_device spelt out. */
+struct drops {
+    double first, later, all;
+    char others[256];
+};
+
+static void refused_drops(double want, struct drops *d)
+{
+    d->first = metric_at_least(UDP_M("dropped_total"), "reason", "unknown_device", want, WAIT_MS);
+    device_sleep_ms(1000);
+    struct prom_text t;
+    scrape(&t);
+    d->later = prom_sum(&t, UDP_M("dropped_total"), "reason", "unknown_device", NULL);
+    d->all = prom_sum(&t, UDP_M("dropped_total"), NULL);
+    d->others[0] = '\0';
+    for (size_t i = 0, o = 0; i < t.samples_len && o < sizeof d->others - 64; i++) {
+        const struct prom_sample *x = &t.samples[i];
+        if (strcmp(x->name, UDP_M("dropped_total")) == 0 && x->value > 0 &&
+            strcmp(prom_label(x, "reason"), "unknown_device") != 0)
+            o += (size_t)snprintf(d->others + o, sizeof d->others - o, " %s=%.0f (shard %s)",
+                                  prom_label(x, "reason"), x->value, prom_label(x, "shard"));
+    }
+    prom_free(&t);
 }
 
 /* --devices known: an enabled IMEI's datagrams are served; an unknown and a disabled IMEI's
- * get no reply, each counted once as unknown_device, and nothing of theirs is stored. */
+ * get no reply, each counted once, as unknown_device, and nothing of theirs is stored. */
 static void test_devices_known(void **state)
 {
     (void)state;
@@ -1324,12 +1347,21 @@ static void test_devices_known(void **state)
     CHECK(rows_of(known) == 3, "enabled device: %lld rows", rows_of(known));
     send_unanswered(sd, dd, ld, "a disabled device");
     send_unanswered(su, du, lu, "an unknown device");
-    unknown_drops_are(2, "after one datagram each");
-    /* They re-send, as devices do: refused again, counted again once each. */
-    send_unanswered(sd, dd, ld, "a disabled device again");
-    send_unanswered(su, du, lu, "an unknown device again");
-    unknown_drops_are(4, "after two datagrams each");
+    struct drops d1, d3;
+    refused_drops(2, &d1);
+    /* They re-send, as devices do, each twice at once (both copies wait for one state load):
+     * refused again, each copy counted once. */
+    send_twice_unanswered(sd, dd, ld, "a disabled device, twice at once");
+    send_twice_unanswered(su, du, lu, "an unknown device, twice at once");
+    refused_drops(6, &d3);
     CHECK(rows_of(disabled) == 0 && rows_of(unknown) == 0, "rows of refused devices");
+    /* Each refused datagram counted once, as unknown_device, and under no other reason. */
+    CHECK(d1.first == 2 && d1.later == 2 && d3.first == 6 && d3.later == 6 && d1.all == 2 &&
+              d3.all == 6,
+          "unknown_device: %.0f, a second later %.0f, after one datagram of each refused device "
+          "(want 2); %.0f, a second later %.0f, after three of each (want 6). Dropped under any "
+          "reason: %.0f for the 2 (besides unknown_device:%s); %.0f for the 6 (besides:%s)",
+          d1.first, d1.later, d3.first, d3.later, d1.all, d1.others, d3.all, d3.others);
     send_acked(k, dk[1], lk1, 2, "the enabled device still served");
     CHECK(rows_of(known) == 5, "enabled device: %lld rows", rows_of(known));
     CHECK(metric(UDP_M("acked_total"), NULL, NULL) == 2, "ACKs");

@@ -53,6 +53,11 @@ static int socket_open(struct dgram *d, char *err, size_t err_cap)
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         goto fail;
+    /* What waits while the shard is paused or busy: a burst of every tracker at once. FORCE
+     * passes net.core.rmem_max with CAP_NET_ADMIN; without it the kernel caps the value there. */
+    if (cfg->rcvbuf > 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &cfg->rcvbuf, sizeof cfg->rcvbuf) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->rcvbuf, sizeof cfg->rcvbuf);
     if (bind(fd, (const struct sockaddr *)&cfg->addr, cfg->addr_len) < 0)
         goto fail;
     d->fd = fd;

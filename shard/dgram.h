@@ -30,6 +30,7 @@ struct dgram_config {
     uint32_t bufs;      /* receive buffers, a power of two, <= 32768 */
     uint32_t bytes_max; /* the largest payload kept whole; a longer one arrives truncated */
     uint32_t sends;     /* send slots */
+    int rcvbuf;         /* the socket's receive buffer, bytes (SO_RCVBUFFORCE, else SO_RCVBUF) */
     unsigned bgid;      /* the buffer group, distinct from the engine's TCP one */
 };
 

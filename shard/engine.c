@@ -2197,6 +2197,7 @@ static int udp_setup(struct engine *e, char *err, size_t err_cap)
         .bufs = cfg->udp_bufs ? cfg->udp_bufs : 256,
         .bytes_max = cfg->udp_bytes_max ? cfg->udp_bytes_max : 4096,
         .sends = cfg->udp_sends ? cfg->udp_sends : 1024,
+        .rcvbuf = cfg->udp_rcvbuf ? (int)cfg->udp_rcvbuf : 4 << 20,
         .bgid = UDP_BGID,
     };
     char why[192];

@@ -213,6 +213,7 @@ struct engine_config {
     uint32_t udp_bufs;      /* receive buffers, a power of two (0: 256) */
     uint32_t udp_bytes_max; /* the longest datagram delivered whole (0: 4096; at most 65535) */
     uint32_t udp_sends;     /* replies in flight at most (0: 1024) */
+    uint32_t udp_rcvbuf;    /* the socket's receive buffer, bytes (0: 4 MiB) */
 
     const struct engine_ops *ops;
     void *app;

@@ -49,8 +49,9 @@
  *                 no reply) until the first is closed as idle, then served.
  *   udp_off       --udp off: no reply to a valid datagram (TCP still served).
  *   udp_moved     --udp HOST:PORT: served there and not on the --listen port.
- *   burst         2,500 new devices at once, each re-sending until ACKed (held copies past
- *                 half the slab, the socket paused, the kernel dropping): all stored once.
+ *   burst         2,500 new devices at once, each re-sending until ACKed (more first datagrams
+ *                 waiting for state loads than half the held copies: the socket pauses; any
+ *                 drop is re-sent): all stored once, every ACK right; the figures printed.
  *
  * Every wait is bounded; a wait for a reply that must not come lasts QUIET_MS. No timing goal is
  * asserted. The gateway's output goes to test_udp_<case>.log in the build directory; a failing
@@ -853,8 +854,8 @@ static unsigned burst_acked(void)
 }
 
 /* Many new devices at once, each re-sending until ACKed: their first datagrams wait for state
- * loads, more than half the held copies; the socket is paused, some are dropped (counted), and
- * the re-sends bring everything in: every packet stored exactly once, every ACK right. */
+ * loads, more than half the held copies, so the socket pauses; whatever the kernel or the
+ * gateway drops (counted) is re-sent: every packet stored exactly once, every ACK right. */
 static void test_burst(void **state)
 {
     (void)state;

@@ -47,6 +47,7 @@
 #include "tests/support/device.h"
 #include "tests/support/gwproc.h"
 #include "tests/support/promtext.h"
+#include "tests/support/scrape.h"
 
 enum {
     WAIT_MS = GWPROC_WAIT_MS,
@@ -57,7 +58,6 @@ enum {
     PKT_BYTES = 1024,           /* a tracker's packet */
     HANDSHAKE_BOUND_MS = 20000, /* generous: the goal is 5 s, the figure is printed */
     FLOOD_CLOSED_BOUND_MS = 35000,
-    METRICS_BYTES_MAX = 1 << 20,
 };
 
 #define IMEI_BASE UINT64_C(356307042452000)
@@ -123,33 +123,8 @@ static int teardown(void **state)
 /* GET /metrics from the case's gateway, parsed strictly into t (prom_free after). */
 static void scrape(struct prom_text *t)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0, "socket: %s", strerror(errno));
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(T.metrics_port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "metrics: connect: %s",
-          strerror(errno));
-    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    CHECK(send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1),
-          "metrics: send: %s", strerror(errno));
-    char *buf = malloc(METRICS_BYTES_MAX);
-    assert_non_null(buf);
-    size_t len = 0;
-    ssize_t n;
-    while (len + 1 < METRICS_BYTES_MAX &&
-           (n = recv(fd, buf + len, METRICS_BYTES_MAX - 1 - len, 0)) > 0)
-        len += (size_t)n;
-    close(fd);
-    buf[len] = '\0';
-    const char *body = strstr(buf, "\r\n\r\n");
-    CHECK(strncmp(buf, "HTTP/1.1 200", 12) == 0 && body, "metrics: bad answer: %.80s", buf);
-    body += 4;
-    char err[256];
-    int rc = prom_parse(body, len - (size_t)(body - buf), t, err, sizeof err);
-    free(buf);
-    CHECK(rc == 0, "/metrics is not valid text format: %s", err);
+    char err[512];
+    CHECK(metrics_scrape(T.metrics_port, t, err, sizeof err) == 0, "%s", err);
 }
 
 /* Counter name summed over its series with label=value (label NULL: all of them) and

@@ -111,55 +111,6 @@ static long long rows_total(void)
 
 /* ---- rows compared with decoded records --------------------------------------------------- */
 
-/* The io column as copyenc writes it: {"id": value | "hex"} in wire order. */
-static void io_json(const struct avl_record *r, char *out, size_t cap)
-{
-    struct avl_io_iter it;
-    struct avl_io io;
-    avl_io_iter_init(&it, r);
-    size_t o = 0;
-    out[o++] = '{';
-    while (avl_io_next(&it, &io)) {
-        assert_true(o + 64 + 2 * (size_t)io.len < cap);
-        o += (size_t)snprintf(out + o, cap - o, "%s\"%u\":", o > 1 ? "," : "", io.id);
-        if (io.nx) {
-            out[o++] = '"';
-            for (unsigned k = 0; k < io.len; k++)
-                o += (size_t)snprintf(out + o, cap - o, "%02x", io.bytes[k]);
-            out[o++] = '"';
-        } else {
-            o += (size_t)snprintf(out + o, cap - o, "%" PRIu64, io.value);
-        }
-    }
-    out[o++] = '}';
-    out[o] = '\0';
-}
-
-/* Exactly one row of imei has every column of r, and received_at within this case. */
-static void expect_row(uint64_t imei, const struct avl_record *r)
-{
-    static char json[64 * 1024], sql[80 * 1024];
-    io_json(r, json, sizeof json);
-    char gen[16] = "NULL";
-    if (r->codec == AVL_CODEC_16)
-        snprintf(gen, sizeof gen, "%u", r->generation);
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM telemetry.positions WHERE imei = %" PRIu64
-             " AND ts = telemetry.ms_to_timestamptz(%" PRIu64 ") AND priority = %u"
-             " AND lon = '%.17g'::float8 AND lat = '%.17g'::float8 AND altitude = %d"
-             " AND angle = %u AND satellites = %u AND speed = %u AND event_id = %u"
-             " AND io = '%s'::jsonb AND generation IS NOT DISTINCT FROM %s AND codec = %u"
-             " AND received_at BETWEEN telemetry.ms_to_timestamptz(%" PRId64 ") AND now()",
-             imei, r->ts_ms, r->priority, (double)r->lon_e7 / 1e7, (double)r->lat_e7 / 1e7,
-             r->altitude_m, r->angle_deg, r->satellites, r->speed_kmh, r->event_id, json, gen,
-             r->codec, T.gw.wall0_ms - 2000);
-    long long n = pgtest_scalar_ll(T.gw.db.conn, sql);
-    CHECK(n == 1,
-          "imei %" PRIu64 ": the record of ts %" PRIu64
-          " (codec %u, io %s) is stored %lld times, want 1",
-          imei, r->ts_ms, r->codec, json, n);
-}
-
 /* Decodes our own frame and checks every record against the database. Returns N. */
 static unsigned expect_rows_of_frame(uint64_t imei, const uint8_t *frame, size_t len)
 {
@@ -168,7 +119,7 @@ static unsigned expect_rows_of_frame(uint64_t imei, const uint8_t *frame, size_t
     int rc = avl_decode_tcp(frame, len, &pkt, recs);
     assert_int_equal(rc, 0);
     for (unsigned i = 0; i < pkt.records_len; i++)
-        expect_row(imei, &recs[i]);
+        gwproc_expect_row(&T.gw, imei, &recs[i]);
     return pkt.records_len;
 }
 

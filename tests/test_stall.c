@@ -41,12 +41,12 @@
 #include "tests/support/gwproc.h"
 #include "tests/support/pgtest.h"
 #include "tests/support/promtext.h"
+#include "tests/support/scrape.h"
 
 enum {
     WAIT_MS = GWPROC_WAIT_MS,
     TAG_IO_ID = GWPROC_TAG_IO_ID,
     PKT_BYTES = 256,
-    METRICS_BYTES_MAX = 1 << 20,
     FLEET_DEVICES = 100,
     FLEET_GAP_MS = 250, /* between an ACK and a device's next packet */
 };
@@ -107,31 +107,8 @@ static int teardown(void **state)
 /* GET /metrics, parsed strictly (tests/support/promtext.h). */
 static void scrape(struct prom_text *t)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0, "socket: %s", strerror(errno));
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(T.metrics_port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "metrics: connect: %s",
-          strerror(errno));
-    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
-    CHECK(send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1),
-          "metrics: send");
-    char *buf = malloc(METRICS_BYTES_MAX);
-    assert_non_null(buf);
-    size_t len = 0;
-    ssize_t n;
-    while ((n = recv(fd, buf + len, METRICS_BYTES_MAX - 1 - len, 0)) > 0)
-        len += (size_t)n;
-    close(fd);
-    buf[len] = '\0';
-    char *body = strstr(buf, "\r\n\r\n");
-    CHECK(body && strncmp(buf, "HTTP/1.1 200", 12) == 0, "metrics: %.80s", buf);
-    char err[256];
-    int rc = prom_parse(body + 4, len - (size_t)(body + 4 - buf), t, err, sizeof err);
-    free(buf);
-    CHECK(rc == 0, "metrics: %s", err);
+    char err[512];
+    CHECK(metrics_scrape(T.metrics_port, t, err, sizeof err) == 0, "%s", err);
 }
 
 /* The sum over the shards of metric name (with one more label pair, or NULL). */

@@ -81,6 +81,7 @@
 #include "tests/support/gwproc.h"
 #include "tests/support/pgtest.h"
 #include "tests/support/promtext.h"
+#include "tests/support/scrape.h"
 #include "tests/support/testutil.h"
 #include "tests/support/udpdev.h"
 
@@ -90,7 +91,6 @@ enum {
     QUIET_MS = 1500, /* how long a reply that must not come is waited for */
     DGRAM_BYTES = 4096,
     UDP_BYTES_MAX = 4096, /* the gateway's default --udp-bytes-max */
-    METRICS_BYTES_MAX = 1 << 20,
     SOCKS_MAX = 32,
     FLEET_MAX = 8,
     FLEET_PKTS_MAX = 40,
@@ -169,31 +169,8 @@ static struct udpdev *sock(void)
 /* GET /metrics, parsed strictly (tests/support/promtext.h). */
 static void scrape(struct prom_text *t)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0, "socket: %s", strerror(errno));
-    struct timeval tv = {.tv_sec = WAIT_MS / 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(T.metrics_port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "metrics: connect: %s",
-          strerror(errno));
-    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
-    CHECK(send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1),
-          "metrics: send");
-    char *buf = malloc(METRICS_BYTES_MAX);
-    assert_non_null(buf);
-    size_t len = 0;
-    ssize_t n;
-    while ((n = recv(fd, buf + len, METRICS_BYTES_MAX - 1 - len, 0)) > 0)
-        len += (size_t)n;
-    close(fd);
-    buf[len] = '\0';
-    char *body = strstr(buf, "\r\n\r\n");
-    CHECK(body && strncmp(buf, "HTTP/1.1 200", 12) == 0, "metrics: %.80s", buf);
-    char err[256];
-    int rc = prom_parse(body + 4, len - (size_t)(body + 4 - buf), t, err, sizeof err);
-    free(buf);
-    CHECK(rc == 0, "metrics: %s", err);
+    char err[512];
+    CHECK(metrics_scrape(T.metrics_port, t, err, sizeof err) == 0, "%s", err);
 }
 
 /* The sum over the shards of metric name (with one more label pair, or NULL). The family must
@@ -247,55 +224,6 @@ static long long tags_repeated(void)
 
 /* ---- rows compared with decoded records --------------------------------------------------- */
 
-/* The io column as copyenc writes it: {"id": value | "hex"} in wire order. */
-static void io_json(const struct avl_record *r, char *out, size_t cap)
-{
-    struct avl_io_iter it;
-    struct avl_io io;
-    avl_io_iter_init(&it, r);
-    size_t o = 0;
-    out[o++] = '{';
-    while (avl_io_next(&it, &io)) {
-        assert_true(o + 64 + 2 * (size_t)io.len < cap);
-        o += (size_t)snprintf(out + o, cap - o, "%s\"%u\":", o > 1 ? "," : "", io.id);
-        if (io.nx) {
-            out[o++] = '"';
-            for (unsigned k = 0; k < io.len; k++)
-                o += (size_t)snprintf(out + o, cap - o, "%02x", io.bytes[k]);
-            out[o++] = '"';
-        } else {
-            o += (size_t)snprintf(out + o, cap - o, "%" PRIu64, io.value);
-        }
-    }
-    out[o++] = '}';
-    out[o] = '\0';
-}
-
-/* Exactly one row of imei has every column of r, and received_at within this case. */
-static void expect_row(uint64_t imei, const struct avl_record *r)
-{
-    static char json[64 * 1024], sql[80 * 1024];
-    io_json(r, json, sizeof json);
-    char gen[16] = "NULL";
-    if (r->codec == AVL_CODEC_16)
-        snprintf(gen, sizeof gen, "%u", r->generation);
-    snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM telemetry.positions WHERE imei = %" PRIu64
-             " AND ts = telemetry.ms_to_timestamptz(%" PRIu64 ") AND priority = %u"
-             " AND lon = '%.17g'::float8 AND lat = '%.17g'::float8 AND altitude = %d"
-             " AND angle = %u AND satellites = %u AND speed = %u AND event_id = %u"
-             " AND io = '%s'::jsonb AND generation IS NOT DISTINCT FROM %s AND codec = %u"
-             " AND received_at BETWEEN telemetry.ms_to_timestamptz(%" PRId64 ") AND now()",
-             imei, r->ts_ms, r->priority, (double)r->lon_e7 / 1e7, (double)r->lat_e7 / 1e7,
-             r->altitude_m, r->angle_deg, r->satellites, r->speed_kmh, r->event_id, json, gen,
-             r->codec, T.gw.wall0_ms - 2000);
-    long long n = pgtest_scalar_ll(T.gw.db.conn, sql);
-    CHECK(n == 1,
-          "imei %" PRIu64 ": the record of ts %" PRIu64
-          " (codec %u, io %s) is stored %lld times, want 1",
-          imei, r->ts_ms, r->codec, json, n);
-}
-
 /* Decodes our own datagram and checks every record against the database. Returns N. */
 static unsigned expect_rows_of_dgram(const uint8_t *dg, size_t len)
 {
@@ -304,7 +232,7 @@ static unsigned expect_rows_of_dgram(const uint8_t *dg, size_t len)
     int rc = avl_decode_udp(dg, len, &pkt, recs);
     CHECK(rc == 0, "our datagram does not decode: %s", avl_strerror(rc));
     for (unsigned i = 0; i < pkt.records_len; i++)
-        expect_row(pkt.imei, &recs[i]);
+        gwproc_expect_row(&T.gw, pkt.imei, &recs[i]);
     return pkt.records_len;
 }
 

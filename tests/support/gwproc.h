@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "codec/avl.h"
 #include "tests/support/device.h"
 #include "tests/support/pgtest.h"
 
@@ -180,6 +181,12 @@ size_t gwproc_encode_tagged(uint8_t codec, const struct gwproc_rspec *rs, unsign
 /* n records from ts0_ms on, step_ms apart (negative: newest first), tags from tag0 on. */
 size_t gwproc_encode_series(uint8_t codec, uint64_t ts0_ms, int64_t step_ms, uint32_t tag0,
                             unsigned n, uint8_t *out, size_t cap);
+
+/* ---- rows ------------------------------------------------------------------------------------ */
+
+/* Exactly one row of imei in telemetry.positions has every column of r (io as copyenc writes
+ * it: {"id": value | "hex"} in wire order), and a received_at within this case. */
+void gwproc_expect_row(const struct gwproc *g, uint64_t imei, const struct avl_record *r);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh — `make demo`: a throwaway PostgreSQL and Redis under ./var, the schema, the
-# gateway, a burst of simulated devices and what landed, the gateway's metrics, then a Codec 12
-# command sent to a simulated tracker and its answer. Everything it starts, it stops on exit
+# gateway, a burst of simulated devices over TCP and 50 more over UDP (checked stored exactly
+# once), what landed, the gateway's metrics, then a Codec 12 command sent to a simulated tracker
+# and its answer. Everything it starts, it stops on exit
 # (tests/lib/throwaway.sh); the database stays in ./var/pg for a look afterwards and the next
 # run (`tests/pg/pgtmp.sh start var/pg` starts it again, `... remove var/pg` deletes it). As
 # root, when the postgres user cannot reach ./var (a checkout under /root), its files are in
@@ -39,6 +40,11 @@ echo "== $devices devices x $packets packets x $records records (codecs 8, 8E, 1
 "$top/$build/bin/avlgate-burst" --connect "127.0.0.1:$port" --devices "$devices" \
   --packets "$packets" --records "$records"
 
+echo "== 50 more devices over UDP, 5 s, each record checked stored exactly once (--verify)"
+"$top/$build/bin/avlgate-loadgen" --udp --connect "127.0.0.1:$port" --devices 50 \
+  --imei-base 356307049100000 --rate 500 --duration-s 5 --records "$records" --verify \
+  --pg "$conninfo" | grep -E '^verify'
+
 echo "== what landed"
 psql "$conninfo" -X -q -P pager=off <<'SQL'
 SELECT count(*) AS rows, count(DISTINCT imei) AS devices,
@@ -53,7 +59,7 @@ SQL
 echo "== what the gateway counted (GET http://127.0.0.1:$mport/metrics, a few series)"
 if exec 3<>"/dev/tcp/127.0.0.1/$mport"; then
   printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  grep -E '^avlgate_(connections_accepted_total|packets_acked_total|records_stored_total|rows_committed_total|ack_latency_seconds_(sum|count))' <&3 || true
+  grep -E '^avlgate_(connections_accepted_total|packets_acked_total|records_stored_total|rows_committed_total|ack_latency_seconds_(sum|count)|udp_datagrams_(received|acked)_total)' <&3 || true
   exec 3<&-
 fi
 

@@ -101,6 +101,7 @@ static const char *const outcome_names[] = {"", "answered", "failed", "expired"}
 
 static struct cmd_conn *conn_of(const struct shard *s, uint32_t slot)
 {
+    assert(slot < s->cfg->conns_max); /* a connection's: UDP devices get no commands */
     return &s->cmds->conns[slot];
 }
 
@@ -568,7 +569,7 @@ static void on_recorded(struct shard *s, uint32_t index, const PGresult *res)
     cmd_free(s, k);
     if (detached) {
         /* Its device may be back on another connection, waiting for this outcome. */
-        int64_t at = imap_get(&s->sess->owned, imei);
+        int64_t at = session_conn_of(s, imei);
         if (at >= 0 && session_dev(s, (uint32_t)at)->state == DEV_OPEN &&
             !conn_of(s, (uint32_t)at)->cmd)
             fetch(s, (uint32_t)at);
@@ -766,7 +767,7 @@ void delivery_wake(struct shard *s, const struct cmd_wake *w)
 {
     struct delivery *c = s->cmds;
     stat_add(&s->st->cmd_wakes, 1);
-    int64_t slot = imap_get(&s->sess->owned, w->imei);
+    int64_t slot = session_conn_of(s, w->imei);
     if (slot < 0 || !dev_owned(session_dev(s, (uint32_t)slot))) {
         /* Not connected here: the command waits in the database for the next connect. */
         stat_add(&s->st->cmd_wakes_offline, 1);
@@ -791,6 +792,8 @@ void delivery_wake(struct shard *s, const struct cmd_wake *w)
  * fetch is owed is fetched at once instead. */
 static bool pick_for_sweep(struct shard *s, uint32_t slot)
 {
+    if (session_is_udp(s, slot))
+        return false; /* no commands over UDP */
     const struct cmd_conn *cc = conn_of(s, slot);
     if (session_dev(s, slot)->state != DEV_OPEN || cc->cmd || fetching(cc))
         return false;
@@ -840,7 +843,7 @@ static void on_sweep(struct shard *s, const PGresult *res)
         return;
     }
     for (int i = 0; i < PQntuples(res); i++) {
-        int64_t slot = session_owned_slot_of_row(s, res, i);
+        int64_t slot = session_conn_of(s, strtoull(PQgetvalue(res, i, 0), NULL, 10));
         if (slot < 0)
             continue;
         const struct cmd_conn *cc = conn_of(s, (uint32_t)slot);

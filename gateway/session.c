@@ -381,6 +381,12 @@ uint32_t session_udp_devices(const struct shard *s)
     return ss->slots - s->cfg->conns_max - ss->udp_free_len;
 }
 
+int64_t session_conn_of(const struct shard *s, uint64_t imei)
+{
+    int64_t slot = imap_get(&s->sess->owned, imei);
+    return slot >= 0 && !session_is_udp(s, (uint32_t)slot) ? slot : -1;
+}
+
 int64_t session_owned_slot_of_row(const struct shard *s, const PGresult *res, int row)
 {
     return imap_get(&s->sess->owned, strtoull(PQgetvalue(res, row, 0), NULL, 10));

@@ -162,8 +162,12 @@ void session_mark_load_stale(struct shard *s, uint64_t imei);
 /* Closes the connection that owns imei now, if any (its window may count records that will never
  * be stored: it must reconnect and load its state). */
 void session_close_owner(struct shard *s, uint64_t imei);
-/* The slot of the connection this shard owns for the IMEI in row `row`, column 0, of a query's
- * answer; -1 when none is connected here (any more). */
+/* The slot of the TCP connection this shard owns for imei; -1 when none (a device known over UDP
+ * only has no connection: commands wait for one). */
+int64_t session_conn_of(const struct shard *s, uint64_t imei);
+
+/* The slot of the device (a connection's, or a UDP device's) this shard owns for the IMEI in row
+ * `row`, column 0, of a query's answer; -1 when none is here (any more). */
 int64_t session_owned_slot_of_row(const struct shard *s, const PGresult *res, int row);
 
 /* A chunk of the shard's devices as a bigint[] literal ("{imei,imei}") in buf (cap bytes, room

@@ -45,6 +45,9 @@
  *   devices_known --devices known: an enabled IMEI is served; an unknown and a disabled one
  *                 get no reply (also two copies at once), each datagram counted once, as
  *                 unknown_device and under no other drop reason, nothing stored.
+ *   commands_wait_for_tcp  an open command for a device known over UDP only waits (no Codec
+ *                 12 over UDP) while the sweep runs and datagrams go on; written once the IMEI
+ *                 connects over TCP.
  *   devices_full  --udp-devices-max 1: a second IMEI on the same shard dropped (devices_full,
  *                 no reply) until the first is closed as idle, then served.
  *   udp_off       --udp off: no reply to a valid datagram (TCP still served).
@@ -1186,6 +1189,52 @@ static void test_poison(void **state)
     CHECK(gwproc_running(&T.gw), "the gateway died");
 }
 
+/* The next bytes on d: one Codec 12 command frame carrying payload. */
+static void expect_command(struct device *d, const char *payload)
+{
+    static uint8_t got[2048], want[2048];
+    int wlen =
+        avl_encode_command(want, sizeof want, (const uint8_t *)payload, (uint32_t)strlen(payload));
+    assert_true(wlen > 0);
+    int rc = device_read(d, got, (size_t)wlen, WAIT_MS);
+    CHECK(rc == 0, "no command frame within %d ms: %s", WAIT_MS, strerror(-rc));
+    CHECK(memcmp(got, want, (size_t)wlen) == 0, "the frame is not the command '%s'", payload);
+}
+
+/* A device known over UDP only gets no command (none over UDP): an open command for it waits,
+ * the sweep (every second) passes over it and the datagrams go on; once the IMEI connects over
+ * TCP the command is written to the connection. */
+static void test_commands_wait_for_tcp(void **state)
+{
+    (void)state;
+    begin("commands_wait_for_tcp");
+    start((const char *const[]){"--cmd-sweep-s", "1", NULL});
+    const uint64_t imei = IMEI_BASE + 60;
+    uint64_t ts = gwproc_recent_ts_ms(&T.gw);
+    uint8_t d1[DGRAM_BYTES], d2[DGRAM_BYTES];
+    size_t l1 = dgram_series(imei, 0x6000, 1, AVL_CODEC_8, ts, 6000, 2, d1, sizeof d1);
+    size_t l2 = dgram_series(imei, 0x6000, 2, AVL_CODEC_8, ts + 2000, 6010, 2, d2, sizeof d2);
+    struct udpdev *u = sock();
+    send_acked(u, d1, l1, 2, "a UDP device's first datagram");
+    long long id = gwproc_sql_ll(&T.gw,
+                                 "INSERT INTO public.commands (imei, payload) VALUES (%" PRIu64
+                                 ", 'getver') RETURNING id",
+                                 imei);
+    device_sleep_ms(2500); /* two sweeps or more */
+    CHECK(gwproc_running(&T.gw), "the gateway died during the sweeps");
+    CHECK(gwproc_sql_ll(&T.gw,
+                        "SELECT count(*) FROM public.commands WHERE id = %lld AND "
+                        "status = 'pending' AND attempts = 0",
+                        id) == 1,
+          "the command did not wait for a TCP connection");
+    send_acked(u, d2, l2, 2, "the UDP device's next datagram after the sweeps");
+    struct device d;
+    gwproc_dev_open(&T.gw, &d, imei);
+    expect_command(&d, "getver");
+    device_close(&d);
+    CHECK(rows_of(imei) == 4, "rows %lld, want 4", rows_of(imei));
+}
+
 /* --udp-devices-max 1: a second IMEI on the same shard is dropped (devices_full, no reply)
  * while the first is open, and served once the first was closed as idle. */
 static void test_devices_full(void **state)
@@ -1354,6 +1403,7 @@ int main(void)
         cmocka_unit_test_teardown(test_poison, teardown),
         cmocka_unit_test_teardown(test_devices_known, teardown),
         cmocka_unit_test_teardown(test_devices_full, teardown),
+        cmocka_unit_test_teardown(test_commands_wait_for_tcp, teardown),
         cmocka_unit_test_teardown(test_udp_off, teardown),
         cmocka_unit_test_teardown(test_udp_moved, teardown),
         cmocka_unit_test_teardown(test_sigkill, teardown),

@@ -79,6 +79,7 @@ static void batch_open(struct batches *r, struct batch *b)
     b->state = BATCH_FILLING;
     b->seq = r->next_seq++;
     b->opened_ns = 0;
+    b->sealed_ns = 0;
 }
 
 static int batch_alloc(const struct ingest_config *c, struct batch *b)
@@ -263,6 +264,20 @@ static int ack_datagram(struct shard *s, const struct pkt_ref *p, const struct u
     return rc;
 }
 
+/* Where an acknowledged packet's time went: in the filling batch, sealed and waiting for the
+ * sink, in its transaction, in all (ACK queued now; the engine submits it this loop turn). */
+static void observe_stages(struct shard *s, const struct batch *b, const struct pkt_ref *p)
+{
+    uint64_t now = engine_now_ns(s->e);
+    struct ingest_stats *st = s->st;
+    uint64_t sealed = b->sealed_ns > p->taken_ns ? b->sealed_ns : p->taken_ns;
+    uint64_t submitted = b->submitted_ns > sealed ? b->submitted_ns : sealed;
+    prom_hist_observe(&st->stage_fill, (sealed - p->taken_ns) / 1000u);
+    prom_hist_observe(&st->stage_queue, (submitted - sealed) / 1000u);
+    prom_hist_observe(&st->stage_commit, (now - submitted) / 1000u);
+    prom_hist_observe(&st->ack_latency, (now - p->taken_ns) / 1000u);
+}
+
 /* Acknowledges one committed packet (batch b's i-th) with its full record count. */
 static void ack_packet(struct shard *s, const struct batch *b, uint32_t i)
 {
@@ -280,7 +295,7 @@ static void ack_packet(struct shard *s, const struct batch *b, uint32_t i)
         return;
     }
     stat_add(&s->st->packets_acked, 1);
-    prom_hist_observe(&s->st->ack_latency, (engine_now_ns(s->e) - p->taken_ns) / 1000u);
+    observe_stages(s, b, p);
     struct dev *d = session_dev(s, p->slot);
     if (d->gen == p->gen && d->unacked > 0 && --d->unacked == 0 && !session_is_udp(s, p->slot))
         delivery_on_acked(s, p->slot); /* a command may go now, after the ACK */
@@ -317,12 +332,13 @@ static struct batch *filling(struct batches *r)
     return &r->batches[r->fill];
 }
 
-/* Seals the filling batch and opens the next; false when there is no free batch. */
-static bool rotate(struct batches *r)
+/* Seals the filling batch (at now_ns) and opens the next; false when there is no free batch. */
+static bool rotate(struct batches *r, uint64_t now_ns)
 {
     uint32_t next = (r->fill + 1) % r->nbatches;
     if (r->batches[next].state != BATCH_FREE)
         return false;
+    filling(r)->sealed_ns = now_ns;
     batch_seal(filling(r));
     r->fill = next;
     batch_open(r, filling(r));
@@ -738,7 +754,7 @@ uint64_t batch_tick(struct shard *s, uint64_t now_ns)
     if (b->pkts_len > 0) {
         uint64_t due = b->opened_ns + (uint64_t)s->cfg->batch_ms * 1000000u;
         if (now_ns >= due || s->draining)
-            rotate(s->ring);
+            rotate(s->ring, engine_now_ns(s->e));
         else
             wake = due;
     }
@@ -783,7 +799,7 @@ static struct batch *room_for(struct shard *s, const struct dev *d, const struct
                     (b->devs_len < b->devs_cap || batch_find_dev(b, d->imei));
         if (fits)
             return b;
-        if (attempt > 0 || b->pkts_len == 0 || !rotate(s->ring))
+        if (attempt > 0 || b->pkts_len == 0 || !rotate(s->ring, engine_now_ns(s->e)))
             return NULL;
         b = filling(s->ring);
     }
@@ -862,7 +878,8 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
     stat_add(&s->st->packets, 1);
     stat_add(&s->st->records, pkt->records_len);
     if (b->rows >= s->cfg->batch_rows)
-        rotate(s->ring); /* sealed now; if no batch is free, the next packet pauses */
+        rotate(s->ring,
+               engine_now_ns(s->e)); /* sealed now; if no batch is free, the next packet pauses */
     return 1;
 }
 

@@ -86,6 +86,7 @@ struct batch {
     enum batch_state state;
     uint32_t seq;
     uint64_t opened_ns;
+    uint64_t sealed_ns;    /* engine time it was sealed */
     uint64_t submitted_ns; /* engine time of its (last) submit: COPY duration */
     uint8_t *copy;         /* header, tuples; the trailer is appended at seal */
     size_t copy_len, copy_cap;

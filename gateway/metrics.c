@@ -232,6 +232,22 @@ static const char *invalid_reason(unsigned i)
     return copyenc_strerror((int)(1 - AVL_E_ERR_MIN) - (int)i);
 }
 
+/* ack_latency in its three stages, per acknowledged packet: where the tail comes from. */
+static void render_stages(struct out *o, const struct ingest_shared *sh)
+{
+    render_hist(o, sh, "avlgate_ack_stage_fill_seconds",
+                "A packet acknowledged: from taken to its batch sealed (batch-rows or batch-ms).",
+                offsetof(struct ingest_stats, stage_fill));
+    render_hist(o, sh, "avlgate_ack_stage_queue_seconds",
+                "A packet acknowledged: from its batch sealed to its COPY submitted (the data "
+                "link busy with earlier batches).",
+                offsetof(struct ingest_stats, stage_queue));
+    render_hist(o, sh, "avlgate_ack_stage_commit_seconds",
+                "A packet acknowledged: from its COPY submitted to the COMMIT answered and its ACK "
+                "queued (PostgreSQL, the link, and this shard's loop).",
+                offsetof(struct ingest_stats, stage_commit));
+}
+
 static void render_header(struct out *o, const struct ingest_shared *sh)
 {
     family(o, "avlgate_build_info", "gauge", "The running version.");
@@ -435,6 +451,7 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     render_hist(&o, sh, "avlgate_ack_latency_seconds",
                 "A packet, from taken into a batch to its ACK queued after the commit.",
                 offsetof(struct ingest_stats, ack_latency));
+    render_stages(&o, sh);
     return o.len;
 }
 

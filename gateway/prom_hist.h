@@ -13,12 +13,13 @@
 extern "C" {
 #endif
 
-enum { PROM_HIST_BUCKETS = 14 };
+enum { PROM_HIST_BUCKETS = 22 };
 
-/* Upper bounds in microseconds; a last bucket above them is +Inf. */
+/* Upper bounds in microseconds; a last bucket above them is +Inf. Fine from 1 to 50 ms, where
+ * the ACK latency's p99 lives (its goal is 25 ms), coarse beyond. */
 static const uint32_t prom_hist_bucket_us[PROM_HIST_BUCKETS] = {
-    500,    1000,   2500,   5000,    10000,   25000,   50000,
-    100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+    250,   500,   1000,  2000,  3000,  5000,   7500,   10000,  12500,   15000,   20000,
+    25000, 30000, 40000, 50000, 75000, 100000, 250000, 500000, 1000000, 2500000, 10000000};
 
 struct prom_hist {
     uint64_t bucket[PROM_HIST_BUCKETS + 1]; /* [i]: at most bucket_us[i]; [BUCKETS]: above */

@@ -131,6 +131,9 @@ struct ingest_stats {
     uint64_t listening;            /* accepting connections */
     struct prom_hist copy_latency; /* a batch's transaction: submit to COMMIT's answer */
     struct prom_hist ack_latency;  /* a packet: taken into a batch to its ACK queued */
+    /* The same, in stages: in the filling batch (taken -> sealed), sealed and waiting for the
+     * sink (-> COPY submitted), its transaction (-> COMMIT answered and the ACK queued). */
+    struct prom_hist stage_fill, stage_queue, stage_commit;
 } __attribute__((aligned(64)));
 
 _Static_assert((int)ENGINE_SHARDS_MAX == (int)ROUTER_SHARDS_MAX,

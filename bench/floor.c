@@ -631,8 +631,10 @@ int main(int argc, char **argv)
     memset(shards, 0, sizeof *shards * opts.shards);
     bool ok = shards_start(shards);
     if (ok) {
-        printf("avlgate-floor: listening on %s%s, %u shards\n", opts.listen,
-               opts.udp ? " (TCP and UDP)" : " (TCP)", opts.shards);
+        printf("avlgate-floor: listening on %s (%s) shards=%u conns_max=%u bufs=%u buf_bytes=%u "
+               "wait_batch_us=%u pin=%s\n",
+               opts.listen, opts.udp ? "TCP and UDP" : "TCP", opts.shards, opts.conns_max,
+               opts.bufs, opts.buf_bytes, opts.wait_batch_us, opts.pin ? "on" : "off");
         fflush(stdout);
         wait_stop(&stop_signals);
         for (unsigned i = 0; i < opts.shards; i++)

@@ -49,6 +49,7 @@
 
 #include "codec/avl.h"
 #include "codec/bytes.h"
+#include "gateway/hostport.h"
 #include "shard/engine.h"
 
 enum {
@@ -383,38 +384,6 @@ static int parse_u32(const char *name, const char *s, uint32_t lo, uint32_t hi, 
     return 0;
 }
 
-/* HOST:PORT (numeric host, [v6] in brackets, port not 0) into o->addr. Returns 0 or -1. */
-static int parse_listen(struct floor_options *o)
-{
-    char host[256];
-    const char *colon = strrchr(o->listen, ':');
-    if (!colon || (size_t)(colon - o->listen) >= sizeof host)
-        return -1;
-    memcpy(host, o->listen, (size_t)(colon - o->listen));
-    host[colon - o->listen] = '\0';
-    char *h = host;
-    if (h[0] == '[') {
-        h++;
-        char *rb = strchr(h, ']');
-        if (!rb)
-            return -1;
-        *rb = '\0';
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *ai;
-    if (getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &ai) != 0)
-        return -1;
-    memcpy(&o->addr, ai->ai_addr, ai->ai_addrlen);
-    o->addr_len = ai->ai_addrlen;
-    freeaddrinfo(ai);
-    in_port_t port = o->addr.ss_family == AF_INET6
-                         ? ((const struct sockaddr_in6 *)&o->addr)->sin6_port
-                         : ((const struct sockaddr_in *)&o->addr)->sin_port;
-    return port == 0 ? -1 : 0;
-}
-
 /* One option (getopt_long's val) with its argument. Returns 0 or -1 after a message. */
 static int parse_one(int c, const char *arg)
 {
@@ -482,7 +451,7 @@ static int parse_options(int argc, char **argv)
         fprintf(stderr, "avlgate-floor: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (parse_listen(&opts) != 0) {
+    if (hostport_parse(opts.listen, &opts.addr, &opts.addr_len) != 0) {
         fprintf(stderr, "avlgate-floor: bad --listen '%s' (want HOST:PORT, numeric host)\n",
                 opts.listen);
         return 2;
@@ -494,28 +463,14 @@ static int parse_options(int argc, char **argv)
  * Start-up checks, the run, the totals
  * ------------------------------------------------------------------------------------------- */
 
-/* SO_REUSEPORT would let the shards share the port with another process (a floor or gateway
- * left over from an earlier run): a plain bind first says whether anything holds it, as
- * `avlgate run` does. Returns 0 or -errno. */
-static int port_free(int type)
-{
-    int fd = socket(opts.addr.ss_family, type | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* TIME_WAIT is not "in use" */
-    int rc = bind(fd, (const struct sockaddr *)&opts.addr, opts.addr_len) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 /* The ports and the descriptor limit (each shard's fixed file table holds conns_max). Returns
  * 0 or 1 after a message. */
 static int start_checks(void)
 {
-    int rc = port_free(SOCK_STREAM);
+    /* A floor or gateway left over from an earlier run must not share the port (hostport.h). */
+    int rc = hostport_free(&opts.addr, opts.addr_len, SOCK_STREAM);
     if (rc == 0 && opts.udp)
-        rc = port_free(SOCK_DGRAM);
+        rc = hostport_free(&opts.addr, opts.addr_len, SOCK_DGRAM);
     if (rc != 0) {
         fprintf(stderr, "avlgate-floor: cannot take %s: %s\n", opts.listen, strerror(-rc));
         return 1;

@@ -20,6 +20,7 @@
 
 #include "codec/avl.h"
 #include "gateway/config.h"
+#include "gateway/hostport.h"
 #include "gateway/ingest.h"
 #include "gateway/log.h"
 #include "gateway/metrics.h"
@@ -35,52 +36,6 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
         return -1;
     *out = (uint32_t)v;
     return 0;
-}
-
-static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-    char host[256];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host)
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    char *h = host;
-    if (h[0] == '[') { /* [::1]:5027 */
-        h++;
-        char *rb = strchr(h, ']');
-        if (!rb)
-            return -1;
-        *rb = '\0';
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *ai;
-    if (getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &ai) != 0)
-        return -1;
-    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-    *len = ai->ai_addrlen;
-    freeaddrinfo(ai);
-    /* Port 0 would give every shard's listener its own ephemeral port, none of them said. */
-    in_port_t port = ss->ss_family == AF_INET6 ? ((struct sockaddr_in6 *)ss)->sin6_port
-                                               : ((struct sockaddr_in *)ss)->sin_port;
-    return port == 0 ? -1 : 0;
-}
-
-/* The shards listen with SO_REUSEPORT, which would let this process share the port with
- * another gateway (the kernel spreading devices over both) instead of failing: a plain bind
- * first says whether anything holds the port. Returns 0 or -errno. */
-static int port_free(const struct sockaddr_storage *ss, socklen_t len, int type)
-{
-    int fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* TIME_WAIT is not "in use" */
-    int rc = bind(fd, (const struct sockaddr *)ss, len) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
 }
 
 /* HOST:PORT to a numeric address (resolved once here: hiredis would resolve a name with a
@@ -175,7 +130,7 @@ enum { RUN_STOPPED = -1 }; /* start-up was asked to stop (a signal): exit 0 */
 static int run_resolve(struct run_state *st)
 {
     const struct run_options *o = &st->o;
-    if (parse_listen(o->listen, &st->cfg.listen_addr, &st->cfg.listen_addr_len) != 0) {
+    if (hostport_parse(o->listen, &st->cfg.listen_addr, &st->cfg.listen_addr_len) != 0) {
         fprintf(stderr, "avlgate run: bad --listen '%s' (want HOST:PORT with a numeric host)\n",
                 o->listen);
         return 2;
@@ -184,7 +139,7 @@ static int run_resolve(struct run_state *st)
     if (!o->udp) {
         st->cfg.udp_addr = st->cfg.listen_addr;
         st->cfg.udp_addr_len = st->cfg.listen_addr_len;
-    } else if (st->cfg.udp && parse_listen(o->udp, &st->cfg.udp_addr, &st->cfg.udp_addr_len)) {
+    } else if (st->cfg.udp && hostport_parse(o->udp, &st->cfg.udp_addr, &st->cfg.udp_addr_len)) {
         fprintf(stderr,
                 "avlgate run: bad --udp '%s' (want HOST:PORT with a numeric host, or off)\n",
                 o->udp);
@@ -208,13 +163,13 @@ static int run_claim_ports(struct run_state *st)
 {
     const struct run_options *o = &st->o;
     struct ingest_config *cfg = &st->cfg;
-    int rc = port_free(&cfg->listen_addr, cfg->listen_addr_len, SOCK_STREAM);
+    int rc = hostport_free(&cfg->listen_addr, cfg->listen_addr_len, SOCK_STREAM);
     if (rc != 0) {
         fprintf(stderr, "avlgate run: cannot listen on %s: %s%s\n", o->listen, strerror(-rc),
                 rc == -EADDRINUSE ? " (another process has the port)" : "");
         return 1;
     }
-    rc = cfg->udp ? port_free(&cfg->udp_addr, cfg->udp_addr_len, SOCK_DGRAM) : 0;
+    rc = cfg->udp ? hostport_free(&cfg->udp_addr, cfg->udp_addr_len, SOCK_DGRAM) : 0;
     if (rc != 0) {
         fprintf(stderr, "avlgate run: cannot take UDP %s: %s%s\n", o->udp ? o->udp : o->listen,
                 strerror(-rc), rc == -EADDRINUSE ? " (another process has the port)" : "");
@@ -224,7 +179,7 @@ static int run_claim_ports(struct run_state *st)
         return 0;
     struct sockaddr_storage ma;
     socklen_t ml;
-    if (parse_listen(o->metrics, &ma, &ml) != 0) {
+    if (hostport_parse(o->metrics, &ma, &ml) != 0) {
         fprintf(stderr, "avlgate run: bad --metrics '%s' (want HOST:PORT with a numeric host)\n",
                 o->metrics);
         return 2;

@@ -117,9 +117,10 @@ struct ingest_stats {
     uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
     uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
     uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
-    /* UDP: datagrams received here, handed to their owner shard, taken into a batch,
-     * acknowledged, all of whose records were already stored, invalid, dropped. */
-    uint64_t udp_received, udp_handed_off, udp_taken, udp_acked, udp_duplicate;
+    /* UDP (the datagrams received are the engine's udp_received): handed to their owner shard,
+     * taken into a batch, acknowledged, all of whose records were already stored, invalid,
+     * dropped. */
+    uint64_t udp_handed_off, udp_taken, udp_acked, udp_duplicate;
     uint64_t udp_invalid[UDP_INVALID_REASONS];
     uint64_t udp_dropped[UDP_DROPS];
     uint64_t udp_devices; /* gauge: devices over UDP only, open now */

@@ -166,7 +166,6 @@ void udp_on_datagram(struct shard *s, const uint8_t *p, size_t len, bool truncat
                      const struct sockaddr *from, socklen_t from_len)
 {
     struct udp *u = s->udp;
-    stat_add(&s->st->udp_received, 1);
     if (truncated || len > s->cfg->udp_bytes_max) {
         count_invalid(s, UDP_INVALID_TOO_LONG);
         return;

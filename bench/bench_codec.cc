@@ -312,6 +312,7 @@ void BM_CopyencRow(benchmark::State &state)
 {
     const Batch b =
         make_batch(uint8_t(state.range(0)), unsigned(state.range(1)), false, kCopyencPackets, true);
+    const auto layout = copyenc_layout(state.range(2));
     static avl_record recs[AVL_RECORDS_MAX];
     std::vector<avl_record> all;
     uint64_t io_total = 0;
@@ -326,14 +327,16 @@ void BM_CopyencRow(benchmark::State &state)
         }
     }
     std::vector<uint8_t> out(size_t(1) << 20);
-    const size_t room = PKTGEN_FRAME_BYTES_MAX * 3 + 1024; // above any bound of a generated row
+    // above any bound of a generated row
+    const size_t room =
+        PKTGEN_FRAME_BYTES_MAX * COPYENC_ROW_BYTES_PER_WIRE_BYTE + COPYENC_ROW_BYTES_FIXED_MAX;
     uint64_t bytes = 0;
     size_t off = 0, i = 0;
     for (auto _ : state) {
         if (out.size() - off < room)
             off = 0;
-        int w = copyenc_row(out.data() + off, out.size() - off, UINT64_C(356307042441013), &all[i],
-                            INT64_C(1700000000000000));
+        int w = copyenc_row(layout, out.data() + off, out.size() - off, UINT64_C(356307042441013),
+                            &all[i], INT64_C(1700000000000000));
         if (w <= 0) {
             std::fprintf(stderr, "bench_codec: copyenc_row failed: %s\n", copyenc_strerror(w));
             std::abort();
@@ -364,11 +367,15 @@ BENCHMARK(BM_TcpDecode)->Apply(codec_args);
 BENCHMARK(BM_TcpDecodeIter)->Apply(codec_args);
 BENCHMARK(BM_UdpDecode)->Apply(codec_args);
 BENCHMARK(BM_TcpEncode)->Apply(codec_args);
+// layout: 0 arrays (the default), 1 jsonb (enum copyenc_layout)
 BENCHMARK(BM_CopyencRow)
-    ->ArgNames({"codec", "records"})
-    ->Args({AVL_CODEC_8, 10})
-    ->Args({AVL_CODEC_8E, 10})
-    ->Args({AVL_CODEC_16, 10});
+    ->ArgNames({"codec", "records", "layout"})
+    ->Args({AVL_CODEC_8, 10, COPYENC_ARRAYS})
+    ->Args({AVL_CODEC_8E, 10, COPYENC_ARRAYS})
+    ->Args({AVL_CODEC_16, 10, COPYENC_ARRAYS})
+    ->Args({AVL_CODEC_8, 10, COPYENC_JSONB})
+    ->Args({AVL_CODEC_8E, 10, COPYENC_JSONB})
+    ->Args({AVL_CODEC_16, 10, COPYENC_JSONB});
 
 } // namespace
 

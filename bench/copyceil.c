@@ -5,7 +5,7 @@
  * with as many connections as the gateway has shards. Each connection (one thread, blocking
  * libpq) repeats, for --seconds:
  *
- *   BEGIN; COPYENC_COPY_SQL; the batch in PQputCopyData chunks; PQputCopyEnd; COMMIT
+ *   BEGIN; copyenc_copy_sql(layout); the batch in PQputCopyData chunks; PQputCopyEnd; COMMIT
  *
  * The batches are the gateway's own bytes: realistic packets from loadgen/packetgen (codecs 8,
  * 8E and 16 in turn, --records-per-packet records each, --devices devices), decoded with
@@ -259,18 +259,18 @@ static int batch_make(struct gen *g, struct batch *b, char *err, size_t err_cap)
         if (g->recs_len == 0)
             continue;
         const struct avl_record *r = &g->recs[g->recs_next++];
-        if (grow(b, &cap, copyenc_row_bytes_max(r)) != 0)
+        if (grow(b, &cap, copyenc_row_bytes_max(COPYENC_JSONB, r)) != 0)
             goto nomem;
-        int w =
-            copyenc_row(b->bytes + b->bytes_len, cap - b->bytes_len, g->imei, r, g->received_us);
+        int w = copyenc_row(COPYENC_JSONB, b->bytes + b->bytes_len, cap - b->bytes_len, g->imei, r,
+                            g->received_us);
         if (w < 0) {
             snprintf(err, err_cap, "copyenc_row: %s", copyenc_strerror(w));
             return -EINVAL;
         }
         /* The row starts as ROW_TS_OFFSET assumes: 14 fields, imei of 8 bytes, ts of 8. */
         const uint8_t *row = b->bytes + b->bytes_len;
-        assert(row[0] == 0 && row[1] == COPYENC_COLUMNS_LEN && be64(row + 2) >> 32 == 8 &&
-               be64(row + 6) == g->imei && be64(row + 14) >> 32 == 8);
+        assert(row[0] == 0 && row[1] == copyenc_columns_len(COPYENC_JSONB) &&
+               be64(row + 2) >> 32 == 8 && be64(row + 6) == g->imei && be64(row + 14) >> 32 == 8);
         b->ts_off[b->rows++] = (uint32_t)(b->bytes_len + ROW_TS_OFFSET);
         b->bytes_len += (size_t)w;
     }
@@ -377,7 +377,7 @@ static int64_t copy_batch(struct worker *w, const struct batch *b)
     assert(b->rows > 0 && b->bytes_len > COPYENC_HEADER_BYTES + COPYENC_TRAILER_BYTES);
     if (exec_cmd(w, "BEGIN", NULL) != 0)
         return -1;
-    PGresult *r = PQexec(w->conn, COPYENC_COPY_SQL);
+    PGresult *r = PQexec(w->conn, copyenc_copy_sql(COPYENC_JSONB));
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         set_err(w, "COPY", PQerrorMessage(w->conn));
         PQclear(r);
@@ -497,7 +497,7 @@ static int check_schema(void)
                 PQdb(c));
         goto out;
     }
-    if (pgschema_check(c, err, sizeof err) != 0) {
+    if (pgschema_check(c, COPYENC_JSONB, err, sizeof err) != 0) {
         fprintf(stderr, "avlgate-copyceil: the database schema is not what avlgate writes: %s\n",
                 err);
         goto out;

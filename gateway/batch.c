@@ -85,9 +85,11 @@ static void batch_open(struct batches *r, struct batch *b)
 static int batch_alloc(const struct ingest_config *c, struct batch *b)
 {
     /* Room for batch_rows typical rows, and always for one packet of the largest frame
-     * (copyenc_row_bytes_max sums to at most 5 x its bytes plus the fixed part per record). */
-    b->copy_cap = (size_t)c->batch_rows * ROW_BYTES_PLANNED + 5 * (size_t)c->frame_bytes_max +
-                  (size_t)AVL_RECORDS_MAX * (COPYENC_ROW_FIXED_BYTES + 2) + COPYENC_HEADER_BYTES +
+     * (copyenc_row_bytes_max sums to at most COPYENC_ROW_BYTES_PER_WIRE_BYTE x its bytes plus
+     * COPYENC_ROW_BYTES_FIXED_MAX per record). */
+    b->copy_cap = (size_t)c->batch_rows * ROW_BYTES_PLANNED +
+                  (size_t)COPYENC_ROW_BYTES_PER_WIRE_BYTE * c->frame_bytes_max +
+                  (size_t)AVL_RECORDS_MAX * COPYENC_ROW_BYTES_FIXED_MAX + COPYENC_HEADER_BYTES +
                   COPYENC_TRAILER_BYTES;
     b->pkts_cap = c->batch_rows;
     b->fps_cap = c->batch_rows + AVL_RECORDS_MAX; /* as many as rows can be */
@@ -767,11 +769,12 @@ uint64_t batch_tick(struct shard *s, uint64_t now_ns)
  * ------------------------------------------------------------------------------------------- */
 
 /* The bytes the packet's rows may take (a packet goes in whole or not at all). */
-static size_t packet_bound(const struct avl_packet *pkt, const struct avl_record *recs)
+static size_t packet_bound(enum copyenc_layout layout, const struct avl_packet *pkt,
+                           const struct avl_record *recs)
 {
     size_t bound = 0;
     for (unsigned i = 0; i < pkt->records_len; i++)
-        bound += copyenc_row_bytes_max(&recs[i]);
+        bound += copyenc_row_bytes_max(layout, &recs[i]);
     return bound;
 }
 
@@ -818,8 +821,8 @@ static void store_records(struct shard *s, struct batch *b, struct bdev *bd, str
             stat_add(&s->st->records_duplicate, 1);
             continue;
         }
-        int n =
-            copyenc_row(b->copy + b->copy_len, b->copy_cap - b->copy_len, bd->imei, r, received_us);
+        int n = copyenc_row(s->cfg->io_layout, b->copy + b->copy_len, b->copy_cap - b->copy_len,
+                            bd->imei, r, received_us);
         assert(n > 0); /* the decoder checked the ranges; the space is reserved */
         b->copy_len += (size_t)n;
         b->rows++;
@@ -844,7 +847,7 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
         count_deferred(s, d->imei, "device_deferred");
         return -EAGAIN;
     }
-    struct batch *b = room_for(s, d, pkt, packet_bound(pkt, recs));
+    struct batch *b = room_for(s, d, pkt, packet_bound(s->cfg->io_layout, pkt, recs));
     if (!b)
         return 0;
     uint32_t dev_index;

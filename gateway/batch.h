@@ -34,7 +34,8 @@ enum {
     DEFER_BACKOFF_MAX_MS = 30000, /* the longest a deferred device is refused */
     SPLIT_TIMEOUTS_MAX = 3,       /* split transactions in a row that time out: the rest of the
                                      batch is deferred untried (the database itself is stalled) */
-    ROW_BYTES_PLANNED = 512,      /* typical row with its jsonb; sizes the COPY buffer */
+    ROW_BYTES_PLANNED =
+        768, /* typical row (arrays: ~670 B with 25 IO elements); sizes the COPY buffer */
     STATE_PARAMS = 8,
     /* The state statement's parameters in binary format (batch.c build_state_params): per
      * device one element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4,

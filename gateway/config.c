@@ -22,6 +22,7 @@ enum kind {
     K_STR,     /* text */
     K_SWITCH,  /* a flag without value; true/false elsewhere */
     K_DEVICES, /* any | known */
+    K_LAYOUT,  /* arrays | jsonb: enum copyenc_layout */
     K_CONFIG,  /* --config FILE: a flag or AVLGATE_CONFIG, not a file key */
     K_ACTION,  /* --print-config, --help: flags only */
 };
@@ -77,6 +78,8 @@ static const struct opt opts[] = {
      AVL_FRAME_BYTES_MAX_CEILING, "N", "largest frame accepted (65536)"},
     {"reasm-bytes-max", K_U32, CFG(reasm_bytes_max), 4096, UINT32_MAX, "N",
      "memory per shard for partial frames and paused bytes (33554432 = 32 MiB)"},
+    {"io-layout", K_LAYOUT, CFG(io_layout), 0, 0, "arrays|jsonb",
+     "how rows hold IO: the arrays of schema 006 (arrays), or io jsonb (as before 006)"},
     {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known",
      "known: only IMEIs enabled in public.devices (any)"},
     {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR",
@@ -216,6 +219,15 @@ static bool set(struct run_options *o, const struct opt *op, const char *v, enum
         }
         *(bool *)field(o, op) = strcmp(v, "known") == 0;
         return true;
+    case K_LAYOUT: {
+        int layout = copyenc_layout_parse(v);
+        if (layout != COPYENC_ARRAYS && layout != COPYENC_JSONB) { /* raw: the bench's only */
+            snprintf(why, cap, "bad value '%s' (want arrays or jsonb)", v);
+            return false;
+        }
+        *(enum copyenc_layout *)field(o, op) = (enum copyenc_layout)layout;
+        return true;
+    }
     }
     return false;
 }
@@ -235,6 +247,7 @@ void config_defaults(struct run_options *o)
     struct ingest_config *c = &o->cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     c->shards = cpus > 0 ? (unsigned)(cpus > ENGINE_SHARDS_MAX ? ENGINE_SHARDS_MAX : cpus) : 1;
+    c->io_layout = COPYENC_ARRAYS;
     c->batch_rows = 1000;
     c->batch_ms = 10;
     c->batches = 4;
@@ -704,6 +717,10 @@ void config_print(const struct run_options *o, FILE *out)
             break;
         case K_DEVICES:
             fprintf(out, "%s = %s  # %s\n", op->name, *(const bool *)p ? "known" : "any", src);
+            break;
+        case K_LAYOUT:
+            fprintf(out, "%s = %s  # %s\n", op->name,
+                    copyenc_layout_name(*(const enum copyenc_layout *)p), src);
             break;
         case K_STR: {
             const char *v = *(const char *const *)p;

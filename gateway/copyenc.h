@@ -1,11 +1,11 @@
-/* copyenc.h — the COPY BINARY encoder for telemetry.positions rows.
+/* copyenc.h — the COPY BINARY encoder for telemetry.positions rows, in three IO layouts.
  *
  * Pure: no I/O, no allocation, no mutable global state; callable from any thread at once. The
  * shard that decodes a packet encodes its records here, straight into its row ring, and the
  * PostgreSQL sink sends the bytes as they are between copyenc_header() and copyenc_trailer().
  *
  * Format: PostgreSQL's binary COPY (docs: "COPY", section "Binary Format"), one tuple per
- * record with the columns of COPYENC_COLUMNS in that order:
+ * record with the columns of copyenc_columns(layout) in that order:
  *
  *   imei bigint            the canonical IMEI
  *   ts timestamptz         r->ts_ms, as µs since 2000-01-01
@@ -18,10 +18,23 @@
  *                          (copyenc_nulls says which fields)
  *   satellites smallint
  *   event_id integer
- *   io jsonb               version byte 1 + {"<id>":<value>,...}: the IO elements in wire
+ *   the IO columns, by layout:
+ *     COPYENC_ARRAYS (the default, schema/postgres/006_io_arrays.sql):
+ *       io_ids integer[]   ids of the fixed-width elements (1, 2, 4, 8 bytes), wire order
+ *       io_vals bigint[]   their values, zero-extended; an 8-byte value at or above 2^63 is
+ *                          stored as its 64-bit pattern (negative; telemetry.io_u64 reads it)
+ *       nx_ids integer[]   ids of the 8E variable-length (NX) elements, wire order
+ *       nx_vals bytea[]    their bytes as sent
+ *       Empty arrays (never NULL) when a record has no such element. A repeated id is kept
+ *       twice, in wire order.
+ *     COPYENC_JSONB (the layout before 006; `--io-layout jsonb`):
+ *       io jsonb           version byte 1 + {"<id>":<value>,...}: the IO elements in wire
  *                          order, ids as decimal string keys, fixed-width values as unsigned
  *                          decimals, NX values as lowercase hex strings. A record that repeats
  *                          an id gives an object with a repeated key; jsonb keeps the last.
+ *     COPYENC_RAW (bench/rowvariants only; no gateway writes it):
+ *       io_raw bytea       the record's IO groups as sent (from N1 to the end of its last
+ *                          group; read with the codec column)
  *   generation smallint    Codec 16 only; NULL for 8 and 8E
  *   codec smallint         the codec byte: 8, 142 or 16
  */
@@ -37,20 +50,43 @@
 extern "C" {
 #endif
 
-/* The column list the rows are encoded for, and the statement that loads them. */
-#define COPYENC_COLUMNS                                                                            \
-    "imei, ts, received_at, priority, lon, lat, altitude, angle, satellites, speed, event_id, "    \
-    "io, generation, codec"
-#define COPYENC_COPY_SQL "COPY telemetry.positions (" COPYENC_COLUMNS ") FROM STDIN (FORMAT binary)"
+/* How a row holds its IO elements (see the top of this file). */
+enum copyenc_layout {
+    COPYENC_ARRAYS = 0,
+    COPYENC_JSONB = 1,
+    COPYENC_RAW = 2,
+    COPYENC_LAYOUTS = 3,
+};
+
+/* The columns before and after the IO ones, common to every layout. */
+#define COPYENC_COLUMNS_HEAD                                                                       \
+    "imei, ts, received_at, priority, lon, lat, altitude, angle, satellites, speed, event_id, "
+#define COPYENC_COLUMNS_TAIL ", generation, codec"
 
 enum {
-    COPYENC_COLUMNS_LEN = 14,
     COPYENC_HEADER_BYTES = 19, /* "PGCOPY\n\377\r\n\0", flags int32 0, extension length 0 */
     COPYENC_TRAILER_BYTES = 2, /* int16 -1 */
-    /* A row without its io text: field count, 14 lengths, fixed-width values, jsonb version. */
-    COPYENC_ROW_FIXED_BYTES =
-        2 + COPYENC_COLUMNS_LEN * 4 + 8 + 8 + 8 + 2 + 8 + 8 + 2 + 2 + 2 + 2 + 4 + 1 + 2 + 2,
+    /* The most bytes any layout writes for a row of n IO elements in io_bytes wire bytes is at
+     * most COPYENC_ROW_BYTES_FIXED_MAX + COPYENC_ROW_BYTES_PER_WIRE_BYTE * io_bytes (every
+     * element takes at least 2 wire bytes); batch.c reserves by it. */
+    COPYENC_ROW_BYTES_FIXED_MAX = 256,
+    COPYENC_ROW_BYTES_PER_WIRE_BYTE = 11,
 };
+
+/* "arrays", "jsonb", "raw"; "unknown" outside the enum. Static storage. */
+const char *copyenc_layout_name(enum copyenc_layout layout);
+
+/* The layout named s (as copyenc_layout_name spells it), or -1. */
+int copyenc_layout_parse(const char *s);
+
+/* The column list of the layout, comma-separated, in row order (static storage), and its
+ * length (17 for COPYENC_ARRAYS, 14 for the others). */
+const char *copyenc_columns(enum copyenc_layout layout);
+int copyenc_columns_len(enum copyenc_layout layout);
+
+/* "COPY telemetry.positions (<columns>) FROM STDIN (FORMAT binary)" for the layout; static
+ * storage. */
+const char *copyenc_copy_sql(enum copyenc_layout layout);
 
 /* Errors: negative, named by copyenc_strerror(). A range error is a property of the record
  * (reject its packet with that reason); COPYENC_E_NO_SPACE is the caller's buffer. */
@@ -86,17 +122,17 @@ int copyenc_header(uint8_t out[COPYENC_HEADER_BYTES]);
 /* Writes the 2-byte file trailer. Returns COPYENC_TRAILER_BYTES. */
 int copyenc_trailer(uint8_t out[COPYENC_TRAILER_BYTES]);
 
-/* An upper bound of the bytes copyenc_row() writes for r, in O(1) from r->io_total and
- * r->io_bytes: COPYENC_ROW_FIXED_BYTES + 2 + 4 * io_total + 3 * io_bytes. */
-size_t copyenc_row_bytes_max(const struct avl_record *r);
+/* An upper bound of the bytes copyenc_row(layout, ...) writes for r, in O(1) from r->io_total
+ * and r->io_bytes; never above the COPYENC_ROW_BYTES_* bound. */
+size_t copyenc_row_bytes_max(enum copyenc_layout layout, const struct avl_record *r);
 
 /* Encodes one tuple for r (from a successful decode; its packet bytes must still be there) of
  * device imei, received at received_at_us (µs since 1970). Checks the values first, then that
- * cap >= copyenc_row_bytes_max(r), then writes: on any error nothing is written. An angle or
- * speed that smallint cannot hold is written as NULL (copyenc_nulls), not refused. Returns the
+ * cap >= copyenc_row_bytes_max(layout, r), then writes: on any error nothing is written. An angle
+ * or speed that smallint cannot hold is written as NULL (copyenc_nulls), not refused. Returns the
  * bytes written (> 0) or an enum copyenc_err. */
-int copyenc_row(uint8_t *out, size_t cap, uint64_t imei, const struct avl_record *r,
-                int64_t received_at_us);
+int copyenc_row(enum copyenc_layout layout, uint8_t *out, size_t cap, uint64_t imei,
+                const struct avl_record *r, int64_t received_at_us);
 
 #ifdef __cplusplus
 }

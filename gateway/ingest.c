@@ -464,7 +464,7 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
         return rc;
     struct pgsink_config pc = {
         .conninfo = s->cfg->pg_conninfo,
-        .copy_sql = COPYENC_COPY_SQL,
+        .copy_sql = copyenc_copy_sql(s->cfg->io_layout),
         .queries_max = 256,
         .query_timeout_ms = 30000,
         /* The server times the statements out (batch.c); this bounds what it does not. */

@@ -8,6 +8,7 @@
  */
 #include "gateway/pgschema.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -26,8 +27,9 @@ struct col_expect {
     const char *type; /* format_type() of the column */
 };
 
-/* telemetry.positions in COPYENC_COLUMNS order; the gateway writes every one of them. */
-static const struct col_expect cols_expected[] = {
+/* telemetry.positions in copyenc_columns(layout) order: the head, the layout's IO columns,
+ * the tail; the gateway writes every one of them. */
+static const struct col_expect positions_head[] = {
     {"telemetry.positions", "imei", "bigint"},
     {"telemetry.positions", "ts", "timestamp with time zone"},
     {"telemetry.positions", "received_at", "timestamp with time zone"},
@@ -39,7 +41,16 @@ static const struct col_expect cols_expected[] = {
     {"telemetry.positions", "satellites", "smallint"},
     {"telemetry.positions", "speed", "smallint"},
     {"telemetry.positions", "event_id", "integer"},
-    {"telemetry.positions", "io", "jsonb"},
+};
+static const struct col_expect io_arrays[] = {
+    {"telemetry.positions", "io_ids", "integer[]"},
+    {"telemetry.positions", "io_vals", "bigint[]"},
+    {"telemetry.positions", "nx_ids", "integer[]"},
+    {"telemetry.positions", "nx_vals", "bytea[]"},
+};
+static const struct col_expect io_jsonb[] = {{"telemetry.positions", "io", "jsonb"}};
+static const struct col_expect io_raw[] = {{"telemetry.positions", "io_raw", "bytea"}};
+static const struct col_expect positions_tail_and_more[] = {
     {"telemetry.positions", "generation", "smallint"},
     {"telemetry.positions", "codec", "smallint"},
     /* written by telemetry.device_state_upsert, read by telemetry.device_state_get */
@@ -57,7 +68,34 @@ static const struct col_expect cols_expected[] = {
     {"public.devices", "enabled", "boolean"},
 };
 
-enum { COLS_EXPECTED_LEN = sizeof cols_expected / sizeof cols_expected[0], POSITIONS_COLS = 14 };
+#define LEN(a) (sizeof(a) / sizeof((a)[0]))
+enum {
+    POSITIONS_TAIL = 2, /* of positions_tail_and_more */
+    COLS_EXPECTED_MAX = LEN(positions_head) + LEN(io_arrays) + LEN(positions_tail_and_more),
+};
+
+/* Every column the gateway needs with the layout, positions' first (in COPY order); returns
+ * how many, of which *positions_len are telemetry.positions'. */
+static size_t cols_expected(enum copyenc_layout layout, const struct col_expect **out,
+                            size_t *positions_len)
+{
+    const struct col_expect *io = layout == COPYENC_JSONB ? io_jsonb
+                                  : layout == COPYENC_RAW ? io_raw
+                                                          : io_arrays;
+    size_t io_len = layout == COPYENC_JSONB ? LEN(io_jsonb)
+                    : layout == COPYENC_RAW ? LEN(io_raw)
+                                            : LEN(io_arrays);
+    size_t n = 0;
+    for (size_t i = 0; i < LEN(positions_head); i++)
+        out[n++] = &positions_head[i];
+    for (size_t i = 0; i < io_len; i++)
+        out[n++] = &io[i];
+    for (size_t i = 0; i < LEN(positions_tail_and_more); i++)
+        out[n++] = &positions_tail_and_more[i];
+    *positions_len = LEN(positions_head) + io_len + POSITIONS_TAIL;
+    assert(*positions_len == (size_t)copyenc_columns_len(layout) && n <= COLS_EXPECTED_MAX);
+    return n;
+}
 
 struct fn_expect {
     const char *signature; /* to_regprocedure() input */
@@ -171,7 +209,8 @@ static void array_literal(char *out, size_t cap, const char *const *items, size_
  * pgschema_check
  * ------------------------------------------------------------------------------------------- */
 
-static int check_columns(PGconn *conn, struct msgs *m, char *err, size_t err_cap)
+static int check_columns(PGconn *conn, enum copyenc_layout layout, struct msgs *m, char *err,
+                         size_t err_cap)
 {
     static const char sql[] =
         "SELECT e.rel, e.col, c.oid IS NOT NULL, a.attnum IS NOT NULL,"
@@ -181,27 +220,30 @@ static int check_columns(PGconn *conn, struct msgs *m, char *err, size_t err_cap
         " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = e.col"
         "      AND a.attnum > 0 AND NOT a.attisdropped"
         " ORDER BY e.ord";
-    const char *rels[COLS_EXPECTED_LEN], *names[COLS_EXPECTED_LEN];
-    for (size_t i = 0; i < COLS_EXPECTED_LEN; i++) {
-        rels[i] = cols_expected[i].rel;
-        names[i] = cols_expected[i].col;
+    const struct col_expect *cols[COLS_EXPECTED_MAX];
+    size_t positions_len;
+    size_t n = cols_expected(layout, cols, &positions_len);
+    const char *rels[COLS_EXPECTED_MAX], *names[COLS_EXPECTED_MAX];
+    for (size_t i = 0; i < n; i++) {
+        rels[i] = cols[i]->rel;
+        names[i] = cols[i]->col;
     }
     char rels_lit[2048], names_lit[2048];
-    array_literal(rels_lit, sizeof rels_lit, rels, COLS_EXPECTED_LEN);
-    array_literal(names_lit, sizeof names_lit, names, COLS_EXPECTED_LEN);
+    array_literal(rels_lit, sizeof rels_lit, rels, n);
+    array_literal(names_lit, sizeof names_lit, names, n);
     const char *params[2] = {rels_lit, names_lit};
 
     PGresult *res = query(conn, "schema check (columns)", sql, 2, params, err, err_cap);
     if (!res)
         return -1;
-    if (PQntuples(res) != (int)COLS_EXPECTED_LEN) {
+    if (PQntuples(res) != (int)n) {
         PQclear(res);
         snprintf(err, err_cap, "schema check (columns): unexpected result");
         return -1;
     }
     const char *missing_rel = NULL;
     for (int i = 0; i < PQntuples(res); i++) {
-        const struct col_expect *e = &cols_expected[i];
+        const struct col_expect *e = cols[i];
         bool has_rel = PQgetvalue(res, i, 2)[0] == 't';
         bool has_col = PQgetvalue(res, i, 3)[0] == 't';
         if (!has_rel) {
@@ -223,7 +265,8 @@ static int check_columns(PGconn *conn, struct msgs *m, char *err, size_t err_cap
     return 0;
 }
 
-static int check_positions_shape(PGconn *conn, struct msgs *m, char *err, size_t err_cap)
+static int check_positions_shape(PGconn *conn, enum copyenc_layout layout, struct msgs *m,
+                                 char *err, size_t err_cap)
 {
     static const char part_sql[] =
         "SELECT c.relkind::text, pt.partstrat::text, pt.partnatts, a.attname,"
@@ -256,11 +299,14 @@ static int check_positions_shape(PGconn *conn, struct msgs *m, char *err, size_t
         "   AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef"
         "   AND a.attname <> ALL ($1::text[])"
         " ORDER BY a.attnum";
-    const char *names[POSITIONS_COLS];
-    for (size_t i = 0; i < POSITIONS_COLS; i++)
-        names[i] = cols_expected[i].col;
+    const struct col_expect *cols[COLS_EXPECTED_MAX];
+    size_t positions_len;
+    cols_expected(layout, cols, &positions_len);
+    const char *names[COLS_EXPECTED_MAX];
+    for (size_t i = 0; i < positions_len; i++)
+        names[i] = cols[i]->col;
     char names_lit[1024];
-    array_literal(names_lit, sizeof names_lit, names, POSITIONS_COLS);
+    array_literal(names_lit, sizeof names_lit, names, positions_len);
     const char *params[1] = {names_lit};
     res = query(conn, "schema check (extra columns)", extra_sql, 1, params, err, err_cap);
     if (!res)
@@ -326,7 +372,7 @@ static int check_functions(PGconn *conn, struct msgs *m, char *err, size_t err_c
     return 0;
 }
 
-int pgschema_check(PGconn *conn, char *err, size_t err_cap)
+int pgschema_check(PGconn *conn, enum copyenc_layout layout, char *err, size_t err_cap)
 {
     /* The problems go to a buffer of their own so a query failure can still use err. */
     char problems[4096];
@@ -335,8 +381,8 @@ int pgschema_check(PGconn *conn, char *err, size_t err_cap)
     if (err_cap > 0)
         err[0] = '\0';
 
-    if (check_columns(conn, &m, err, err_cap) < 0 ||
-        check_positions_shape(conn, &m, err, err_cap) < 0 ||
+    if (check_columns(conn, layout, &m, err, err_cap) < 0 ||
+        check_positions_shape(conn, layout, &m, err, err_cap) < 0 ||
         check_device_state_key(conn, &m, err, err_cap) < 0 ||
         check_functions(conn, &m, err, err_cap) < 0)
         return PGSCHEMA_E_FAIL;

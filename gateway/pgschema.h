@@ -12,6 +12,8 @@
 
 #include <libpq-fe.h>
 
+#include "gateway/copyenc.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -24,14 +26,15 @@ enum {
 };
 
 /* Verifies that everything the gateway writes or calls exists as it expects: the columns of
- * telemetry.positions (names and types, range-partitioned by ts, with a DEFAULT partition, and
- * no other NOT NULL column without a default), of public.device_state (and its unique index
- * on imei), public.devices (imei, enabled), and the functions telemetry.device_state_upsert,
- * telemetry.device_state_get and telemetry.ensure_partitions with their signatures and result
- * types. Reads pg_catalog only, so it works on any database. Returns 0, or PGSCHEMA_E_FAIL
- * with every problem in err, separated by "; ", e.g.
- * "telemetry.positions.io: expected jsonb, found json; public.device_state.dedup: missing". */
-int pgschema_check(PGconn *conn, char *err, size_t err_cap);
+ * telemetry.positions that the IO layout writes (copyenc_columns; names and types,
+ * range-partitioned by ts, with a DEFAULT partition, and no other NOT NULL column without a
+ * default), of public.device_state (and its unique index on imei), public.devices (imei, enabled),
+ * and the functions telemetry.device_state_upsert, telemetry.device_state_get and
+ * telemetry.ensure_partitions with their signatures and result types. Reads pg_catalog only, so it
+ * works on any database. Returns 0, or PGSCHEMA_E_FAIL with every problem in err, separated by ";
+ * ", e.g. "telemetry.positions.io_vals: expected bigint[], found integer[];
+ * public.device_state.dedup: missing". */
+int pgschema_check(PGconn *conn, enum copyenc_layout layout, char *err, size_t err_cap);
 
 /* Applies every *.sql file of dir in file-name order (strcmp), each as one query string (the
  * files hold their own BEGIN/COMMIT; they are idempotent). Stops at the first failure and

@@ -60,7 +60,7 @@ extern "C" {
 /* The defaults for the two statements of a transaction. The COPY is the one the row encoder
  * writes its tuples for (one column list, kept in gateway/copyenc.h). The state statement's
  * casts give each parameter its type, so any of them may be sent in binary format. */
-#define PGSINK_COPY_SQL_DEFAULT COPYENC_COPY_SQL
+#define PGSINK_COPY_SQL_DEFAULT copyenc_copy_sql(COPYENC_ARRAYS)
 #define PGSINK_STATE_SQL_DEFAULT                                                                   \
     "SELECT telemetry.device_state_upsert($1::bigint[], $2::bigint[], $3::bigint[], "              \
     "$4::integer[], $5::integer[], $6::bytea[], $7::text, $8::integer)"

@@ -234,8 +234,12 @@ static int run_prepare_database(const struct run_state *st)
         PQfinish(pg);
         return 1;
     }
-    if (pgschema_check(pg, err, sizeof err) != 0) {
+    if (pgschema_check(pg, cfg->io_layout, err, sizeof err) != 0) {
         fprintf(stderr, "avlgate run: the database schema is not what avlgate writes: %s\n", err);
+        if (cfg->io_layout == COPYENC_ARRAYS && strstr(err, ".io_ids: missing column"))
+            fprintf(stderr, "avlgate run: a database from before the IO arrays: apply "
+                            "schema/postgres/006_io_arrays.sql (schema/postgres/README.md), "
+                            "or run with --io-layout jsonb until then\n");
         PQfinish(pg);
         return 1;
     }

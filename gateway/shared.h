@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "codec/avl.h"
+#include "gateway/copyenc.h"
 #include "gateway/prom_hist.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
@@ -40,11 +41,12 @@ struct ingest_config {
     uint32_t frame_timeout_s; /* 0: none */
     uint32_t handshake_timeout_s; /* close a connection with no valid IMEI by then; 0: never */
     uint32_t frame_bytes_max;
-    uint32_t reasm_bytes_max;  /* reassembly memory per shard (partial frames, paused bytes) */
-    bool devices_known;        /* accept only IMEIs enabled in public.devices */
-    uint32_t wait_batch_us;    /* engine: wait this long for more completions once one is in */
-    uint32_t drain_timeout_ms; /* on stop: how long to wait for the last commits and ACKs */
-    int metrics_fd;            /* listening socket of the metrics endpoint (shard 0), or -1 */
+    uint32_t reasm_bytes_max;      /* reassembly memory per shard (partial frames, paused bytes) */
+    bool devices_known;            /* accept only IMEIs enabled in public.devices */
+    enum copyenc_layout io_layout; /* how rows hold their IO (gateway/copyenc.h) */
+    uint32_t wait_batch_us;        /* engine: wait this long for more completions once one is in */
+    uint32_t drain_timeout_ms;     /* on stop: how long to wait for the last commits and ACKs */
+    int metrics_fd;                /* listening socket of the metrics endpoint (shard 0), or -1 */
     const char *version;
     /* Commands (gateway/delivery.c, registry.c, intake.c). redis_host NULL: no registry and no
      * intake; commands are still delivered on connect and by the sweep. */

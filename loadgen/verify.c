@@ -68,9 +68,10 @@ static int tally_rows(struct tally *t, PGconn *pg, uint64_t imei_base, char *err
      * parameters. Streamed, so millions of rows cost no client memory. */
     char sql[512];
     snprintf(sql, sizeof sql,
-             "COPY (SELECT (io->>'%d')::bigint FROM telemetry.positions "
-             "WHERE imei BETWEEN %" PRIu64 " AND %" PRIu64 " AND io ? '%d') TO STDOUT",
-             VERIFY_IO_ID, imei_base, imei_base + t->devices - 1, VERIFY_IO_ID);
+             "COPY (SELECT v FROM (SELECT COALESCE(io_vals[array_position(io_ids, %d)],"
+             " (io->>'%d')::bigint) AS v FROM telemetry.positions"
+             " WHERE imei BETWEEN %" PRIu64 " AND %" PRIu64 ") s WHERE v IS NOT NULL) TO STDOUT",
+             VERIFY_IO_ID, VERIFY_IO_ID, imei_base, imei_base + t->devices - 1);
     PGresult *res = PQexec(pg, sql);
     if (PQresultStatus(res) != PGRES_COPY_OUT) {
         snprintf(err, err_cap, "verify: %s", PQresultErrorMessage(res));

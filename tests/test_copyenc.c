@@ -1,8 +1,9 @@
-/* test_copyenc.c — the COPY BINARY encoder: exact bytes for known records, the jsonb text,
- * NULL generation, coordinates, NX hex, decimal edges, range errors, NULL for an angle or speed
- * smallint cannot hold, the size bound and the
- * capacity check, on hand-made records and on many packetgen records (realistic and
- * arbitrary, every AVL codec), each parsed back field by field.
+/* test_copyenc.c — the COPY BINARY encoder in each IO layout (arrays, jsonb, raw; every test
+ * runs once per layout): exact bytes for known records, the IO arrays, the jsonb text, the
+ * raw bytes, NULL generation, coordinates, NX hex, decimal edges, range errors, NULL for an angle
+ * or speed smallint cannot hold, the size bound and the capacity check, on hand-made records and on
+ * many packetgen records (realistic and arbitrary, every AVL codec), each parsed back field by
+ * field.
  *
  * The encoder's speed is printed (ns/row on realistic 8E records), never asserted: speed
  * goals live in benchmarks. Single-threaded test code: allocates freely. */
@@ -28,8 +29,11 @@
 
 enum {
     FRAME_CAP = PKTGEN_FRAME_BYTES_MAX,
-    ROW_CAP = 3 * PKTGEN_FRAME_BYTES_MAX + 1024, /* above any bound of a generated record */
-    PACKETS_PER_COMBO = 1500,                    /* x 3 codecs x 2 modes */
+    /* above any bound of a generated record */
+    ROW_CAP =
+        COPYENC_ROW_BYTES_PER_WIRE_BYTE * PKTGEN_FRAME_BYTES_MAX + COPYENC_ROW_BYTES_FIXED_MAX,
+    COLS_MAX = 17,
+    PACKETS_PER_COMBO = 1500, /* x 3 codecs x 2 modes */
     SPEED_PACKETS = 200,
     SPEED_PASSES = 300,
     CANARY = 0xA5,
@@ -39,6 +43,14 @@ static struct pktgen_packet pkt;
 static struct avl_record recs[AVL_RECORDS_MAX];
 static uint8_t frame[FRAME_CAP];
 static uint8_t row[ROW_CAP];
+/* The layout the running group tests (set by its setup). */
+static enum copyenc_layout layout;
+
+/* The tuple's field count, and where generation and codec are in it. */
+#define NCOLS     copyenc_columns_len(layout)
+#define COL_GEN   (NCOLS - 2)
+#define COL_CODEC (NCOLS - 1)
+#define COL_IO    11
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -90,17 +102,17 @@ static size_t expected_json(const struct avl_record *r, char *out, size_t cap)
 
 /* One parsed tuple: every field's length (-1 for NULL) and position. */
 struct tuple {
-    int32_t len[COPYENC_COLUMNS_LEN];
-    const uint8_t *val[COPYENC_COLUMNS_LEN];
+    int32_t len[COLS_MAX];
+    const uint8_t *val[COLS_MAX];
     size_t bytes;
 };
 
 static void parse_tuple(const uint8_t *p, size_t n, struct tuple *t)
 {
     assert_true(n >= 2);
-    assert_int_equal(rd_be(p, 2), COPYENC_COLUMNS_LEN);
+    assert_int_equal(rd_be(p, 2), NCOLS);
     size_t off = 2;
-    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
+    for (int i = 0; i < NCOLS; i++) {
         assert_true(off + 4 <= n);
         t->len[i] = (int32_t)(uint32_t)rd_be(p + off, 4);
         off += 4;
@@ -122,18 +134,99 @@ static uint64_t double_bits(double d)
     return b;
 }
 
+static void ref_be(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
+{
+    for (unsigned i = 0; i < bytes; i++)
+        out[*n + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+    *n += bytes;
+}
+
+/* A field: its int32 length, then the value in `bytes` big-endian bytes. */
+static void ref_field(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
+{
+    ref_be(out, n, 4, bytes);
+    ref_be(out, n, bytes, v);
+}
+
+/* The IO columns in the arrays layout, written the obvious way: the elements from
+ * avl_io_next, sorted into fixed-width and NX, then each array field whole. */
+static void ref_array(uint8_t *out, size_t *n, uint32_t oid, size_t count, size_t data_bytes)
+{
+    ref_be(out, n, 4, count ? 20 + data_bytes : 12);
+    ref_be(out, n, 4, count ? 1 : 0);
+    ref_be(out, n, 4, 0);
+    ref_be(out, n, 4, oid);
+    if (count) {
+        ref_be(out, n, 4, count);
+        ref_be(out, n, 4, 1);
+    }
+}
+
+static size_t ref_io_arrays(uint8_t *out, const struct avl_record *r)
+{
+    static struct avl_io fixed[65536], nx[65536];
+    size_t fixed_len = 0, nx_len = 0, nx_bytes = 0, n = 0;
+    struct avl_io_iter it;
+    struct avl_io io;
+    avl_io_iter_init(&it, r);
+    while (avl_io_next(&it, &io)) {
+        if (io.nx) {
+            nx[nx_len++] = io;
+            nx_bytes += 4u + io.len;
+        } else {
+            fixed[fixed_len++] = io;
+        }
+    }
+    ref_array(out, &n, 23, fixed_len, 8 * fixed_len);
+    for (size_t i = 0; i < fixed_len; i++)
+        ref_field(out, &n, 4, fixed[i].id);
+    ref_array(out, &n, 20, fixed_len, 12 * fixed_len);
+    for (size_t i = 0; i < fixed_len; i++)
+        ref_field(out, &n, 8, fixed[i].value);
+    ref_array(out, &n, 23, nx_len, 8 * nx_len);
+    for (size_t i = 0; i < nx_len; i++)
+        ref_field(out, &n, 4, nx[i].id);
+    ref_array(out, &n, 17, nx_len, nx_bytes);
+    for (size_t i = 0; i < nx_len; i++) {
+        ref_be(out, &n, 4, nx[i].len);
+        memcpy(out + n, nx[i].bytes, nx[i].len);
+        n += nx[i].len;
+    }
+    return n;
+}
+
+/* The IO columns of r as the running layout must write them, length words included. */
+static size_t ref_io(uint8_t *out, const struct avl_record *r)
+{
+    static char json[3 * PKTGEN_FRAME_BYTES_MAX];
+    size_t n = 0;
+    switch (layout) {
+    case COPYENC_ARRAYS:
+        return ref_io_arrays(out, r);
+    case COPYENC_JSONB: {
+        size_t json_len = expected_json(r, json, sizeof json);
+        ref_be(out, &n, 4, 1 + json_len);
+        out[n++] = 1;
+        memcpy(out + n, json, json_len);
+        return n + json_len;
+    }
+    default:
+        ref_be(out, &n, 4, r->io_bytes);
+        memcpy(out + n, r->io, r->io_bytes);
+        return n + r->io_bytes;
+    }
+}
+
 /* Checks every field of the tuple at row[0 .. n-1] against r. */
 static void check_tuple(const uint8_t *p, size_t n, uint64_t imei, const struct avl_record *r,
                         int64_t received_at_us)
 {
-    static const int32_t widths[COPYENC_COLUMNS_LEN] = {8, 8, 8, 2, 8, 8, 2, 2, 2, 2, 4, -2, 2, 2};
+    static const int32_t widths[COL_IO] = {8, 8, 8, 2, 8, 8, 2, 2, 2, 2, 4};
     struct tuple t;
     parse_tuple(p, n, &t);
     assert_int_equal(t.bytes, n);
     unsigned nulls = copyenc_nulls(r);
-    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
-        if (widths[i] == -2 || (i == 12 && r->codec != AVL_CODEC_16))
-            continue;
+    for (int i = 0; i < COL_IO; i++) {
         bool null =
             (i == 7 && (nulls & COPYENC_NULL_ANGLE)) || (i == 9 && (nulls & COPYENC_NULL_SPEED));
         assert_int_equal(t.len[i], null ? -1 : widths[i]);
@@ -152,17 +245,20 @@ static void check_tuple(const uint8_t *p, size_t n, uint64_t imei, const struct 
     if (!(nulls & COPYENC_NULL_SPEED))
         assert_int_equal(rd_be(t.val[9], 2), r->speed_kmh);
     assert_int_equal(rd_be(t.val[10], 4), r->event_id);
-    /* io: version 1 + the exact text */
-    static char want[3 * PKTGEN_FRAME_BYTES_MAX];
-    size_t want_len = expected_json(r, want, sizeof want);
-    assert_int_equal(t.len[11], 1 + want_len);
-    assert_int_equal(t.val[11][0], 1);
-    assert_memory_equal(t.val[11] + 1, want, want_len);
-    if (r->codec == AVL_CODEC_16)
-        assert_int_equal(rd_be(t.val[12], 2), r->generation);
-    else
-        assert_int_equal(t.len[12], -1);
-    assert_int_equal(rd_be(t.val[13], 2), r->codec);
+    /* the IO columns, length words included: the reference's bytes */
+    static uint8_t want[ROW_CAP];
+    size_t want_len = ref_io(want, r);
+    const uint8_t *io_start = t.val[COL_IO] - 4, *io_end = t.val[COL_GEN] - 4;
+    assert_int_equal((size_t)(io_end - io_start), want_len);
+    assert_memory_equal(io_start, want, want_len);
+    if (r->codec == AVL_CODEC_16) {
+        assert_int_equal(t.len[COL_GEN], 2);
+        assert_int_equal(rd_be(t.val[COL_GEN], 2), r->generation);
+    } else {
+        assert_int_equal(t.len[COL_GEN], -1);
+    }
+    assert_int_equal(t.len[COL_CODEC], 2);
+    assert_int_equal(rd_be(t.val[COL_CODEC], 2), r->codec);
 }
 
 static struct avl_record_src plain_src(uint64_t ts_ms)
@@ -192,10 +288,22 @@ static void test_header_trailer(void **state)
     assert_int_equal(out[0], 0xFF);
     assert_int_equal(out[1], 0xFF);
     assert_int_equal(out[2], CANARY);
-    assert_string_equal(COPYENC_COPY_SQL,
-                        "COPY telemetry.positions (imei, ts, received_at, priority, lon, lat, "
-                        "altitude, angle, satellites, speed, event_id, io, generation, codec) "
-                        "FROM STDIN (FORMAT binary)");
+    static const char *const io_cols[COPYENC_LAYOUTS] = {
+        [COPYENC_ARRAYS] = "io_ids, io_vals, nx_ids, nx_vals",
+        [COPYENC_JSONB] = "io",
+        [COPYENC_RAW] = "io_raw",
+    };
+    char want[512];
+    snprintf(want, sizeof want,
+             "COPY telemetry.positions (imei, ts, received_at, priority, lon, lat, altitude, "
+             "angle, satellites, speed, event_id, %s, generation, codec) FROM STDIN "
+             "(FORMAT binary)",
+             io_cols[layout]);
+    assert_string_equal(copyenc_copy_sql(layout), want);
+    assert_int_equal(copyenc_columns_len(layout), layout == COPYENC_ARRAYS ? 17 : 14);
+    assert_int_equal(copyenc_layout_parse(copyenc_layout_name(layout)), layout);
+    assert_int_equal(copyenc_layout_parse("json"), -1);
+    assert_string_equal(copyenc_layout_name(COPYENC_LAYOUTS), "unknown");
 }
 
 /* The wiki's first Codec 8 example, byte for byte (expected bytes computed independently
@@ -206,15 +314,36 @@ static void test_wiki_codec8_exact(void **state)
     static const char wiki_hex[] = "000000000000003608010000016b40d8ea30010000000000000000000000"
                                    "000000000105021503010101425e0f01f10000601a014e00000000000000"
                                    "00010000c7cf";
-    static const char want_hex[] =
+    /* the columns before the IO ones (the field count's second byte is patched below) and
+     * after them, and the IO columns of each layout */
+    static const char head_hex[] =
         "000e000000080001440f32b217350000000800022df4141aeb80000000080002"
         "2df41457f4800000000200010000000800000000000000000000000800000000"
         "0000000000000002000000000002000000000002000000000002000000000004"
-        "000000010000002d017b223231223a332c2231223a312c223636223a32343037"
-        "392c22323431223a32343630322c223738223a307dffffffff000000020008";
-    uint8_t want[256];
+        "00000001";
+    static const char tail_hex[] = "ffffffff000000020008";
+    static const char *const io_hex[COPYENC_LAYOUTS] = {
+        [COPYENC_JSONB] = "0000002d017b223231223a332c2231223a312c223636223a32343037"
+                          "392c22323431223a32343630322c223738223a307d",
+        [COPYENC_ARRAYS] =
+            "0000003c0000000100000000000000170000000500000001" /* io_ids: 21 1 66 241 78 */
+            "0000000400000015000000040000000100000004000000420000000400"
+            "0000f1000000040000004e"
+            "000000500000000100000000000000140000000500000001" /* io_vals: 3 1 24079 24602 0 */
+            "00000008000000000000000300000008000000000000000100000008000000"
+            "0000005e0f00000008000000000000601a000000080000000000000000"
+            "0000000c000000000000000000000017"  /* nx_ids: {} */
+            "0000000c000000000000000000000011", /* nx_vals: {} */
+        [COPYENC_RAW] = "00000019021503010101425e0f01f10000601a014e0000000000000000",
+    };
+    char want_hex[1024];
+    snprintf(want_hex, sizeof want_hex, "%s%s%s", head_hex, io_hex[layout], tail_hex);
+    uint8_t want[512];
     long want_len = tu_hex_decode(want_hex, strlen(want_hex), want, sizeof want);
-    assert_int_equal(want_len, 159);
+    want[1] = (uint8_t)copyenc_columns_len(layout);
+    static const long want_lens[COPYENC_LAYOUTS] = {
+        [COPYENC_JSONB] = 159, [COPYENC_ARRAYS] = 290, [COPYENC_RAW] = 139};
+    assert_int_equal(want_len, want_lens[layout]);
     long n = tu_hex_decode(wiki_hex, strlen(wiki_hex), frame, sizeof frame);
     assert_int_equal(n, 66);
     struct avl_packet p;
@@ -222,13 +351,23 @@ static void test_wiki_codec8_exact(void **state)
     assert_int_equal(p.records_len, 1);
 
     memset(row, CANARY, 512);
-    int w =
-        copyenc_row(row, ROW_CAP, UINT64_C(356307042441013), &recs[0], INT64_C(1560161090000000));
-    assert_int_equal(w, 159);
-    assert_memory_equal(row, want, 159);
-    assert_int_equal(row[159], CANARY);
-    assert_true((size_t)w <= copyenc_row_bytes_max(&recs[0]));
+    int w = copyenc_row(layout, row, ROW_CAP, UINT64_C(356307042441013), &recs[0],
+                        INT64_C(1560161090000000));
+    assert_int_equal(w, want_len);
+    assert_memory_equal(row, want, (size_t)want_len);
+    assert_int_equal(row[want_len], CANARY);
+    assert_true((size_t)w <= copyenc_row_bytes_max(layout, &recs[0]));
     check_tuple(row, (size_t)w, UINT64_C(356307042441013), &recs[0], INT64_C(1560161090000000));
+}
+
+/* The bytes of a Codec 16 row r without IO elements: 112 for the other columns, and the IO
+ * columns' least: "{}" with the jsonb version byte, four empty arrays (12 bytes each), or the
+ * raw group counts (all zero), each with its length word. */
+static int row_without_io(const struct avl_record *r)
+{
+    static const int io[COPYENC_LAYOUTS] = {
+        [COPYENC_JSONB] = 4 + 1 + 2, [COPYENC_ARRAYS] = 4 * (4 + 12), [COPYENC_RAW] = 4};
+    return 112 + io[layout] + (layout == COPYENC_RAW ? (int)r->io_bytes : 0);
 }
 
 /* generation is written for Codec 16 only (0xFF included); NULL for 8 and 8E. */
@@ -240,25 +379,25 @@ static void test_generation(void **state)
         struct avl_record_src s = plain_src(UINT64_C(1700000000000));
         s.rec.generation = gen == 0 ? 0 : gen == 1 ? 5 : 0xFF;
         encode_decode(AVL_CODEC_16, &s, 1);
-        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        int w = copyenc_row(layout, row, ROW_CAP, 1, &recs[0], 0);
         assert_true(w > 0);
         parse_tuple(row, (size_t)w, &t);
-        assert_int_equal(t.len[12], 2);
-        assert_int_equal(rd_be(t.val[12], 2), s.rec.generation);
-        assert_int_equal(rd_be(t.val[13], 2), 16);
-        assert_int_equal(w, COPYENC_ROW_FIXED_BYTES + 2);
+        assert_int_equal(t.len[COL_GEN], 2);
+        assert_int_equal(rd_be(t.val[COL_GEN], 2), s.rec.generation);
+        assert_int_equal(rd_be(t.val[COL_CODEC], 2), 16);
+        assert_int_equal(w, row_without_io(&recs[0]));
     }
     static const uint8_t codecs[2] = {AVL_CODEC_8, AVL_CODEC_8E};
     for (int i = 0; i < 2; i++) {
         struct avl_record_src s = plain_src(UINT64_C(1700000000000));
         encode_decode(codecs[i], &s, 1);
-        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        int w = copyenc_row(layout, row, ROW_CAP, 1, &recs[0], 0);
         assert_true(w > 0);
         parse_tuple(row, (size_t)w, &t);
-        assert_int_equal(t.len[12], -1);
-        assert_int_equal(rd_be(t.val[13], 2), codecs[i]);
+        assert_int_equal(t.len[COL_GEN], -1);
+        assert_int_equal(rd_be(t.val[COL_CODEC], 2), codecs[i]);
         /* no IO: the fixed part with "{}", less the 2 value bytes a NULL does not have */
-        assert_int_equal(w, COPYENC_ROW_FIXED_BYTES + 2 - 2);
+        assert_int_equal(w, row_without_io(&recs[0]) - 2);
     }
 }
 
@@ -281,7 +420,7 @@ static void test_coordinates(void **state)
         s.rec.lat_e7 = cases[i].lat_e7;
         s.rec.altitude_m = -417; /* the Dead Sea shore */
         encode_decode(AVL_CODEC_8E, &s, 1);
-        int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+        int w = copyenc_row(layout, row, ROW_CAP, 1, &recs[0], 0);
         assert_true(w > 0);
         struct tuple t;
         parse_tuple(row, (size_t)w, &t);
@@ -290,6 +429,37 @@ static void test_coordinates(void **state)
         assert_int_equal(rd_be(t.val[5], 8), double_bits(cases[i].lat));
         assert_int_equal(rd_be(t.val[6], 2), 0xFE5F); /* -417 */
     }
+}
+
+/* The arrays of test_nx_hex's record, element by element. */
+static void check_nx_arrays(const struct tuple *t)
+{
+    static const uint32_t ids[3] = {239, 66, 0}, nx_ids[3] = {385, 65535, 257};
+    static const uint64_t vals[3] = {1, 12345, UINT64_MAX}; /* stored as the bigint -1 */
+    static const char *const nx_hex[3] = {"00abff10", "", "deadbeef01"};
+    const uint8_t *a = t->val[COL_IO], *v = t->val[COL_IO + 1];
+    const uint8_t *na = t->val[COL_IO + 2], *nv = t->val[COL_IO + 3];
+    assert_int_equal(rd_be(a, 4), 1);       /* one dimension */
+    assert_int_equal(rd_be(a + 12, 4), 3);  /* of 3 */
+    assert_int_equal(rd_be(v + 8, 4), 20);  /* int8 */
+    assert_int_equal(rd_be(nv + 8, 4), 17); /* bytea */
+    assert_int_equal(rd_be(nv + 12, 4), 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rd_be(a + 20 + 8 * i, 8), (uint64_t)4 << 32 | ids[i]);
+        assert_int_equal(rd_be(v + 20 + 12 * i, 4), 8);
+        assert_int_equal(rd_be(v + 24 + 12 * i, 8), vals[i]);
+        assert_int_equal(rd_be(na + 20 + 8 * i, 8), (uint64_t)4 << 32 | nx_ids[i]);
+    }
+    const uint8_t *e = nv + 20;
+    for (int i = 0; i < 3; i++) {
+        uint32_t len = (uint32_t)rd_be(e, 4);
+        char hex[32];
+        assert_int_equal(len, strlen(nx_hex[i]) / 2);
+        tu_hex_encode(e + 4, len, hex);
+        assert_memory_equal(hex, nx_hex[i], 2 * len);
+        e += 4 + len;
+    }
+    assert_ptr_equal(e, nv + t->len[COL_IO + 3]);
 }
 
 /* NX elements are lowercase hex strings, empty ones included; fixed ones decimals, and ids in
@@ -311,23 +481,39 @@ static void test_nx_hex(void **state)
     s.io = io;
     s.io_len = sizeof io / sizeof io[0];
     encode_decode(AVL_CODEC_8E, &s, 1);
-    int w = copyenc_row(row, ROW_CAP, 7, &recs[0], 5);
+    int w = copyenc_row(layout, row, ROW_CAP, 7, &recs[0], 5);
     assert_true(w > 0);
     struct tuple t;
     parse_tuple(row, (size_t)w, &t);
     static const char want[] = "{\"239\":1,\"66\":12345,\"0\":18446744073709551615,"
                                "\"385\":\"00abff10\",\"65535\":\"\",\"257\":\"deadbeef01\"}";
-    assert_int_equal(t.len[11], 1 + strlen(want));
-    assert_memory_equal(t.val[11] + 1, want, strlen(want));
+    if (layout == COPYENC_JSONB) {
+        assert_int_equal(t.len[COL_IO], 1 + strlen(want));
+        assert_memory_equal(t.val[COL_IO] + 1, want, strlen(want));
+    } else if (layout == COPYENC_ARRAYS) {
+        check_nx_arrays(&t);
+    }
     check_tuple(row, (size_t)w, 7, &recs[0], 5);
 
     /* no IO at all */
     s.io_len = 0;
     encode_decode(AVL_CODEC_8, &s, 1);
-    w = copyenc_row(row, ROW_CAP, 7, &recs[0], 5);
+    w = copyenc_row(layout, row, ROW_CAP, 7, &recs[0], 5);
     parse_tuple(row, (size_t)w, &t);
-    assert_int_equal(t.len[11], 3);
-    assert_memory_equal(t.val[11], "\001{}", 3);
+    if (layout == COPYENC_JSONB) {
+        assert_int_equal(t.len[COL_IO], 3);
+        assert_memory_equal(t.val[COL_IO], "\001{}", 3);
+    } else if (layout == COPYENC_ARRAYS) {
+        static const uint32_t oids[4] = {23, 20, 23, 17};
+        for (int k = 0; k < 4; k++) { /* empty, not NULL: ndim 0, no flags, the element type */
+            assert_int_equal(t.len[COL_IO + k], 12);
+            assert_int_equal(rd_be(t.val[COL_IO + k], 8), 0);
+            assert_int_equal(rd_be(t.val[COL_IO + k] + 8, 4), oids[k]);
+        }
+    } else { /* the four one-byte group counts of Codec 8, all zero */
+        assert_int_equal(t.len[COL_IO], 4);
+        assert_int_equal(rd_be(t.val[COL_IO], 4), 0);
+    }
 }
 
 /* Every decimal length of a u64 (around each power of ten) as N8 values and u16 ids. */
@@ -351,11 +537,13 @@ static void test_decimal_edges(void **state)
     s.io = io;
     s.io_len = len;
     encode_decode(AVL_CODEC_8E, &s, 1);
-    int w = copyenc_row(row, ROW_CAP, 1, &recs[0], 0);
+    int w = copyenc_row(layout, row, ROW_CAP, 1, &recs[0], 0);
     assert_true(w > 0);
     check_tuple(row, (size_t)w, 1, &recs[0], 0); /* compares with snprintf's digits */
     struct tuple t;
     parse_tuple(row, (size_t)w, &t);
+    if (layout != COPYENC_JSONB)
+        return;
     assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"57001\":10000000000000000000,", 29));
     assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"57000\":9999999999999999999,", 28));
     assert_non_null(memmem(t.val[11], (size_t)t.len[11], "\"0\":0,\"1\":1,\"3000\":9,", 21));
@@ -399,7 +587,7 @@ static void test_range_errors(void **state)
         r.speed_kmh = cases[i].speed;
         r.ts_ms = cases[i].ts_ms;
         memset(row, CANARY, 256);
-        int w = copyenc_row(row, ROW_CAP, cases[i].imei, &r, cases[i].received_at_us);
+        int w = copyenc_row(layout, row, ROW_CAP, cases[i].imei, &r, cases[i].received_at_us);
         if (cases[i].want > 0) {
             if (w <= 0)
                 fail_msg("%s: %d %s", cases[i].name, w, copyenc_strerror(w));
@@ -414,13 +602,13 @@ static void test_range_errors(void **state)
     /* the largest timestamp is 294276-12-31T23:59:59.999Z: 1 ms before END_TIMESTAMP */
     r.ts_ms = AVL_TS_MS_END - 1;
     r.angle_deg = r.speed_kmh = 0;
-    int w = copyenc_row(row, ROW_CAP, 1, &r, 0);
+    int w = copyenc_row(layout, row, ROW_CAP, 1, &r, 0);
     struct tuple t;
     parse_tuple(row, (size_t)w, &t);
     assert_int_equal((int64_t)rd_be(t.val[1], 8), INT64_C(9223371331200000000) - 1000);
     /* the earliest: 1970, before the 2000 epoch */
     r.ts_ms = 0;
-    w = copyenc_row(row, ROW_CAP, 1, &r, 0);
+    w = copyenc_row(layout, row, ROW_CAP, 1, &r, 0);
     parse_tuple(row, (size_t)w, &t);
     assert_int_equal((int64_t)rd_be(t.val[1], 8), -PG_EPOCH_UNIX_US);
 }
@@ -448,7 +636,8 @@ static void test_out_of_range_null(void **state)
     assert_int_equal(r.angle_deg, 40000);
     assert_int_equal(r.speed_kmh, 50000);
     assert_int_equal(copyenc_nulls(&r), COPYENC_NULL_ANGLE | COPYENC_NULL_SPEED);
-    int w = copyenc_row(row, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
+    int w =
+        copyenc_row(layout, row, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
     assert_true(w > 0);
     check_tuple(row, (size_t)w, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
     struct tuple t;
@@ -462,11 +651,12 @@ static void test_out_of_range_null(void **state)
     r.speed_kmh = 120;
     assert_int_equal(copyenc_nulls(&r), 0);
     static uint8_t fit[ROW_CAP];
-    int w_fit = copyenc_row(fit, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
+    int w_fit =
+        copyenc_row(layout, fit, ROW_CAP, UINT64_C(356307042441013), &r, INT64_C(1700000000000000));
     assert_int_equal(w_fit, w + 4);
     struct tuple t_fit;
     parse_tuple(fit, (size_t)w_fit, &t_fit);
-    for (int i = 0; i < COPYENC_COLUMNS_LEN; i++) {
+    for (int i = 0; i < NCOLS; i++) {
         if (i == 7 || i == 9)
             continue;
         assert_int_equal(t.len[i], t_fit.len[i]);
@@ -508,15 +698,15 @@ static void test_small_cap(void **state)
         struct avl_packet p;
         assert_int_equal(avl_decode_tcp(frame, (size_t)n, &p, recs), 0);
         for (unsigned k = 0; k < p.records_len; k++) {
-            size_t max = copyenc_row_bytes_max(&recs[k]);
+            size_t max = copyenc_row_bytes_max(layout, &recs[k]);
             uint8_t *buf = malloc(max);
             assert_non_null(buf);
             memset(buf, CANARY, max);
-            assert_int_equal(copyenc_row(buf, max - 1, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
-            assert_int_equal(copyenc_row(buf, 0, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
+            assert_int_equal(copyenc_row(layout, buf, max - 1, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
+            assert_int_equal(copyenc_row(layout, buf, 0, 1, &recs[k], 0), COPYENC_E_NO_SPACE);
             for (size_t b = 0; b < max; b++)
                 assert_int_equal(buf[b], CANARY);
-            int w = copyenc_row(buf, max, 1, &recs[k], 0);
+            int w = copyenc_row(layout, buf, max, 1, &recs[k], 0);
             assert_true(w > 0 && (size_t)w <= max);
             check_tuple(buf, (size_t)w, 1, &recs[k], 0);
             free(buf);
@@ -548,12 +738,12 @@ static void test_packetgen_rows(void **state)
                     const struct avl_record *r = &recs[k];
                     uint64_t imei = pktgen_u64(&g) % UINT64_C(100000000000000000);
                     int64_t rx = (int64_t)(pktgen_u64(&g) % UINT64_C(4102444800000000));
-                    int w = copyenc_row(row, ROW_CAP, imei, r, rx);
+                    int w = copyenc_row(layout, row, ROW_CAP, imei, r, rx);
                     assert_int_equal(copyenc_nulls(r) != 0,
                                      r->angle_deg > 32767 || r->speed_kmh > 32767);
                     nulled += copyenc_nulls(r) != 0;
                     assert_true(w > 0);
-                    size_t max = copyenc_row_bytes_max(r);
+                    size_t max = copyenc_row_bytes_max(layout, r);
                     assert_true((size_t)w <= max);
                     if (max - (size_t)w < slack_min)
                         slack_min = max - (size_t)w;
@@ -573,27 +763,12 @@ static void test_packetgen_rows(void **state)
 
 /* ---- the encoder against a plain reference, byte for byte ---------------------------------- */
 
-static void ref_be(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
-{
-    for (unsigned i = 0; i < bytes; i++)
-        out[*n + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
-    *n += bytes;
-}
-
-/* A field: its int32 length, then the value in `bytes` big-endian bytes. */
-static void ref_field(uint8_t *out, size_t *n, unsigned bytes, uint64_t v)
-{
-    ref_be(out, n, 4, bytes);
-    ref_be(out, n, bytes, v);
-}
-
 /* The row as copyenc.h describes it, written the obvious way: field by field, the timestamp
- * through a signed difference, the io text from avl_io_next and snprintf (expected_json). */
+ * through a signed difference, the IO columns from ref_io. */
 static size_t ref_row(uint8_t *out, uint64_t imei, const struct avl_record *r, int64_t rx_us)
 {
-    static char json[3 * PKTGEN_FRAME_BYTES_MAX];
     size_t n = 0;
-    ref_be(out, &n, 2, COPYENC_COLUMNS_LEN);
+    ref_be(out, &n, 2, (uint64_t)NCOLS);
     ref_field(out, &n, 8, imei);
     int64_t ts_us = (int64_t)(r->ts_ms - (uint64_t)(PG_EPOCH_UNIX_US / 1000)) * 1000;
     ref_field(out, &n, 8, (uint64_t)ts_us);
@@ -612,11 +787,7 @@ static size_t ref_row(uint8_t *out, uint64_t imei, const struct avl_record *r, i
     else
         ref_field(out, &n, 2, r->speed_kmh);
     ref_field(out, &n, 4, r->event_id);
-    size_t json_len = expected_json(r, json, sizeof json);
-    ref_be(out, &n, 4, 1 + json_len);
-    out[n++] = 1;
-    memcpy(out + n, json, json_len);
-    n += json_len;
+    n += ref_io(out + n, r);
     if (r->codec == AVL_CODEC_16)
         ref_field(out, &n, 2, r->generation);
     else
@@ -630,10 +801,10 @@ static size_t ref_row(uint8_t *out, uint64_t imei, const struct avl_record *r, i
 static void check_against_ref(uint64_t imei, const struct avl_record *r, int64_t rx_us)
 {
     static uint8_t ref[ROW_CAP];
-    size_t max = copyenc_row_bytes_max(r);
+    size_t max = copyenc_row_bytes_max(layout, r);
     assert_true(max <= ROW_CAP);
     memset(row, CANARY, max);
-    int w = copyenc_row(row, max, imei, r, rx_us);
+    int w = copyenc_row(layout, row, max, imei, r, rx_us);
     assert_true(w > 0);
     size_t want = ref_row(ref, imei, r, rx_us);
     assert_int_equal((size_t)w, want);
@@ -806,8 +977,8 @@ static void test_speed(void **state)
         for (size_t i = 0; i < all_len; i++) {
             if (sizeof out - off < 4096)
                 off = 0;
-            int w = copyenc_row(out + off, sizeof out - off, UINT64_C(356307042441013), &all[i],
-                                INT64_C(1700000000000000));
+            int w = copyenc_row(layout, out + off, sizeof out - off, UINT64_C(356307042441013),
+                                &all[i], INT64_C(1700000000000000));
             assert_true(w > 0);
             off += (size_t)w;
             bytes += (uint64_t)w;
@@ -818,9 +989,32 @@ static void test_speed(void **state)
         io_elems += all[i].io_total;
     double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
     double rows = (double)all_len * SPEED_PASSES;
-    print_message("copyenc speed: %.0f ns/row, %.2f M rows/s, %.0f bytes/row, %.1f IO elements/row"
-                  " (realistic 8E; meaningful in a Release build only)\n",
-                  ns / rows, rows / ns * 1e3, (double)bytes / rows, (double)io_elems / all_len);
+    print_message(
+        "copyenc speed (%s): %.0f ns/row, %.2f M rows/s, %.0f bytes/row, %.1f IO elements/row"
+        " (realistic 8E; meaningful in a Release build only)\n",
+        copyenc_layout_name(layout), ns / rows, rows / ns * 1e3, (double)bytes / rows,
+        (double)io_elems / all_len);
+}
+
+static int use_arrays(void **state)
+{
+    (void)state;
+    layout = COPYENC_ARRAYS;
+    return 0;
+}
+
+static int use_jsonb(void **state)
+{
+    (void)state;
+    layout = COPYENC_JSONB;
+    return 0;
+}
+
+static int use_raw(void **state)
+{
+    (void)state;
+    layout = COPYENC_RAW;
+    return 0;
 }
 
 int main(void)
@@ -834,5 +1028,8 @@ int main(void)
         cmocka_unit_test(test_packetgen_rows),   cmocka_unit_test(test_reference_packetgen),
         cmocka_unit_test(test_reference_sweeps), cmocka_unit_test(test_speed),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("arrays", tests, use_arrays, NULL);
+    failed += cmocka_run_group_tests_name("jsonb", tests, use_jsonb, NULL);
+    failed += cmocka_run_group_tests_name("raw", tests, use_raw, NULL);
+    return failed;
 }

@@ -77,25 +77,25 @@ static bool contains(const char *haystack, const char *needle)
 
 /* COPY header + rows of recs[0 .. n-1] (imei IMEI_BASE + first + i) + trailer through a plain
  * blocking COPY; the caller owns the transaction. Returns the rows copied. */
-static long copy_rows(PGconn *conn, const struct avl_record *recs, size_t n, uint64_t imei_first,
-                      int64_t received_us)
+static long copy_rows(PGconn *conn, enum copyenc_layout layout, const struct avl_record *recs,
+                      size_t n, uint64_t imei_first, int64_t received_us)
 {
     size_t cap = COPYENC_HEADER_BYTES + COPYENC_TRAILER_BYTES;
     for (size_t i = 0; i < n; i++)
-        cap += copyenc_row_bytes_max(&recs[i]);
+        cap += copyenc_row_bytes_max(layout, &recs[i]);
     uint8_t *buf = malloc(cap);
     assert_non_null(buf);
     size_t len = (size_t)copyenc_header(buf);
     for (size_t i = 0; i < n; i++) {
-        int w =
-            copyenc_row(buf + len, cap - len, imei_first + i, &recs[i], received_us + (int64_t)i);
+        int w = copyenc_row(layout, buf + len, cap - len, imei_first + i, &recs[i],
+                            received_us + (int64_t)i);
         if (w < 0)
             fail_msg("copyenc_row %zu: %s", i, copyenc_strerror(w));
         len += (size_t)w;
     }
     len += (size_t)copyenc_trailer(buf + len);
 
-    PGresult *r = PQexec(conn, COPYENC_COPY_SQL);
+    PGresult *r = PQexec(conn, copyenc_copy_sql(layout));
     if (PQresultStatus(r) != PGRES_COPY_IN)
         fail_msg("COPY: %s", PQresultErrorMessage(r));
     PQclear(r);
@@ -209,7 +209,7 @@ static void test_apply_and_check(void **state)
     pgtest_db_create(&db, "apply", false);
 
     /* an empty database: everything is missing, each said once */
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), PGSCHEMA_E_FAIL);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), PGSCHEMA_E_FAIL);
     assert_contains(err, "telemetry.positions: missing table");
     assert_contains(err, "public.device_state: missing table");
     assert_contains(err, "public.devices: missing table");
@@ -221,7 +221,7 @@ static void test_apply_and_check(void **state)
 
     /* apply, re-apply: the same files, no error, nothing changes */
     assert_int_equal(pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err), SCHEMA_FILES);
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
     assert_string_equal(err, "");
     char before[64];
     pgtest_scalar(db.conn,
@@ -230,7 +230,7 @@ static void test_apply_and_check(void **state)
                   "('telemetry'::regnamespace, 'public'::regnamespace)",
                   before, sizeof before);
     assert_int_equal(pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err), SCHEMA_FILES);
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
     char after[64];
     pgtest_scalar(db.conn,
                   "SELECT count(*) || '/' || (SELECT count(*) FROM pg_proc WHERE pronamespace = "
@@ -253,7 +253,7 @@ static void test_apply_and_check(void **state)
                  pgtest_schema_dir(), db.conninfo);
         assert_int_equal(system(cmd), 0);
     }
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
 
     /* the table has exactly these columns, in this order */
     char cols[1024];
@@ -364,9 +364,9 @@ static void test_check_messages(void **state)
     char err[4096];
     pgtest_db_create(&db, "check", true);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
+        assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
         pgtest_exec(db.conn, cases[i].break_sql);
-        int rc = pgschema_check(db.conn, err, sizeof err);
+        int rc = pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err);
         if (rc != PGSCHEMA_E_FAIL || !contains(err, cases[i].want))
             fail_msg("%s: rc %d, err '%s', want '%s'", cases[i].name, rc, err, cases[i].want);
         /* only that problem */
@@ -378,20 +378,20 @@ static void test_check_messages(void **state)
         int applied = pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err);
         if (applied != SCHEMA_FILES)
             fail_msg("%s: re-apply: %s", cases[i].name, err);
-        if (pgschema_check(db.conn, err, sizeof err) != 0)
+        if (pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err) != 0)
             fail_msg("%s: still failing after the fix: %s", cases[i].name, err);
     }
 
     /* several problems are all listed */
     pgtest_exec(db.conn, "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE json; "
                          "ALTER TABLE public.devices DROP COLUMN enabled");
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), PGSCHEMA_E_FAIL);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), PGSCHEMA_E_FAIL);
     assert_string_equal(err, "telemetry.positions.io: expected jsonb, found json; "
                              "public.devices.enabled: missing column (expected boolean)");
     /* a small buffer is cut, never overrun */
     char small[24];
     memset(small, 'x', sizeof small);
-    assert_int_equal(pgschema_check(db.conn, small, 20), PGSCHEMA_E_FAIL);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, small, 20), PGSCHEMA_E_FAIL);
     assert_int_equal(strlen(small), 19);
     assert_int_equal(small[20], 'x');
     pgtest_db_drop(&db);
@@ -418,7 +418,7 @@ static void test_partitions(void **state)
         plain_record(0, frames[5]), /* before the first fix: default for ever */
     };
     pgtest_exec(db.conn, "BEGIN");
-    assert_int_equal(copy_rows(db.conn, rs, 6, IMEI_BASE, now_ms() * 1000), 6);
+    assert_int_equal(copy_rows(db.conn, COPYENC_JSONB, rs, 6, IMEI_BASE, now_ms() * 1000), 6);
     pgtest_exec(db.conn, "COMMIT");
     assert_int_equal(pgtest_scalar_ll(db.conn, "SELECT count(*) FROM telemetry.positions_default"),
                      6);
@@ -541,7 +541,7 @@ static void test_partitions_do_not_block_copy(void **state)
     struct avl_record today = plain_record((uint64_t)now_ms(), frames[0]);
     struct avl_record prefix = plain_record(0, frames[1]);
     pgtest_exec(gw, "BEGIN");
-    assert_int_equal(copy_rows(gw, &today, 1, IMEI_BASE, now_ms() * 1000), 1);
+    assert_int_equal(copy_rows(gw, COPYENC_JSONB, &today, 1, IMEI_BASE, now_ms() * 1000), 1);
     /* the premise: the open transaction holds COPY's lock on the parent */
     char sql[512];
     snprintf(sql, sizeof sql,
@@ -554,7 +554,7 @@ static void test_partitions_do_not_block_copy(void **state)
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     assert_int_equal(pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err), SCHEMA_FILES);
-    assert_int_equal(pgschema_check(db.conn, err, sizeof err), 0);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
     assert_int_equal(pgschema_ensure_partitions(db.conn, 9, err, sizeof err), 2);
     clock_gettime(CLOCK_MONOTONIC, &b);
     double waited_ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
@@ -582,7 +582,7 @@ static void test_partitions_do_not_block_copy(void **state)
     PQclear(r);
 
     /* now the open COPY also wrote into the default partition: ATTACH needs that one */
-    assert_int_equal(copy_rows(gw, &prefix, 1, IMEI_BASE + 1, now_ms() * 1000), 1);
+    assert_int_equal(copy_rows(gw, COPYENC_JSONB, &prefix, 1, IMEI_BASE + 1, now_ms() * 1000), 1);
     notices[0] = '\0';
     assert_int_equal(pgschema_ensure_partitions(db.conn, 12, err, sizeof err), PGSCHEMA_E_AGAIN);
     assert_contains(err, "made 0, 2 day(s) still without a partition");
@@ -661,7 +661,8 @@ static void test_copy_roundtrip(void **state)
 
     const int64_t rx0 = INT64_C(1700000000123456);
     pgtest_exec(db.conn, "BEGIN");
-    assert_int_equal(copy_rows(db.conn, recs, recs_len, IMEI_BASE, rx0), (long)recs_len);
+    assert_int_equal(copy_rows(db.conn, COPYENC_JSONB, recs, recs_len, IMEI_BASE, rx0),
+                     (long)recs_len);
     pgtest_exec(db.conn, "COMMIT");
 
     PGresult *r = pgtest_query(
@@ -914,7 +915,7 @@ static void test_batch_transaction_pipeline(void **state)
         plain_record((uint64_t)t - 2000, frames[2]),
     };
     pgtest_exec(c, "BEGIN");
-    assert_int_equal(copy_rows(c, rs, 3, 42, t * 1000), 3);
+    assert_int_equal(copy_rows(c, COPYENC_JSONB, rs, 3, 42, t * 1000), 3);
 
     assert_int_equal(PQenterPipelineMode(c), 1);
     const char *upsert_sql = "SELECT telemetry.device_state_upsert($1, $2, $3, $4, $5, $6, $7, "

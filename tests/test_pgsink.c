@@ -986,7 +986,7 @@ static void test_real_schema(void **state)
             assert_int_equal(avl_decode_tcp(frame, (size_t)n, &hp, recs), 0);
             for (unsigned r = 0; r < hp.records_len; r++) {
                 uint8_t row[8192];
-                int w = copyenc_row(row, sizeof row, g.imei, &recs[r], received_us);
+                int w = copyenc_row(COPYENC_ARRAYS, row, sizeof row, g.imei, &recs[r], received_us);
                 assert_true(w > 0);
                 buf_put(&data, row, (size_t)w);
                 rows++;

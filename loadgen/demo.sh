@@ -52,7 +52,7 @@ SELECT count(*) AS rows, count(DISTINCT imei) AS devices,
 SELECT codec, count(*) AS rows FROM telemetry.positions GROUP BY codec ORDER BY codec;
 SELECT imei, ts, round(lon::numeric, 5) AS lon, round(lat::numeric, 5) AS lat, speed,
        satellites, left(io::text, 60) AS io
-  FROM telemetry.positions ORDER BY received_at DESC, ts DESC LIMIT 5;
+  FROM telemetry.positions_io ORDER BY received_at DESC, ts DESC LIMIT 5;
 SELECT count(*) AS devices_with_state, max(last_ts) AS newest_fix FROM public.device_state;
 SQL
 

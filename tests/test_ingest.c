@@ -247,7 +247,7 @@ static void fleet_check(const struct fleet *f, bool all)
         snprintf(sql, sizeof sql,
                  "SELECT ((io->>'%u')::bigint %% 1000000) / 1000, count(*),"
                  " count(DISTINCT io->>'%u'), min((io->>'%u')::bigint / 1000000)"
-                 " FROM telemetry.positions WHERE imei = %" PRIu64 " GROUP BY 1 ORDER BY 1",
+                 " FROM telemetry.positions_io WHERE imei = %" PRIu64 " GROUP BY 1 ORDER BY 1",
                  TAG_IO_ID, TAG_IO_ID, TAG_IO_ID, f->imei[d]);
         PGresult *r = pgtest_query(T.gw.db.conn, sql);
         bool stored[FLEET_PKTS_MAX] = {false};
@@ -874,7 +874,7 @@ static void test_ordering(void **state)
     snprintf(got, sizeof got,
              "SELECT string_agg((io->>'%u') || ':' || telemetry.timestamptz_to_ms(ts)::text"
              " || ':' || satellites::text, ',' ORDER BY (io->>'%u')::int)"
-             " FROM telemetry.positions WHERE imei = %" PRIu64,
+             " FROM telemetry.positions_io WHERE imei = %" PRIu64,
              TAG_IO_ID, TAG_IO_ID, imei);
     char have[1024], want[1024];
     pgtest_scalar(T.gw.db.conn, got, have, sizeof have);

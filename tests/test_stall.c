@@ -151,7 +151,7 @@ static void row_of(uint32_t tag, char *out, size_t cap)
     snprintf(sql, sizeof sql,
              "SELECT concat_ws('|', coalesce(angle::text, '-'), coalesce(speed::text, '-'), "
              "satellites, lon, lat, altitude, event_id, count(*) OVER ()) "
-             "FROM telemetry.positions WHERE (io->>'%d')::bigint = %u LIMIT 1",
+             "FROM telemetry.positions_io WHERE (io->>'%d')::bigint = %u LIMIT 1",
              TAG_IO_ID, tag);
     pgtest_scalar(T.gw.db.conn, sql, out, cap);
 }
@@ -286,7 +286,7 @@ static void fleet_check_once(void)
     long long want = (long long)f->n * f->per;
     char sql[256];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM (SELECT io->>'%d' FROM telemetry.positions GROUP BY 1 "
+             "SELECT count(*) FROM (SELECT io->>'%d' FROM telemetry.positions_io GROUP BY 1 "
              "HAVING count(*) = 1) o",
              TAG_IO_ID);
     long long once = pgtest_scalar_ll(T.gw.db.conn, sql);

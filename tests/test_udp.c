@@ -220,7 +220,7 @@ static long long rows_total(void)
 static long long tags_repeated(void)
 {
     return gwproc_sql_ll(&T.gw,
-                         "SELECT count(*) FROM (SELECT io->>'%d' FROM telemetry.positions "
+                         "SELECT count(*) FROM (SELECT io->>'%d' FROM telemetry.positions_io "
                          "GROUP BY 1 HAVING count(*) > 1) r",
                          TAG_IO_ID);
 }
@@ -420,7 +420,7 @@ static void fleet_check_device(const struct fleet *f, unsigned d, bool all)
     char sql[512];
     snprintf(sql, sizeof sql,
              "SELECT ((io->>'%u')::bigint %% 1000000) / 1000, count(*), count(DISTINCT io->>'%u'),"
-             " min((io->>'%u')::bigint / 1000000) FROM telemetry.positions WHERE imei = %" PRIu64
+             " min((io->>'%u')::bigint / 1000000) FROM telemetry.positions_io WHERE imei = %" PRIu64
              " GROUP BY 1 ORDER BY 1",
              TAG_IO_ID, TAG_IO_ID, TAG_IO_ID, f->imei[d]);
     PGresult *r = pgtest_query(T.gw.db.conn, sql);

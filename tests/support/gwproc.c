@@ -468,7 +468,7 @@ void gwproc_expect_row(const struct gwproc *g, uint64_t imei, const struct avl_r
     if (r->codec == AVL_CODEC_16)
         snprintf(gen, sizeof gen, "%u", r->generation);
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM telemetry.positions WHERE imei = %" PRIu64
+             "SELECT count(*) FROM telemetry.positions_io WHERE imei = %" PRIu64
              " AND ts = telemetry.ms_to_timestamptz(%" PRIu64 ") AND priority = %u"
              " AND lon = '%.17g'::float8 AND lat = '%.17g'::float8 AND altitude = %d"
              " AND angle = %u AND satellites = %u AND speed = %u AND event_id = %u"

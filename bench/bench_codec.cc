@@ -1,4 +1,4 @@
-// bench_codec.cc — Google Benchmark over the Teltonika codec: CRC-16 (table vs bitwise), and
+// bench_codec.cc — Google Benchmark over the Teltonika codec: CRC-16 (each path), and
 // scan + decode of realistic Codec 8 / 8E / 16 packets from loadgen/packetgen over TCP and UDP,
 // next to a CRC-only pass over the same bytes so the cost of parsing can be read as a ratio;
 // and the gateway's COPY BINARY row encoder (gateway/copyenc) over decoded records.
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "codec/avl.h"
+#include "codec/crc16_internal.h"
 #include "gateway/copyenc.h"
 #include "loadgen/packetgen.h"
 
@@ -95,33 +96,51 @@ void set_rates(benchmark::State &state, const Batch &b, uint64_t rounds_bytes,
 }
 
 // ---- CRC-16 ---------------------------------------------------------------------------------
+// avl_crc16 as the gateway calls it (PCLMULQDQ folding from AVL_CRC16_CLMUL_BYTES_MIN bytes on,
+// where the CPU has it), and each path forced: slicing-by-8, folding, bit at a time.
 
-void BM_Crc16Table(benchmark::State &state)
+void crc16_bench(benchmark::State &state, uint16_t (*fn)(uint16_t, const uint8_t *, size_t))
 {
     std::vector<uint8_t> buf(size_t(state.range(0)));
     pktgen g;
     pktgen_init(&g, kSeed);
     pktgen_fill_bytes(&g, buf.data(), buf.size());
     for (auto _ : state) {
-        uint16_t crc = avl_crc16(0, buf.data(), buf.size());
+        uint16_t crc = fn(0, buf.data(), buf.size());
         benchmark::DoNotOptimize(crc);
     }
     state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(buf.size()));
 }
-BENCHMARK(BM_Crc16Table)->Arg(64)->Arg(1024)->Arg(16384);
+
+void BM_Crc16(benchmark::State &state)
+{
+    crc16_bench(state, avl_crc16);
+}
+
+void BM_Crc16Slice8(benchmark::State &state)
+{
+    crc16_bench(state, avl_crc16_slice8);
+}
+
+void BM_Crc16Clmul(benchmark::State &state)
+{
+#if AVL_CRC16_CLMUL
+    if (avl_crc16_clmul_supported()) {
+        crc16_bench(state, avl_crc16_clmul);
+        return;
+    }
+#endif
+    state.SkipWithError("no PCLMULQDQ path on this CPU");
+}
 
 void BM_Crc16Bitwise(benchmark::State &state)
 {
-    std::vector<uint8_t> buf(size_t(state.range(0)));
-    pktgen g;
-    pktgen_init(&g, kSeed);
-    pktgen_fill_bytes(&g, buf.data(), buf.size());
-    for (auto _ : state) {
-        uint16_t crc = avl_crc16_bitwise(0, buf.data(), buf.size());
-        benchmark::DoNotOptimize(crc);
-    }
-    state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(buf.size()));
+    crc16_bench(state, avl_crc16_bitwise);
 }
+
+BENCHMARK(BM_Crc16)->Arg(64)->Arg(256)->Arg(1024)->Arg(16384);
+BENCHMARK(BM_Crc16Slice8)->Arg(64)->Arg(256)->Arg(1024)->Arg(16384);
+BENCHMARK(BM_Crc16Clmul)->Arg(64)->Arg(256)->Arg(1024)->Arg(16384);
 BENCHMARK(BM_Crc16Bitwise)->Arg(64)->Arg(1024)->Arg(16384);
 
 // ---- TCP: CRC only vs scan + decode, on the same frames --------------------------------------

@@ -93,6 +93,8 @@ synchronous_commit = on
 max_wal_size = 4GB
 log_min_messages = warning
 log_line_prefix = '%m [%p] '
+log_checkpoints = on
+log_autovacuum_min_duration = 0
 CONF
     new=1
   fi

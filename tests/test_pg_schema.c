@@ -28,7 +28,7 @@
 #include "tests/support/testutil.h"
 
 enum {
-    SCHEMA_FILES = 5,
+    SCHEMA_FILES = 6,
     ARENA_BYTES = 24 << 20,
     RECORDS_MAX = 60000,
     COPY_CHUNK_BYTES = 64 * 1024,
@@ -267,7 +267,9 @@ static void test_apply_and_check(void **state)
                               "received_at timestamp with time zone not null, priority smallint, "
                               "lon double precision, lat double precision, altitude smallint, "
                               "angle smallint, satellites smallint, speed smallint, "
-                              "event_id integer, io jsonb, generation smallint, codec smallint");
+                              "event_id integer, io jsonb, generation smallint, codec smallint, "
+                              "io_ids integer[], io_vals bigint[], nx_ids integer[], "
+                              "nx_vals bytea[]");
     char idx[256];
     pgtest_scalar(db.conn,
                   "SELECT pg_get_indexdef(indexrelid) FROM pg_index "
@@ -313,10 +315,14 @@ static void test_check_messages(void **state)
         const char *want;
         const char *fix_sql;
     } cases[] = {
-        {"io json", "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE json",
+        {"io json",
+         "DROP VIEW telemetry.positions_io; "
+         "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE json",
          "telemetry.positions.io: expected jsonb, found json",
          "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE jsonb USING io::jsonb"},
-        {"speed int", "ALTER TABLE telemetry.positions ALTER COLUMN speed TYPE integer",
+        {"speed int",
+         "DROP VIEW telemetry.positions_io; "
+         "ALTER TABLE telemetry.positions ALTER COLUMN speed TYPE integer",
          "telemetry.positions.speed: expected smallint, found integer",
          "ALTER TABLE telemetry.positions ALTER COLUMN speed TYPE smallint"},
         {"ts without tz", "ALTER TABLE public.device_state ALTER COLUMN last_ts TYPE timestamp",
@@ -326,7 +332,9 @@ static void test_check_messages(void **state)
         {"dropped column", "ALTER TABLE public.device_state DROP COLUMN dedup",
          "public.device_state.dedup: missing column (expected bytea)",
          "ALTER TABLE public.device_state ADD COLUMN dedup bytea"},
-        {"dropped positions column", "ALTER TABLE telemetry.positions DROP COLUMN generation",
+        {"dropped positions column",
+         "DROP VIEW telemetry.positions_io; "
+         "ALTER TABLE telemetry.positions DROP COLUMN generation",
          "telemetry.positions.generation: missing column (expected smallint)",
          "ALTER TABLE telemetry.positions ADD COLUMN generation smallint"},
         {"extra not null",
@@ -383,7 +391,8 @@ static void test_check_messages(void **state)
     }
 
     /* several problems are all listed */
-    pgtest_exec(db.conn, "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE json; "
+    pgtest_exec(db.conn, "DROP VIEW telemetry.positions_io; "
+                         "ALTER TABLE telemetry.positions ALTER COLUMN io TYPE json; "
                          "ALTER TABLE public.devices DROP COLUMN enabled");
     assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), PGSCHEMA_E_FAIL);
     assert_string_equal(err, "telemetry.positions.io: expected jsonb, found json; "
@@ -764,6 +773,70 @@ static const char *state_of(PGconn *c, long long imei, char *out, size_t cap)
     return pgtest_scalar(c, sql, out, cap);
 }
 
+/* The same records COPYed in the arrays layout (the default) and in the jsonb one, under IMEIs
+ * ARRAYS_IMEI_OFFSET apart: every column but the IO ones is equal in each pair, the arrays
+ * row has io NULL and the jsonb row NULL arrays, the arrays hold io_total elements, and
+ * telemetry.io_jsonb of the arrays is the jsonb row's io (wire order kept, NX as hex). */
+static void test_copy_arrays(void **state)
+{
+    (void)state;
+    enum { ARRAYS_IMEI_OFFSET = 1000000 };
+    static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
+    static struct avl_record recs[3000];
+    static uint8_t arena[3 * 400][4096];
+    struct pgtest_db db;
+    char err[1024];
+    pgtest_db_create(&db, "copyarr", true);
+    assert_int_equal(pgschema_check(db.conn, COPYENC_ARRAYS, err, sizeof err), 0);
+    size_t recs_len = 0;
+    long io_total = 0;
+    struct pktgen g;
+    pktgen_init(&g, 0xA77A);
+    for (int i = 0; i < 3 * 400 && recs_len + AVL_RECORDS_MAX <= 3000; i++) {
+        int n = pktgen_packet_tcp(&g, (enum pktgen_mode)(i % 2), codecs[i % 3],
+                                  PKTGEN_RECORDS_RANDOM, &pkt, arena[i], sizeof arena[i]);
+        assert_true(n > 0);
+        struct avl_packet p;
+        assert_int_equal(avl_decode_tcp(arena[i], (size_t)n, &p, dec), 0);
+        for (unsigned k = 0; k < p.records_len && recs_len < 3000; k++) {
+            recs[recs_len++] = dec[k];
+            io_total += dec[k].io_total;
+        }
+    }
+    assert_true(recs_len > 1000);
+    const int64_t rx = INT64_C(1700000000123456);
+    pgtest_exec(db.conn, "BEGIN");
+    assert_int_equal(copy_rows(db.conn, COPYENC_JSONB, recs, recs_len, IMEI_BASE, rx),
+                     (long)recs_len);
+    assert_int_equal(
+        copy_rows(db.conn, COPYENC_ARRAYS, recs, recs_len, IMEI_BASE + ARRAYS_IMEI_OFFSET, rx),
+        (long)recs_len);
+    pgtest_exec(db.conn, "COMMIT");
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM telemetry.positions a JOIN telemetry.positions j"
+             " ON a.imei = j.imei + %d AND a.received_at = j.received_at"
+             " WHERE a.io IS NULL AND j.io_ids IS NULL AND j.io_vals IS NULL"
+             "   AND j.nx_ids IS NULL AND j.nx_vals IS NULL"
+             "   AND (a.ts, a.priority, a.lon, a.lat, a.altitude, a.satellites, a.event_id,"
+             "        a.codec) = (j.ts, j.priority, j.lon, j.lat, j.altitude, j.satellites,"
+             "        j.event_id, j.codec)"
+             "   AND a.angle IS NOT DISTINCT FROM j.angle AND a.speed IS NOT DISTINCT FROM j.speed"
+             "   AND a.generation IS NOT DISTINCT FROM j.generation"
+             "   AND telemetry.io_jsonb(a.io_ids, a.io_vals, a.nx_ids, a.nx_vals) = j.io",
+             ARRAYS_IMEI_OFFSET);
+    assert_int_equal(pgtest_scalar_ll(db.conn, sql), (long)recs_len);
+    long elems =
+        pgtest_scalar_ll(db.conn, "SELECT sum(coalesce(array_length(io_ids, 1), 0) + "
+                                  "coalesce(array_length(nx_ids, 1), 0)) FROM telemetry.positions "
+                                  "WHERE io IS NULL AND cardinality(io_ids) = cardinality(io_vals) "
+                                  "AND cardinality(nx_ids) = cardinality(nx_vals)");
+    assert_int_equal(elems, io_total);
+    print_message("arrays layout: %zu rows, %ld IO elements, equal to the jsonb layout's\n",
+                  recs_len, io_total);
+    pgtest_db_drop(&db);
+}
+
 static void test_device_state(void **state)
 {
     (void)state;
@@ -968,13 +1041,10 @@ static void test_batch_transaction_pipeline(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_apply_and_check),
-        cmocka_unit_test(test_check_messages),
-        cmocka_unit_test(test_partitions),
-        cmocka_unit_test(test_partitions_do_not_block_copy),
-        cmocka_unit_test(test_copy_roundtrip),
-        cmocka_unit_test(test_device_state),
-        cmocka_unit_test(test_batch_transaction_pipeline),
+        cmocka_unit_test(test_apply_and_check), cmocka_unit_test(test_check_messages),
+        cmocka_unit_test(test_partitions),      cmocka_unit_test(test_partitions_do_not_block_copy),
+        cmocka_unit_test(test_copy_roundtrip),  cmocka_unit_test(test_copy_arrays),
+        cmocka_unit_test(test_device_state),    cmocka_unit_test(test_batch_transaction_pipeline),
         cmocka_unit_test(test_commands_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

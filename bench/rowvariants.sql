@@ -1,5 +1,5 @@
--- rowvariants.sql — SQL for bench/rowvariants: the accessors of the raw IO layout, and the
--- jsonb object of the arrays layout (for the cross-checks), in the schema rowvariants.
+-- rowvariants.sql — SQL for bench/rowvariants: the accessors of the raw IO layout, in the
+-- schema rowvariants (the arrays layout has its own in schema/postgres/006_io_arrays.sql).
 --
 -- The raw layout (gateway/copyenc.h, COPYENC_RAW) stores a record's IO groups as sent, from the
 -- N1 count to the end of its last group, in io_raw bytea; the row's codec column says how to
@@ -19,9 +19,7 @@
 --       (ord, id, width: 1, 2, 4, 8 or NULL for NX, val bigint, nx bytea)
 --   rowvariants.raw_io_jsonb(io_raw, codec) jsonb       the jsonb layout's io object: ids as
 --       decimal string keys, values unsigned, NX as lowercase hex; a repeated id keeps the
---       last, as jsonb does
---   rowvariants.arrays_io_jsonb(io_ids, io_vals, nx_ids, nx_vals) jsonb  the same object from
---       the arrays layout
+--       last, as jsonb does (and telemetry.io_jsonb for the arrays)
 -- raw_io_value is a plpgsql loop over the elements: the cost of the raw layout's queries.
 -- Applied once per database with psql -v ON_ERROR_STOP=1; idempotent.
 
@@ -150,20 +148,6 @@ AS $fn$
     SELECT coalesce(jsonb_object_agg(e.id::text, rowvariants.io_elem_jsonb(e.val, e.nx)
                                      ORDER BY e.ord), '{}'::jsonb)
     FROM rowvariants.raw_io_elements(io_raw, codec) e
-$fn$;
-
-CREATE OR REPLACE FUNCTION rowvariants.arrays_io_jsonb(io_ids integer[], io_vals bigint[],
-                                                       nx_ids integer[], nx_vals bytea[])
-RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $fn$
-    SELECT coalesce(jsonb_object_agg(e.id::text, rowvariants.io_elem_jsonb(e.val, e.nx)
-                                     ORDER BY e.ord), '{}'::jsonb)
-    FROM (SELECT f.ord, f.id, f.val, NULL::bytea AS nx
-          FROM unnest(io_ids, io_vals) WITH ORDINALITY AS f(id, val, ord)
-          UNION ALL
-          SELECT (1 << 20) + x.ord, x.id, NULL, x.nx -- the NX group comes last on the wire
-          FROM unnest(nx_ids, nx_vals) WITH ORDINALITY AS x(id, nx, ord)) e
 $fn$;
 
 COMMIT;

@@ -1,22 +1,40 @@
 /* copyceil.c — avlgate-copyceil: the COPY ceiling, the rate at which a plain binary COPY client
- * loads the gateway's rows into the gateway's schema.
+ * loads the gateway's rows into the gateway's schema; also the loader of bench/rowvariants.
  *
  * The end-to-end benchmark compares the gateway's durable ingest rate with this figure, taken
  * with as many connections as the gateway has shards. Each connection (one thread, blocking
  * libpq) repeats, for --seconds:
  *
- *   BEGIN; copyenc_copy_sql(layout); the batch in PQputCopyData chunks; PQputCopyEnd; COMMIT
+ *   BEGIN; COPY <table> (<columns>) FROM STDIN (FORMAT binary); the batch in PQputCopyData
+ *   chunks; PQputCopyEnd; COMMIT
  *
+ * with <table> from --table (default telemetry.positions) and <columns> copyenc_columns() of
+ * --io-layout (arrays, the gateway's default; jsonb; raw: see gateway/copyenc.h).
  * The batches are the gateway's own bytes: realistic packets from loadgen/packetgen (codecs 8,
  * 8E and 16 in turn, --records-per-packet records each, --devices devices), decoded with
- * avl_decode_tcp and encoded with copyenc_row, exactly as a shard does. They are made before
- * the clock starts, a pool of --pool-batches per connection, so the client measures
+ * avl_decode_tcp and encoded with copyenc_row in that layout, exactly as a shard does. They are
+ * made before the clock starts, a pool of --pool-batches per connection, so the client measures
  * PostgreSQL, not the generator. Each connection has its own devices (as each shard owns its
- * IMEIs). Record times are "now" (from about an hour ago, UTC), so rows land in
- * today's daily partition, made here by telemetry.ensure_partitions(7) as the gateway does at
- * start. A pool is sent over and over: before each pass every row's ts moves by one more µs,
- * so (imei, ts) stays distinct and the (imei, ts) index gets new keys, as under the gateway,
+ * IMEIs). Record times are "now" (from about an hour ago, UTC), so rows land in today's daily
+ * partition: for telemetry.positions made here by telemetry.ensure_partitions(7) as the gateway
+ * does at start. A pool is sent over and over: before each pass every row's ts moves by one more
+ * µs, so (imei, ts) stays distinct and the (imei, ts) index gets new keys, as under the gateway,
  * not runs of equal ones that btree deduplication would absorb cheaply.
+ *
+ * Another --table (bench/rowvariants makes one per row layout and index) must have the layout's
+ * columns, which is checked before anything is timed; its partitions are the caller's to make.
+ * telemetry.positions is checked as the gateway checks it (gateway/pgschema.h).
+ *
+ * --rows N makes it a loader of a fixed data set instead: N rows in all (connection i of C loads
+ * N / C, one more when i < N % C), each a distinct record: the batches are made as they go and
+ * never repeated, so the rate includes making them. It stops when they are in, or at --seconds
+ * when given. With --span-h H as well, each connection's records follow a fleet's clock over the
+ * H hours up to --span-end-s (Unix seconds; default now): the packet that holds a connection's
+ * k-th of n rows is sent at end - H + H * k / n, its records lie in the records-per-packet x 61 s
+ * before that (a record advances by less than 61 s), and received_at is the send time. So rows
+ * arrive in time order, a device's records spread over the span (one packet per device every
+ * H * devices * records-per-packet / N hours or so), and the same --seed, --conns, --devices,
+ * --records-per-packet, --rows, --span-h and --span-end-s give the same rows in every layout.
  *
  * The ceiling is the plain COPY only. The gateway's transaction also upserts
  * public.device_state (one statement per batch) and it ACKs the trackers; none of that is
@@ -30,7 +48,7 @@
  * open on exit.
  *
  * Threads: main parses, checks the schema, starts the workers and sums their counters after
- * pthread_join; a worker owns its connection, its pool and its counters.
+ * pthread_join; a worker owns its connection, its generator, its pool and its counters.
  */
 #include <assert.h>
 #include <errno.h>
@@ -60,25 +78,36 @@ enum {
     BATCH_ROWS_MAX = 1000000,
     POOL_BATCHES_MAX = 4096,
     DEVICES_MAX = 10000000,
+    SPAN_H_MAX = 24 * 366,
+    TABLE_NAME_BYTES_MAX = 128,
     /* COPY data handed to libpq per PQputCopyData: the gateway's PGSINK_COPY_CHUNK_BYTES, so
      * both send the same CopyData messages. */
     CHUNK_BYTES = 64 * 1024,
     ERR_BYTES = 512,
+    SQL_BYTES = 1024,
 };
 
-#define HOUR_MS UINT64_C(3600000)
-#define DAY_MS  UINT64_C(86400000)
+#define HOUR_MS  UINT64_C(3600000)
+#define DAY_MS   UINT64_C(86400000)
+#define ROWS_MAX UINT64_C(1000000000000)
+/* A realistic record is at most this much later than the one before it (packetgen). */
+#define RECORD_STEP_MS_MAX UINT64_C(61000)
 
 struct config {
     const char *conninfo;
     const char *json_path;
+    const char *table;
+    enum copyenc_layout layout;
     unsigned conns;
-    double seconds;
+    double seconds; /* 0: no time limit (--rows) */
     unsigned batch_rows;
     unsigned records_per_packet;
     unsigned devices;
     unsigned pool_batches;
     uint64_t seed;
+    uint64_t rows;      /* --rows: 0 for the timed pool */
+    unsigned span_h;    /* --span-h: 0 for "now" */
+    int64_t span_end_s; /* --span-end-s: 0 for now */
 };
 
 /* One pre-encoded COPY stream: file header, rows, file trailer. */
@@ -90,10 +119,13 @@ struct batch {
     int64_t ts_shift_us; /* what the ts values are currently moved by */
 };
 
+struct gen;
+
 struct worker {
     _Alignas(64) pthread_t thread;
     unsigned index;
     PGconn *conn;
+    struct gen *gen;
     struct batch *pool;
     /* written by the worker, read by main after pthread_join */
     uint64_t rows;
@@ -104,6 +136,8 @@ struct worker {
 };
 
 static struct config cfg = {
+    .table = "telemetry.positions",
+    .layout = COPYENC_ARRAYS,
     .conns = 0,
     .seconds = 0,
     .batch_rows = 1000,
@@ -112,6 +146,8 @@ static struct config cfg = {
     .pool_batches = 8,
     .seed = 1,
 };
+
+static char copy_sql[SQL_BYTES]; /* COPY <table> (<columns>) FROM STDIN (FORMAT binary) */
 
 static atomic_bool stop_now;      /* a signal, or a worker failed */
 static struct timespec deadline;  /* CLOCK_MONOTONIC; set by main between the two barriers */
@@ -138,8 +174,11 @@ static double mono_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Without --seconds (a --rows load) there is no deadline. */
 static bool past_deadline(void)
 {
+    if (cfg.seconds <= 0)
+        return false;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec > deadline.tv_sec ||
@@ -170,7 +209,8 @@ static void set_err(struct worker *w, const char *what, const char *msg)
 
 /* ---- the pool ------------------------------------------------------------------------- */
 
-/* Offset of ts's value in a row: field count (2), imei length and value (4 + 8), ts length. */
+/* Offset of ts's value in a row: field count (2), imei length and value (4 + 8), ts length.
+ * The same in every layout: the IO columns come after. */
 enum { ROW_TS_OFFSET = 2 + 4 + 8 + 4 };
 
 /* Moves every row's ts so that it is (original + shift_us). */
@@ -199,13 +239,23 @@ static int grow(struct batch *b, size_t *cap, size_t need)
     return 0;
 }
 
+static void batch_free(struct batch *b)
+{
+    free(b->bytes);
+    free(b->ts_off);
+    memset(b, 0, sizeof *b);
+}
+
 /* The generator state of one worker: its devices and the packet being cut into rows. */
 struct gen {
     struct pktgen *devs; /* the worker's devices */
     unsigned devs_len;
     uint64_t packets;
-    uint64_t ts_lo_ms, ts_hi_ms; /* record times: [max(today 00:00, now - 1 h), end of today) */
-    struct pktgen_packet pkt;    /* large: the gen is on the heap */
+    uint64_t ts_lo_ms, ts_hi_ms;  /* record times: [max(today 00:00, now - 1 h), end of today) */
+    uint64_t span_lo_ms, span_ms; /* --span-h: the fleet's clock runs over [lo, lo + span) */
+    uint64_t rows_made;           /* rows encoded so far */
+    uint64_t rows_total;          /* --rows: this worker's share */
+    struct pktgen_packet pkt;     /* large: the gen is on the heap */
     uint8_t frame[PKTGEN_FRAME_BYTES_MAX];
     struct avl_record recs[AVL_RECORDS_MAX];
     unsigned recs_len, recs_next;
@@ -213,18 +263,32 @@ struct gen {
     int64_t received_us;
 };
 
+/* Where device d's next packet goes in time, and when it is received (g->received_us). */
+static void gen_place(struct gen *g, struct pktgen *d)
+{
+    uint64_t packet_ms = (uint64_t)cfg.records_per_packet * RECORD_STEP_MS_MAX;
+    if (cfg.span_h > 0) {
+        /* The fleet's clock: this worker's rows spread over the span in the order made. */
+        double at = g->rows_total > 0 ? (double)g->rows_made / (double)g->rows_total : 0;
+        uint64_t sent_ms = g->span_lo_ms + (uint64_t)((double)g->span_ms * at);
+        d->ts_ms = sent_ms > packet_ms ? sent_ms - packet_ms : 0;
+        g->received_us = (int64_t)(sent_ms * 1000u);
+        return;
+    }
+    /* A new device starts in 2019..2025 and walks on: bring it into today's window, in its
+     * first half hour so that its next records stay mostly in the past. */
+    if (d->ts_ms < g->ts_lo_ms || d->ts_ms + packet_ms >= g->ts_hi_ms)
+        d->ts_ms = g->ts_lo_ms + pktgen_below(d, HOUR_MS / 2);
+    g->received_us = (int64_t)realtime_us();
+}
+
 static int gen_packet(struct gen *g, char *err, size_t err_cap)
 {
     static const uint8_t codecs[3] = {AVL_CODEC_8, AVL_CODEC_8E, AVL_CODEC_16};
     struct pktgen *d = &g->devs[g->packets % g->devs_len];
     uint8_t codec = codecs[g->packets % 3];
     g->packets++;
-    /* A new device starts in 2019..2025 and walks on: bring it into today's window, in its
-     * first half hour so that its next records stay mostly in the past. Each record advances
-     * at most 61 s. */
-    uint64_t span_ms = (uint64_t)cfg.records_per_packet * 61000u;
-    if (d->ts_ms < g->ts_lo_ms || d->ts_ms + span_ms >= g->ts_hi_ms)
-        d->ts_ms = g->ts_lo_ms + pktgen_below(d, HOUR_MS / 2);
+    gen_place(g, d);
     int n = pktgen_packet_tcp(d, PKTGEN_REALISTIC, codec, cfg.records_per_packet, &g->pkt, g->frame,
                               sizeof g->frame);
     if (n < 0) {
@@ -240,67 +304,67 @@ static int gen_packet(struct gen *g, char *err, size_t err_cap)
     g->recs_len = hp.records_len;
     g->recs_next = 0;
     g->imei = d->imei;
-    g->received_us = (int64_t)realtime_us();
     return 0;
 }
 
-static int batch_make(struct gen *g, struct batch *b, char *err, size_t err_cap)
+/* Makes a COPY stream of rows rows into b (which the caller frees with batch_free, also after
+ * an error). */
+static int batch_make(struct gen *g, struct batch *b, uint32_t rows, char *err, size_t err_cap)
 {
     size_t cap = 64 * 1024; /* grows by doubling: rows are ~350 bytes, up to a few KiB */
     memset(b, 0, sizeof *b);
     b->bytes = malloc(cap);
-    b->ts_off = malloc(cfg.batch_rows * sizeof *b->ts_off);
+    b->ts_off = malloc(rows * sizeof *b->ts_off);
     if (!b->bytes || !b->ts_off)
         goto nomem;
     b->bytes_len = (size_t)copyenc_header(b->bytes);
-    while (b->rows < cfg.batch_rows) {
+    while (b->rows < rows) {
         if (g->recs_next == g->recs_len && gen_packet(g, err, err_cap) != 0)
             return -EINVAL;
         if (g->recs_len == 0)
             continue;
         const struct avl_record *r = &g->recs[g->recs_next++];
-        if (grow(b, &cap, copyenc_row_bytes_max(COPYENC_JSONB, r)) != 0)
+        if (grow(b, &cap, copyenc_row_bytes_max(cfg.layout, r)) != 0)
             goto nomem;
-        int w = copyenc_row(COPYENC_JSONB, b->bytes + b->bytes_len, cap - b->bytes_len, g->imei, r,
+        int w = copyenc_row(cfg.layout, b->bytes + b->bytes_len, cap - b->bytes_len, g->imei, r,
                             g->received_us);
         if (w < 0) {
             snprintf(err, err_cap, "copyenc_row: %s", copyenc_strerror(w));
             return -EINVAL;
         }
-        /* The row starts as ROW_TS_OFFSET assumes: 14 fields, imei of 8 bytes, ts of 8. */
+        /* The row starts as ROW_TS_OFFSET assumes: its field count, imei of 8 bytes, ts of 8. */
         const uint8_t *row = b->bytes + b->bytes_len;
-        assert(row[0] == 0 && row[1] == copyenc_columns_len(COPYENC_JSONB) &&
+        assert(row[0] == 0 && row[1] == copyenc_columns_len(cfg.layout) &&
                be64(row + 2) >> 32 == 8 && be64(row + 6) == g->imei && be64(row + 14) >> 32 == 8);
         b->ts_off[b->rows++] = (uint32_t)(b->bytes_len + ROW_TS_OFFSET);
         b->bytes_len += (size_t)w;
+        g->rows_made++;
     }
     if (grow(b, &cap, COPYENC_TRAILER_BYTES) != 0)
         goto nomem;
     b->bytes_len += (size_t)copyenc_trailer(b->bytes + b->bytes_len);
-    assert(b->rows == cfg.batch_rows && b->bytes_len <= cap);
+    assert(b->rows == rows && b->bytes_len <= cap);
     return 0;
 nomem:
-    snprintf(err, err_cap, "out of memory for the batch pool");
+    snprintf(err, err_cap, "out of memory for the batches");
     return -ENOMEM;
 }
 
-/* Makes the worker's pool from its devices: device numbers index, index + conns, ... */
-static int pool_make(struct worker *w)
+/* The worker's generator: its devices (device numbers index, index + conns, ...), its share of
+ * --rows and its clock. NULL after a message in w->err. */
+static struct gen *gen_open(struct worker *w)
 {
     struct gen *g = calloc(1, sizeof *g);
-    w->pool = calloc(cfg.pool_batches, sizeof *w->pool);
     unsigned devs_len =
         w->index < cfg.devices ? (cfg.devices - w->index + cfg.conns - 1) / cfg.conns : 0;
     if (devs_len == 0) /* fewer devices than connections: share them */
         devs_len = 1;
     if (g)
         g->devs = calloc(devs_len, sizeof *g->devs);
-    if (!g || !w->pool || !g->devs) {
-        if (g)
-            free(g->devs);
+    if (!g || !g->devs) {
         free(g);
-        snprintf(w->err, sizeof w->err, "out of memory for the batch pool");
-        return -ENOMEM;
+        snprintf(w->err, sizeof w->err, "out of memory for the generator");
+        return NULL;
     }
     g->devs_len = devs_len;
     for (unsigned i = 0; i < devs_len; i++) {
@@ -311,11 +375,32 @@ static int pool_make(struct worker *w)
     uint64_t today_ms = now_ms / DAY_MS * DAY_MS;
     g->ts_lo_ms = now_ms - HOUR_MS > today_ms ? now_ms - HOUR_MS : today_ms;
     g->ts_hi_ms = today_ms + DAY_MS;
-    int rc = 0;
-    for (unsigned k = 0; k < cfg.pool_batches && rc == 0; k++)
-        rc = batch_make(g, &w->pool[k], w->err, sizeof w->err);
+    g->rows_total = cfg.rows / cfg.conns + (w->index < cfg.rows % cfg.conns ? 1 : 0);
+    g->span_ms = (uint64_t)cfg.span_h * HOUR_MS;
+    uint64_t end_ms = cfg.span_end_s > 0 ? (uint64_t)cfg.span_end_s * 1000u : now_ms;
+    g->span_lo_ms = end_ms - g->span_ms; /* parse_args: span_end_s covers the span */
+    return g;
+}
+
+static void gen_close(struct gen *g)
+{
+    if (!g)
+        return;
     free(g->devs);
     free(g);
+}
+
+/* Makes the worker's pool (the timed mode) from its generator. */
+static int pool_make(struct worker *w)
+{
+    w->pool = calloc(cfg.pool_batches, sizeof *w->pool);
+    if (!w->pool) {
+        snprintf(w->err, sizeof w->err, "out of memory for the batch pool");
+        return -ENOMEM;
+    }
+    int rc = 0;
+    for (unsigned k = 0; k < cfg.pool_batches && rc == 0; k++)
+        rc = batch_make(w->gen, &w->pool[k], cfg.batch_rows, w->err, sizeof w->err);
     return rc;
 }
 
@@ -323,10 +408,8 @@ static void pool_free(struct worker *w)
 {
     if (!w->pool)
         return;
-    for (unsigned k = 0; k < cfg.pool_batches; k++) {
-        free(w->pool[k].bytes);
-        free(w->pool[k].ts_off);
-    }
+    for (unsigned k = 0; k < cfg.pool_batches; k++)
+        batch_free(&w->pool[k]);
     free(w->pool);
     w->pool = NULL;
 }
@@ -377,7 +460,7 @@ static int64_t copy_batch(struct worker *w, const struct batch *b)
     assert(b->rows > 0 && b->bytes_len > COPYENC_HEADER_BYTES + COPYENC_TRAILER_BYTES);
     if (exec_cmd(w, "BEGIN", NULL) != 0)
         return -1;
-    PGresult *r = PQexec(w->conn, copyenc_copy_sql(COPYENC_JSONB));
+    PGresult *r = PQexec(w->conn, copy_sql);
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         set_err(w, "COPY", PQerrorMessage(w->conn));
         PQclear(r);
@@ -418,6 +501,56 @@ static int64_t copy_batch(struct worker *w, const struct batch *b)
     return rows;
 }
 
+/* Counts a committed batch, or stops every worker after a failed one. Returns false to stop. */
+static bool count_batch(struct worker *w, const struct batch *b, int64_t rows)
+{
+    if (rows < 0) {
+        w->rc = -1;
+        atomic_store(&stop_now, true);
+        return false;
+    }
+    w->rows += (uint64_t)rows;
+    w->batches++;
+    w->copy_bytes += b->bytes_len;
+    return true;
+}
+
+/* The timed mode: the pool over and over. Each pass moves ts by 1 µs more: new (imei, ts) keys,
+ * since one device's records are at least 1 s apart. */
+static void run_pool(struct worker *w)
+{
+    unsigned k = 0;
+    uint64_t pass = 0;
+    while (!atomic_load(&stop_now) && !past_deadline()) {
+        struct batch *b = &w->pool[k];
+        batch_shift_ts(b, (int64_t)pass);
+        if (!count_batch(w, b, copy_batch(w, b)))
+            break;
+        if (++k == cfg.pool_batches) {
+            k = 0;
+            pass++;
+        }
+    }
+}
+
+/* --rows: the worker's share, each batch made just before it is sent and sent once. */
+static void run_rows(struct worker *w)
+{
+    struct gen *g = w->gen;
+    while (w->rows < g->rows_total && !atomic_load(&stop_now) && !past_deadline()) {
+        uint64_t left = g->rows_total - w->rows;
+        uint32_t n = left < cfg.batch_rows ? (uint32_t)left : cfg.batch_rows;
+        struct batch b;
+        int64_t rows = -1;
+        if (batch_make(g, &b, n, w->err, sizeof w->err) == 0)
+            rows = copy_batch(w, &b);
+        bool go_on = count_batch(w, &b, rows);
+        batch_free(&b);
+        if (!go_on)
+            break;
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -426,7 +559,9 @@ static void *worker_main(void *arg)
     if (PQstatus(w->conn) != CONNECTION_OK) {
         set_err(w, "connect", PQerrorMessage(w->conn));
         w->rc = -1;
-    } else if (pool_make(w) != 0) {
+    } else if ((w->gen = gen_open(w)) == NULL) {
+        w->rc = -1;
+    } else if (cfg.rows == 0 && pool_make(w) != 0) {
         w->rc = -1;
     }
     if (w->rc != 0)
@@ -435,40 +570,73 @@ static void *worker_main(void *arg)
     pthread_barrier_wait(&barrier); /* go: deadline set */
     if (atomic_load(&prep_failed) || w->rc != 0)
         goto out;
-
-    /* Each pass over the pool moves ts by 1 µs more: new (imei, ts) keys, since one device's
-     * records are at least 1 s apart. */
-    unsigned k = 0;
-    uint64_t pass = 0;
-    while (!atomic_load(&stop_now) && !past_deadline()) {
-        struct batch *b = &w->pool[k];
-        batch_shift_ts(b, (int64_t)pass);
-        int64_t rows = copy_batch(w, b);
-        if (rows < 0) {
-            w->rc = -1;
-            atomic_store(&stop_now, true);
-            break;
-        }
-        w->rows += (uint64_t)rows;
-        w->batches++;
-        w->copy_bytes += b->bytes_len;
-        if (++k == cfg.pool_batches) {
-            k = 0;
-            pass++;
-        }
-    }
+    if (cfg.rows > 0)
+        run_rows(w);
+    else
+        run_pool(w);
 out:
     abandon(w);
     assert(PQstatus(w->conn) != CONNECTION_OK || PQtransactionStatus(w->conn) == PQTRANS_IDLE);
     PQfinish(w->conn);
     w->conn = NULL;
     pool_free(w);
+    gen_close(w->gen);
+    w->gen = NULL;
     return NULL;
 }
 
 /* ---- start-up ------------------------------------------------------------------------- */
 
-/* The table must exist before anything is timed; the rest of the gateway's check follows. */
+static bool is_default_table(void)
+{
+    return strcmp(cfg.table, "telemetry.positions") == 0;
+}
+
+/* The table exists and has the layout's columns (a SELECT of them), so that a mismatch is one
+ * clear message before anything is timed. */
+static int check_table(PGconn *c)
+{
+    const char *params[1] = {cfg.table};
+    PGresult *r =
+        PQexecParams(c, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        fprintf(stderr, "avlgate-copyceil: looking for %s: %s", cfg.table, PQresultErrorMessage(r));
+        PQclear(r);
+        return -1;
+    }
+    bool exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!exists && is_default_table()) {
+        fprintf(stderr,
+                "avlgate-copyceil: table telemetry.positions does not exist in database \"%s\"; "
+                "apply the schema first: for f in schema/postgres/*.sql; do psql -v "
+                "ON_ERROR_STOP=1 \"$PG\" -f \"$f\"; done\n",
+                PQdb(c));
+        return -1;
+    }
+    if (!exists) {
+        fprintf(stderr, "avlgate-copyceil: table %s does not exist in database \"%s\"\n", cfg.table,
+                PQdb(c));
+        return -1;
+    }
+    char sql[SQL_BYTES];
+    snprintf(sql, sizeof sql, "SELECT %s FROM %s LIMIT 0", copyenc_columns(cfg.layout), cfg.table);
+    r = PQexec(c, sql);
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        char err[ERR_BYTES];
+        snprintf(err, sizeof err, "%s", PQresultErrorMessage(r));
+        err[strcspn(err, "\n")] = '\0';
+        fprintf(stderr, "avlgate-copyceil: table %s lacks the columns of --io-layout %s: %s\n",
+                cfg.table, copyenc_layout_name(cfg.layout), err);
+        rc = -1;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* The table must exist with the layout's columns before anything is timed; for
+ * telemetry.positions, the rest of the gateway's check follows. */
 static int check_schema(void)
 {
     PGconn *c = PQconnectdb(cfg.conninfo);
@@ -480,24 +648,13 @@ static int check_schema(void)
         fprintf(stderr, "avlgate-copyceil: cannot connect (%s): %s\n", cfg.conninfo, err);
         goto out;
     }
-    PGresult *r = PQexec(c, "SELECT to_regclass('telemetry.positions') IS NOT NULL");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        fprintf(stderr, "avlgate-copyceil: looking for telemetry.positions: %s",
-                PQresultErrorMessage(r));
-        PQclear(r);
+    if (check_table(c) != 0)
+        goto out;
+    if (!is_default_table()) { /* the caller's table: its partitions are the caller's */
+        rc = 0;
         goto out;
     }
-    bool exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    PQclear(r);
-    if (!exists) {
-        fprintf(stderr,
-                "avlgate-copyceil: table telemetry.positions does not exist in database \"%s\"; "
-                "apply the schema first: for f in schema/postgres/*.sql; do psql -v "
-                "ON_ERROR_STOP=1 \"$PG\" -f \"$f\"; done\n",
-                PQdb(c));
-        goto out;
-    }
-    if (pgschema_check(c, COPYENC_JSONB, err, sizeof err) != 0) {
+    if (pgschema_check(c, cfg.layout, err, sizeof err) != 0) {
         fprintf(stderr, "avlgate-copyceil: the database schema is not what avlgate writes: %s\n",
                 err);
         goto out;
@@ -515,12 +672,17 @@ out:
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: avlgate-copyceil --pg CONNINFO --conns N --seconds S [--batch-rows 1000]\n"
-               "                        [--records-per-packet 10] [--devices 1000]\n"
-               "                        [--pool-batches 8] [--seed 1] [--json FILE]\n"
-               "  N connections, each repeating BEGIN; COPY telemetry.positions ... (FORMAT\n"
-               "  binary) of --batch-rows gateway-encoded rows; COMMIT, for S seconds. Prints\n"
-               "  copy_rows_per_s=... rows=... seconds=... conns=... client_cpu_s=...\n");
+    fprintf(f,
+            "usage: avlgate-copyceil --pg CONNINFO --conns N (--seconds S | --rows N)\n"
+            "                        [--io-layout arrays|jsonb|raw] [--table telemetry.positions]\n"
+            "                        [--span-h H [--span-end-s UNIX_S]] [--batch-rows 1000]\n"
+            "                        [--records-per-packet 10] [--devices 1000]\n"
+            "                        [--pool-batches 8] [--seed 1] [--json FILE]\n"
+            "  N connections, each repeating BEGIN; COPY TABLE (the layout's columns) FROM STDIN\n"
+            "  (FORMAT binary) of --batch-rows gateway-encoded rows; COMMIT, for S seconds; with\n"
+            "  --rows, exactly N distinct rows in all, made as they go (with --span-h, spread\n"
+            "  over the H hours up to --span-end-s in time order). Prints copy_rows_per_s=...\n"
+            "  rows=... seconds=... conns=... client_cpu_s=... io_layout=... table=...\n");
 }
 
 static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
@@ -534,74 +696,149 @@ static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
     return 0;
 }
 
+static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* SCHEMA.TABLE or TABLE of plain identifiers (letters, digits, _): spliced into SQL as is. */
+static bool table_name_ok(const char *s)
+{
+    size_t n = strlen(s), dots = 0;
+    if (n == 0 || n >= TABLE_NAME_BYTES_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool start = i == 0 || s[i - 1] == '.';
+        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
+        if (ch == '.' && !start && i + 1 < n && ++dots == 1)
+            continue;
+        if (!alpha && (start || ch < '0' || ch > '9'))
+            return false;
+    }
+    return true;
+}
+
+static const struct option opts[] = {
+    {"pg", required_argument, NULL, 'p'},
+    {"conns", required_argument, NULL, 'c'},
+    {"seconds", required_argument, NULL, 's'},
+    {"rows", required_argument, NULL, 'R'},
+    {"io-layout", required_argument, NULL, 'L'},
+    {"table", required_argument, NULL, 'T'},
+    {"span-h", required_argument, NULL, 'H'},
+    {"span-end-s", required_argument, NULL, 'E'},
+    {"batch-rows", required_argument, NULL, 'b'},
+    {"records-per-packet", required_argument, NULL, 'r'},
+    {"devices", required_argument, NULL, 'd'},
+    {"pool-batches", required_argument, NULL, 'P'},
+    {"seed", required_argument, NULL, 'S'},
+    {"json", required_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* One option's value into cfg. Returns 0, or -1 for a bad value. */
+static int parse_opt(int o, const char *arg)
+{
+    char *end;
+    uint64_t v;
+    int layout;
+    switch (o) {
+    case 'p':
+        cfg.conninfo = arg;
+        return 0;
+    case 'c':
+        return parse_uint(arg, 1, CONNS_MAX, &cfg.conns);
+    case 's':
+        errno = 0;
+        cfg.seconds = strtod(arg, &end);
+        return errno || end == arg || *end || !(cfg.seconds > 0 && cfg.seconds <= 86400) ? -1 : 0;
+    case 'R':
+        return parse_u64(arg, 1, ROWS_MAX, &cfg.rows);
+    case 'L':
+        layout = copyenc_layout_parse(arg);
+        cfg.layout = (enum copyenc_layout)(layout < 0 ? 0 : layout);
+        return layout < 0 ? -1 : 0;
+    case 'T':
+        cfg.table = arg;
+        return table_name_ok(arg) ? 0 : -1;
+    case 'H':
+        return parse_uint(arg, 1, SPAN_H_MAX, &cfg.span_h);
+    case 'E':
+        if (parse_u64(arg, 1, AVL_TS_MS_END / 1000 - 1, &v) != 0)
+            return -1;
+        cfg.span_end_s = (int64_t)v;
+        return 0;
+    case 'b':
+        return parse_uint(arg, 1, BATCH_ROWS_MAX, &cfg.batch_rows);
+    case 'r':
+        return parse_uint(arg, 1, AVL_RECORDS_MAX, &cfg.records_per_packet);
+    case 'd':
+        return parse_uint(arg, 1, DEVICES_MAX, &cfg.devices);
+    case 'P':
+        return parse_uint(arg, 1, POOL_BATCHES_MAX, &cfg.pool_batches);
+    case 'S':
+        return parse_u64(arg, 0, UINT64_MAX, &cfg.seed);
+    case 'j':
+        cfg.json_path = arg;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* What the options say together. Returns 0, or -1 after a message. */
+static int check_args(void)
+{
+    const char *why = NULL;
+    if (!cfg.conninfo || cfg.conns == 0 || (cfg.seconds <= 0 && cfg.rows == 0))
+        why = "--pg, --conns and --seconds or --rows are required";
+    else if (cfg.span_h > 0 && cfg.rows == 0)
+        why = "--span-h needs --rows";
+    else if (cfg.span_end_s > 0 && cfg.span_h == 0)
+        why = "--span-end-s needs --span-h";
+    else if (cfg.span_end_s > 0 && (uint64_t)cfg.span_end_s < (uint64_t)cfg.span_h * 3600u)
+        why = "--span-end-s is before the span could start";
+    if (!why)
+        return 0;
+    fprintf(stderr, "avlgate-copyceil: %s\n", why);
+    usage(stderr);
+    return -1;
+}
+
 static int parse_args(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"pg", required_argument, NULL, 'p'},
-        {"conns", required_argument, NULL, 'c'},
-        {"seconds", required_argument, NULL, 's'},
-        {"batch-rows", required_argument, NULL, 'b'},
-        {"records-per-packet", required_argument, NULL, 'r'},
-        {"devices", required_argument, NULL, 'd'},
-        {"pool-batches", required_argument, NULL, 'P'},
-        {"seed", required_argument, NULL, 'S'},
-        {"json", required_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     int o, li = 0;
-    char *end;
     while ((o = getopt_long(argc, argv, "h", opts, &li)) != -1) {
-        int bad = 0;
-        switch (o) {
-        case 'p':
-            cfg.conninfo = optarg;
-            break;
-        case 'c':
-            bad = parse_uint(optarg, 1, CONNS_MAX, &cfg.conns);
-            break;
-        case 's':
-            errno = 0;
-            cfg.seconds = strtod(optarg, &end);
-            bad = errno || end == optarg || *end || !(cfg.seconds > 0 && cfg.seconds <= 86400);
-            break;
-        case 'b':
-            bad = parse_uint(optarg, 1, BATCH_ROWS_MAX, &cfg.batch_rows);
-            break;
-        case 'r':
-            bad = parse_uint(optarg, 1, AVL_RECORDS_MAX, &cfg.records_per_packet);
-            break;
-        case 'd':
-            bad = parse_uint(optarg, 1, DEVICES_MAX, &cfg.devices);
-            break;
-        case 'P':
-            bad = parse_uint(optarg, 1, POOL_BATCHES_MAX, &cfg.pool_batches);
-            break;
-        case 'S':
-            errno = 0;
-            cfg.seed = strtoull(optarg, &end, 10);
-            bad = errno || end == optarg || *end;
-            break;
-        case 'j':
-            cfg.json_path = optarg;
-            break;
-        case 'h':
+        if (o == 'h') {
             usage(stdout);
             exit(0);
-        default:
+        }
+        if (o == '?') {
             usage(stderr);
             return -1;
         }
-        if (bad) {
+        if (parse_opt(o, optarg) != 0) {
             fprintf(stderr, "avlgate-copyceil: bad value for --%s: %s\n", opts[li].name, optarg);
             return -1;
         }
     }
-    if (optind != argc || !cfg.conninfo || cfg.conns == 0 || cfg.seconds <= 0) {
-        fprintf(stderr, "avlgate-copyceil: --pg, --conns and --seconds are required\n");
+    if (optind != argc) {
+        fprintf(stderr, "avlgate-copyceil: unexpected argument %s\n", argv[optind]);
         usage(stderr);
         return -1;
     }
+    if (check_args() != 0)
+        return -1;
+    snprintf(copy_sql, sizeof copy_sql, "COPY %s (%s) FROM STDIN (FORMAT binary)", cfg.table,
+             copyenc_columns(cfg.layout));
     return 0;
 }
 
@@ -685,9 +922,11 @@ static int print_results(const struct totals *t)
 {
     double rate = t->seconds > 0 ? (double)t->rows / t->seconds : 0;
     double mib_per_s = t->seconds > 0 ? (double)t->copy_bytes / t->seconds / (1024.0 * 1024.0) : 0;
+    const char *layout = copyenc_layout_name(cfg.layout);
     printf("copy_rows_per_s=%.0f rows=%" PRIu64 " seconds=%.3f conns=%u client_cpu_s=%.3f "
-           "batches=%" PRIu64 " batch_rows=%u copy_mib_per_s=%.1f\n",
-           rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s);
+           "batches=%" PRIu64 " batch_rows=%u copy_mib_per_s=%.1f io_layout=%s table=%s\n",
+           rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s,
+           layout, cfg.table);
     if (!cfg.json_path)
         return 0;
     FILE *f = fopen(cfg.json_path, "w");
@@ -695,11 +934,13 @@ static int print_results(const struct totals *t)
         fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
         return 1;
     }
+    /* The table name is plain identifiers (table_name_ok): no JSON escaping needed. */
     fprintf(f,
             "{\"copy_rows_per_s\":%.0f,\"rows\":%" PRIu64 ",\"seconds\":%.3f,\"conns\":%u,"
             "\"client_cpu_s\":%.3f,\"batches\":%" PRIu64 ",\"batch_rows\":%u,"
-            "\"copy_mib_per_s\":%.1f}\n",
-            rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s);
+            "\"copy_mib_per_s\":%.1f,\"io_layout\":\"%s\",\"table\":\"%s\"}\n",
+            rate, t->rows, t->seconds, cfg.conns, t->cpu_s, t->batches, cfg.batch_rows, mib_per_s,
+            layout, cfg.table);
     if (fclose(f) != 0) {
         fprintf(stderr, "avlgate-copyceil: %s: %s\n", cfg.json_path, strerror(errno));
         return 1;

@@ -3,7 +3,9 @@
  * The life of a packet: shard.c's on_data decodes it in place and hands it to batch_take, which
  * drops the records the device already sent (its duplicate window, dedup.h), encodes the rest as
  * COPY BINARY tuples straight into the filling batch and notes (slot, generation, record count)
- * for the ACK. A batch is sealed at batch_rows or batch_ms and committed as one transaction with
+ * for the ACK. A batch is sealed at batch_rows, or once it is batch_ms old and nothing is ahead
+ * of it (no transaction in flight or sealed and waiting: group commit, so a slow commit makes
+ * the next transaction larger, not the queue longer), and committed as one transaction with
  * the device_state rows of its devices. On COMMIT every packet of the batch is acknowledged with
  * its full record count, duplicates included.
  *
@@ -749,16 +751,25 @@ static void submit_next(struct shard *s)
     }
 }
 
+/* Nothing ahead of the filling batch: no transaction in flight and none sealed, waiting. */
+static bool link_idle(const struct shard *s)
+{
+    return s->ring->oldest == s->ring->fill && pgsink_ready(s->sink);
+}
+
 uint64_t batch_tick(struct shard *s, uint64_t now_ns)
 {
     struct batch *b = filling(s->ring);
     uint64_t wake = 0;
     if (b->pkts_len > 0) {
         uint64_t due = b->opened_ns + (uint64_t)s->cfg->batch_ms * 1000000u;
-        if (now_ns >= due || s->draining)
+        if (s->draining || (now_ns >= due && link_idle(s)))
             rotate(s->ring, engine_now_ns(s->e));
-        else
+        else if (now_ns < due)
             wake = due;
+        /* Due while a transaction is ahead: it keeps filling (up to batch_rows) and goes as one
+         * when the link is free (the outcome's completion runs this tick again), rather than as
+         * one more transaction queued behind a slow commit. */
     }
     submit_next(s);
     return wake;

@@ -155,8 +155,10 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
                const struct avl_packet *pkt, const struct avl_record *recs,
                const struct udp_reply *reply);
 
-/* Seals the filling batch when batch_ms is up (or draining), and submits the oldest sealed one
- * when the sink is free. Returns the engine ns at which the filling batch is due, or 0. */
+/* Seals the filling batch once batch_ms is up and nothing is ahead of it on the data link (or
+ * when draining), and submits the oldest sealed one when the sink is free. Returns the engine
+ * ns at which the filling batch is due, or 0 (nothing to fill, or due and waiting for the
+ * link, whose next outcome runs the tick again). */
 uint64_t batch_tick(struct shard *s, uint64_t now_ns);
 
 /* The sink's answer for a transaction batch_tick submitted (cookie: the batch). */

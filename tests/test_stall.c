@@ -11,6 +11,8 @@
  *                 stored exactly once after the lock is released. Quick by default (a 6 s hold,
  *                 --txn-timeout-ms 1000); AVLGATE_STALL_HOLD_S and AVLGATE_STALL_TIMEOUT_MS set
  *                 the issue's 60 s / 5000 ms run by hand.
+ *   group_commit  a SHARE lock on telemetry.positions stalls every COPY for 2 s while 100 devices
+ *                 send: what arrived meanwhile commits in one transaction after the stalled one.
  *   load_refused  the state load fails (device_state_get replaced by one that raises 42501, as a
  *                 revoked EXECUTE does: the fixture's role is a superuser, which no REVOKE
  *                 stops): it is retried a few times a second, not in a tight loop, counted and
@@ -297,6 +299,21 @@ static void fleet_check_once(void)
         CHECK(f->t[d].bad_acks == 0 && f->t[d].junk == 0, "device %u: a wrong ACK", d);
 }
 
+/* Every device sends until its first packet is acknowledged. */
+static void fleet_first_acks(void)
+{
+    const struct fleet *f = &T.fleet;
+    uint64_t end = device_now_ms() + 30000;
+    bool all = false;
+    while (!all && device_now_ms() < end) {
+        trackers_poll(f->t, f->n, 10);
+        all = true;
+        for (unsigned d = 0; d < f->n; d++)
+            all &= f->t[d].acked >= 1;
+    }
+    CHECK(all, "not every device got its first ACK");
+}
+
 /* Device 0's device_state row is held FOR UPDATE by another session while all devices send. */
 static void test_row_lock(void **state)
 {
@@ -311,16 +328,7 @@ static void test_row_lock(void **state)
     struct fleet *f = &T.fleet;
     uint64_t x = fleet_imei(0);
 
-    /* every device sends until its first packet is in: device 0's row exists */
-    uint64_t end = device_now_ms() + 30000;
-    bool all = false;
-    while (!all && device_now_ms() < end) {
-        trackers_poll(f->t, f->n, 10);
-        all = true;
-        for (unsigned d = 0; d < f->n; d++)
-            all &= f->t[d].acked >= 1;
-    }
-    CHECK(all, "not every device got its first ACK");
+    fleet_first_acks(); /* device 0's row exists */
 
     T.side = pgtest_connect(&T.gw.db);
     pgtest_exec(T.side, "BEGIN");
@@ -355,6 +363,54 @@ static void test_row_lock(void **state)
     /* the goal is the timeout plus a batch; generous for a Debug build on a busy machine */
     CHECK(wait_all <= timeout_ms + 4000, "an ACK of another device waited %" PRIu64 " ms",
           wait_all);
+    fleet_check_once();
+}
+
+/* ---- group_commit ------------------------------------------------------------------------- */
+
+/* Another session holds SHARE on telemetry.positions for 2 s (every COPY waits for it) while 100
+ * devices send, each its next packet 200 + 15 d ms after an ACK (spread over 1.7 s). Once it is
+ * released, the packets that arrived meanwhile are acknowledged after at most four commits:
+ * on each of the two shards the stalled transaction and one more holding the rest, because
+ * the filling batch is not sealed while a transaction is ahead of it. Sealed every --batch-ms
+ * instead, they would queue as one transaction per 10 ms slice until the ring (--batches 16 here)
+ * is full. */
+static void test_group_commit(void **state)
+{
+    (void)state;
+    begin("group_commit", (const char *const[]){"--batches", "16", NULL});
+    fleet_make(FLEET_DEVICES, 6);
+    struct fleet *f = &T.fleet;
+    for (unsigned d = 0; d < f->n; d++) /* next packets spread over 1.7 s, not in one burst */
+        f->t[d].gap_ms = 200 + 15 * d;
+    fleet_first_acks();
+    T.side = pgtest_connect(&T.gw.db);
+    pgtest_exec(T.side, "BEGIN");
+    pgtest_exec(T.side, "LOCK TABLE telemetry.positions IN SHARE MODE");
+    double committed_at_lock = metric("avlgate_batches_committed_total", NULL, NULL);
+    fleet_poll(2000, false); /* every device's next packet arrives */
+    unsigned acked_at[FLEET_DEVICES];
+    for (unsigned d = 0; d < f->n; d++)
+        acked_at[d] = f->t[d].acked;
+    double committed_held = metric("avlgate_batches_committed_total", NULL, NULL);
+    pgtest_exec(T.side, "COMMIT");
+    uint64_t released_ms = device_now_ms(), end = released_ms + 5000;
+    unsigned waiting = 0;
+    do {
+        trackers_poll(f->t, f->n, 5);
+        waiting = 0;
+        for (unsigned d = 0; d < f->n; d++)
+            waiting += f->t[d].acked == acked_at[d];
+    } while (waiting > 0 && device_now_ms() < end);
+    uint64_t all_acked_ms = device_now_ms() - released_ms;
+    double commits = metric("avlgate_batches_committed_total", NULL, NULL) - committed_held;
+    print_message("group commit: the packets of %u devices that waited 2 s acknowledged %" PRIu64
+                  " ms after the release, in %.0f commits (%.0f while held)\n",
+                  f->n, all_acked_ms, commits, committed_held - committed_at_lock);
+    CHECK(waiting == 0, "%u devices still wait 5 s after the release", waiting);
+    CHECK(commits >= 1 && commits <= 4, "%.0f commits for the waiting packets", commits);
+    fleet_poll(20000, true);
+    CHECK(fleet_done() == f->n, "%u of %u devices done", fleet_done(), f->n);
     fleet_check_once();
 }
 
@@ -429,6 +485,7 @@ int main(void)
         cmocka_unit_test_teardown(test_out_of_range, teardown),
         cmocka_unit_test_teardown(test_load_refused, teardown),
         cmocka_unit_test_teardown(test_row_lock, teardown),
+        cmocka_unit_test_teardown(test_group_commit, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

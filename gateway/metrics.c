@@ -236,7 +236,8 @@ static const char *invalid_reason(unsigned i)
 static void render_stages(struct out *o, const struct ingest_shared *sh)
 {
     render_hist(o, sh, "avlgate_ack_stage_fill_seconds",
-                "A packet acknowledged: from taken to its batch sealed (batch-rows or batch-ms).",
+                "A packet acknowledged: from taken to its batch sealed (batch-rows, or batch-ms "
+                "with the data link free: a busy link shows here).",
                 offsetof(struct ingest_stats, stage_fill));
     render_hist(o, sh, "avlgate_ack_stage_queue_seconds",
                 "A packet acknowledged: from its batch sealed to its COPY submitted (the data "

@@ -61,7 +61,7 @@ static const struct opt opts[] = {
      "this instance's name, in Redis keys (default: the host name)"},
     {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (1000)"},
     {"batch-ms", K_U32, CFG(batch_ms), 0, 60000, "N",
-     "or once its first row is N ms old and no transaction is ahead of it (10)"},
+     "or once its first row is N ms old and no transaction is ahead of it (2)"},
     {"batches", K_U32, CFG(batches), 2, 16, "N", "batches per shard, the row ring (4)"},
     {"txn-timeout-ms", K_U32, CFG(txn_timeout_ms), 0, 600000, "N",
      "a batch statement past N ms is cancelled, the batch retried split (5000, 0 off)"},
@@ -250,7 +250,7 @@ void config_defaults(struct run_options *o)
     c->shards = cpus > 0 ? (unsigned)(cpus > ENGINE_SHARDS_MAX ? ENGINE_SHARDS_MAX : cpus) : 1;
     c->io_layout = COPYENC_ARRAYS;
     c->batch_rows = 1000;
-    c->batch_ms = 10;
+    c->batch_ms = 2;
     c->batches = 4;
     c->txn_timeout_ms = 5000;
     c->conns_max = 10000;

@@ -761,6 +761,9 @@ uint64_t batch_tick(struct shard *s, uint64_t now_ns)
 {
     struct batch *b = filling(s->ring);
     uint64_t wake = 0;
+    /* First: a split batch whose packets are all refused or deferred ends here without sending
+     * anything, and leaves the link idle for the filling batch below. */
+    submit_next(s);
     if (b->pkts_len > 0) {
         uint64_t due = b->opened_ns + (uint64_t)s->cfg->batch_ms * 1000000u;
         if (s->draining || (now_ns >= due && link_idle(s)))

@@ -7,6 +7,7 @@
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 /* The check's state: one counter per record sent, device g's records from first[g]. */
@@ -60,18 +61,37 @@ static void tally_row(struct tally *t, uint64_t v)
         (*c)++;
 }
 
+/* Whether telemetry.positions has the IO arrays (schema 006); a database from before them
+ * holds every row's IO in io jsonb. */
+static bool has_io_arrays(PGconn *pg)
+{
+    PGresult *res = PQexec(pg, "SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid ="
+                               " pg_catalog.to_regclass('telemetry.positions')"
+                               " AND attname = 'io_ids' AND NOT attisdropped");
+    bool yes = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+               strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    PQclear(res);
+    return yes;
+}
+
 /* Streams the sequence of every row of the run's IMEIs into the tally (one COPY ... TO
- * STDOUT). Returns 0, or -1 with a message in err. */
+ * STDOUT), from the arrays or the jsonb of each row, whichever holds it. Returns 0, or -1
+ * with a message in err. */
 static int tally_rows(struct tally *t, PGconn *pg, uint64_t imei_base, char *err, size_t err_cap)
 {
     /* The numbers are ours (integers), so the statement is built as text: COPY takes no
      * parameters. Streamed, so millions of rows cost no client memory. */
-    char sql[512];
+    char value[160], sql[640];
+    if (has_io_arrays(pg))
+        snprintf(value, sizeof value,
+                 "COALESCE(io_vals[array_position(io_ids, %d)], (io->>'%d')::bigint)", VERIFY_IO_ID,
+                 VERIFY_IO_ID);
+    else
+        snprintf(value, sizeof value, "(io->>'%d')::bigint", VERIFY_IO_ID);
     snprintf(sql, sizeof sql,
-             "COPY (SELECT v FROM (SELECT COALESCE(io_vals[array_position(io_ids, %d)],"
-             " (io->>'%d')::bigint) AS v FROM telemetry.positions"
+             "COPY (SELECT v FROM (SELECT %s AS v FROM telemetry.positions"
              " WHERE imei BETWEEN %" PRIu64 " AND %" PRIu64 ") s WHERE v IS NOT NULL) TO STDOUT",
-             VERIFY_IO_ID, VERIFY_IO_ID, imei_base, imei_base + t->devices - 1);
+             value, imei_base, imei_base + t->devices - 1);
     PGresult *res = PQexec(pg, sql);
     if (PQresultStatus(res) != PGRES_COPY_OUT) {
         snprintf(err, err_cap, "verify: %s", PQresultErrorMessage(res));

@@ -86,11 +86,13 @@ static void batch_open(struct batches *r, struct batch *b)
 
 static int batch_alloc(const struct ingest_config *c, struct batch *b)
 {
-    /* Room for batch_rows typical rows, and always for one packet of the largest frame
-     * (copyenc_row_bytes_max sums to at most COPYENC_ROW_BYTES_PER_WIRE_BYTE x its bytes plus
-     * COPYENC_ROW_BYTES_FIXED_MAX per record). */
+    /* Room for batch_rows typical rows, and always for one packet of the largest frame or
+     * datagram (copyenc_row_bytes_max sums to at most COPYENC_ROW_BYTES_PER_WIRE_BYTE x its
+     * bytes plus COPYENC_ROW_BYTES_FIXED_MAX per record): an empty batch takes any packet. */
+    uint32_t packet_max =
+        c->udp_bytes_max > c->frame_bytes_max ? c->udp_bytes_max : c->frame_bytes_max;
     b->copy_cap = (size_t)c->batch_rows * ROW_BYTES_PLANNED +
-                  (size_t)COPYENC_ROW_BYTES_PER_WIRE_BYTE * c->frame_bytes_max +
+                  (size_t)COPYENC_ROW_BYTES_PER_WIRE_BYTE * packet_max +
                   (size_t)AVL_RECORDS_MAX * COPYENC_ROW_BYTES_FIXED_MAX + COPYENC_HEADER_BYTES +
                   COPYENC_TRAILER_BYTES;
     b->pkts_cap = c->batch_rows;

@@ -229,10 +229,15 @@ void gwproc_kill(struct gwproc *g)
     kill(g->pid, SIGKILL);
     int status = gwproc_wait(g, 10000);
     CHECK(status != -1, "the gateway survived SIGKILL");
-    uint64_t deadline = device_now_ms() + 10000;
+    /* The kernel closes the listener only when the rings' teardown (a kernel worker that
+     * cancels what is in flight) ends: once in a loaded CI run that took over 10 s. */
+    uint64_t killed = device_now_ms(), deadline = killed + 30000;
     while (device_port_open(g->port) && device_now_ms() < deadline)
         device_sleep_ms(10); /* bounded polling of the port */
-    CHECK(!device_port_open(g->port), "port %u still accepts 10 s after SIGKILL", g->port);
+    CHECK(!device_port_open(g->port), "port %u still accepts 30 s after SIGKILL", g->port);
+    uint64_t took = device_now_ms() - killed;
+    if (took > 1000)
+        fprintf(stderr, "gwproc: port %u closed %" PRIu64 " ms after SIGKILL\n", g->port, took);
 }
 
 struct gwproc_stats gwproc_term(struct gwproc *g)

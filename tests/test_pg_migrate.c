@@ -54,23 +54,6 @@ enum {
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static bool contains(const char *haystack, const char *needle)
-{
-    return strstr(haystack, needle) != NULL;
-}
-
-#define assert_contains(h, n)                                                                      \
-    do {                                                                                           \
-        if (!contains((h), (n)))                                                                   \
-            fail_msg("'%s' does not contain '%s'", (h), (n));                                      \
-    } while (0)
-
-#define assert_not_contains(h, n)                                                                  \
-    do {                                                                                           \
-        if (contains((h), (n)))                                                                    \
-            fail_msg("'%s' contains '%s'", (h), (n));                                              \
-    } while (0)
-
 static void schema_path(char *out, size_t cap, const char *file)
 {
     snprintf(out, cap, "%s/%s", pgtest_schema_dir(), file);

@@ -64,17 +64,6 @@ static int64_t today_ms(void)
     return now_ms() / MS_PER_DAY * MS_PER_DAY;
 }
 
-static bool contains(const char *haystack, const char *needle)
-{
-    return strstr(haystack, needle) != NULL;
-}
-
-#define assert_contains(h, n)                                                                      \
-    do {                                                                                           \
-        if (!contains((h), (n)))                                                                   \
-            fail_msg("'%s' does not contain '%s'", (h), (n));                                      \
-    } while (0)
-
 /* COPY header + rows of recs[0 .. n-1] (imei IMEI_BASE + first + i) + trailer through a plain
  * blocking COPY; the caller owns the transaction. Returns the rows copied. */
 static long copy_rows(PGconn *conn, enum copyenc_layout layout, const struct avl_record *recs,
@@ -375,7 +364,7 @@ static void test_check_messages(void **state)
         assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
         pgtest_exec(db.conn, cases[i].break_sql);
         int rc = pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err);
-        if (rc != PGSCHEMA_E_FAIL || !contains(err, cases[i].want))
+        if (rc != PGSCHEMA_E_FAIL || !tu_contains(err, cases[i].want))
             fail_msg("%s: rc %d, err '%s', want '%s'", cases[i].name, rc, err, cases[i].want);
         /* only that problem */
         if (strstr(err, "; "))

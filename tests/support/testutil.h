@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "codec/avl.h"
 
@@ -30,6 +31,28 @@ void tu_shared_path(char *out, size_t cap, const char *rel);
 /* Splits line (modified in place) at tabs into at most cols_cap columns; returns the count.
  * A trailing '\n' or "\r\n" is removed first. */
 int tu_split_tsv(char *line, char **cols, int cols_cap);
+
+/* ---- strings in messages ---------------------------------------------------------------- */
+
+/* Whether needle occurs in haystack. */
+static inline bool tu_contains(const char *haystack, const char *needle)
+{
+    return strstr(haystack, needle) != NULL;
+}
+
+/* Fail the running cmocka test (the test file includes cmocka.h) unless h contains n, or
+ * when it does. */
+#define assert_contains(h, n)                                                                      \
+    do {                                                                                           \
+        if (!tu_contains((h), (n)))                                                                \
+            fail_msg("'%s' does not contain '%s'", (h), (n));                                      \
+    } while (0)
+
+#define assert_not_contains(h, n)                                                                  \
+    do {                                                                                           \
+        if (tu_contains((h), (n)))                                                                 \
+            fail_msg("'%s' contains '%s'", (h), (n));                                              \
+    } while (0)
 
 /* ---- seeded PRNG (splitmix64): the same sequence on every run and machine ---------------- */
 

@@ -79,17 +79,21 @@ enum {
 static size_t cols_expected(enum copyenc_layout layout, const struct col_expect **out,
                             size_t *positions_len)
 {
-    const struct col_expect *io = layout == COPYENC_JSONB ? io_jsonb
-                                  : layout == COPYENC_RAW ? io_raw
-                                                          : io_arrays;
-    size_t io_len = layout == COPYENC_JSONB ? LEN(io_jsonb)
-                    : layout == COPYENC_RAW ? LEN(io_raw)
-                                            : LEN(io_arrays);
+    static const struct {
+        const struct col_expect *cols;
+        size_t len;
+    } io[COPYENC_LAYOUTS] = {
+        [COPYENC_ARRAYS] = {io_arrays, LEN(io_arrays)},
+        [COPYENC_JSONB] = {io_jsonb, LEN(io_jsonb)},
+        [COPYENC_RAW] = {io_raw, LEN(io_raw)},
+    };
+    assert((unsigned)layout < COPYENC_LAYOUTS);
+    size_t io_len = io[layout].len;
     size_t n = 0;
     for (size_t i = 0; i < LEN(positions_head); i++)
         out[n++] = &positions_head[i];
     for (size_t i = 0; i < io_len; i++)
-        out[n++] = &io[i];
+        out[n++] = &io[layout].cols[i];
     for (size_t i = 0; i < LEN(positions_tail_and_more); i++)
         out[n++] = &positions_tail_and_more[i];
     *positions_len = LEN(positions_head) + io_len + POSITIONS_TAIL;

@@ -140,7 +140,7 @@ static struct config cfg = {
     .layout = COPYENC_ARRAYS,
     .conns = 0,
     .seconds = 0,
-    .batch_rows = 1000,
+    .batch_rows = 4000,
     .records_per_packet = 10,
     .devices = 1000,
     .pool_batches = 8,
@@ -675,7 +675,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: avlgate-copyceil --pg CONNINFO --conns N (--seconds S | --rows N)\n"
             "                        [--io-layout arrays|jsonb|raw] [--table telemetry.positions]\n"
-            "                        [--span-h H [--span-end-s UNIX_S]] [--batch-rows 1000]\n"
+            "                        [--span-h H [--span-end-s UNIX_S]] [--batch-rows 4000]\n"
             "                        [--records-per-packet 10] [--devices 1000]\n"
             "                        [--pool-batches 8] [--seed 1] [--json FILE]\n"
             "  N connections, each repeating BEGIN; COPY TABLE (the layout's columns) FROM STDIN\n"

@@ -59,7 +59,7 @@ static const struct opt opts[] = {
     {"pin", K_SWITCH, CFG(pin), 0, 0, NULL, "pin shard i to CPU i"},
     {"instance", K_STR, CFG(instance), 0, 0, "ID",
      "this instance's name, in Redis keys (default: the host name)"},
-    {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (1000)"},
+    {"batch-rows", K_U32, CFG(batch_rows), 1, 1000000, "N", "seal a batch at N rows (4000)"},
     {"batch-ms", K_U32, CFG(batch_ms), 0, 60000, "N",
      "or once its first row is N ms old and no transaction is ahead of it (2)"},
     {"batches", K_U32, CFG(batches), 2, 16, "N", "batches per shard, the row ring (4)"},
@@ -123,7 +123,7 @@ void config_usage(FILE *f)
         fprintf(f, "  %-24s%s\n", flag, opts[i].help);
     }
     fprintf(f, "\nEvery option is also AVLGATE_<NAME> in the environment (AVLGATE_BATCH_ROWS) "
-               "and a key\nof the --config file (batch-rows = 1000); flags win over the "
+               "and a key\nof the --config file (batch-rows = 4000); flags win over the "
                "environment, which wins\nover the file.\n");
 }
 
@@ -249,7 +249,7 @@ void config_defaults(struct run_options *o)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     c->shards = cpus > 0 ? (unsigned)(cpus > ENGINE_SHARDS_MAX ? ENGINE_SHARDS_MAX : cpus) : 1;
     c->io_layout = COPYENC_ARRAYS;
-    c->batch_rows = 1000;
+    c->batch_rows = 4000;
     c->batch_ms = 2;
     c->batches = 4;
     c->txn_timeout_ms = 5000;

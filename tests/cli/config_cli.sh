@@ -32,7 +32,7 @@ want_err() { grep -qF -- "$1" "$tmp/err" || fail "$2: stderr lacks '$1'"; ok; }
 # 1. Defaults and sources.
 run --print-config
 want_rc 0 "print-config"
-want_line "batch-rows = 1000  # default" "default batch-rows"
+want_line "batch-rows = 4000  # default" "default batch-rows"
 want_line "devices = any  # default" "default devices"
 want_line "# pg =   (not set)" "pg not set"
 

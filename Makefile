@@ -3,7 +3,8 @@
 #
 #   make            Release build (optimised, debug info) in build/, binaries in build/bin/
 #   make test       every test: Debug (ASan+UBSan) suite, bounded libFuzzer runs, TSan ring tests,
-#                   Release suite
+#                   Release suite, the business plane (Directus, a browser) end to end
+#   make test-directus      tests/directus/run.sh: Directus + gateway + fleet, REST, WebSocket, UI
 #   make demo       build, then PostgreSQL under ./var + the gateway + a simulated fleet
 #   make bench      bench-micro, then bench-e2e
 #   make bench-micro        codec micro-benchmarks, medians of 5 repetitions
@@ -22,7 +23,7 @@ FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
-	bench-e2e bench-connections bench-commands fuzz format clean
+	bench-e2e bench-connections bench-commands fuzz format clean test-directus
 
 all: build
 
@@ -33,7 +34,7 @@ build: deps
 	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release
 	$(CMAKE) --build build -j$(JOBS)
 
-test: deps test-fuzz test-tsan test-debug test-release
+test: deps test-fuzz test-tsan test-debug test-release test-directus
 
 test-debug:
 	$(CMAKE) -S . -B build-debug -DCMAKE_BUILD_TYPE=Debug -DAVLGATE_WERROR=ON
@@ -57,6 +58,11 @@ test-release:
 	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=Release -DAVLGATE_WERROR=ON
 	$(CMAKE) --build build -j$(JOBS)
 	ctest --test-dir build --output-on-failure
+
+# Once, against the Release build: Directus is not in the binaries' sanitiser matrix.
+test-directus: build
+	@.ci/install-deps --directus
+	tests/directus/run.sh build
 
 demo: build
 	@echo "== avlgate decode: what a device sends (tests/data/samples.hex) =="

@@ -104,6 +104,8 @@ static const struct opt opts[] = {
     {"cmd-attempts", K_U32, CFG(cmd_attempts), 1, 100, "N", "sends before a command is failed (3)"},
     {"registry-ttl-s", K_U32, CFG(registry_ttl_s), 3, 86400, "N",
      "TTL of a device's registry entry, refreshed every third (90)"},
+    {"directus-bus", K_SWITCH, CFG(directus_bus), 0, 0, NULL,
+     "tell Directus's WebSocket subscribers of each command row written (README: Directus)"},
     {"config", K_CONFIG, RO(config), 0, 0, "FILE",
      "read key = value lines from FILE (flags and AVLGATE_* win)"},
     {"print-config", K_ACTION, RO(print_config), 0, 0, NULL,

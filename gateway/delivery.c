@@ -247,9 +247,37 @@ static void entries_done(struct shard *s, int64_t id)
     }
 }
 
+/* --directus-bus: Directus (11.3.5, directus/package.json) pushes WebSocket events only for
+ * writes through its own API; ours are SQL. With Redis as its bus it fans those events out on
+ * this pub/sub channel, as JSON (gzip only above 1 kB), and re-reads the row with each
+ * subscriber's permissions, so the event carries only the key. An internal format of the
+ * pinned version: for these low-volume business rows only, never for telemetry. */
+#define DIRECTUS_BUS_CHANNEL "directus:bus:websocket.event"
+
+/* Tells Directus's subscribers of public.commands that row id changed. */
+static void bus_nudge(struct shard *s, int64_t id)
+{
+    if (!s->cfg->directus_bus)
+        return;
+    char event[128];
+    int n = snprintf(event, sizeof event,
+                     "{\"collection\":\"commands\",\"action\":\"update\",\"keys\":[\"%" PRId64
+                     "\"],\"payload\":{}}",
+                     id);
+    assert(n > 0 && (size_t)n < sizeof event);
+    const char *argv[] = {"PUBLISH", DIRECTUS_BUS_CHANNEL, event};
+    const size_t lens[] = {7, sizeof DIRECTUS_BUS_CHANNEL - 1, (size_t)n};
+    if (registry_send(s, 3, argv, lens, R_BUS) == 0)
+        stat_add(&s->st->bus_published, 1);
+    else
+        stat_add(&s->st->bus_unpublished, 1);
+}
+
+/* A command's outcome, recorded in its row: on the replies stream, and to Directus. */
 static void publish_reply(struct shard *s, int64_t id, uint64_t imei, const char *status,
                           const char *response, size_t response_len, bool hex)
 {
+    bus_nudge(s, id);
     char sid[24], simei[24], maxlen[16];
     snprintf(sid, sizeof sid, "%" PRId64, id);
     snprintf(simei, sizeof simei, "%" PRIu64, imei);
@@ -317,7 +345,7 @@ static void try_write(struct shard *s, uint32_t slot)
     snprintf(id, sizeof id, "%" PRId64, k->id);
     snprintf(attempts, sizeof attempts, "%u", k->attempts);
     const char *params[2] = {id, attempts};
-    if (pgsink_query(s->sink, MARK_SENT_SQL, 2, params, query_cookie(Q_MARK_SENT, 0),
+    if (pgsink_query(s->sink, MARK_SENT_SQL, 2, params, query_cookie(Q_MARK_SENT, (uint64_t)k->id),
                      shard_now_ms(s)) != 0)
         stat_add(&s->st->cmd_query_failures, 1); /* the row says pending: sent again, at least */
 }
@@ -864,6 +892,8 @@ void delivery_on_query(struct shard *s, enum query_kind kind, uint64_t payload, 
     case Q_MARK_SENT:
         if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
             stat_add(&s->st->cmd_query_failures, 1);
+        else if (strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") == 0)
+            bus_nudge(s, (int64_t)payload); /* the row says `sent` now */
         return;
     case Q_SWEEP:
         on_sweep(s, res);

@@ -28,6 +28,7 @@ struct ingest_config {
     socklen_t listen_addr_len;
     unsigned shards;
     bool pin;
+    bool directus_bus; /* PUBLISH Directus's bus event for each public.commands row written */
     const char *pg_conninfo;
     const char *instance;
     uint32_t batch_rows;      /* seal a batch at this many rows */
@@ -119,6 +120,7 @@ struct ingest_stats {
     uint64_t cmd_payload_too_long, cmd_wakes, cmd_wakes_offline, cmd_entries_invalid;
     uint64_t cmd_entries_unrouted, cmd_query_failures, cmd_sweeps;
     uint64_t registry_writes, registry_errors, replies_published, replies_unpublished;
+    uint64_t bus_published, bus_unpublished; /* --directus-bus events (delivery.c) */
     /* UDP (the datagrams received are the engine's udp_received): handed to their owner shard,
      * taken into a batch, acknowledged, all of whose records were already stored, invalid,
      * dropped. */

@@ -81,6 +81,7 @@ _Static_assert(sizeof(void *) == 8, "a cookie carries 64 bits");
 enum redis_kind {
     R_REGISTRY = 1, /* a registry write or delete (registry.c) */
     R_REPLY,        /* an outcome on avlgate:replies (delivery.c) */
+    R_BUS,          /* a Directus bus event for a commands row (delivery.c, --directus-bus) */
     R_XACK,         /* a stream entry acknowledged (delivery.c, intake.c) */
     R_GROUP,        /* XGROUP CREATE (intake.c) */
     R_READ,         /* XREADGROUP (intake.c) */

@@ -198,6 +198,9 @@ static int setup_commands(void)
                     strerror(errno));
             return 2;
         }
+        /* A line per command as it comes: the log is read while loadgen runs (a command
+         * delivered while Directus is down must show at once: tests/directus/run.sh). */
+        setvbuf(fleet.cmdlog, NULL, _IOLBF, 0);
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #                   Release suite, the business plane (Directus, a browser) end to end
 #   make test-directus      tests/directus/run.sh: Directus + gateway + fleet, REST, WebSocket, UI
 #   make demo       build, then PostgreSQL under ./var + the gateway + a simulated fleet
+#   make demo-directus      the demo's stack + Directus: admin URL, operator login, a command to click
 #   make bench      bench-micro, then bench-e2e
 #   make bench-micro        codec micro-benchmarks, medians of 5 repetitions
 #   make bench-e2e          bench/e2e: COPY ceiling vs gateway end to end, ACK latency (a few minutes)
@@ -23,7 +24,7 @@ FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
-	bench-e2e bench-connections bench-commands fuzz format clean test-directus
+	bench-e2e bench-connections bench-commands fuzz format clean test-directus demo-directus
 
 all: build
 
@@ -68,6 +69,10 @@ demo: build
 	@echo "== avlgate decode: what a device sends (tests/data/samples.hex) =="
 	build/bin/avlgate decode tests/data/samples.hex | head -n 6
 	loadgen/demo.sh build
+
+demo-directus: build
+	@.ci/install-deps --directus
+	directus/demo.sh build
 
 bench: bench-micro bench-e2e
 

@@ -2207,6 +2207,17 @@ static int udp_setup(struct engine *e, char *err, size_t err_cap)
     return ret;
 }
 
+/* The shard's sockets. The UDP socket is bound before the TCP listener listens: a caller that
+ * takes an accepting TCP port for "up" (a readiness probe, the tests) must not send a datagram
+ * to a port nothing is bound to yet (ICMP port unreachable: the datagram is lost). */
+static int sockets_open(struct engine *e, char *err, size_t err_cap)
+{
+    int ret = udp_setup(e, err, err_cap);
+    if (ret == 0 && e->cfg.listen)
+        ret = listener_open(e, err, err_cap);
+    return ret;
+}
+
 static int check_config(const struct engine_config *cfg, char *err, size_t err_cap)
 {
     struct rlimit rl;
@@ -2291,12 +2302,7 @@ int engine_init(struct engine **out, const struct engine_config *cfg, char *err,
     ret = mailboxes_setup(e, err, err_cap);
     if (ret)
         goto err;
-    if (cfg->listen) {
-        ret = listener_open(e, err, err_cap);
-        if (ret)
-            goto err;
-    }
-    ret = udp_setup(e, err, err_cap);
+    ret = sockets_open(e, err, err_cap);
     if (ret)
         goto err;
     *out = e;

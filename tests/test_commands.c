@@ -158,6 +158,41 @@ static redisReply *redis_cmd(const char *fmt, ...)
     return r;
 }
 
+/* ---- Directus's bus (--directus-bus) ----------------------------------------------------------
+ */
+
+#define BUS_CHANNEL "directus:bus:websocket.event"
+
+/* A connection subscribed to Directus's bus channel, reads timing out after REDIS_TIMEOUT_MS. */
+static redisContext *bus_subscribe(void)
+{
+    const struct timeval tv = {.tv_sec = REDIS_TIMEOUT_MS / 1000, .tv_usec = 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", R.port, tv);
+    CHECK(c != NULL && c->err == 0, "redis %s: %s", R.addr, c ? c->errstr : "out of memory");
+    redisReply *r = redisCommand(c, "SUBSCRIBE %s", BUS_CHANNEL);
+    CHECK(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3, "SUBSCRIBE failed");
+    freeReplyObject(r);
+    return c;
+}
+
+/* The next message on the bus within ms, copied into out; false when none came. */
+static bool bus_next(redisContext *c, int ms, char *out, size_t cap)
+{
+    const struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    redisSetTimeout(c, tv);
+    void *reply = NULL;
+    if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL)
+        return false; /* timed out: the context is spent (the caller frees it) */
+    const redisReply *r = reply;
+    CHECK(r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+              strcmp(r->element[0]->str, "message") == 0 &&
+              strcmp(r->element[1]->str, BUS_CHANNEL) == 0,
+          "not a message on %s", BUS_CHANNEL);
+    snprintf(out, cap, "%s", r->element[2]->str);
+    freeReplyObject(reply);
+    return true;
+}
+
 /* An integer reply. */
 static long long redis_int(const char *fmt, const char *key)
 {
@@ -682,6 +717,7 @@ static void test_online_answer(void **state)
 {
     (void)state;
     begin("online", IMEI_BASE + 1);
+    redisContext *bus = bus_subscribe();
     gwproc_start(&T.gw, ARGS("--redis", R.addr));
     struct device d;
     struct reg reg = online(&d);
@@ -709,6 +745,42 @@ static void test_online_answer(void **state)
 
     telemetry(&d, 2);
     expect_quiet(&d, QUIET_MS, "after the answer");
+    char got[256];
+    CHECK(!bus_next(bus, 1, got, sizeof got), "a Directus bus event without --directus-bus: %s",
+          got);
+    redisFree(bus);
+    device_close(&d);
+    check_counters(1, 1, 0, 0, 0);
+}
+
+/* --directus-bus: each write of the command's row (sent, then answered) is one Directus bus
+ * event naming its id, published on the gateway's Redis; nothing else is published. (Without
+ * the flag nothing is: test_online_answer.) */
+static void test_directus_bus(void **state)
+{
+    (void)state;
+    begin("bus", IMEI_BASE + 20);
+    redisContext *bus = bus_subscribe();
+    gwproc_start(&T.gw, ARGS("--redis", R.addr, "--directus-bus"));
+    struct device d;
+    online(&d);
+    CHECK(cli_send(true, ARGS(T.digits, "getinfo")) == 0, "CLI send failed");
+    long long id = cli_id();
+    expect_command(&d, "getinfo", WAIT_MS);
+    wait_row(id, "sent|1||0|1|0", WAIT_MS);
+    char want[160], got[256];
+    snprintf(want, sizeof want,
+             "{\"collection\":\"commands\",\"action\":\"update\",\"keys\":[\"%lld\"],"
+             "\"payload\":{}}",
+             id);
+    CHECK(bus_next(bus, WAIT_MS, got, sizeof got), "no bus event for `sent`");
+    CHECK(strcmp(got, want) == 0, "bus event '%s', want '%s'", got, want);
+    answer(&d, "bus ok");
+    wait_row(id, "answered|1|bus ok|0|1|1", WAIT_MS);
+    CHECK(bus_next(bus, WAIT_MS, got, sizeof got), "no bus event for `answered`");
+    CHECK(strcmp(got, want) == 0, "bus event '%s', want '%s'", got, want);
+    CHECK(!bus_next(bus, QUIET_MS, got, sizeof got), "a third bus event: '%s'", got);
+    redisFree(bus);
     device_close(&d);
     check_counters(1, 1, 0, 0, 0);
 }
@@ -1283,6 +1355,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_online_answer, teardown),
+        cmocka_unit_test_teardown(test_directus_bus, teardown),
         cmocka_unit_test_teardown(test_offline_queue, teardown),
         cmocka_unit_test_teardown(test_sweep_sql, teardown),
         cmocka_unit_test_teardown(test_reconnect_replaces, teardown),

@@ -190,6 +190,33 @@ static double metric(const char *name, const char *label, const char *value)
 
 #define UDP_M(suffix) "avlgate_udp_datagrams_" suffix
 
+/* The gateway's view of the datagrams so far, on stderr (a failure's context). */
+static void udp_counters_say(void)
+{
+    static const char *const names[] = {UDP_M("received_total"),
+                                        UDP_M("handed_off_total"),
+                                        UDP_M("taken_total"),
+                                        UDP_M("acked_total"),
+                                        UDP_M("duplicate_total"),
+                                        UDP_M("invalid_total"),
+                                        UDP_M("dropped_total"),
+                                        "avlgate_udp_acks_failed_total",
+                                        "avlgate_udp_acks_no_slot_total",
+                                        "avlgate_udp_devices",
+                                        "avlgate_state_loads_failed_total",
+                                        "avlgate_rows_committed_total"};
+    struct prom_text t;
+    char err[512];
+    if (metrics_scrape(T.metrics_port, &t, err, sizeof err) != 0) {
+        fprintf(stderr, "udp counters: /metrics: %s\n", err);
+        return;
+    }
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (prom_family(&t, names[i]) != NULL)
+            fprintf(stderr, "udp counters: %s %g\n", names[i], prom_sum(&t, names[i], NULL));
+    prom_free(&t);
+}
+
 /* Waits until metric (as metric()) reaches at least want; returns the last value read. */
 static double metric_at_least(const char *name, const char *label, const char *value, double want,
                               int timeout_ms)
@@ -267,6 +294,8 @@ static const char *hex(const uint8_t *p, int n, char out[2 * 64 + 1])
     return out;
 }
 
+static void udp_counters_say(void);
+
 /* The next datagram from the gateway to u is exactly dg's ACK with `records`. */
 static void expect_ack(struct udpdev *u, const uint8_t *dg, uint8_t records, const char *what)
 {
@@ -274,6 +303,8 @@ static void expect_ack(struct udpdev *u, const uint8_t *dg, uint8_t records, con
     ack_of(dg, records, want);
     int n = udpdev_recv(u, got, sizeof got, WAIT_MS);
     char hg[2 * 64 + 1], hw[2 * 64 + 1];
+    if (n != AVL_UDP_ACK_BYTES)
+        udp_counters_say(); /* where the datagram went, for the failure below */
     CHECK(n == AVL_UDP_ACK_BYTES && memcmp(got, want, sizeof want) == 0,
           "%s: got %s, want the ACK %s", what, hex(got, n, hg), hex(want, sizeof want, hw));
 }

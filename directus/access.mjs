@@ -9,27 +9,16 @@
 // collection, for everyone) is created or replaced.
 // Exit 0 done, 1 an API error (printed).
 import { readFileSync } from 'node:fs';
+import { adminApi, credentials } from './rest.mjs';
 
 const [dir, accessPath] = process.argv.slice(2);
 if (!dir || !accessPath) {
   console.error('usage: node access.mjs DIR ACCESS_JSON');
   process.exit(2);
 }
-const env = Object.fromEntries(readFileSync(`${dir}/credentials`, 'utf8').split('\n')
-  .filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-const base = `http://127.0.0.1:${readFileSync(`${dir}/port`, 'utf8').trim()}`;
+const env = credentials(dir);
+const api = adminApi(dir);
 const access = JSON.parse(readFileSync(accessPath, 'utf8'));
-
-async function api(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${env.ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text.slice(0, 500)}`);
-  return text ? JSON.parse(text).data : null;
-}
 
 const q = (field, value) => `filter[${field}][_eq]=${encodeURIComponent(value)}`;
 

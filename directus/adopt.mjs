@@ -7,27 +7,14 @@
 // Nothing here changes a column: the tables are the gateway's SQL. It adds Directus's metadata
 // (interfaces, displays, notes, read-only flags, display templates) and the four audit
 // relations to directus_users, which become foreign keys ON DELETE SET NULL.
-import { readFileSync } from 'node:fs';
+import { adminApi } from './rest.mjs';
 
 const dir = process.argv[2];
 if (!dir) {
   console.error('usage: node adopt.mjs DIR');
   process.exit(2);
 }
-const env = Object.fromEntries(readFileSync(`${dir}/credentials`, 'utf8').split('\n')
-  .filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-const base = `http://127.0.0.1:${readFileSync(`${dir}/port`, 'utf8').trim()}`;
-
-async function api(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${env.ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text.slice(0, 500)}`);
-  return text ? JSON.parse(text).data : null;
-}
+const api = adminApi(dir);
 
 const ro = { readonly: true };
 const imeiText = { interface: 'input', display: 'raw', options: { placeholder: '15-digit IMEI', font: 'monospace' },

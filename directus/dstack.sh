@@ -6,8 +6,9 @@
 #   dstack.sh install                  node_modules as package-lock.json says (npm ci), cached
 #                                      by the lockfile's hash (see below)
 #   dstack.sh setup DIR CONNINFO REDIS [PORT]
-#                                      DIR/directus.env (random KEY, SECRET, admin token and
-#                                      passwords, kept in DIR/credentials, mode 0600), then
+#                                      DIR/directus.env from directus.env.template (random
+#                                      KEY, SECRET, admin token and passwords, kept in
+#                                      DIR/credentials, mode 0600), then
 #                                      the one order that works on an empty database and on
 #                                      one the gateway already uses: the gateway's SQL
 #                                      (schema/postgres, idempotent), `directus bootstrap`,
@@ -102,38 +103,24 @@ EOF
   # shellcheck disable=SC1091
   . "$dir/credentials"
   mkdir -p "$dir/uploads"
-  cat >"$dir/directus.env" <<EOF
-# Written by directus/dstack.sh setup; the secrets are in credentials beside this file.
-HOST=127.0.0.1
-PORT=$port
-PUBLIC_URL=http://127.0.0.1:$port
-KEY=$KEY
-SECRET=$SECRET
-ADMIN_EMAIL=$ADMIN_EMAIL
-ADMIN_PASSWORD=$ADMIN_PASSWORD
-ADMIN_TOKEN=$ADMIN_TOKEN
-DB_CLIENT=pg
-DB_HOST=$(conninfo_get "$ci" host)
-DB_PORT=$(conninfo_get "$ci" port)
-DB_DATABASE=$(conninfo_get "$ci" dbname)
-DB_USER=$(conninfo_get "$ci" user)
-DB_PASSWORD=$(conninfo_get "$ci" password)
-# Directus sees public only: telemetry.* (the partitioned positions) is the gateway's, and a
-# snapshot that saw it could drop partitions (directus/README.md).
-DB_SEARCH_PATH=public
-REDIS=redis://$redis
-SYNCHRONIZATION_STORE=redis
-WEBSOCKETS_ENABLED=true
-# The gateway writes command outcomes with SQL; a data cache would serve stale rows.
-CACHE_ENABLED=false
-TELEMETRY=false
-EXTENSIONS_PATH=$here/extensions
-EXTENSIONS_AUTO_RELOAD=false
-STORAGE_LOCATIONS=local
-STORAGE_LOCAL_ROOT=$dir/uploads
-LOG_LEVEL=info
-LOG_STYLE=raw
-EOF
+  local text name value
+  text=$(<"$here/directus.env.template")
+  local -A fill=(
+    [HOST]=127.0.0.1 [PORT]=$port [PUBLIC_URL]=http://127.0.0.1:$port [KEY]=$KEY [SECRET]=$SECRET
+    [ADMIN_EMAIL]=$ADMIN_EMAIL [ADMIN_PASSWORD]=$ADMIN_PASSWORD [ADMIN_TOKEN]=$ADMIN_TOKEN
+    [DB_HOST]=$(conninfo_get "$ci" host) [DB_PORT]=$(conninfo_get "$ci" port)
+    [DB_DATABASE]=$(conninfo_get "$ci" dbname) [DB_USER]=$(conninfo_get "$ci" user)
+    [DB_PASSWORD]=$(conninfo_get "$ci" password) [REDIS]=$redis
+    [EXTENSIONS_PATH]=$here/extensions [STORAGE_LOCAL_ROOT]=$dir/uploads
+  )
+  for name in "${!fill[@]}"; do
+    value=${fill[$name]}
+    text=${text//"@$name@"/"$value"} # quoted: an & in a value stays an & (bash 5.2)
+  done
+  local unfilled
+  unfilled=$(grep -v '^#' <<<"$text" | grep -o '@[A-Z_]*@' | head -1 || true)
+  [ -z "$unfilled" ] || die "directus.env.template: $unfilled is not filled"
+  printf '%s\n' "$text" >"$dir/directus.env"
   echo "$port" >"$dir/port"
 }
 

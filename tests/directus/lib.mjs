@@ -2,21 +2,13 @@
 // resolved from directus/node_modules, the one lockfile), the credentials dstack.sh wrote, REST
 // calls, and a WebSocket subscription. Assertions throw; each test file exits non-zero on one.
 import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 const top = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const requireDirectus = createRequire(path.join(top, 'directus/package.json'));
 
-export function credentials(dir) {
-  return Object.fromEntries(readFileSync(path.join(dir, 'credentials'), 'utf8').split('\n')
-    .filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-}
-
-export function baseUrl(dir) {
-  return `http://127.0.0.1:${readFileSync(path.join(dir, 'port'), 'utf8').trim()}`;
-}
+export { baseUrl, credentials } from '../../directus/rest.mjs';
 
 export function check(cond, what) {
   if (!cond) throw new Error(`FAIL: ${what}`);

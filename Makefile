@@ -20,7 +20,7 @@ JOBS ?= 2
 FUZZ_SECONDS ?= 3600
 CI_FUZZ_SECONDS ?= 60
 CI_FUZZ_PARSER_SECONDS ?= 30
-FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config
+FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config fuzz_proxyhdr
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \

@@ -10,8 +10,9 @@
 #                AVL packet behind an IMEI handshake (a whole session); a dictionary of the
 #                codec's tokens.
 #   fuzz_http    seeds from tests/fuzz/seeds/http/, dictionary tests/fuzz/fuzz_http.dict.
-#   fuzz_config  seeds from tests/fuzz/seeds/config/, dictionary tests/fuzz/fuzz_config.dict
-#                (SHARED_DIR is not read by these two).
+#   fuzz_config  seeds from tests/fuzz/seeds/config/, dictionary tests/fuzz/fuzz_config.dict.
+#   fuzz_proxyhdr seeds from tests/fuzz/seeds/proxyhdr/, dictionary tests/fuzz/fuzz_proxyhdr.dict
+#                (SHARED_DIR is not read by these three).
 # New inputs go to WORK_DIR/corpus, which is kept between runs; crashes to WORK_DIR/crash-*.
 # Exits non-zero when libFuzzer finds a crash, a leak, a timeout or runs out of memory.
 set -euo pipefail
@@ -95,14 +96,14 @@ case $target in
     fuzz_codec)
         codec_seeds
         dict=$work/codec.dict max_len=8192 ;;
-    fuzz_http | fuzz_config)
+    fuzz_http | fuzz_config | fuzz_proxyhdr)
         seeds=$here/seeds/${target#fuzz_}
         ls "$seeds"/* > /dev/null 2>&1 || die "no seeds in $seeds"
         cp "$seeds"/* "$work/seeds/"
         echo "run_fuzz: $(ls "$work/seeds" | wc -l) seed files from $seeds"
         # A request head stops at 4096 bytes, a config line at 4094: room to cross either.
         dict=$here/$target.dict max_len=16384 ;;
-    *) die "unknown fuzz target '$target' (fuzz_codec, fuzz_http or fuzz_config)" ;;
+    *) die "unknown fuzz target '$target' (fuzz_codec, fuzz_http, fuzz_config or fuzz_proxyhdr)" ;;
 esac
 
 log="$work/fuzz.log"

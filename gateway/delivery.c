@@ -273,6 +273,12 @@ static void bus_nudge(struct shard *s, int64_t id)
         stat_add(&s->st->bus_unpublished, 1);
 }
 
+/* Whether an UPDATE changed exactly one row. */
+static bool changed_one_row(const PGresult *res)
+{
+    return strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") == 0;
+}
+
 /* A command's outcome, recorded in its row: on the replies stream, and to Directus. */
 static void publish_reply(struct shard *s, int64_t id, uint64_t imei, const char *status,
                           const char *response, size_t response_len, bool hex)
@@ -567,7 +573,7 @@ static void publish_outcome(struct shard *s, const struct cmd *k, const PGresult
 {
     if (k->outcome == OUT_NONE)
         return; /* refused: nothing to publish */
-    if (strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") != 0 && !k->retried)
+    if (!changed_one_row(res) && !k->retried)
         return; /* ended already (answered through another connection, or failed or expired by
                    someone else). A retried UPDATE finds the row its lost first attempt may have
                    changed: published all the same. */
@@ -892,7 +898,7 @@ void delivery_on_query(struct shard *s, enum query_kind kind, uint64_t payload, 
     case Q_MARK_SENT:
         if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
             stat_add(&s->st->cmd_query_failures, 1);
-        else if (strcmp(PQcmdTuples((PGresult *)(uintptr_t)res), "1") == 0)
+        else if (changed_one_row(res))
             bus_nudge(s, (int64_t)payload); /* the row says `sent` now */
         return;
     case Q_SWEEP:

@@ -153,18 +153,14 @@ static void v2_addresses(uint8_t fam, const uint8_t *a, struct proxyhdr *h)
 
 static int parse_v2(const uint8_t *p, size_t len, struct proxyhdr *h)
 {
-    if (len < PROXYHDR_V2_FIXED_BYTES) {
-        if (len > 12 && (p[12] >> 4) != 2)
-            return PROXYHDR_E_V2_VERSION;
-        if (len > 12 && (p[12] & 0x0F) > 1)
-            return PROXYHDR_E_V2_COMMAND;
-        return PROXYHDR_NEED_MORE;
-    }
-    if ((p[12] >> 4) != 2)
+    /* Called with the whole signature (12 bytes); ver_cmd is decided as soon as it is in. */
+    if (len > 12 && (p[12] >> 4) != 2)
         return PROXYHDR_E_V2_VERSION;
-    uint8_t cmd = p[12] & 0x0F;
-    if (cmd > 1)
+    if (len > 12 && (p[12] & 0x0F) > 1)
         return PROXYHDR_E_V2_COMMAND;
+    if (len < PROXYHDR_V2_FIXED_BYTES)
+        return PROXYHDR_NEED_MORE;
+    uint8_t cmd = p[12] & 0x0F;
     size_t body = (size_t)p[14] << 8 | p[15];
     size_t total = PROXYHDR_V2_FIXED_BYTES + body;
     if (total > PROXYHDR_V2_BYTES_MAX)

@@ -23,7 +23,6 @@ tw_pg_start "$var/pg" keep
 tw_redis_start "$var/redis"
 
 echo "== Directus 11.3.5 (install from directus/package-lock.json: minutes the first time)"
-"$dstack" install
 "$dstack" setup "$var/directus" "$TW_PG" "$TW_REDIS" "$dport"
 tw_defer "$(printf '%q stop %q' "$dstack" "$var/directus")"
 "$dstack" start "$var/directus"

@@ -128,7 +128,7 @@ setup() { # DIR CONNINFO REDIS [PORT]
   local dir=$1 ci=$2 redis=$3 port=${4:-}
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  [ -d "$here/node_modules/directus" ] || install
+  install # a no-op when node_modules matches the lockfile
   [ -n "$port" ] || port=$(cat "$dir/port" 2>/dev/null || tw_free_port)
   write_env "$dir" "$ci" "$redis" "$port"
   local f

@@ -13,7 +13,6 @@ tw_tmpdir directus-snapshot
 tmp=$TW_TMP
 tw_pg_start "$tmp/pg"
 tw_redis_start "$tmp/redis"
-"$here/dstack.sh" install
 # The SQL and bootstrap only: no snapshot is applied (an empty one would drop the tables).
 AVLGATE_DIRECTUS_SNAPSHOT=none "$here/dstack.sh" setup "$tmp/d" "$TW_PG" "$TW_REDIS"
 tw_defer "$(printf '%q stop %q' "$here/dstack.sh" "$tmp/d")"

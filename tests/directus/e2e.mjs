@@ -22,7 +22,7 @@ const N = one ? 1 : Number(process.env.AVLGATE_DIRECTUS_COMMANDS ?? 100);
 const base = baseUrl(dir);
 const cred = credentials(dir);
 const { Client } = requireDirectus('pg');
-const pg = new Client({ connectionString: undefined, ...Object.fromEntries(conninfo.split(/\s+/)
+const pg = new Client({ ...Object.fromEntries(conninfo.split(/\s+/)
   .map((kv) => kv.split('=')).map(([k, v]) => [k === 'dbname' ? 'database' : k, v])) });
 
 async function rows() {

@@ -1,32 +1,22 @@
 // lib.mjs — what the Directus tests share: the packages of directus/ (ws, pg, playwright-core:
-// resolved from directus/node_modules, the one lockfile), the credentials dstack.sh wrote, REST
-// calls, and a WebSocket subscription. Assertions throw; each test file exits non-zero on one.
+// resolved from directus/node_modules, the one lockfile), the credentials dstack.sh wrote and
+// the REST call (directus/rest.mjs), login, and a WebSocket subscription. Assertions throw;
+// each test file exits non-zero on one.
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { call } from '../../directus/rest.mjs';
 
 const top = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const requireDirectus = createRequire(path.join(top, 'directus/package.json'));
 
-export { baseUrl, credentials } from '../../directus/rest.mjs';
+export { baseUrl, call, credentials } from '../../directus/rest.mjs';
 
 export function check(cond, what) {
   if (!cond) throw new Error(`FAIL: ${what}`);
   console.log(`ok: ${what}`);
 }
 
-// fetch with a bearer token; returns {status, body} (body parsed when JSON).
-export async function call(base, token, method, p, body) {
-  const res = await fetch(base + p, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let parsed = text;
-  try { parsed = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, body: parsed };
-}
 
 export async function login(base, email, password) {
   const r = await call(base, null, 'POST', '/auth/login', { email, password });

@@ -135,10 +135,9 @@ static void redis_restart(const char *password)
     snprintf(R.password, sizeof R.password, "%s", password);
 }
 
-/* One command on a fresh connection (the server may have been restarted since the last one;
- * AUTH first when it requires a password). Returns the reply, an error reply included; fails the
- * case when none came. */
-static redisReply *redis_cmd(const char *fmt, ...)
+/* A fresh connection to the test's Redis (the server may have been restarted since the last
+ * one), AUTHed when it requires a password, with REDIS_TIMEOUT_MS timeouts. */
+static redisContext *redis_open(void)
 {
     const struct timeval tv = {.tv_sec = REDIS_TIMEOUT_MS / 1000, .tv_usec = 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", R.port, tv);
@@ -149,6 +148,14 @@ static redisReply *redis_cmd(const char *fmt, ...)
         CHECK(auth != NULL && auth->type == REDIS_REPLY_STATUS, "redis %s: AUTH failed", R.addr);
         freeReplyObject(auth);
     }
+    return c;
+}
+
+/* One command on a fresh connection. Returns the reply, an error reply included; fails the case
+ * when none came. */
+static redisReply *redis_cmd(const char *fmt, ...)
+{
+    redisContext *c = redis_open();
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
@@ -158,17 +165,14 @@ static redisReply *redis_cmd(const char *fmt, ...)
     return r;
 }
 
-/* ---- Directus's bus (--directus-bus) ----------------------------------------------------------
- */
+/* ---- Directus's bus (--directus-bus) ------------------------------------------------------- */
 
 #define BUS_CHANNEL "directus:bus:websocket.event"
 
-/* A connection subscribed to Directus's bus channel, reads timing out after REDIS_TIMEOUT_MS. */
+/* A connection subscribed to Directus's bus channel. */
 static redisContext *bus_subscribe(void)
 {
-    const struct timeval tv = {.tv_sec = REDIS_TIMEOUT_MS / 1000, .tv_usec = 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", R.port, tv);
-    CHECK(c != NULL && c->err == 0, "redis %s: %s", R.addr, c ? c->errstr : "out of memory");
+    redisContext *c = redis_open();
     redisReply *r = redisCommand(c, "SUBSCRIBE %s", BUS_CHANNEL);
     CHECK(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3, "SUBSCRIBE failed");
     freeReplyObject(r);

@@ -294,8 +294,6 @@ static const char *hex(const uint8_t *p, int n, char out[2 * 64 + 1])
     return out;
 }
 
-static void udp_counters_say(void);
-
 /* The next datagram from the gateway to u is exactly dg's ACK with `records`. */
 static void expect_ack(struct udpdev *u, const uint8_t *dg, uint8_t records, const char *what)
 {

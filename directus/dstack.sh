@@ -42,16 +42,17 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
 die() { echo "dstack: $*" >&2; exit 1; }
 log() { echo "dstack: $*" >&2; }
-. "$top/tests/lib/throwaway.sh" # tw_free_port
+. "$top/tests/lib/throwaway.sh" # tw_free_port, tw_stop_pid
 snapshot=${AVLGATE_DIRECTUS_SNAPSHOT:-$top/schema/directus/snapshot.yaml}
 access=${AVLGATE_DIRECTUS_ACCESS:-$top/schema/directus/access.json}
 
 # The CLI is @directus/api's run.js, not directus/cli.js: that wrapper first asks the npm
 # registry for a newer version (a network call and a banner on every command).
+cli_js=$here/node_modules/@directus/api/dist/cli/run.js
 directus() { # DIR ARGS...: the directus CLI with DIR's settings
   local dir=$1
   shift
-  (cd "$here" && CONFIG_PATH="$dir/directus.env" node "$here/node_modules/@directus/api/dist/cli/run.js" "$@")
+  (cd "$here" && CONFIG_PATH="$dir/directus.env" node "$cli_js" "$@")
 }
 
 install() {
@@ -154,7 +155,7 @@ start() { # DIR
     die "$dir: already running (pid $(cat "$dir/directus.pid"))"
   fi
   # Not through npx: stopping npx would leave the server running (directus/README.md).
-  (cd "$here" && CONFIG_PATH="$dir/directus.env" exec setsid node "$here/node_modules/@directus/api/dist/cli/run.js" start \
+  (cd "$here" && CONFIG_PATH="$dir/directus.env" exec setsid node "$cli_js" start \
     >>"$dir/directus.log" 2>&1 </dev/null) &
   pid=$!
   echo "$pid" >"$dir/directus.pid"
@@ -169,14 +170,9 @@ start() { # DIR
 }
 
 stop() { # DIR
-  local dir=$1 pid i
+  local dir=$1
   [ -f "$dir/directus.pid" ] || return 0
-  pid=$(cat "$dir/directus.pid")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  tw_stop_pid "$(cat "$dir/directus.pid")" 20
   rm -f "$dir/directus.pid"
 }
 

@@ -15,6 +15,7 @@
 
 #include "codec/avl.h"
 #include "gateway/log.h"
+#include "shard/cidr.h"
 #include "shard/engine.h"
 
 enum kind {
@@ -83,6 +84,10 @@ static const struct opt opts[] = {
      "how rows hold IO: the arrays of schema 006 (arrays), or io jsonb (as before 006)"},
     {"devices", K_DEVICES, CFG(devices_known), 0, 0, "any|known",
      "known: only IMEIs enabled in public.devices (any)"},
+    {"proxy-protocol", K_SWITCH, CFG(proxy_protocol), 0, 0, NULL,
+     "read a PROXY v2 or v1 header before each handshake (behind HAProxy: send-proxy-v2)"},
+    {"proxy-from", K_STR, RO(proxy_from), 0, 0, "CIDR[,CIDR]",
+     "the balancers' addresses: a connection from elsewhere is closed (--proxy-protocol)"},
     {"apply-schema", K_STR, RO(schema_dir), 0, 0, "DIR",
      "apply DIR/*.sql before starting (tests, demo)"},
     {"drain-timeout-ms", K_U32, CFG(drain_timeout_ms), 0, 600000, "N",
@@ -558,6 +563,17 @@ static int check_options(const struct run_options *o, FILE *err)
                 "avlgate run: --reasm-bytes-max %u is below --frame-bytes-max + 2 x --buf-bytes "
                 "= %llu, what one connection may keep\n",
                 o->cfg.reasm_bytes_max, (unsigned long long)keep);
+        return 2;
+    }
+    if (o->cfg.proxy_protocol != (o->proxy_from != NULL)) {
+        fprintf(err, "avlgate run: --proxy-protocol and --proxy-from go together (who may send "
+                     "a PROXY header must be said)\n");
+        return 2;
+    }
+    struct cidr_list ranges;
+    char why[128];
+    if (o->proxy_from && cidr_parse(o->proxy_from, &ranges, why, sizeof why) != 0) {
+        fprintf(err, "avlgate run: bad --proxy-from '%s': %s\n", o->proxy_from, why);
         return 2;
     }
     if (!instance_ok(o->cfg.instance)) {

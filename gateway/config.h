@@ -33,6 +33,7 @@ struct run_options {
     const char *udp;          /* HOST:PORT, "off", or NULL: the listen address */
     const char *redis;        /* HOST:PORT or NULL */
     const char *metrics;      /* HOST:PORT or NULL */
+    const char *proxy_from;   /* CIDR[,CIDR] or NULL */
     const char *schema_dir;   /* --apply-schema, or NULL */
     const char *config;       /* --config FILE, or NULL */
     bool print_config, help;

@@ -501,7 +501,8 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
     uint32_t slot = engine_key_slot(key);
     const struct dev *d = session_dev(s, slot);
     struct cmd_conn *cc = conn_of(s, slot);
-    bool ours = d->gen == engine_key_gen(key) && d->state != DEV_FREE && d->state != DEV_HANDSHAKE;
+    bool ours = d->gen == engine_key_gen(key) && d->state != DEV_FREE &&
+                d->state != DEV_HANDSHAKE && d->state != DEV_PROXY;
     bool again = ours && cc->fetch == FETCH_AGAIN;
     if (ours)
         cc->fetch = FETCH_NONE;

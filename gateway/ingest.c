@@ -24,6 +24,7 @@
 #include "gateway/intake.h"
 #include "gateway/log.h"
 #include "gateway/metrics.h"
+#include "gateway/proxy.h"
 #include "gateway/registry.h"
 #include "gateway/session.h"
 #include "gateway/shard_state.h"
@@ -139,6 +140,16 @@ static size_t on_data(void *user, struct engine *e, uint32_t slot, uint32_t gen,
     size_t used = 0;
     *verdict = ENGINE_CONTINUE;
     while (used < len) {
+        if (d->state == DEV_PROXY) {
+            int rc = proxy_on_header(s, slot, gen, p + used, len - used, need);
+            if (rc <= 0) {
+                *verdict = rc < 0 ? ENGINE_CLOSE : ENGINE_CONTINUE;
+                return used;
+            }
+            session_header_read(s, slot);
+            used += (size_t)rc;
+            continue;
+        }
         if (d->state == DEV_LOADING) {
             /* Bytes before our answer to the handshake: a device never does that. */
             stat_add(&s->st->handshake_errors, 1);
@@ -175,10 +186,17 @@ static void on_open(void *user, struct engine *e, uint32_t slot, uint32_t gen, i
                     uint64_t key)
 {
     struct shard *s = user;
-    (void)e;
-    session_on_open(s, slot, gen);
-    if (from_shard >= 0)
+    bool proxied = from_shard == ENGINE_FROM_ACCEPT && proxy_on(s);
+    session_on_open(s, slot, gen, proxied);
+    if (proxied && !proxy_on_accept(s, slot, gen)) {
+        engine_close(e, slot, gen); /* not from --proxy-from (counted) */
+        return;
+    }
+    if (from_shard >= 0) {
+        if (proxy_on(s))
+            proxy_on_handed_in(s, slot, key);
         handshake(s, slot, gen, key, false);
+    }
 }
 
 static void on_close(void *user, struct engine *e, uint32_t slot, uint32_t gen,
@@ -203,7 +221,8 @@ static void on_datagram(void *user, struct engine *e, const uint8_t *p, size_t l
     udp_on_datagram(user, p, len, truncated, from, from_len);
 }
 
-/* A mail is a datagram handed to its owner (udp.h: its first 8 bytes 0) or a command wake-up. */
+/* A mail is a datagram handed to its owner (udp.h: its first 8 bytes 0), a connection's address
+ * ahead of its handoff (proxy.h: PROXY_MAIL_TAG) or a command wake-up. */
 static void on_mail(void *user, struct engine *e, unsigned from, const void *msg)
 {
     (void)e;
@@ -212,6 +231,12 @@ static void on_mail(void *user, struct engine *e, unsigned from, const void *msg
     memcpy(&first, msg, sizeof first);
     if (first == 0) {
         udp_on_mail(user, msg);
+        return;
+    }
+    if (first == PROXY_MAIL_TAG) {
+        struct proxy_mail m;
+        memcpy(&m, msg, sizeof m);
+        proxy_on_mail(user, &m);
         return;
     }
     struct cmd_wake w;
@@ -457,6 +482,8 @@ static int shard_setup(struct shard *s, char *err, size_t cap)
 {
     int rc = session_setup(s, err, cap);
     if (rc == 0)
+        rc = proxy_setup(s, err, cap);
+    if (rc == 0)
         rc = batch_setup(s, err, cap);
     if (rc == 0)
         rc = udp_setup(s, err, cap);
@@ -496,6 +523,7 @@ static void shard_teardown(struct shard *s)
     delivery_teardown(s);
     udp_teardown(s); /* after every shard's loop: none holds a copy of this one's slab now */
     batch_teardown(s);
+    proxy_teardown(s);
     session_teardown(s);
 }
 

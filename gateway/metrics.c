@@ -19,6 +19,7 @@
 
 #include "codec/avl.h"
 #include "gateway/copyenc.h"
+#include "gateway/proxy.h"
 #include "gateway/shared.h"
 #include "gateway/tags.h"
 #include "shard/engine.h"
@@ -305,6 +306,36 @@ static void render_replaced(struct out *o, const struct ingest_shared *sh)
                 i, reasons[r], stat_read(&shard_stats(sh, i)->replaced[r]));
 }
 
+/* --proxy-protocol: headers read and connections refused before their handshake. */
+static void render_proxy(struct out *o, const struct ingest_shared *sh)
+{
+    if (!sh->cfg->proxy_protocol)
+        return;
+    family(o, "avlgate_proxy_headers_total", "counter",
+           "PROXY headers read: with the client's address (proxied) or without (local: LOCAL, "
+           "UNKNOWN).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++) {
+        const struct ingest_stats *st = shard_stats(sh, i);
+        put(o, "avlgate_proxy_headers_total{shard=\"%u\",kind=\"proxied\"} %" PRIu64 "\n", i,
+            stat_read(&st->proxy_proxied));
+        put(o, "avlgate_proxy_headers_total{shard=\"%u\",kind=\"local\"} %" PRIu64 "\n", i,
+            stat_read(&st->proxy_local));
+    }
+    family(o, "avlgate_proxy_refused_total", "counter",
+           "Connections closed before their handshake: a malformed PROXY header, by reason, or a "
+           "peer outside --proxy-from (source_not_allowed).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        for (unsigned r = 1; r < PROXY_REFUSED_REASONS; r++)
+            put(o, "avlgate_proxy_refused_total{shard=\"%u\",reason=\"%s\"} %" PRIu64 "\n", i,
+                proxy_refused_name(r), stat_read(&shard_stats(sh, i)->proxy_refused[r]));
+    family(o, "avlgate_proxy_addresses_lost_total", "counter",
+           "Connections handed to their owner shard whose client address did not follow (the "
+           "balancer's is used).");
+    for (unsigned i = 0; i < sh->cfg->shards; i++)
+        put(o, "avlgate_proxy_addresses_lost_total{shard=\"%u\"} %" PRIu64 "\n", i,
+            stat_read(&shard_stats(sh, i)->proxy_addr_lost));
+}
+
 /* Only the reasons seen: most of the 31 never are. */
 static void render_invalid(struct out *o, const struct ingest_shared *sh)
 {
@@ -445,6 +476,7 @@ size_t metrics_render(const struct ingest_shared *sh, char *buf, size_t cap)
     render_closed(&o, sh);
     render_handshakes_rejected(&o, sh);
     render_replaced(&o, sh);
+    render_proxy(&o, sh);
     render_invalid(&o, sh);
     render_out_of_range(&o, sh);
     render_udp(&o, sh);

@@ -26,6 +26,7 @@
 #include "gateway/metrics.h"
 #include "gateway/pgschema.h"
 #include "gateway/router.h"
+#include "shard/cidr.h"
 
 static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
@@ -115,6 +116,7 @@ struct run_state {
     struct run_options o;
     struct ingest_config cfg; /* o.cfg with the addresses resolved */
     char redis_ip[INET6_ADDRSTRLEN];
+    struct cidr_list proxy_from;
     sigset_t stop_sigs; /* SIGTERM, SIGINT */
     sigset_t all_sigs;  /* and SIGHUP */
     struct router router;
@@ -144,6 +146,12 @@ static int run_resolve(struct run_state *st)
                 "avlgate run: bad --udp '%s' (want HOST:PORT with a numeric host, or off)\n",
                 o->udp);
         return 2;
+    }
+    if (o->proxy_from) {
+        char why[128];
+        if (cidr_parse(o->proxy_from, &st->proxy_from, why, sizeof why) != 0)
+            return 2; /* check_options said why */
+        st->cfg.proxy_from = &st->proxy_from;
     }
     if (o->redis) {
         int port = resolve_redis(o->redis, st->redis_ip, sizeof st->redis_ip);

@@ -32,6 +32,7 @@
 
 #include "gateway/log.h"
 #include "gateway/pgsink.h"
+#include "gateway/proxy.h"
 #include "gateway/router.h"
 #include "gateway/tags.h"
 #include "gateway/zmap.h"
@@ -237,20 +238,26 @@ void session_mark_load_stale(struct shard *s, uint64_t imei)
  * Connections
  * ------------------------------------------------------------------------------------------- */
 
-void session_on_open(struct shard *s, uint32_t slot, uint32_t gen)
+void session_on_open(struct shard *s, uint32_t slot, uint32_t gen, bool proxied)
 {
     struct dev *d = session_dev(s, slot);
     d->gen = gen;
-    d->state = DEV_HANDSHAKE;
+    d->state = proxied ? DEV_PROXY : DEV_HANDSHAKE;
     d->load_queued = false;
     d->unacked = 0;
 }
 
-/* The peer address of the connection in slot (engine_peer_addr). */
+void session_header_read(struct shard *s, uint32_t slot)
+{
+    struct dev *d = session_dev(s, slot);
+    assert(d->state == DEV_PROXY);
+    d->state = DEV_HANDSHAKE;
+}
+
+/* The client address of the connection in slot: its PROXY header's, or its socket's peer. */
 static bool peer_of(struct shard *s, uint32_t slot, struct sockaddr_storage *ss)
 {
-    socklen_t len = 0;
-    return engine_peer_addr(s->e, slot, session_dev(s, slot)->gen, ss, &len) == 0;
+    return proxy_peer_of(s, slot, session_dev(s, slot)->gen, ss);
 }
 
 /* The same IP address (the ports differ: a reconnect gets a new one). */
@@ -333,6 +340,8 @@ enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_
     unsigned owner = router_owner(s->sh->router, imei);
     if (owner != s->id) {
         stat_add(&s->st->handed_off, 1);
+        if (proxy_on(s))
+            proxy_before_handoff(s, slot, owner, imei);
         engine_handoff(s->e, slot, gen, owner, imei);
         return SESSION_HANDED_OFF;
     }

@@ -39,7 +39,15 @@ extern "C" {
  * kept by the engine) until its state is loaded again. DEV_REFUSED: a UDP device whose load said
  * it is not enabled (--devices known): its datagrams are dropped (counted) without another load
  * until it is closed — quiet for the idle period, a SIGHUP, or a TCP connection of the IMEI. */
-enum dev_state { DEV_FREE = 0, DEV_HANDSHAKE, DEV_LOADING, DEV_OPEN, DEV_RELOADING, DEV_REFUSED };
+enum dev_state {
+    DEV_FREE = 0,
+    DEV_HANDSHAKE,
+    DEV_LOADING,
+    DEV_OPEN,
+    DEV_RELOADING,
+    DEV_REFUSED,
+    DEV_PROXY, /* accepted with --proxy-protocol: its PROXY header comes first (proxy.h) */
+};
 
 /* A connection's session. Small on purpose (an idle connection costs this, its engine slot, its
  * IMEI map cell and delivery.c's per-connection state): the duplicate-detection window lives in
@@ -128,8 +136,11 @@ int64_t session_udp_open(struct shard *s, uint64_t imei);
 uint32_t session_udp_devices(const struct shard *s);
 
 /* The engine opened a connection (accepted, or handed over: the caller then calls
- * session_handshake with the handoff key's IMEI). */
-void session_on_open(struct shard *s, uint32_t slot, uint32_t gen);
+ * session_handshake with the handoff key's IMEI). proxied: its PROXY header comes first
+ * (DEV_PROXY until session_header_read). */
+void session_on_open(struct shard *s, uint32_t slot, uint32_t gen, bool proxied);
+/* The connection's PROXY header was read: its handshake is next. */
+void session_header_read(struct shard *s, uint32_t slot);
 
 enum session_handshake {
     SESSION_REFUSED,    /* answered 0x00: close */

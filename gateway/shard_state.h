@@ -17,6 +17,7 @@
  *               also carries delivery's replies and XACKs)
  *   intake.c    shard 0: the instance's command stream, read and routed to the owner shards
  *   udp.c       datagrams: decoded, routed to the owner shard, taken or held until they can be
+ *   proxy.c     the PROXY protocol header before the handshake, the client's real address
  *
  * Each module's state is behind its pointer below (created by its *_setup, freed by its
  * *_teardown) and its header says what it holds. The fields of struct shard itself are set up
@@ -47,6 +48,7 @@ struct registry;
 struct intake;
 struct metrics;
 struct udp;
+struct proxy;
 
 struct shard {
     /* Set by shard.c before the loop, read-only after. */
@@ -65,6 +67,7 @@ struct shard {
     struct intake *intake;   /* intake.c: shard 0 with Redis configured; NULL elsewhere */
     struct metrics *metrics; /* metrics.c: shard 0 with --metrics; NULL elsewhere */
     struct udp *udp;         /* udp.c: with cfg->udp; NULL without */
+    struct proxy *proxy;     /* proxy.c: with cfg->proxy_protocol; NULL without */
 
     /* The connections are paused for room in the ring: set by shard.c (a packet found no room),
      * cleared by batch.c when a batch comes free (it resumes the engine). Read by delivery.c: no

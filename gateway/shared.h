@@ -18,10 +18,13 @@
 #include "gateway/prom_hist.h"
 #include "gateway/router.h"
 #include "shard/engine.h"
+#include "shard/proxyhdr.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+struct cidr_list;
 
 struct ingest_config {
     struct sockaddr_storage listen_addr;
@@ -42,8 +45,11 @@ struct ingest_config {
     uint32_t frame_timeout_s; /* 0: none */
     uint32_t handshake_timeout_s; /* close a connection with no valid IMEI by then; 0: never */
     uint32_t frame_bytes_max;
-    uint32_t reasm_bytes_max;      /* reassembly memory per shard (partial frames, paused bytes) */
-    bool devices_known;            /* accept only IMEIs enabled in public.devices */
+    uint32_t reasm_bytes_max; /* reassembly memory per shard (partial frames, paused bytes) */
+    bool devices_known;       /* accept only IMEIs enabled in public.devices */
+    /* --proxy-protocol: a PROXY header before each handshake, from proxy_from's peers only */
+    bool proxy_protocol;
+    const struct cidr_list *proxy_from;
     enum copyenc_layout io_layout; /* how rows hold their IO (gateway/copyenc.h) */
     uint32_t wait_batch_us;        /* engine: wait this long for more completions once one is in */
     uint32_t drain_timeout_ms;     /* on stop: how long to wait for the last commits and ACKs */
@@ -95,6 +101,11 @@ enum udp_drop {
 enum { UDP_INVALID_TOO_LONG = 30, UDP_INVALID_IMEI_RANGE = 31, UDP_INVALID_REASONS = 32 };
 _Static_assert(-AVL_E_ERR_MIN < UDP_INVALID_TOO_LONG, "the codec's errors come first");
 
+/* Why a connection was refused before its handshake (gateway/proxy.c), as
+ * avlgate_proxy_refused_total{reason} says: the header's errors at -proxyhdr_result (their
+ * proxyhdr_result_name), and PROXY_REFUSED_SOURCE: its peer is not in --proxy-from. */
+enum { PROXY_REFUSED_SOURCE = PROXYHDR_ERRORS + 1, PROXY_REFUSED_REASONS };
+
 /* The fields of a record that may be stored NULL: records_out_of_range's index. */
 enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };
 
@@ -103,6 +114,11 @@ enum ingest_field { INGEST_FIELD_ANGLE = 0, INGEST_FIELD_SPEED, INGEST_FIELDS };
 struct ingest_stats {
     uint64_t handshakes, handshake_rejected, handshake_errors, handed_off;
     uint64_t replaced[REPLACED_REASONS]; /* by enum replaced_reason */
+    /* --proxy-protocol: headers read (with a client address, or LOCAL/UNKNOWN), connections
+     * refused before their handshake by reason, handed-in connections whose address never came
+     * (the socket's is used) */
+    uint64_t proxy_proxied, proxy_local, proxy_addr_lost;
+    uint64_t proxy_refused[PROXY_REFUSED_REASONS];
     uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
     uint64_t packets_invalid, records_rejected, packets_rejected_data;
     uint64_t records_out_of_range[INGEST_FIELDS]; /* stored with that field NULL (copyenc.h) */

@@ -1237,16 +1237,6 @@ static void on_cancel_recv(struct engine *e, const struct cqe_copy *q)
         closing_step(e, slot);
 }
 
-static void on_handoff_in(struct engine *e, const struct cqe_copy *q)
-{
-    if (q->res < 0) {
-        stat_add(&e->stats.handoff_errors, 1);
-        return;
-    }
-    stat_add(&e->stats.handed_in, 1);
-    conn_opened(e, (uint32_t)q->res, 0, q->user_data & PAYLOAD_MASK);
-}
-
 /* Hands every message shard `from` queued for us to the application, in order. */
 static void mail_drain(struct engine *e, unsigned from)
 {
@@ -1259,6 +1249,21 @@ static void mail_drain(struct engine *e, unsigned from)
         if (e->cfg.ops->on_mail)
             e->cfg.ops->on_mail(e->cfg.app, e, from, msg);
     }
+}
+
+/* A connection handed in. Mail its shard pushed before engine_handoff is in our inbox by now
+ * (pushed, then the MSG_RING submitted, then its completion posted here): delivered first, so
+ * on_open can use it. The CQE does not say which shard sent it, so every inbox is drained. */
+static void on_handoff_in(struct engine *e, const struct cqe_copy *q)
+{
+    if (q->res < 0) {
+        stat_add(&e->stats.handoff_errors, 1);
+        return;
+    }
+    stat_add(&e->stats.handed_in, 1);
+    for (unsigned from = 0; from < e->cfg.shards; from++)
+        mail_drain(e, from);
+    conn_opened(e, (uint32_t)q->res, 0, q->user_data & PAYLOAD_MASK);
 }
 
 /* One MSG_RING per shard that got mail this turn. */

@@ -320,7 +320,9 @@ int engine_close(struct engine *e, uint32_t slot, uint32_t gen);
 /* Passes the connection to shard `to` with a key of at most ENGINE_KEY_MAX; the other shard's
  * on_open gets it. This shard stops reading it at once; its on_close(ENGINE_CLOSE_HANDED_OFF)
  * follows when the descriptor left. Bytes already received and not consumed are dropped: hand off
- * only between frames. Returns 0, -ESTALE, or -EINVAL (key above ENGINE_KEY_MAX or bad shard). */
+ * only between frames. Mail this shard sent to `to` before the call reaches on_mail there before
+ * the connection's on_open (what the key cannot carry can go ahead by mail). Returns 0, -ESTALE,
+ * or -EINVAL (key above ENGINE_KEY_MAX or bad shard). */
 int engine_handoff(struct engine *e, uint32_t slot, uint32_t gen, unsigned to, uint64_t key);
 /* The application knows who the peer of this accepted connection is: it leaves the
  * unidentified FIFO (no identify timeout, never evicted). Returns 0 (also when it was already

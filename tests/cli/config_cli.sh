@@ -167,6 +167,15 @@ want_err "--devices: bad value 'some' (want any or known)" "devices"
 run --pg x --instance 'a b'
 want_rc 2 "bad instance"
 want_err "bad --instance 'a b'" "instance"
+run --pg x --proxy-protocol
+want_rc 2 "proxy-protocol without proxy-from"
+want_err "--proxy-protocol and --proxy-from go together" "proxy-protocol alone"
+run --pg x --proxy-from 10.0.0.0/8
+want_rc 2 "proxy-from without proxy-protocol"
+want_err "--proxy-protocol and --proxy-from go together" "proxy-from alone"
+run --pg x --proxy-protocol --proxy-from 10.1.0.0/8
+want_rc 2 "bad proxy-from"
+want_err "bad --proxy-from '10.1.0.0/8'" "proxy-from with host bits"
 run --pg x --no-such-option
 want_rc 2 "unknown option"
 want_err "unknown option '--no-such-option'" "unknown option"

@@ -59,6 +59,7 @@ const collections = {
       instance: { interface: 'input', display: 'raw', ...ro, note: 'avlgate instance that wrote last', width: 'half' },
       shard: { interface: 'input', display: 'raw', ...ro, width: 'half' },
       dedup: { interface: 'input', hidden: true, ...ro, note: 'Opaque duplicate-detection state of avlgate; do not edit' },
+      owner: { interface: 'input', hidden: true, ...ro, note: 'avlgate: the token of the gateway shard that may write this device now; do not edit' },
       updated_at: { ...when, width: 'half' },
     },
   },

@@ -193,12 +193,13 @@ static uint8_t *put_dedup(uint8_t *o, const struct dedup *d)
 /* The parameter formats build_state_params writes: the instance stays text (it is already a
  * string, and text's binary form is the same bytes), the rest binary. */
 static const int state_formats[STATE_PARAMS] = {
-    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
-    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_TEXT,   PGSINK_FORMAT_BINARY,
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
+    PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
+    PGSINK_FORMAT_TEXT,   PGSINK_FORMAT_BINARY, PGSINK_FORMAT_BINARY,
 };
 
-/* One element of array column col (imei, last_ts, received, lon, lat, dedup) for device d; a is
- * the array's header (for a NULL element). */
+/* One element of array column col (imei, last_ts, received, lon, lat, dedup, owner) for device d; a
+ * is the array's header (for a NULL element). */
 static uint8_t *put_state_elem(uint8_t *a, uint8_t *o, int col, const struct bdev *d)
 {
     bool stored = d->last_ts_ms >= 0;
@@ -214,8 +215,10 @@ static uint8_t *put_state_elem(uint8_t *a, uint8_t *o, int col, const struct bde
         return stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
     case 4:
         return stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
-    default:
+    case 5:
         return put_dedup(o, &d->dedup);
+    default:
+        return pgsink_array_int8(o, d->owner);
     }
 }
 
@@ -228,18 +231,20 @@ static void build_state_params(const struct shard *s, const struct bdev *devs, u
                                uint8_t *buf, size_t cap, const char *params[STATE_PARAMS],
                                int lengths[STATE_PARAMS])
 {
-    static const uint32_t oids[6] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
-                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA};
+    static const uint32_t oids[7] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
+                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA,
+                                     PGSINK_OID_INT8};
+    static const int param_of_col[7] = {0, 1, 2, 3, 4, 5, 8}; /* the owners come last */
     assert(n > 0 && (size_t)n * DEV_PARAM_BYTES + STATE_FIXED_BYTES <= cap);
     /* Each array is written in one pass over the devices; the regions follow each other. */
     uint8_t *o = buf;
-    for (int col = 0; col < 6; col++) {
+    for (int col = 0; col < 7; col++) {
         uint8_t *a = o;
         o = pgsink_array_begin(o, oids[col], n);
         for (uint32_t i = 0; i < n; i++)
             o = put_state_elem(a, o, col, &devs[i]);
-        params[col] = (const char *)a;
-        lengths[col] = (int)(o - a);
+        params[param_of_col[col]] = (const char *)a;
+        lengths[param_of_col[col]] = (int)(o - a);
     }
     params[6] = s->cfg->instance;
     lengths[6] = 0;
@@ -364,6 +369,19 @@ const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei)
             best = &d->dedup; /* later batches are newer */
     }
     return best;
+}
+
+uint64_t batch_pending_owner(const struct shard *s, uint64_t imei)
+{
+    const struct batches *r = s->ring;
+    uint64_t owner = 0;
+    for (uint32_t k = 0, i = r->oldest; k < r->nbatches; k++, i = (i + 1) % r->nbatches) {
+        const struct batch *b = &r->batches[i];
+        const struct bdev *d = b->state == BATCH_FREE ? NULL : batch_find_dev(b, imei);
+        if (d)
+            owner = (uint64_t)d->owner; /* later batches are newer */
+    }
+    return owner;
 }
 
 bool batch_holding(const struct shard *s)
@@ -589,9 +607,11 @@ static void refuse_packet(struct shard *s, struct batch *b, const struct pgsink_
     struct pkt_ref *p = &b->pkts[b->split_next];
     uint64_t imei = b->devs[p->dev].imei;
     char q[256];
-    stat_add(&s->st->packets_rejected_data, 1);
+    bool moved = strcmp(res->sqlstate, SQLSTATE_DEVICE_MOVED) == 0;
+    stat_add(moved ? &s->st->packets_moved : &s->st->packets_rejected_data, 1);
     log_limited(&s->ring->log_rejected, shard_now_ms(s), LOG_WARN,
-                "packet rejected by the database",
+                moved ? "packet not stored: its device was taken over by another connection"
+                      : "packet rejected by the database",
                 "shard=%u sqlstate=%s imei=%" PRIu64 " error=\"%s\"", s->id, res->sqlstate, imei,
                 logfmt_q(q, sizeof q, res->message));
     drop_packet(s, b, p);
@@ -812,10 +832,11 @@ static struct batch *room_for(struct shard *s, const struct dev *d, const struct
 {
     struct batch *b = filling(s->ring);
     for (int attempt = 0;; attempt++) {
+        const struct bdev *bd = batch_find_dev(b, d->imei);
         bool fits = b->copy_len + bound + COPYENC_TRAILER_BYTES <= b->copy_cap &&
                     b->pkts_len < b->pkts_cap &&
                     b->rows + pkt->records_len <= s->cfg->batch_rows + AVL_RECORDS_MAX &&
-                    (b->devs_len < b->devs_cap || batch_find_dev(b, d->imei));
+                    (bd ? bd->owner == (int64_t)d->owner : b->devs_len < b->devs_cap);
         if (fits)
             return b;
         if (attempt > 0 || b->pkts_len == 0 || !rotate(s->ring, engine_now_ns(s->e)))
@@ -869,6 +890,7 @@ int batch_take(struct shard *s, uint32_t slot, uint32_t gen, struct dev *d,
     uint32_t dev_index;
     struct bdev *bd = batch_dev(b, d->imei, &dev_index);
     assert(bd);
+    bd->owner = (int64_t)d->owner; /* the same, or a new entry (room_for) */
     int64_t received_us = wall_clock_us();
     struct pkt_ref *p = &b->pkts[b->pkts_len];
     *p = (struct pkt_ref){.slot = slot,

@@ -36,20 +36,24 @@ enum {
                                      batch is deferred untried (the database itself is stalled) */
     ROW_BYTES_PLANNED =
         768, /* typical row (arrays: ~670 B with 25 IO elements); sizes the COPY buffer */
-    STATE_PARAMS = 8,
+    STATE_PARAMS = 9,
     /* The state statement's parameters in binary format (batch.c build_state_params): per
      * device one element of each array, imei, last_ts, received (int8, or NULL), lon, lat (int4,
-     * or NULL) and its dedup (bytea, 8 bytes per fingerprint); per batch the six array headers
-     * and the shard (int4). */
+     * or NULL), its dedup (bytea, 8 bytes per fingerprint) and its owner token (int8); per batch
+     * the seven array headers and the shard (int4). */
     DEDUP_PARAM_BYTES = PGSINK_ARRAY_ELEM_BYTES + 8 * DEDUP_FP_MAX,
-    DEV_PARAM_BYTES = 3 * PGSINK_ARRAY_INT8_BYTES + 2 * PGSINK_ARRAY_INT4_BYTES + DEDUP_PARAM_BYTES,
-    STATE_FIXED_BYTES = 6 * PGSINK_ARRAY_HEADER_BYTES + 4,
+    DEV_PARAM_BYTES = 4 * PGSINK_ARRAY_INT8_BYTES + 2 * PGSINK_ARRAY_INT4_BYTES + DEDUP_PARAM_BYTES,
+    STATE_FIXED_BYTES = 7 * PGSINK_ARRAY_HEADER_BYTES + 4,
 };
 
 _Static_assert((int)PGSINK_ARRAY_NULL_BYTES <= (int)PGSINK_ARRAY_INT4_BYTES,
                "NULL fits in an int4");
 _Static_assert((int)STATE_PARAMS <= (int)PGSINK_STATE_PARAMS_MAX,
                "the sink takes the state parameters");
+
+/* The state statement's error when a device of the batch is owned by another token now
+ * (schema 007: it moved to another connection, most likely another instance). */
+#define SQLSTATE_DEVICE_MOVED "23AV0"
 
 enum batch_state { BATCH_FREE = 0, BATCH_FILLING, BATCH_SEALED, BATCH_INFLIGHT };
 
@@ -80,6 +84,10 @@ struct bdev {
     int64_t last_ts_ms;  /* newest stored record of the batch, or -1 */
     int64_t received_ms; /* when its newest packet arrived */
     int32_t lon_e7, lat_e7;
+    /* The owner token its rows are written under (schema 007): the device's when its first
+     * packet came into the batch. A packet of the device under another token (it was taken over
+     * since) goes to a later batch. */
+    int64_t owner;
     struct dedup dedup; /* the device's window after its last packet in this batch */
 };
 
@@ -166,6 +174,9 @@ void batch_on_txn_done(struct shard *s, void *cookie, const struct pgsink_txn_re
 
 /* The newest snapshot of imei's window held by an uncommitted batch, or NULL. */
 const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei);
+/* The owner token the newest uncommitted batch holding imei carries for it; 0 when none holds
+ * it. */
+uint64_t batch_pending_owner(const struct shard *s, uint64_t imei);
 
 /* Whether packets are held (filling, sealed or in flight): the drain waits for them. */
 bool batch_holding(const struct shard *s);

@@ -5,7 +5,10 @@
  * current command of each of its devices, in a pool of command slots (one per connection slot,
  * mapped without reserve: only slots in use are resident), so an idle connection costs only its
  * struct cmd_conn. The current command is fetched from the database on the control link by one
- * statement that also expires the device's overdue commands (FETCH_SQL):
+ * statement that also expires the device's overdue commands (FETCH_SQL), and that finds none
+ * unless device_state.owner is still this connection's token (schema 007): a device that
+ * connected to another instance since is fenced off in the database, so no command written
+ * after the move goes to the old connection (which registry.c then closes):
  *
  *   - when a device's handshake is accepted and its state load (which also says whether it
  *     has open commands: session.c STATE_LOAD_SQL) found any,
@@ -73,7 +76,9 @@ static const char *const outcome_names[] = {"", "answered", "failed", "expired"}
     "(SELECT array_agg(id ORDER BY id) FROM expired), $1::bigint "                                 \
     "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT id, payload, attempts, expires_at "          \
     "FROM public.commands WHERE imei = $1::bigint AND status IN ('pending', 'sent') "              \
-    "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id LIMIT 1) AS c ON true"
+    "AND (expires_at IS NULL OR expires_at > now()) AND EXISTS (SELECT 1 FROM "                    \
+    "public.device_state s WHERE s.imei = $1::bigint AND s.owner = $2::bigint) "                   \
+    "ORDER BY id LIMIT 1) AS c ON true"
 
 #define MARK_SENT_SQL                                                                              \
     "UPDATE public.commands SET status = 'sent', attempts = $2::integer, sent_at = now(), "        \
@@ -316,10 +321,11 @@ static void fetch(struct shard *s, uint32_t slot)
     if (cc->cmd)
         return; /* the next one is fetched when this one ends */
     const struct dev *d = session_dev(s, slot);
-    char imei[24];
+    char imei[24], owner[24];
     snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
-    const char *params[1] = {imei};
-    if (pgsink_query(s->sink, FETCH_SQL, 1, params, query_cookie(Q_FETCH, engine_key(slot, d->gen)),
+    snprintf(owner, sizeof owner, "%" PRIu64, d->owner);
+    const char *params[2] = {imei, owner};
+    if (pgsink_query(s->sink, FETCH_SQL, 2, params, query_cookie(Q_FETCH, engine_key(slot, d->gen)),
                      shard_now_ms(s)) == 0)
         cc->fetch = FETCH_IN_FLIGHT;
     else

@@ -53,7 +53,7 @@ static void count_invalid(struct shard *s, int err)
 static enum engine_verdict handshake(struct shard *s, uint32_t slot, uint32_t gen, uint64_t imei,
                                      bool more_bytes)
 {
-    switch (session_handshake(s, slot, gen, imei, more_bytes)) {
+    switch (session_handshake(s, slot, gen, imei, more_bytes, batch_pending_owner(s, imei))) {
     case SESSION_REFUSED:
         return ENGINE_CLOSE;
     case SESSION_OWNED:

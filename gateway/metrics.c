@@ -81,6 +81,10 @@ static const struct stat_family ingest_families[] = {
     {"avlgate_packets_rejected_by_database_total",
      "Packets whose rows the database refused (never acknowledged).", ST(packets_rejected_data),
      false},
+    {"avlgate_packets_moved_total",
+     "Packets not stored because another connection took their device over before their batch "
+     "committed (a device that moved to another instance): never acknowledged, re-sent there.",
+     ST(packets_moved), false},
     {"avlgate_records_received_total", "AVL records in packets taken.", ST(records), false},
     {"avlgate_records_stored_total", "AVL records written (not re-sends).", ST(records_stored),
      false},
@@ -118,6 +122,10 @@ static const struct stat_family ingest_families[] = {
      false},
     {"avlgate_registry_writes_total", "Device registry writes and deletes sent to Redis.",
      ST(registry_writes), false},
+    {"avlgate_devices_moved_total",
+     "Connections closed because the device's registry entry names a newer connection (it "
+     "moved to another instance).",
+     ST(devices_moved), false},
     {"avlgate_redis_errors_total", "Redis commands that failed or got no answer.",
      ST(registry_errors), false},
     {"avlgate_replies_published_total", "Command outcomes added to avlgate:replies.",

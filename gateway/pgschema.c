@@ -63,6 +63,7 @@ static const struct col_expect positions_tail_and_more[] = {
     {"public.device_state", "shard", "integer"},
     {"public.device_state", "dedup", "bytea"},
     {"public.device_state", "updated_at", "timestamp with time zone"},
+    {"public.device_state", "owner", "bigint"},
     /* read for --devices known */
     {"public.devices", "imei", "bigint"},
     {"public.devices", "enabled", "boolean"},
@@ -107,11 +108,11 @@ struct fn_expect {
 };
 
 static const struct fn_expect fns_expected[] = {
-    {"telemetry.device_state_upsert(bigint[], bigint[], bigint[], integer[], integer[], bytea[], "
-     "text, integer)",
+    {"telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], integer[], "
+     "bytea[], text, integer, bigint[])",
      "integer"},
-    {"telemetry.device_state_get(bigint)",
-     "TABLE(last_ts_ms bigint, dedup bytea, enabled boolean)"},
+    {"telemetry.device_state_claim(bigint, bigint, boolean)",
+     "TABLE(last_ts_ms bigint, dedup bytea, enabled boolean, owner bigint, claimed boolean)"},
     {"telemetry.ensure_partitions(integer, integer)",
      "TABLE(created integer, missing integer, detail text)"},
 };

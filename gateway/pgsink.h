@@ -62,9 +62,9 @@ extern "C" {
  * casts give each parameter its type, so any of them may be sent in binary format. */
 #define PGSINK_COPY_SQL_DEFAULT copyenc_copy_sql(COPYENC_ARRAYS)
 #define PGSINK_STATE_SQL_DEFAULT                                                                   \
-    "SELECT telemetry.device_state_upsert($1::bigint[], $2::bigint[], $3::bigint[], "              \
-    "$4::integer[], $5::integer[], $6::bytea[], $7::text, $8::integer)"
-#define PGSINK_STATE_NPARAMS_DEFAULT 8
+    "SELECT telemetry.device_state_upsert_owned($1::bigint[], $2::bigint[], $3::bigint[], "        \
+    "$4::integer[], $5::integer[], $6::bytea[], $7::text, $8::integer, $9::bigint[])"
+#define PGSINK_STATE_NPARAMS_DEFAULT 9
 
 enum {
     PGSINK_QUERY_PARAMS_MAX = 16,        /* parameters of one control query */

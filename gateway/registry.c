@@ -43,12 +43,19 @@ bool registry_up(const struct shard *s)
     return l && redislink_up(l);
 }
 
-int registry_send(struct shard *s, int argc, const char *const *argv, const size_t *lens,
-                  enum redis_kind kind)
+/* registry_send with a payload in the reply's cookie. */
+static int send_with(struct shard *s, int argc, const char *const *argv, const size_t *lens,
+                     void *cookie)
 {
     if (!registry_up(s))
         return -ENOTCONN;
-    return redislink_command(s->reg->link, argc, argv, lens, redis_cookie(kind), shard_now_ms(s));
+    return redislink_command(s->reg->link, argc, argv, lens, cookie, shard_now_ms(s));
+}
+
+int registry_send(struct shard *s, int argc, const char *const *argv, const size_t *lens,
+                  enum redis_kind kind)
+{
+    return send_with(s, argc, argv, lens, redis_cookie(kind));
 }
 
 void registry_xack(struct shard *s, const char *id)
@@ -71,7 +78,8 @@ static void registry_write(struct shard *s, uint32_t slot)
     snprintf(epoch, sizeof epoch, "%" PRIu64, d->accepted_ms);
     snprintf(ttl, sizeof ttl, "%u", s->cfg->registry_ttl_s);
     const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance, shard, epoch, ttl};
-    if (registry_send(s, 8, argv, NULL, R_REGISTRY) == 0) {
+    void *cookie = redis_cookie_with(R_REGISTER, engine_key(slot, d->gen));
+    if (send_with(s, 8, argv, NULL, cookie) == 0) {
         set_registered(s->reg, slot, true);
         stat_add(&s->st->registry_writes, 1);
         s->reg->in_flight++;
@@ -119,13 +127,35 @@ static void registry_walk(struct shard *s, uint64_t ms)
     }
 }
 
+/* A registry write of the connection (slot, gen) found a newer epoch: the device connected again
+ * elsewhere (another instance, through the balancer) while this connection lingers — dead,
+ * most likely, behind a NAT that forgot it. Closed, so nothing is written to it again; the
+ * device's commands go where the registry says. */
+static void on_newer_elsewhere(struct shard *s, uint64_t key)
+{
+    uint32_t slot = engine_key_slot(key), gen = engine_key_gen(key);
+    const struct dev *d = session_dev(s, slot);
+    if (d->gen != gen || !dev_owned(d))
+        return; /* gone meanwhile */
+    stat_add(&s->st->devices_moved, 1);
+    log_limited(&s->reg->log_moved, shard_now_ms(s), LOG_INFO,
+                "device connected to another instance; closing its older connection here",
+                "shard=%u imei=%" PRIu64 " epoch=%" PRIu64, s->id, d->imei, d->accepted_ms);
+    set_registered(s->reg, slot, false); /* the entry is the newer connection's */
+    session_close(s, slot, gen);
+}
+
 /* A reply on the registry link: registry writes, replies and XACKs; errors counted and said. */
 static void on_reply(void *user, void *cookie, const redisReply *reply)
 {
     struct shard *s = user;
     struct registry *r = s->reg;
-    if (redis_cookie_kind(cookie) == R_REGISTRY && r->in_flight > 0)
+    enum redis_kind kind = redis_cookie_kind(cookie);
+    if ((kind == R_REGISTRY || kind == R_REGISTER) && r->in_flight > 0)
         r->in_flight--;
+    if (kind == R_REGISTER && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
+        !s->closing)
+        on_newer_elsewhere(s, redis_cookie_payload(cookie));
     if (reply && reply->type != REDIS_REPLY_ERROR)
         return;
     stat_add(&s->st->registry_errors, 1);

@@ -6,8 +6,10 @@
  * REGISTRY_IN_FLIGHT_MAX writes awaiting their reply, so the link's other traffic never queues
  * behind a whole round); written by a script that keeps a newer epoch (a device that moved to
  * another instance while its old connection here lingers), and deleted on close only if it still
- * names this connection. A round starts at once when the link comes (back) up: Redis may have
- * restarted empty.
+ * names this connection. A write that finds a newer epoch closes its connection here: a device
+ * that moved is let go within a third of the TTL (the epochs are wall clocks: the instances'
+ * must agree to well within the time a device takes to reconnect; NTP does). A round starts at once
+ * when the link comes (back) up: Redis may have restarted empty.
  *
  * The registry link is the shard's one Redis connection for commands that answer at once: it
  * also carries delivery.c's replies (XADD avlgate:replies) and the XACKs of the instance's
@@ -49,6 +51,7 @@ struct registry {
     uint32_t in_flight; /* registry writes awaiting their reply */
     uint64_t next_round_ms;
     struct ratelimit log_redis;      /* "redis command failed" */
+    struct ratelimit log_moved;      /* "device connected to another instance" */
     char stream[REDIS_STREAM_BYTES]; /* avlgate:cmd:<instance>: this instance's commands */
 };
 

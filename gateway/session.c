@@ -42,8 +42,8 @@
  * one statement per device, not two). */
 #define STATE_LOAD_SQL                                                                             \
     "SELECT s.last_ts_ms, s.dedup, s.enabled, EXISTS (SELECT 1 FROM public.commands c "            \
-    "WHERE c.imei = $1::bigint AND c.status IN ('pending', 'sent')) "                              \
-    "FROM telemetry.device_state_get($1) AS s"
+    "WHERE c.imei = $1::bigint AND c.status IN ('pending', 'sent')), s.owner, s.claimed "          \
+    "FROM telemetry.device_state_claim($1::bigint, $2::bigint, $3::boolean) AS s"
 
 /* Of these IMEIs (a chunk of the shard's devices), those not enabled in public.devices. */
 #define REVOKED_SQL                                                                                \
@@ -105,10 +105,14 @@ void session_send_loads(struct shard *s)
             ss->load_len--;
             continue;
         }
-        char imei[24];
+        char imei[24], owner[24];
         snprintf(imei, sizeof imei, "%" PRIu64, d->imei);
-        const char *params[1] = {imei};
-        if (pgsink_query(s->sink, STATE_LOAD_SQL, 1, params, query_cookie(Q_STATE_LOAD, key),
+        snprintf(owner, sizeof owner, "%" PRIu64, d->owner);
+        /* A reload keeps an open device whatever public.devices says now (the allow-list walk
+         * decides that): claimed in any case. */
+        bool known_only = s->cfg->devices_known && d->state != DEV_RELOADING;
+        const char *params[3] = {imei, owner, known_only ? "t" : "f"};
+        if (pgsink_query(s->sink, STATE_LOAD_SQL, 3, params, query_cookie(Q_STATE_LOAD, key),
                          shard_now_ms(s)) != 0)
             return; /* down or full: the next tick tries again */
         d->load_queued = false;
@@ -168,6 +172,15 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
     if (!session_loading(s, key))
         return false; /* the connection went away meanwhile */
     bool reload = d->state == DEV_RELOADING;
+    bool answered = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (answered && strcmp(PQgetvalue(res, 0, 5), "t") == 0) {
+        /* Taken over just now: the state was read after every transaction that held the row,
+         * and this shard's uncommitted batches of the device (under the old token) will not
+         * commit. The stored window is the whole truth. */
+        d->owner = strtoull(PQgetvalue(res, 0, 4), NULL, 10);
+        d->load_stale = false;
+        pending = NULL;
+    }
     if (d->load_stale) {
         /* The answer may predate a commit of this device's rows, whose batch is gone now:
          * neither it nor the pending snapshot knows those records. Ask again. */
@@ -175,7 +188,7 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
         queue_load(s, slot);
         return false;
     }
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+    if (!answered) {
         stat_add(&s->st->state_load_failures, 1);
         if (res) /* without one the link broke: its reconnect has its own backoff */
             load_refused(s, d, res);
@@ -302,13 +315,15 @@ static void count_replaced(struct shard *s, uint32_t old, uint32_t slot, uint64_
                 ip_text(&was, a, sizeof a), ip_text(&now, b, sizeof b));
 }
 
-/* This shard owns imei: the connection in slot takes the device, replacing an older one. */
-static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
+/* This shard owns imei: the connection in slot takes the device, replacing an older one (whose
+ * owner token it keeps: the freshest this shard has). */
+static void take_device(struct shard *s, uint32_t slot, uint64_t imei, uint64_t owner_hint)
 {
     struct sessions *ss = s->sess;
     struct dev *d = &ss->devs[slot];
     int64_t old = imap_get(&ss->owned, imei);
     d->imei = imei;
+    d->owner = old >= 0 && (uint32_t)old != slot ? ss->devs[old].owner : owner_hint;
     d->state = DEV_LOADING;
     d->load_stale = false;
     d->dormant = false;
@@ -326,7 +341,7 @@ static void take_device(struct shard *s, uint32_t slot, uint64_t imei)
 }
 
 enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_t gen,
-                                         uint64_t imei, bool more_bytes)
+                                         uint64_t imei, bool more_bytes, uint64_t owner_hint)
 {
     /* A device waits for our answer before it sends more: bytes behind the handshake are a
      * protocol error. An IMEI above ENGINE_KEY_MAX (17 digits) would not fit a handoff key;
@@ -345,7 +360,7 @@ enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_
         engine_handoff(s->e, slot, gen, owner, imei);
         return SESSION_HANDED_OFF;
     }
-    take_device(s, slot, imei);
+    take_device(s, slot, imei, owner_hint);
     return SESSION_OWNED;
 }
 
@@ -369,7 +384,7 @@ int session_close(struct shard *s, uint32_t slot, uint32_t gen)
     return 0;
 }
 
-int64_t session_udp_open(struct shard *s, uint64_t imei)
+int64_t session_udp_open(struct shard *s, uint64_t imei, uint64_t owner_hint)
 {
     struct sessions *ss = s->sess;
     if (ss->udp_free_len == 0)
@@ -380,7 +395,7 @@ int64_t session_udp_open(struct shard *s, uint64_t imei)
     d->load_queued = false;
     d->unacked = 0;
     d->accepted_ms = (uint64_t)wall_clock_ms();
-    take_device(s, slot, imei);
+    take_device(s, slot, imei, owner_hint);
     return slot;
 }
 

@@ -63,8 +63,11 @@ struct dev {
     uint32_t unacked;       /* packets taken on this connection and not yet acknowledged */
     uint64_t imei;
     uint64_t accepted_ms; /* wall-clock ms its handshake was accepted (the registry's epoch) */
+    /* The owner token its rows are written under (schema 007): from its state load's claim,
+     * carried over from this shard's older connection of the IMEI or its uncommitted batches. */
+    uint64_t owner;
 };
-_Static_assert(sizeof(struct dev) == 32, "a connection's session stays small");
+_Static_assert(sizeof(struct dev) == 40, "a connection's session stays small");
 
 static inline bool dev_loading(const struct dev *d)
 {
@@ -131,7 +134,7 @@ int session_close(struct shard *s, uint32_t slot, uint32_t gen);
 
 /* A datagram of imei, which this shard owns and which has no slot: opens a UDP device and loads
  * its state (DEV_LOADING). Returns its slot, or -1 when every UDP device slot is taken. */
-int64_t session_udp_open(struct shard *s, uint64_t imei);
+int64_t session_udp_open(struct shard *s, uint64_t imei, uint64_t owner_hint);
 /* UDP devices open now. */
 uint32_t session_udp_devices(const struct shard *s);
 
@@ -148,9 +151,11 @@ enum session_handshake {
     SESSION_OWNED,      /* owned here: its state load is on its way */
 };
 /* The device's IMEI arrived (more_bytes: bytes follow it in the same read, which a device never
- * sends before our answer). */
+ * sends before our answer). owner_hint: the owner token this shard's uncommitted batches carry
+ * for the IMEI (batch_pending_owner; 0: none), what its state load claims to still hold when no
+ * older connection of the IMEI is here (session_udp_open takes the same). */
 enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_t gen,
-                                         uint64_t imei, bool more_bytes);
+                                         uint64_t imei, bool more_bytes, uint64_t owner_hint);
 
 /* The answer to a state load (key: the connection's engine_key; res NULL when the link dropped).
  * pending: the newest snapshot of the device's window in an uncommitted batch, or NULL (it knows

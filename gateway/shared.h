@@ -121,6 +121,7 @@ struct ingest_stats {
     uint64_t proxy_refused[PROXY_REFUSED_REASONS];
     uint64_t packets, records, records_stored, records_duplicate, packets_acked, acks_stale;
     uint64_t packets_invalid, records_rejected, packets_rejected_data;
+    uint64_t packets_moved; /* not stored: the device was taken over elsewhere (schema 007) */
     uint64_t records_out_of_range[INGEST_FIELDS]; /* stored with that field NULL (copyenc.h) */
     uint64_t batches_timed_out; /* a statement ran past --txn-timeout-ms: retried split */
     uint64_t packets_deferred;  /* not stored for now (their device's rows are locked): the
@@ -130,6 +131,7 @@ struct ingest_stats {
     uint64_t invalid_by_reason[32]; /* by -avl_err, copyenc errors at 25 + -err */
     uint64_t state_load_failures, state_reloads, windows_released;
     uint64_t devices_revoked; /* closed after SIGHUP: no longer enabled in public.devices */
+    uint64_t devices_moved;   /* closed: the registry names a newer connection elsewhere */
     /* Commands: frames written (a resend counts again), outcomes, and what was refused. */
     uint64_t cmds_fetched, cmds_sent, cmds_answered, cmds_failed, cmds_expired;
     uint64_t cmd_responses_unexpected, cmd_responses_truncated, cmd_frames_ignored;

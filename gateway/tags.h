@@ -79,7 +79,8 @@ _Static_assert(sizeof(void *) == 8, "a cookie carries 64 bits");
 
 /* What a Redis command was for (its reply's cookie). */
 enum redis_kind {
-    R_REGISTRY = 1, /* a registry write or delete (registry.c) */
+    R_REGISTRY = 1, /* a registry delete (registry.c) */
+    R_REGISTER,     /* a registry write of the connection in the payload's engine key */
     R_REPLY,        /* an outcome on avlgate:replies (delivery.c) */
     R_BUS,          /* a Directus bus event for a commands row (delivery.c, --directus-bus) */
     R_XACK,         /* a stream entry acknowledged (delivery.c, intake.c) */
@@ -87,14 +88,26 @@ enum redis_kind {
     R_READ,         /* XREADGROUP (intake.c) */
 };
 
+/* A Redis command's cookie: its kind, and a payload of at most ENGINE_KEY_MAX (an engine key). */
+static inline void *redis_cookie_with(enum redis_kind kind, uint64_t payload)
+{
+    assert(payload <= ENGINE_KEY_MAX);
+    return (void *)(uintptr_t)((uint64_t)kind << 56 | payload);
+}
+
 static inline void *redis_cookie(enum redis_kind kind)
 {
-    return (void *)(uintptr_t)kind;
+    return redis_cookie_with(kind, 0);
 }
 
 static inline enum redis_kind redis_cookie_kind(const void *cookie)
 {
-    return (enum redis_kind)(uintptr_t)cookie;
+    return (enum redis_kind)((uint64_t)(uintptr_t)cookie >> 56);
+}
+
+static inline uint64_t redis_cookie_payload(const void *cookie)
+{
+    return (uint64_t)(uintptr_t)cookie & ENGINE_KEY_MAX;
 }
 
 #ifdef __cplusplus

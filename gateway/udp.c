@@ -99,7 +99,7 @@ static enum verdict take(struct shard *s, const struct avl_packet *pkt, const st
 {
     int64_t slot = imap_get(&s->sess->owned, pkt->imei);
     if (slot < 0) {
-        slot = session_udp_open(s, pkt->imei);
+        slot = session_udp_open(s, pkt->imei, batch_pending_owner(s, pkt->imei));
         if (slot >= 0)
             return wait_load(s, slot, w);
         stat_add(&s->st->udp_dropped[UDP_DROP_DEVICES_FULL], 1);

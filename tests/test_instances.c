@@ -1,0 +1,202 @@
+/* test_instances.c — exactly once across two gateway instances (schema 007's owner fence), with
+ * the real PostgreSQL fixture: two `avlgate run` child processes (tests/support/gwproc.h,
+ * instances A and B on ports of their own) writing into the same database, and one tracker that
+ * moves from A to B the way a tracker behind a NAT does: its connection to A dies silently (the
+ * socket stays open on A's side), it connects to B and re-sends the packet A never acknowledged.
+ *
+ * Cases:
+ *   a_commits_late   A's transaction holding the packet is held back by a row lock another
+ *                    session takes on the device's device_state row; meanwhile the tracker
+ *                    connects to B (whose state load waits for the same row) and, once the lock
+ *                    is released and B answers, re-sends. Whichever of A's upsert and B's claim
+ *                    gets the row first, the packet's records are stored exactly once.
+ *   b_claims_first   A's COPY is slowed (a row trigger that sleeps, before A's upsert takes the
+ *                    row); the tracker connects to B, which takes the device over at once, and
+ *                    re-sends: B stores the records. A's upsert then finds another owner
+ *                    (SQLSTATE 23AV0): A stores nothing, never acknowledges, counts the packet
+ *                    as moved and closes its stale connection. Stored exactly once.
+ * Every wait is bounded; each gateway's output goes to test_instances_<case>[_b].log in the
+ * build directory, and a failing check prints A's tail. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/avl.h"
+#include "tests/support/device.h"
+#include "tests/support/gwproc.h"
+
+enum { WAIT_MS = GWPROC_WAIT_MS, SLOW_WAIT_MS = 20000, SLOW_EVENT = 4242 };
+
+#define IMEI UINT64_C(356307042463001)
+
+static struct {
+    struct gwproc a, b;
+    PGconn *locker; /* the session that holds the device's row */
+    char name_b[64];
+} T;
+
+/* A and B on one database; extra: A's and B's further options. */
+static void begin(const char *name, const char *const *extra)
+{
+    memset(&T, 0, sizeof T);
+    snprintf(T.name_b, sizeof T.name_b, "%s_b", name);
+    gwproc_begin(&T.b, "test_instances", T.name_b, "test_instances_b");
+    pgtest_db_drop(&T.b.db); /* B writes into A's database */
+    gwproc_begin(&T.a, "test_instances", name, "test_instances_a");
+    T.b.db = T.a.db;
+    T.b.db.conn = NULL;
+    gwproc_start(&T.a, extra);
+    gwproc_start(&T.b, extra);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (T.locker)
+        PQfinish(T.locker);
+    T.b.db.name[0] = '\0'; /* A's: A drops it */
+    gwproc_end(&T.b);
+    gwproc_end(&T.a);
+    return 0;
+}
+
+/* Backends of the case's database waiting for a lock. */
+static long long lock_waiters(void)
+{
+    return gwproc_sql_ll(&T.a, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND wait_event_type = 'Lock'");
+}
+
+static void wait_lock_waiters(long long n)
+{
+    uint64_t deadline = device_now_ms() + WAIT_MS;
+    while (lock_waiters() < n && device_now_ms() < deadline)
+        device_sleep_ms(10); /* bounded polling of the server */
+    CHECK(lock_waiters() >= n, "%lld backends wait for the row, want %lld", lock_waiters(), n);
+}
+
+static void sql(PGconn *c, const char *q)
+{
+    PGresult *r = PQexec(c, q);
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s",
+          q, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+/* Records of imei with tags [tag0, tag0 + n) stored, counted. */
+static long long stored(uint32_t tag0, unsigned n)
+{
+    return gwproc_sql_ll(&T.a,
+                         "SELECT count(*) FROM telemetry.positions_io WHERE imei = %" PRIu64
+                         " AND telemetry.io_value(io_ids, io_vals, %d) BETWEEN %u AND %u",
+                         IMEI, GWPROC_TAG_IO_ID, tag0, tag0 + n - 1);
+}
+
+/* Sends the IMEI on d (connected) without waiting for the answer. */
+static void send_imei(struct device *d)
+{
+    uint8_t hs[AVL_HANDSHAKE_BYTES_MAX];
+    int n = avl_encode_imei(hs, sizeof hs, d->imei);
+    CHECK(n > 0 && device_send(d, hs, (size_t)n, 0, 0) == 0, "send the IMEI");
+}
+
+static void test_a_commits_late(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--txn-timeout-ms", "30000", NULL};
+    begin("a_commits_late", extra);
+    struct device on_a, on_b;
+    uint8_t first[512], pkt[1024];
+    gwproc_dev_open(&T.a, &on_a, IMEI);
+    uint64_t ts = gwproc_recent_ts_ms(&T.a);
+    size_t n = gwproc_encode_series(AVL_CODEC_8E, ts, 1000, 1, 2, first, sizeof first);
+    gwproc_send_acked(&on_a, first, n, 2, 0, 0);
+
+    T.locker = PQconnectdb(T.a.db.conninfo);
+    CHECK(PQstatus(T.locker) == CONNECTION_OK, "locker: %s", PQerrorMessage(T.locker));
+    sql(T.locker, "BEGIN");
+    char q[160];
+    snprintf(q, sizeof q, "SELECT 1 FROM public.device_state WHERE imei = %" PRIu64 " FOR UPDATE",
+             IMEI);
+    sql(T.locker, q);
+    n = gwproc_encode_series(AVL_CODEC_8E, ts + 10000, 1000, 100, 3, pkt, sizeof pkt);
+    CHECK(device_send(&on_a, pkt, n, 0, 0) == 0, "send the packet to A");
+    wait_lock_waiters(1); /* A's transaction: its rows copied, its upsert waiting */
+
+    device_init(&on_b, T.b.port, IMEI); /* on_a's socket stays open: a NAT forgot it */
+    CHECK(device_connect(&on_b, WAIT_MS) == 0, "connect to B");
+    send_imei(&on_b);
+    wait_lock_waiters(2); /* and B's state load */
+    sql(T.locker, "ROLLBACK");
+
+    uint8_t answer = 0;
+    CHECK(device_read(&on_b, &answer, 1, WAIT_MS) == 0 && answer == 1, "B answered %u", answer);
+    gwproc_send_acked(&on_b, pkt, n, 3, 0, 0); /* the re-send: acknowledged in full */
+    CHECK(stored(100, 3) == 3, "the packet's records stored %lld times over, want once each",
+          stored(100, 3));
+    CHECK(stored(1, 2) == 2, "the first packet's records stored once");
+    long long moved = gwproc_log_count(&T.a, "taken over by another connection");
+    print_message("a_commits_late: %s\n", moved ? "B's claim got the row first; A's batch was "
+                                                  "fenced off and B stored the re-send"
+                                                : "A committed first; B's load read A's "
+                                                  "window and dropped the re-send");
+    device_close(&on_a);
+    device_close(&on_b);
+}
+
+static void test_b_claims_first(void **state)
+{
+    (void)state;
+    begin("b_claims_first", NULL);
+    char q[512];
+    snprintf(q, sizeof q,
+             "CREATE FUNCTION public.slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
+             "NEW.event_id = %d THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$; CREATE "
+             "TRIGGER slow_copy AFTER INSERT ON telemetry.positions FOR EACH ROW EXECUTE "
+             "FUNCTION public.slow_copy()",
+             SLOW_EVENT);
+    pgtest_exec(T.a.db.conn, q);
+    struct device on_a, on_b;
+    gwproc_dev_open(&T.a, &on_a, IMEI);
+    struct gwproc_rspec r = {.ts_ms = gwproc_recent_ts_ms(&T.a),
+                             .tag = 500,
+                             .satellites = 9,
+                             .event_id = SLOW_EVENT,
+                             .lon_e7 = 250000000,
+                             .lat_e7 = 546000000};
+    uint8_t pkt[512];
+    size_t n = gwproc_encode_tagged(AVL_CODEC_8E, &r, 1, pkt, sizeof pkt);
+    CHECK(device_send(&on_a, pkt, n, 0, 0) == 0, "send the packet to A");
+    gwproc_wait_backend_sleeping(&T.a); /* A's COPY, before its upsert */
+
+    gwproc_dev_open(&T.b, &on_b, IMEI); /* B takes the device over: no lock is held */
+    CHECK(device_send(&on_b, pkt, n, 0, 0) == 0, "re-send the packet to B");
+    uint32_t records = 0;
+    CHECK(device_wait_ack(&on_b, SLOW_WAIT_MS, &records) == 0 && records == 1,
+          "B acknowledged %u records", records);
+    gwproc_expect_closed_silently(&on_a, SLOW_WAIT_MS, "A's stale connection, fenced off");
+    gwproc_wait_log(&T.a, "taken over by another connection", 1, WAIT_MS);
+    CHECK(stored(500, 1) == 1, "the record stored %lld times, want once", stored(500, 1));
+    CHECK(gwproc_sql_ll(&T.a, "SELECT count(*) FROM telemetry.positions") == 1,
+          "nothing else stored");
+    device_close(&on_a);
+    device_close(&on_b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_a_commits_late, teardown),
+        cmocka_unit_test_teardown(test_b_claims_first, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -12,6 +12,7 @@
 #   make bench-e2e          bench/e2e: COPY ceiling vs gateway end to end, ACK latency (a few minutes)
 #   make bench-connections  bench/connections: 100,000 idle devices, memory per connection
 #   make bench-commands     bench/commands: command insert -> frame on an online device's socket
+#   make bench-multi        bench/multi: one instance vs two behind HAProxy (~2 min)
 #   make fuzz       long libFuzzer runs: codec, HTTP request reader, config file (FUZZ_SECONDS
 #                   each, default 3600)
 #   make format     clang-format every C/C++ source in place
@@ -24,7 +25,7 @@ FUZZ_TARGETS = fuzz_codec fuzz_http fuzz_config fuzz_proxyhdr
 CMAKE ?= cmake
 
 .PHONY: all build deps test test-debug test-fuzz test-tsan test-release demo bench bench-micro \
-	bench-e2e bench-connections bench-commands fuzz format clean test-directus demo-directus
+	bench-e2e bench-connections bench-commands bench-multi fuzz format clean test-directus demo-directus
 
 all: build
 
@@ -91,6 +92,10 @@ bench-connections: build
 bench-commands: build
 	.ci/install-deps --bench
 	bench/commands --build build
+
+bench-multi: build
+	.ci/install-deps --bench
+	bench/multi --build build
 
 fuzz:
 	$(CMAKE) -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Fuzz \

@@ -127,7 +127,7 @@ void config_usage(FILE *f)
         char flag[64];
         snprintf(flag, sizeof flag, "--%s%s%s", opts[i].name, opts[i].arg ? " " : "",
                  opts[i].arg ? opts[i].arg : "");
-        fprintf(f, "  %-24s%s\n", flag, opts[i].help);
+        fprintf(f, "  %-25s%s\n", flag, opts[i].help);
     }
     fprintf(f, "\nEvery option is also AVLGATE_<NAME> in the environment (AVLGATE_BATCH_ROWS) "
                "and a key\nof the --config file (batch-rows = 4000); flags win over the "

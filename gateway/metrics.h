@@ -6,8 +6,10 @@
  * relaxed loads) and the engines' counters, and sums nothing it does not say it sums: series
  * carry a `shard` label, and Prometheus sums them.
  *
- * /healthz is 200 "ok" when every shard is listening and its database data link is up, else
- * 503 with the reasons, one per line.
+ * /healthz is 200 "ok" when every shard is listening and its database data and control links are
+ * up (a handshake waits for a state load on the control link), else 503 with the reasons, one
+ * per line. A draining instance (SIGTERM) stops listening first: a balancer's check then marks
+ * it down.
  *
  * One request per connection (Connection: close). At most METRICS_CONNS_MAX connections at once:
  * when every slot is busy, a newcomer takes the slot of the oldest connection that has not sent

@@ -132,7 +132,7 @@ struct pgsink_callbacks {
 struct pgsink_config {
     const char *conninfo;        /* libpq conninfo or URI; copied */
     const char *copy_sql;        /* NULL: PGSINK_COPY_SQL_DEFAULT; copied */
-    const char *state_sql;       /* NULL: PGSINK_STATE_SQL_DEFAULT with its 8 parameters; copied */
+    const char *state_sql;       /* NULL: PGSINK_STATE_SQL_DEFAULT with its 9 parameters; copied */
     int state_nparams;           /* parameters of a given state_sql, 0..PGSINK_STATE_PARAMS_MAX */
     uint32_t backoff_min_ms;     /* first reconnect delay; 0: 100 */
     uint32_t backoff_max_ms;     /* delay ceiling, also how long a link must stay up for the

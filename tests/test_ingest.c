@@ -1351,26 +1351,37 @@ static void test_sigterm_drain(void **state)
            (unsigned long long)(exited_at - term_at), drained, f->n);
 }
 
+/* device_state_claim made slow: the real one (renamed) answers first, taking its snapshots
+ * then, and the answer is returned 1 s later, so it predates whatever committed meanwhile.
+ * Each answer is logged in public.slow_loads. */
+static const char SLOW_CLAIM_SQL[] =
+    "CREATE TABLE public.slow_loads (l_imei bigint, l_ts_ms bigint, l_owner bigint,"
+    " l_claimed boolean);"
+    "ALTER FUNCTION telemetry.device_state_claim(bigint, bigint, boolean)"
+    " RENAME TO device_state_claim_now;"
+    "CREATE FUNCTION telemetry.device_state_claim(p_imei bigint, p_owner bigint,"
+    " p_known_only boolean)"
+    " RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean, owner bigint,"
+    " claimed boolean) LANGUAGE plpgsql AS $fn$ DECLARE r record; BEGIN"
+    " SELECT * INTO STRICT r FROM telemetry.device_state_claim_now(p_imei, p_owner, p_known_only);"
+    " INSERT INTO public.slow_loads VALUES (p_imei, r.last_ts_ms, r.owner, r.claimed);"
+    " PERFORM pg_sleep(1);"
+    " RETURN QUERY SELECT r.last_ts_ms, r.dedup, r.enabled, r.owner, r.claimed; END $fn$";
+
 /* A re-send on a replacing connection whose state load read the database before the
- * original packet committed: device_state_get is made slow (its snapshot is taken, then it
+ * original packet committed: device_state_claim is made slow (its snapshot is taken, then it
  * sleeps 1 s) and the original's COMMIT sleeps 0.3 s in a trigger, so the load starts while
- * the batch is in flight and answers after it committed and was released. The load must not
- * miss those records: the re-send is ACKed and not stored again. */
+ * the batch is in flight and answers after it committed and was released. The replacing
+ * connection holds the device's token (that batch's), so its load claims nothing and reads
+ * without waiting for the batch's row lock. The load must not miss those records: the re-send
+ * is ACKed and not stored again. */
 static void test_resend_during_slow_load(void **state)
 {
     (void)state;
     begin("slow_load");
     gwproc_start(&T.gw, NULL);
     gwproc_slow_commit_trigger(&T.gw, "0.3");
-    pgtest_exec(T.gw.db.conn,
-                "CREATE OR REPLACE FUNCTION telemetry.device_state_get(p_imei bigint)"
-                " RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean)"
-                " LANGUAGE plpgsql STABLE AS $fn$ BEGIN"
-                " PERFORM pg_sleep(1);"
-                " RETURN QUERY SELECT telemetry.timestamptz_to_ms(s.last_ts), s.dedup, d.enabled"
-                " FROM (SELECT p_imei AS imei) k"
-                " LEFT JOIN public.device_state s ON s.imei = k.imei"
-                " LEFT JOIN public.devices d ON d.imei = k.imei; END $fn$");
+    pgtest_exec(T.gw.db.conn, SLOW_CLAIM_SQL);
     uint64_t imei = IMEI_BASE + 55;
     struct gwproc_rspec rs[4];
     for (unsigned i = 0; i < 4; i++)
@@ -1384,6 +1395,8 @@ static void test_resend_during_slow_load(void **state)
                                      2, q, sizeof q);
     struct device a, b;
     gwproc_dev_open(&T.gw, &a, imei);
+    long long token =
+        gwproc_sql_ll(&T.gw, "SELECT owner FROM public.device_state WHERE imei = %" PRIu64, imei);
     CHECK(device_send(&a, p, lp, 0, 0) == 0, "send failed");
     gwproc_wait_backend_sleeping(&T.gw);
     uint64_t t0 = device_now_ms();
@@ -1397,6 +1410,18 @@ static void test_resend_during_slow_load(void **state)
     gwproc_send_acked(&b, q, lq, 2, 0, 0);
     CHECK(rows_of(imei) == 6, "%lld rows, want 6", rows_of(imei));
     device_close(&b);
+    /* the case happened: one load (a's) took the device, and one answer came without the
+     * original packet's records (b's, read before the COMMIT); the token never changed */
+    CHECK(gwproc_sql_ll(&T.gw, "SELECT count(*) FROM public.slow_loads WHERE l_claimed") == 1,
+          "the device was taken over more than once");
+    CHECK(gwproc_sql_ll(&T.gw,
+                        "SELECT count(*) FROM public.slow_loads WHERE NOT l_claimed AND "
+                        "l_ts_ms IS NULL AND l_owner = %lld",
+                        token) == 1,
+          "no load answer of the replacing connection predated the COMMIT");
+    CHECK(gwproc_sql_ll(&T.gw, "SELECT owner FROM public.device_state WHERE imei = %" PRIu64,
+                        imei) == token,
+          "the device's token changed");
 }
 
 /* The COMMIT outcome of a batch becomes unknown (its backend is terminated while a deferred

@@ -4,7 +4,8 @@
  * both layouts; the reading and conversion functions at their edges; that the readers are
  * inlined and the view keeps the (imei, ts) index and partition pruning; the backfill;
  * re-applying without a lock stronger than ACCESS SHARE; and the one ACCESS EXCLUSIVE step
- * failing cleanly on its lock timeout, then succeeding.
+ * failing cleanly on its lock timeout, then succeeding. And 007_device_owner.sql re-applied
+ * while gateway transactions hold device_state.
  *
  * Rows are written with plain SQL, not the COPY encoder. Each test has a database of its own
  * (tests/support/pgtest.h). Single-threaded test code; allocates freely. */
@@ -24,7 +25,7 @@
 #include "tests/support/testutil.h"
 
 enum {
-    SCHEMA_FILES = 6,
+    SCHEMA_FILES = 7,
     APPLY_MS_MAX = 1500,    /* a re-apply that waited for a lock would take >= 2000 */
     ADD_TIMEOUT_MS = 2000,  /* 006's lock_timeout for ADD COLUMN */
     FILE_TIMEOUT_MS = 5000, /* the files' lock_timeout */
@@ -47,6 +48,13 @@ enum {
 #define LEGACY_ARRAYS                                                                              \
     "1 {1,16,239,240} {7,-1,1,0} {385} {\"\\\\x0a0bff\"}; 2 {} {} {} {}; "                         \
     "3 {66,78,241} {12000,-9223372036854775808,24602} {} {}"
+
+/* What the start-up check says of a database made before 007. */
+#define OWNER_MISSING                                                                              \
+    "public.device_state.owner: missing column (expected bigint); function "                       \
+    "telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], integer[], "     \
+    "bytea[], text, integer, bigint[]): missing; function telemetry.device_state_claim(bigint, "   \
+    "bigint, boolean): missing"
 
 #define VIEW_ARRAYS_SQL                                                                            \
     "SELECT string_agg(imei || ' ' || io_ids::text || ' ' || io_vals::text || ' ' || "             \
@@ -77,13 +85,6 @@ static void apply_file(PGconn *c, const char *path)
     if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
         fail_msg("%s: %s", path, PQresultErrorMessage(r));
     PQclear(r);
-}
-
-static void apply_006(PGconn *c)
-{
-    char path[512];
-    schema_path(path, sizeof path, "006_io_arrays.sql");
-    apply_file(c, path);
 }
 
 static void apply_all(PGconn *c)
@@ -297,11 +298,14 @@ static void test_migrate_legacy_rows(void **state)
                        "|| io::text, '; ' ORDER BY imei) FROM telemetry.positions";
     pgtest_scalar(db.conn, snap, before, sizeof before);
     assert_contains(before, "3 2020-01-01 00:00:00+00 telemetry.positions_default {\"66\": 12000");
-    /* before 006: the jsonb layout's check passes, the arrays one names what is missing */
-    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
+    /* before 006 (and 007): the jsonb layout's check names only 007's owner column and
+     * functions, the arrays one also the IO array columns */
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), PGSCHEMA_E_FAIL);
+    assert_string_equal(err, OWNER_MISSING);
     assert_int_equal(pgschema_check(db.conn, COPYENC_ARRAYS, err, sizeof err), PGSCHEMA_E_FAIL);
     assert_contains(err, "telemetry.positions.io_ids: missing column (expected integer[])");
     assert_contains(err, "telemetry.positions.nx_vals: missing column (expected bytea[])");
+    assert_contains(err, OWNER_MISSING);
 
     apply_all(db.conn);
     assert_array_cols(db.conn);
@@ -518,14 +522,21 @@ static void test_backfill(void **state)
 
 /* ---- locks -------------------------------------------------------------------------------- */
 
-/* Applies 006 within APPLY_MS_MAX (statement_timeout turns a hang into a failure). */
-static void reapply_quickly(PGconn *c, const char *while_what)
+/* Applies schema file within APPLY_MS_MAX (statement_timeout turns a hang into a failure). */
+static void reapply_file_quickly(PGconn *c, const char *file, const char *while_what)
 {
+    char path[512];
+    schema_path(path, sizeof path, file);
     uint64_t t0 = tu_now_ms();
-    apply_006(c);
+    apply_file(c, path);
     uint64_t ms = tu_now_ms() - t0;
     if (ms > APPLY_MS_MAX)
-        fail_msg("re-applying 006 while %s took %llu ms", while_what, (unsigned long long)ms);
+        fail_msg("re-applying %s while %s took %llu ms", file, while_what, (unsigned long long)ms);
+}
+
+static void reapply_quickly(PGconn *c, const char *while_what)
+{
+    reapply_file_quickly(c, "006_io_arrays.sql", while_what);
 }
 
 /* On a migrated database, 006 takes nothing stronger than ACCESS SHARE on positions: it goes
@@ -572,6 +583,55 @@ static void test_reapply_takes_no_strong_lock(void **state)
                      1);
     PQfinish(locker);
     PQfinish(report);
+    PQfinish(gw);
+    pgtest_db_drop(&db);
+}
+
+/* 007 on a database that has public.device_state.owner goes through while gateways run: a
+ * batch's transaction holds ROW EXCLUSIVE on device_state and its device's row (the fenced
+ * upsert), a state load's claim holds another row, a report reads the table. The batch
+ * commits afterwards under its token. */
+static void test_reapply_007_while_gateways_run(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char v[256], sql[512];
+    pgtest_db_create(&db, "mig_owner", true);
+    pgtest_exec(db.conn, "SET statement_timeout = '20s'");
+    PGconn *gw = pgtest_connect(&db), *load = pgtest_connect(&db), *report = pgtest_connect(&db);
+    long long token = pgtest_scalar_ll(gw, "SELECT owner FROM telemetry.device_state_claim(1, 0, "
+                                           "false)");
+    pgtest_exec(gw, "BEGIN");
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert_owned(ARRAY[1], ARRAY[1000], ARRAY[2000], "
+             "ARRAY[3], ARRAY[4], ARRAY['\\x01']::bytea[], 'gw', 0, ARRAY[%lld])",
+             token);
+    assert_int_equal(pgtest_scalar_ll(gw, sql), 1);
+    pgtest_exec(load, "BEGIN");
+    assert_string_equal(pgtest_scalar(load,
+                                      "SELECT claimed FROM telemetry.device_state_claim(2, 0, "
+                                      "false)",
+                                      v, sizeof v),
+                        "t");
+    pgtest_exec(report, "BEGIN");
+    assert_int_equal(pgtest_scalar_ll(report, "SELECT count(*) FROM public.device_state"), 1);
+    assert_string_equal(locks_of(db.conn, PQbackendPID(gw), "public.device_state", v, sizeof v),
+                        "RowExclusiveLock");
+    assert_string_equal(locks_of(db.conn, PQbackendPID(report), "public.device_state", v, sizeof v),
+                        "AccessShareLock");
+    reapply_file_quickly(db.conn, "007_device_owner.sql",
+                         "a batch, a state load and a reader of device_state are open");
+    pgtest_exec(gw, "COMMIT");
+    pgtest_exec(load, "COMMIT");
+    pgtest_exec(report, "COMMIT");
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM public.device_state WHERE imei = 1 AND owner = %lld AND "
+             "dedup = '\\x01'",
+             token);
+    assert_int_equal(pgtest_scalar_ll(db.conn, sql), 1);
+    assert_int_equal(pgtest_scalar_ll(db.conn, "SELECT count(*) FROM public.device_state"), 2);
+    PQfinish(report);
+    PQfinish(load);
     PQfinish(gw);
     pgtest_db_drop(&db);
 }
@@ -650,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_plans),
         cmocka_unit_test(test_backfill),
         cmocka_unit_test(test_reapply_takes_no_strong_lock),
+        cmocka_unit_test(test_reapply_007_while_gateways_run),
         cmocka_unit_test(test_add_columns_lock_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,9 @@
  * apply and re-apply, the start-up check and its messages, daily partitions (made, idempotent,
  * rows moved out of the default partition, never blocking an open COPY, retention), the COPY
  * BINARY rows of copyenc loaded and read back column by column, and the device_state
- * functions, also through pipeline mode.
+ * functions: the upserts' update rules, 007's owner token (device_state_claim takes a device
+ * over or not, device_state_upsert_owned's fence refuses a moved device's batch whole, a
+ * takeover waits for the batch holding the row), also through pipeline mode.
  *
  * Each test has a database of its own (tests/support/pgtest.h). Single-threaded test code;
  * allocates freely. */
@@ -28,7 +30,7 @@
 #include "tests/support/testutil.h"
 
 enum {
-    SCHEMA_FILES = 6,
+    SCHEMA_FILES = 7,
     ARENA_BYTES = 24 << 20,
     RECORDS_MAX = 60000,
     COPY_CHUNK_BYTES = 64 * 1024,
@@ -202,11 +204,16 @@ static void test_apply_and_check(void **state)
     assert_contains(err, "telemetry.positions: missing table");
     assert_contains(err, "public.device_state: missing table");
     assert_contains(err, "public.devices: missing table");
-    assert_contains(err, "function telemetry.device_state_upsert(bigint[], bigint[], bigint[], "
-                         "integer[], integer[], bytea[], text, integer): missing");
-    assert_contains(err, "function telemetry.device_state_get(bigint): missing");
+    assert_contains(err, "function telemetry.device_state_upsert_owned(bigint[], bigint[], "
+                         "bigint[], integer[], integer[], bytea[], text, integer, bigint[]): "
+                         "missing");
+    assert_contains(err, "function telemetry.device_state_claim(bigint, bigint, boolean): missing");
     assert_contains(err, "function telemetry.ensure_partitions(integer, integer): missing");
     assert_null(strstr(err, "telemetry.positions.imei"));
+    /* 004's device_state_upsert and device_state_get stay for compatibility; the gateway does
+     * not call them, so the check does not ask for them */
+    assert_null(strstr(err, "device_state_upsert("));
+    assert_null(strstr(err, "device_state_get"));
 
     /* apply, re-apply: the same files, no error, nothing changes */
     assert_int_equal(pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err), SCHEMA_FILES);
@@ -259,6 +266,19 @@ static void test_apply_and_check(void **state)
                               "event_id integer, io jsonb, generation smallint, codec smallint, "
                               "io_ids integer[], io_vals bigint[], nx_ids integer[], "
                               "nx_vals bytea[]");
+    /* device_state: 007's owner last, nullable and without a default (a catalog-only ADD) */
+    pgtest_scalar(db.conn,
+                  "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || "
+                  "CASE WHEN attnotnull THEN ' not null' ELSE '' END || CASE WHEN atthasdef "
+                  "THEN ' default' ELSE '' END, ', ' ORDER BY attnum) FROM pg_attribute "
+                  "WHERE attrelid = 'public.device_state'::regclass AND attnum > 0 AND NOT "
+                  "attisdropped",
+                  cols, sizeof cols);
+    assert_string_equal(cols, "imei bigint not null, last_ts timestamp with time zone, "
+                              "last_lon double precision, last_lat double precision, "
+                              "last_received_at timestamp with time zone, instance text, "
+                              "shard integer, dedup bytea, updated_at timestamp with time zone "
+                              "default, owner bigint");
     char idx[256];
     pgtest_scalar(db.conn,
                   "SELECT pg_get_indexdef(indexrelid) FROM pg_index "
@@ -339,17 +359,40 @@ static void test_check_messages(void **state)
         {"no key", "ALTER TABLE public.device_state DROP CONSTRAINT device_state_pkey",
          "public.device_state: no unique index on (imei)",
          "ALTER TABLE public.device_state ADD PRIMARY KEY (imei)"},
-        {"missing function", "DROP FUNCTION telemetry.device_state_get(bigint)",
-         "function telemetry.device_state_get(bigint): missing", NULL},
+        {"dropped owner", "ALTER TABLE public.device_state DROP COLUMN owner",
+         "public.device_state.owner: missing column (expected bigint)", NULL},
+        {"owner int", "ALTER TABLE public.device_state ALTER COLUMN owner TYPE integer",
+         "public.device_state.owner: expected bigint, found integer",
+         "ALTER TABLE public.device_state ALTER COLUMN owner TYPE bigint"},
+        {"missing function", "DROP FUNCTION telemetry.device_state_claim(bigint, bigint, boolean)",
+         "function telemetry.device_state_claim(bigint, bigint, boolean): missing", NULL},
+        {"claim's old result",
+         "DROP FUNCTION telemetry.device_state_claim(bigint, bigint, boolean); CREATE FUNCTION "
+         "telemetry.device_state_claim(p_imei bigint, p_owner bigint, p_known_only boolean) "
+         "RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean) LANGUAGE sql AS "
+         "'SELECT NULL::bigint, NULL::bytea, NULL::boolean'",
+         "function telemetry.device_state_claim(bigint, bigint, boolean): expected to return "
+         "TABLE(last_ts_ms bigint, dedup bytea, enabled boolean, owner bigint, claimed boolean), "
+         "found TABLE(last_ts_ms bigint, dedup bytea, enabled boolean)",
+         "DROP FUNCTION telemetry.device_state_claim(bigint, bigint, boolean)"},
         {"other result",
-         "DROP FUNCTION telemetry.device_state_upsert(bigint[], bigint[], bigint[], integer[], "
-         "integer[], bytea[], text, integer); CREATE FUNCTION telemetry.device_state_upsert("
-         "bigint[], bigint[], bigint[], integer[], integer[], bytea[], text, integer) RETURNS "
-         "void LANGUAGE sql AS ''",
-         "function telemetry.device_state_upsert(bigint[], bigint[], bigint[], integer[], "
-         "integer[], bytea[], text, integer): expected to return integer, found void",
-         "DROP FUNCTION telemetry.device_state_upsert(bigint[], bigint[], bigint[], integer[], "
-         "integer[], bytea[], text, integer)"},
+         "DROP FUNCTION telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], "
+         "integer[], integer[], bytea[], text, integer, bigint[]); CREATE FUNCTION "
+         "telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], integer[], "
+         "bytea[], text, integer, bigint[]) RETURNS void LANGUAGE sql AS ''",
+         "function telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], "
+         "integer[], bytea[], text, integer, bigint[]): expected to return integer, found void",
+         "DROP FUNCTION telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], "
+         "integer[], integer[], bytea[], text, integer, bigint[])"},
+        {"owners integer[]",
+         "DROP FUNCTION telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], "
+         "integer[], integer[], bytea[], text, integer, bigint[]); CREATE FUNCTION "
+         "telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], integer[], "
+         "bytea[], text, integer, integer[]) RETURNS integer LANGUAGE sql AS 'SELECT 0'",
+         "function telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], integer[], "
+         "integer[], bytea[], text, integer, bigint[]): missing",
+         "DROP FUNCTION telemetry.device_state_upsert_owned(bigint[], bigint[], bigint[], "
+         "integer[], integer[], bytea[], text, integer, integer[])"},
         {"plain table",
          "ALTER TABLE telemetry.positions RENAME TO positions_old; CREATE TABLE "
          "telemetry.positions (LIKE telemetry.positions_old)",
@@ -378,6 +421,14 @@ static void test_check_messages(void **state)
         if (pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err) != 0)
             fail_msg("%s: still failing after the fix: %s", cases[i].name, err);
     }
+
+    /* 004's functions, which the gateway no longer calls, are not asked for */
+    pgtest_exec(db.conn, "DROP FUNCTION telemetry.device_state_get(bigint); DROP FUNCTION "
+                         "telemetry.device_state_upsert(bigint[], bigint[], bigint[], integer[], "
+                         "integer[], bytea[], text, integer)");
+    assert_int_equal(pgschema_check(db.conn, COPYENC_JSONB, err, sizeof err), 0);
+    assert_string_equal(err, "");
+    assert_int_equal(pgschema_apply(db.conn, pgtest_schema_dir(), err, sizeof err), SCHEMA_FILES);
 
     /* several problems are all listed */
     pgtest_exec(db.conn, "DROP VIEW telemetry.positions_io; "
@@ -737,16 +788,20 @@ static void test_copy_roundtrip(void **state)
 
 /* ---- device_state ------------------------------------------------------------------------- */
 
-static void upsert(PGconn *c, const char *imeis, const char *ts, const char *rx, const char *lon,
-                   const char *lat, const char *dedup, const char *instance, int shard,
-                   long want_rows)
+/* 004's device_state_upsert with owners NULL, else 007's device_state_upsert_owned with those
+ * owner tokens; want_rows is what it returns. */
+static void upsert(PGconn *c, const char *owners, const char *imeis, const char *ts, const char *rx,
+                   const char *lon, const char *lat, const char *dedup, const char *instance,
+                   int shard, long want_rows)
 {
-    char sql[1024];
+    char sql[1024], tail[256] = "";
+    if (owners)
+        snprintf(tail, sizeof tail, ", ARRAY[%s]::bigint[]", owners);
     snprintf(sql, sizeof sql,
-             "SELECT telemetry.device_state_upsert(ARRAY[%s]::bigint[], ARRAY[%s]::bigint[], "
+             "SELECT telemetry.device_state_upsert%s(ARRAY[%s]::bigint[], ARRAY[%s]::bigint[], "
              "ARRAY[%s]::bigint[], ARRAY[%s]::integer[], ARRAY[%s]::integer[], "
-             "ARRAY[%s]::bytea[], '%s', %d)",
-             imeis, ts, rx, lon, lat, dedup, instance, shard);
+             "ARRAY[%s]::bytea[], '%s', %d%s)",
+             owners ? "_owned" : "", imeis, ts, rx, lon, lat, dedup, instance, shard, tail);
     assert_int_equal(pgtest_scalar_ll(c, sql), want_rows);
 }
 
@@ -826,28 +881,26 @@ static void test_copy_arrays(void **state)
     pgtest_db_drop(&db);
 }
 
-static void test_device_state(void **state)
+/* The update rules of the state upsert, one device and several: through 004's
+ * device_state_upsert (owners NULL), or through device_state_upsert_owned with owners that
+ * match the rows' (one device: owner1; three: owner3). */
+static void upsert_sequence(PGconn *c, const char *owner1, const char *owner3)
 {
-    (void)state;
-    struct pgtest_db db;
     char v[512];
-    pgtest_db_create(&db, "state", true);
-    PGconn *c = db.conn;
-
-    upsert(c, "1", "1000", "5000", "10", "20", "'\\x01'", "a", 1, 1);
+    upsert(c, owner1, "1", "1000", "5000", "10", "20", "'\\x01'", "a", 1, 1);
     assert_string_equal(state_of(c, 1, v, sizeof v), "1000 1e-06 2e-06 5000 01 a 1");
     /* an older record (newest-first device): ts and position stay, dedup and owner change */
-    upsert(c, "1", "500", "6000", "30", "40", "'\\x02'", "b", 2, 1);
+    upsert(c, owner1, "1", "500", "6000", "30", "40", "'\\x02'", "b", 2, 1);
     assert_string_equal(state_of(c, 1, v, sizeof v), "1000 1e-06 2e-06 5000 02 b 2");
     /* newer: everything follows */
-    upsert(c, "1", "2000", "7000", "-1234567890", "895000001", "'\\x0304'", "b", 2, 1);
+    upsert(c, owner1, "1", "2000", "7000", "-1234567890", "895000001", "'\\x0304'", "b", 2, 1);
     assert_string_equal(state_of(c, 1, v, sizeof v), "2000 -123.456789 89.5000001 7000 0304 b 2");
     /* equal ts: the new position; NULL dedup keeps the old */
-    upsert(c, "1", "2000", "8000", "50", "60", "NULL", "c", 3, 1);
+    upsert(c, owner1, "1", "2000", "8000", "50", "60", "NULL", "c", 3, 1);
     assert_string_equal(state_of(c, 1, v, sizeof v), "2000 5e-06 6e-06 8000 0304 c 3");
     /* several devices at once; ms precision and old/far timestamps exact */
-    upsert(c, "3, 2, 1", "1560161086123, 0, 9224318015999999", "1, 2, 3", "1, 2, 3", "4, 5, 6",
-           "'\\xaa', '\\xbb', '\\x'", "d", 4, 3);
+    upsert(c, owner3, "3, 2, 1", "1560161086123, 0, 9224318015999999", "1, 2, 3", "1, 2, 3",
+           "4, 5, 6", "'\\xaa', '\\xbb', '\\x'", "d", 4, 3);
     /* an empty dedup is a value, not NULL: it replaces */
     assert_string_equal(state_of(c, 1, v, sizeof v), "9224318015999999 3e-07 6e-07 3  d 4");
     assert_string_equal(state_of(c, 2, v, sizeof v), "0 2e-07 5e-07 2 bb d 4");
@@ -860,12 +913,41 @@ static void test_device_state(void **state)
                                       ts, sizeof ts),
                         "2019-06-10T10:04:46.123");
     /* a repeated imei in one call is the caller's bug, and PostgreSQL says so */
-    PGresult *r = PQexec(c, "SELECT telemetry.device_state_upsert(ARRAY[7, 7], ARRAY[1, 2], "
-                            "ARRAY[1, 2], ARRAY[1, 2], ARRAY[1, 2], ARRAY[NULL, NULL]::bytea[], "
-                            "'x', 0)");
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert%s(ARRAY[7, 7], ARRAY[1, 2], ARRAY[1, 2], "
+             "ARRAY[1, 2], ARRAY[1, 2], ARRAY[NULL, NULL]::bytea[], 'x', 0%s)",
+             owner1 ? "_owned" : "", owner1 ? ", ARRAY[5, 5]" : "");
+    PGresult *r = PQexec(c, sql);
     assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
     assert_contains(PQresultErrorMessage(r), "cannot affect row a second time");
     PQclear(r);
+    assert_int_equal(pgtest_scalar_ll(c, "SELECT count(*) FROM public.device_state WHERE imei = 7"),
+                     0);
+}
+
+static void test_device_state(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char v[512];
+    pgtest_db_create(&db, "state", true);
+    PGconn *c = db.conn;
+
+    upsert_sequence(c, NULL, NULL);
+    assert_string_equal(pgtest_scalar(c,
+                                      "SELECT string_agg(imei || ':' || COALESCE(owner::text, "
+                                      "'-'), ' ' ORDER BY imei) FROM public.device_state",
+                                      v, sizeof v),
+                        "1:- 2:- 3:-");
+    /* the same rules through the gateway's device_state_upsert_owned; the owners stay */
+    pgtest_exec(c, "TRUNCATE public.device_state");
+    upsert_sequence(c, "77", "88, 88, 77");
+    assert_string_equal(pgtest_scalar(c,
+                                      "SELECT string_agg(imei || ':' || COALESCE(owner::text, "
+                                      "'-'), ' ' ORDER BY imei) FROM public.device_state",
+                                      v, sizeof v),
+                        "1:77 2:88 3:88");
 
     /* device_state_get: one row always; enabled from devices, NULL when unknown there */
     assert_string_equal(pgtest_scalar(c,
@@ -904,6 +986,282 @@ static void test_device_state(void **state)
                                       "public.devices WHERE imei = 2",
                                       v, sizeof v),
                         "true true true");
+    pgtest_db_drop(&db);
+}
+
+/* ---- device_state_claim and device_state_upsert_owned (007) ------------------------------- */
+
+/* One answer of telemetry.device_state_claim. */
+struct claim_res {
+    char state[128]; /* "last_ts_ms dedup-hex enabled", "-" for NULL */
+    long long owner; /* -1: NULL */
+    bool claimed;
+};
+
+static struct claim_res claim(PGconn *c, long long imei, long long owner, bool known_only)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT COALESCE(last_ts_ms::text, '-') || ' ' || COALESCE(encode(dedup, 'hex'), "
+             "'-') || ' ' || COALESCE(enabled::text, '-'), owner, claimed FROM "
+             "telemetry.device_state_claim(%lld, %lld, %s)",
+             imei, owner, known_only ? "true" : "false");
+    PGresult *r = pgtest_query(c, sql);
+    assert_int_equal(PQntuples(r), 1); /* one row always */
+    struct claim_res res;
+    snprintf(res.state, sizeof res.state, "%s", PQgetvalue(r, 0, 0));
+    res.owner = PQgetisnull(r, 0, 1) ? -1 : strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    assert_false(PQgetisnull(r, 0, 2));
+    res.claimed = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
+    PQclear(r);
+    return res;
+}
+
+/* The newest token telemetry.device_owner_seq gave, 0 before the first. */
+static long long seq_last(PGconn *c)
+{
+    return pgtest_scalar_ll(c, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "
+                               "telemetry.device_owner_seq");
+}
+
+/* "xmin owner" of the device's row ("" when it has none): a write changes the xmin. */
+static const char *row_version(PGconn *c, long long imei, char *out, size_t cap)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT COALESCE((SELECT xmin || ' ' || COALESCE(owner::text, '-') FROM "
+             "public.device_state WHERE imei = %lld), '')",
+             imei);
+    return pgtest_scalar(c, sql, out, cap);
+}
+
+/* A claim that takes the device over: a fresh token (the sequence's newest, above every
+ * earlier one), written to the row, and the state as it was. */
+static long long expect_taken(PGconn *c, long long imei, long long owner, bool known_only,
+                              const char *state, long long above)
+{
+    char sql[256];
+    struct claim_res r = claim(c, imei, owner, known_only);
+    assert_string_equal(r.state, state);
+    assert_true(r.claimed);
+    assert_int_equal(r.owner, seq_last(c));
+    assert_true(r.owner > above && r.owner != owner);
+    snprintf(sql, sizeof sql, "SELECT owner FROM public.device_state WHERE imei = %lld", imei);
+    assert_int_equal(pgtest_scalar_ll(c, sql), r.owner);
+    return r.owner;
+}
+
+/* A claim that takes nothing: the state, the row's owner (-1: no row) and claimed=false; the
+ * row (or its absence) and the sequence untouched. */
+static void expect_kept(PGconn *c, long long imei, long long owner, bool known_only,
+                        const char *state, long long row_owner)
+{
+    char before[64], after[64];
+    row_version(c, imei, before, sizeof before);
+    long long seq = seq_last(c);
+    struct claim_res r = claim(c, imei, owner, known_only);
+    assert_string_equal(r.state, state);
+    assert_false(r.claimed);
+    assert_int_equal(r.owner, row_owner);
+    assert_string_equal(row_version(c, imei, after, sizeof after), before);
+    assert_int_equal(seq_last(c), seq);
+}
+
+/* device_state_claim: a new device gets a row and a fresh token; the holder of the row's token
+ * claims nothing and writes nothing; any other token (or 0) takes the device over; with
+ * p_known_only a device absent or disabled in public.devices is neither claimed nor given a
+ * row. */
+static void test_device_state_claim(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char v[64];
+    pgtest_db_create(&db, "claim", true);
+    PGconn *c = db.conn;
+    assert_int_equal(seq_last(c), 0);
+
+    long long t1 = expect_taken(c, 10, 0, false, "- - -", 0);
+    assert_string_equal(state_of(c, 10, v, sizeof v), ""); /* a row, no state yet */
+    expect_kept(c, 10, t1, false, "- - -", t1);
+    /* the state the holder's batches wrote; still nothing claimed or written */
+    char owner[32];
+    snprintf(owner, sizeof owner, "%lld", t1);
+    upsert(c, owner, "10", "1000", "5000", "10", "20", "'\\x0102'", "a", 1, 1);
+    expect_kept(c, 10, t1, false, "1000 0102 -", t1);
+    /* another token, and 0 (a shard that holds none): taken over, the state kept */
+    long long t2 = expect_taken(c, 10, 424242, false, "1000 0102 -", t1);
+    long long t3 = expect_taken(c, 10, 0, false, "1000 0102 -", t2);
+    expect_kept(c, 10, t3, false, "1000 0102 -", t3);
+    /* a row from before 007 (no owner): taken by a token, even by 0 */
+    upsert(c, NULL, "11", "2000", "6000", "1", "2", "'\\x11'", "b", 2, 1);
+    long long t4 = expect_taken(c, 11, 0, false, "2000 11 -", t3);
+
+    /* known only: absent from public.devices, disabled, enabled */
+    pgtest_exec(c, "INSERT INTO public.devices (imei, name, enabled) VALUES (10, 'off', false), "
+                   "(21, 'off', false), (22, 'on', true)");
+    expect_kept(c, 20, 0, true, "- - -", -1);           /* absent, no row: none made */
+    expect_kept(c, 21, 0, true, "- - false", -1);       /* disabled, no row: none made */
+    expect_kept(c, 10, 0, true, "1000 0102 false", t3); /* disabled: its row stays as it is */
+    expect_kept(c, 11, 0, true, "2000 11 -", t4);       /* absent, with a row */
+    long long t5 = expect_taken(c, 22, 0, true, "- - true", t4);
+    expect_kept(c, 22, t5, true, "- - true", t5);
+    /* not known only (a reload of an open device): claimed whatever devices says */
+    long long t6 = expect_taken(c, 21, 0, false, "- - false", t5);
+    expect_taken(c, 10, t6, false, "1000 0102 false", t6);
+    assert_int_equal(pgtest_scalar_ll(c, "SELECT count(*) FROM public.device_state"), 4);
+    assert_int_equal(
+        pgtest_scalar_ll(c, "SELECT count(*) FROM public.device_state WHERE imei = 20"), 0);
+    pgtest_db_drop(&db);
+}
+
+/* SQLSTATE, message and hint of a statement expected to fail. */
+static void expect_moved(PGconn *c, const char *sql, long long imei)
+{
+    char want[128];
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_FATAL_ERROR)
+        fail_msg("%s: %s, want 23AV0", sql, PQresStatus(PQresultStatus(r)));
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "23AV0");
+    snprintf(want, sizeof want, "device %lld is owned by another connection now (it moved)", imei);
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), want);
+    assert_contains(PQresultErrorField(r, PG_DIAG_MESSAGE_HINT), "avlgate refuses this packet");
+    PQclear(r);
+}
+
+/* "imei:xmin:owner ..." of every device_state row: any write shows. */
+static const char *state_rows(PGconn *c, char *out, size_t cap)
+{
+    return pgtest_scalar(c,
+                         "SELECT COALESCE(string_agg(imei || ':' || xmin || ':' || "
+                         "COALESCE(owner::text, '-'), ' ' ORDER BY imei), '') FROM "
+                         "public.device_state",
+                         out, cap);
+}
+
+/* device_state_upsert_owned: rows are written when every owner matches; when one device's row
+ * has another owner, SQLSTATE 23AV0 names it (the lowest such imei) and nothing of the
+ * transaction is stored, the batch's COPY included; a device without a row gets one with the
+ * token given. */
+static void test_device_state_upsert_owned(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char v[512], before[512], sql[1024], owners[64];
+    pgtest_db_create(&db, "owned", true);
+    PGconn *c = db.conn;
+    long long t30 = claim(c, 30, 0, false).owner, t31 = claim(c, 31, 0, false).owner;
+    assert_true(t30 > 0 && t31 > t30);
+
+    snprintf(owners, sizeof owners, "%lld, %lld", t31, t30);
+    upsert(c, owners, "31, 30", "2000, 1000", "6000, 5000", "3, 1", "4, 2", "'\\x31', '\\x30'",
+           "gw", 2, 2);
+    assert_string_equal(state_of(c, 30, v, sizeof v), "1000 1e-07 2e-07 5000 30 gw 2");
+    assert_string_equal(state_of(c, 31, v, sizeof v), "2000 3e-07 4e-07 6000 31 gw 2");
+    snprintf(sql, sizeof sql,
+             "SELECT %lld = (SELECT owner FROM public.device_state WHERE imei = "
+             "30) AND %lld = (SELECT owner FROM public.device_state WHERE "
+             "imei = 31)",
+             t30, t31);
+    assert_string_equal(pgtest_scalar(c, sql, v, sizeof v), "t");
+
+    /* device 31 moved (another token): the batch's transaction stores nothing */
+    state_rows(c, before, sizeof before);
+    static uint8_t frame[128];
+    struct avl_record rec = plain_record((uint64_t)now_ms(), frame);
+    pgtest_exec(c, "BEGIN");
+    assert_int_equal(copy_rows(c, COPYENC_ARRAYS, &rec, 1, 30, now_ms() * 1000), 1);
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert_owned(ARRAY[30, 31], ARRAY[3000, 3000], "
+             "ARRAY[7000, 7000], ARRAY[5, 5], ARRAY[6, 6], ARRAY['\\x32', '\\x33']::bytea[], "
+             "'gw', 2, ARRAY[%lld, %lld])",
+             t30, t31 + 1000);
+    expect_moved(c, sql, 31);
+    PGresult *r = PQexec(c, "COMMIT");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    assert_string_equal(PQcmdStatus(r), "ROLLBACK");
+    PQclear(r);
+    assert_int_equal(pgtest_scalar_ll(c, "SELECT count(*) FROM telemetry.positions"), 0);
+    assert_string_equal(state_rows(c, v, sizeof v), before);
+    assert_string_equal(state_of(c, 30, v, sizeof v), "1000 1e-07 2e-07 5000 30 gw 2");
+
+    /* both moved: the lowest imei is named; taken over by a claim: the old token is refused */
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert_owned(ARRAY[31, 30], ARRAY[3000, 3000], "
+             "ARRAY[7000, 7000], ARRAY[5, 5], ARRAY[6, 6], ARRAY[NULL, NULL]::bytea[], 'gw', 2, "
+             "ARRAY[0, 0])");
+    expect_moved(c, sql, 30);
+    assert_string_equal(state_rows(c, v, sizeof v), before);
+    long long t30b = claim(c, 30, 0, false).owner;
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert_owned(ARRAY[30], ARRAY[3000], ARRAY[7000], "
+             "ARRAY[5], ARRAY[6], ARRAY[NULL]::bytea[], 'gw', 2, ARRAY[%lld])",
+             t30);
+    state_rows(c, before, sizeof before);
+    expect_moved(c, sql, 30);
+    assert_string_equal(state_rows(c, v, sizeof v), before);
+    snprintf(owners, sizeof owners, "%lld", t30b);
+    upsert(c, owners, "30", "3000", "7000", "5", "6", "NULL", "gw2", 1, 1);
+    assert_string_equal(state_of(c, 30, v, sizeof v), "3000 5e-07 6e-07 7000 30 gw2 1");
+
+    /* a device without a row gets one with the given token, which it then holds */
+    upsert(c, "555", "32", "4000", "8000", "7", "8", "'\\x'", "gw", 2, 1);
+    assert_string_equal(state_of(c, 32, v, sizeof v), "4000 7e-07 8e-07 8000  gw 2");
+    expect_kept(c, 32, 555, false, "4000  -", 555);
+    pgtest_db_drop(&db);
+}
+
+/* Both statements lock the device's row: a claim that takes the device over waits for the
+ * batch that holds the row and then reads that batch's window; a claim by the batch's own
+ * token does not wait and reads the committed state (what the gateway's stale-load handling
+ * is for); the batch after the takeover fails its fence. */
+static void test_claim_waits_for_batch(void **state)
+{
+    (void)state;
+    struct pgtest_db db;
+    char sql[1024], owners[32], v[64];
+    pgtest_db_create(&db, "claimwait", true);
+    PGconn *a = db.conn, *b = pgtest_connect(&db), *watch = pgtest_connect(&db);
+    pgtest_exec(b, "SET statement_timeout = '10s'");
+    long long t1 = claim(a, 40, 0, false).owner;
+    snprintf(owners, sizeof owners, "%lld", t1);
+    upsert(a, owners, "40", "1000", "5000", "1", "2", "'\\x01'", "gw-a", 1, 1);
+
+    pgtest_exec(a, "BEGIN");
+    upsert(a, owners, "40", "2000", "6000", "3", "4", "'\\x02'", "gw-a", 1, 1);
+    expect_kept(b, 40, t1, false, "1000 01 -", t1);
+
+    snprintf(sql, sizeof sql,
+             "SELECT last_ts_ms || ' ' || encode(dedup, 'hex') || ' ' || owner || ' ' || claimed "
+             "FROM telemetry.device_state_claim(40, 0, false)");
+    assert_int_equal(PQsendQuery(b, sql), 1);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND wait_event_type = 'Lock'",
+             PQbackendPID(b));
+    uint64_t t0 = tu_now_ms();
+    while (pgtest_scalar_ll(watch, sql) == 0) {
+        if (tu_now_ms() - t0 > 10000)
+            fail_msg("the takeover claim did not wait for the batch's row lock");
+        usleep(10000);
+    }
+    pgtest_exec(a, "COMMIT");
+    PGresult *r = PQgetResult(b);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    long long t2 = seq_last(watch);
+    assert_true(t2 > t1);
+    snprintf(sql, sizeof sql, "2000 02 %lld true", t2);
+    assert_string_equal(PQgetvalue(r, 0, 0), sql);
+    PQclear(r);
+    assert_null(PQgetResult(b));
+
+    /* the old holder's next batch */
+    snprintf(sql, sizeof sql,
+             "SELECT telemetry.device_state_upsert_owned(ARRAY[40], ARRAY[3000], ARRAY[7000], "
+             "ARRAY[5], ARRAY[6], ARRAY[NULL]::bytea[], 'gw-a', 1, ARRAY[%lld])",
+             t1);
+    expect_moved(a, sql, 40);
+    assert_string_equal(state_of(a, 40, v, sizeof v), "2000 3e-07 4e-07 6000 02 gw-a 1");
+    PQfinish(watch);
+    PQfinish(b);
     pgtest_db_drop(&db);
 }
 
@@ -957,8 +1315,9 @@ static void test_commands_table(void **state)
     pgtest_db_drop(&db);
 }
 
-/* The gateway's batch: COPY, then the state upsert and a look-up in pipeline mode (one round
- * trip), then COMMIT; rows and state become visible together. */
+/* The gateway's batch: COPY, then the state upsert (under the owner token its state load
+ * claimed) and a look-up in pipeline mode (one round trip), then COMMIT; rows and state become
+ * visible together. */
 static void test_batch_transaction_pipeline(void **state)
 {
     (void)state;
@@ -968,6 +1327,8 @@ static void test_batch_transaction_pipeline(void **state)
     assert_int_equal(pgschema_ensure_partitions(db.conn, 7, err, sizeof err), 8);
     PGconn *c = db.conn;
     PGconn *reader = pgtest_connect(&db);
+    long long token = claim(c, 42, 0, false).owner;
+    assert_true(token > 0);
 
     static uint8_t frames[3][128];
     int64_t t = now_ms();
@@ -980,19 +1341,22 @@ static void test_batch_transaction_pipeline(void **state)
     assert_int_equal(copy_rows(c, COPYENC_JSONB, rs, 3, 42, t * 1000), 3);
 
     assert_int_equal(PQenterPipelineMode(c), 1);
-    const char *upsert_sql = "SELECT telemetry.device_state_upsert($1, $2, $3, $4, $5, $6, $7, "
-                             "$8)";
-    char ts_arr[64], rx_arr[64];
+    const char *upsert_sql = "SELECT telemetry.device_state_upsert_owned($1, $2, $3, $4, $5, $6, "
+                             "$7, $8, $9)";
+    char ts_arr[64], rx_arr[64], owner_arr[32], owner[24];
     snprintf(ts_arr, sizeof ts_arr, "{%" PRId64 "}", t);
     snprintf(rx_arr, sizeof rx_arr, "{%" PRId64 "}", t + 5);
-    const char *params[8] = {
-        "{42}", ts_arr, rx_arr, "{254871163}", "{547071033}", "{\"\\\\x0102\"}", "inst-1", "2"};
-    assert_int_equal(PQsendQueryParams(c, upsert_sql, 8, NULL, params, NULL, NULL, 0), 1);
-    const char *get_params[1] = {"42"};
+    snprintf(owner_arr, sizeof owner_arr, "{%lld}", token);
+    snprintf(owner, sizeof owner, "%lld", token);
+    const char *params[9] = {"{42}",        ts_arr,        rx_arr,
+                             "{254871163}", "{547071033}", "{\"\\\\x0102\"}",
+                             "inst-1",      "2",           owner_arr};
+    assert_int_equal(PQsendQueryParams(c, upsert_sql, 9, NULL, params, NULL, NULL, 0), 1);
+    const char *get_params[2] = {"42", owner};
     assert_int_equal(PQsendQueryParams(c,
-                                       "SELECT last_ts_ms, encode(dedup, 'hex') FROM "
-                                       "telemetry.device_state_get($1)",
-                                       1, NULL, get_params, NULL, NULL, 0),
+                                       "SELECT last_ts_ms, encode(dedup, 'hex'), owner, claimed "
+                                       "FROM telemetry.device_state_claim($1, $2, false)",
+                                       2, NULL, get_params, NULL, NULL, 0),
                      1);
     assert_int_equal(PQpipelineSync(c), 1);
     PGresult *r = PQgetResult(c);
@@ -1006,6 +1370,8 @@ static void test_batch_transaction_pipeline(void **state)
     snprintf(want_ts, sizeof want_ts, "%" PRId64, t);
     assert_string_equal(PQgetvalue(r, 0, 0), want_ts);
     assert_string_equal(PQgetvalue(r, 0, 1), "0102");
+    assert_string_equal(PQgetvalue(r, 0, 2), owner); /* its own token: nothing claimed */
+    assert_string_equal(PQgetvalue(r, 0, 3), "f");
     PQclear(r);
     assert_null(PQgetResult(c));
     r = PQgetResult(c);
@@ -1013,16 +1379,20 @@ static void test_batch_transaction_pipeline(void **state)
     PQclear(r);
     assert_int_equal(PQexitPipelineMode(c), 1);
 
-    /* not visible before COMMIT, both visible after */
+    /* not visible before COMMIT (the row is the claim's, without state), both visible after */
     assert_int_equal(pgtest_scalar_ll(reader, "SELECT count(*) FROM telemetry.positions"), 0);
-    assert_int_equal(pgtest_scalar_ll(reader, "SELECT count(*) FROM public.device_state"), 0);
+    assert_int_equal(pgtest_scalar_ll(reader, "SELECT count(*) FROM public.device_state WHERE "
+                                              "last_ts IS NOT NULL OR dedup IS NOT NULL"),
+                     0);
     pgtest_exec(c, "COMMIT");
     assert_int_equal(pgtest_scalar_ll(reader, "SELECT count(*) FROM telemetry.positions"), 3);
+    char want[128];
+    snprintf(want, sizeof want, "inst-1 2 54.7071033 %lld", token);
     assert_string_equal(pgtest_scalar(reader,
-                                      "SELECT instance || ' ' || shard || ' ' || last_lat FROM "
-                                      "public.device_state WHERE imei = 42",
+                                      "SELECT instance || ' ' || shard || ' ' || last_lat || ' ' "
+                                      "|| owner FROM public.device_state WHERE imei = 42",
                                       v, sizeof v),
-                        "inst-1 2 54.7071033");
+                        want);
     PQfinish(reader);
     pgtest_db_drop(&db);
 }
@@ -1030,10 +1400,17 @@ static void test_batch_transaction_pipeline(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_apply_and_check), cmocka_unit_test(test_check_messages),
-        cmocka_unit_test(test_partitions),      cmocka_unit_test(test_partitions_do_not_block_copy),
-        cmocka_unit_test(test_copy_roundtrip),  cmocka_unit_test(test_copy_arrays),
-        cmocka_unit_test(test_device_state),    cmocka_unit_test(test_batch_transaction_pipeline),
+        cmocka_unit_test(test_apply_and_check),
+        cmocka_unit_test(test_check_messages),
+        cmocka_unit_test(test_partitions),
+        cmocka_unit_test(test_partitions_do_not_block_copy),
+        cmocka_unit_test(test_copy_roundtrip),
+        cmocka_unit_test(test_copy_arrays),
+        cmocka_unit_test(test_device_state),
+        cmocka_unit_test(test_device_state_claim),
+        cmocka_unit_test(test_device_state_upsert_owned),
+        cmocka_unit_test(test_claim_waits_for_batch),
+        cmocka_unit_test(test_batch_transaction_pipeline),
         cmocka_unit_test(test_commands_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

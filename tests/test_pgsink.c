@@ -946,7 +946,7 @@ static void test_destroy_in_flight(void **state)
 }
 
 /* The real schema: rows of generated packets encoded by copyenc, the default statements
- * (telemetry.positions, telemetry.device_state_upsert). */
+ * (telemetry.positions, telemetry.device_state_upsert_owned with each device's owner token). */
 static void test_real_schema(void **state)
 {
     (void)state;
@@ -971,7 +971,7 @@ static void test_real_schema(void **state)
     buf_put(&data, hdr, (size_t)copyenc_header(hdr));
     long long rows = 0;
     char imeis[256] = "{", last_ts[256] = "{", rx[256] = "{", lon[256] = "{", lat[256] = "{",
-         dedup[256] = "{";
+         dedup[256] = "{", owners[256] = "{";
     int64_t received_us = 1767225600000000; /* 2026-01-01 */
     for (int d = 0; d < DEVICES; d++) {
         struct pktgen g;
@@ -1003,9 +1003,10 @@ static void test_real_schema(void **state)
         snprintf(lon + strlen(lon), 64, "%d%s", last.lon_e7, sep);
         snprintf(lat + strlen(lat), 64, "%d%s", last.lat_e7, sep);
         snprintf(dedup + strlen(dedup), 64, "\"\\\\x%02x\"%s", d, sep);
+        snprintf(owners + strlen(owners), 64, "%d%s", 101 + d, sep); /* no row yet: theirs */
     }
     buf_put(&data, trl, (size_t)copyenc_trailer(trl));
-    const char *params[8] = {imeis, last_ts, rx, lon, lat, dedup, "test-instance", "3"};
+    const char *params[9] = {imeis, last_ts, rx, lon, lat, dedup, "test-instance", "3", owners};
     struct iovec iov = {.iov_base = data.p, .iov_len = data.len};
     struct pgsink_txn txn = {.copy = &iov, .copy_iovs = 1, .state_params = params};
     assert_int_equal(pgsink_submit(h.sink, &txn, (void *)1, tu_now_ms()), 0);
@@ -1014,18 +1015,23 @@ static void test_real_schema(void **state)
     assert_int_equal(h.txns[0].r.copy_rows, rows);
     assert_int_equal(side_ll(db.conn, "SELECT count(*) FROM telemetry.positions"), rows);
     assert_int_equal(side_ll(db.conn, "SELECT count(*) FROM public.device_state WHERE instance = "
-                                      "'test-instance' AND shard = 3"),
+                                      "'test-instance' AND shard = 3 AND owner = 101 + "
+                                      "get_byte(dedup, 0)"),
                      DEVICES);
 
-    /* and a look-up of what the gateway loads when a device connects */
+    /* and what the gateway loads when a device connects again on the shard that holds its
+     * token: its window, its token, nothing claimed */
     char imei0[32];
     snprintf(imei0, sizeof imei0, "%.*s", (int)strcspn(imeis + 1, ","), imeis + 1);
-    const char *qp[] = {imei0};
-    assert_int_equal(pgsink_query(h.sink, "SELECT dedup FROM telemetry.device_state_get($1)", 1, qp,
-                                  (void *)2, tu_now_ms()),
-                     0);
+    const char *qp[] = {imei0, "101"};
+    assert_int_equal(
+        pgsink_query(h.sink,
+                     "SELECT encode(dedup, 'hex') || ' ' || owner || ' ' || claimed FROM "
+                     "telemetry.device_state_claim($1, $2, false)",
+                     2, qp, (void *)2, tu_now_ms()),
+        0);
     assert_true(pump(&h, until_queries, 1, WAIT_MS));
-    assert_string_equal(h.queries[0].value, "\\x00");
+    assert_string_equal(h.queries[0].value, "00 101 false");
     harness_stop(&h);
     free(data.p);
     pgtest_db_drop(&db);
@@ -1035,57 +1041,69 @@ static void test_real_schema(void **state)
 
 enum { STATE_FPS_MAX = 64, STATE_DEVS = 4, TEXT_IMEI_OFFSET = 1000000 };
 
-/* One device's values for telemetry.device_state_upsert, as the gateway holds them. */
+/* One device's values for telemetry.device_state_upsert_owned, as the gateway holds them. */
 struct state_dev {
     uint64_t imei;
     int64_t last_ts_ms; /* < 0: no stored record: last_ts, lon and lat are NULL */
     int64_t received_ms;
     int32_t lon_e7, lat_e7;
+    int64_t owner; /* the owner token its rows are written under */
     unsigned fps_len;
     uint64_t fps[STATE_FPS_MAX]; /* oldest first */
 };
 
-/* The eight parameters as the gateway sends them: six binary arrays, the instance as text,
- * the shard as binary int4. */
+/* The nine parameters as the gateway sends them: six binary arrays, the instance as text, the
+ * shard as binary int4, the owners' binary array. */
 struct state_bin {
-    uint8_t buf[STATE_DEVS * 600 + 256];
-    const char *params[8];
-    int lengths[8];
+    uint8_t buf[STATE_DEVS * 640 + 320];
+    const char *params[9];
+    int lengths[9];
 };
 
-static const int STATE_BIN_FORMATS[8] = {1, 1, 1, 1, 1, 1, 0, 1};
+static const int STATE_BIN_FORMATS[9] = {1, 1, 1, 1, 1, 1, 0, 1, 1};
+
+/* Element i of array column col (imei, last_ts, received, lon, lat, dedup, owner); a is the
+ * array's header. */
+static uint8_t *state_bin_elem(uint8_t *a, uint8_t *o, int col, const struct state_dev *d)
+{
+    bool stored = d->last_ts_ms >= 0;
+    switch (col) {
+    case 0:
+        return pgsink_array_int8(o, (int64_t)d->imei);
+    case 1:
+        return stored ? pgsink_array_int8(o, d->last_ts_ms) : pgsink_array_null(a, o);
+    case 2:
+        return pgsink_array_int8(o, d->received_ms);
+    case 3:
+        return stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
+    case 4:
+        return stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
+    case 5:
+        o = pgsink_array_elem(o, 8 * d->fps_len);
+        for (unsigned k = 0; k < d->fps_len; k++)
+            o = pgsink_put_be64(o, d->fps[k]);
+        return o;
+    default:
+        return pgsink_array_int8(o, d->owner);
+    }
+}
 
 static void state_bin_build(struct state_bin *p, const struct state_dev *devs, uint32_t n,
                             const char *instance, uint32_t shard)
 {
-    static const uint32_t oids[6] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
-                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA};
+    static const uint32_t oids[7] = {PGSINK_OID_INT8, PGSINK_OID_INT8, PGSINK_OID_INT8,
+                                     PGSINK_OID_INT4, PGSINK_OID_INT4, PGSINK_OID_BYTEA,
+                                     PGSINK_OID_INT8};
+    static const int param_of_col[7] = {0, 1, 2, 3, 4, 5, 8};
     assert_true(n <= STATE_DEVS);
     uint8_t *o = p->buf;
-    for (int col = 0; col < 6; col++) {
+    for (int col = 0; col < 7; col++) {
         uint8_t *a = o;
         o = pgsink_array_begin(o, oids[col], n);
-        for (uint32_t i = 0; i < n; i++) {
-            const struct state_dev *d = &devs[i];
-            bool stored = d->last_ts_ms >= 0;
-            if (col == 0)
-                o = pgsink_array_int8(o, (int64_t)d->imei);
-            else if (col == 1)
-                o = stored ? pgsink_array_int8(o, d->last_ts_ms) : pgsink_array_null(a, o);
-            else if (col == 2)
-                o = pgsink_array_int8(o, d->received_ms);
-            else if (col == 3)
-                o = stored ? pgsink_array_int4(o, d->lon_e7) : pgsink_array_null(a, o);
-            else if (col == 4)
-                o = stored ? pgsink_array_int4(o, d->lat_e7) : pgsink_array_null(a, o);
-            else {
-                o = pgsink_array_elem(o, 8 * d->fps_len);
-                for (unsigned k = 0; k < d->fps_len; k++)
-                    o = pgsink_put_be64(o, d->fps[k]);
-            }
-        }
-        p->params[col] = (const char *)a;
-        p->lengths[col] = (int)(o - a);
+        for (uint32_t i = 0; i < n; i++)
+            o = state_bin_elem(a, o, col, &devs[i]);
+        p->params[param_of_col[col]] = (const char *)a;
+        p->lengths[param_of_col[col]] = (int)(o - a);
     }
     p->params[6] = instance;
     p->lengths[6] = 0;
@@ -1106,15 +1124,15 @@ static char *fp_hex(char *o, uint64_t fp)
 /* The same parameters as text arrays, the way the gateway wrote them before (imei shifted by
  * TEXT_IMEI_OFFSET so both land side by side). */
 struct state_text {
-    char cols[6][STATE_DEVS * (24 + 16 * STATE_FPS_MAX + 8) + 8];
+    char cols[7][STATE_DEVS * (24 + 16 * STATE_FPS_MAX + 8) + 8];
     char shard[16];
-    const char *params[8];
+    const char *params[9];
 };
 
 static void state_text_build(struct state_text *p, const struct state_dev *devs, uint32_t n,
                              const char *instance, uint32_t shard)
 {
-    for (int col = 0; col < 6; col++) {
+    for (int col = 0; col < 7; col++) {
         char *o = p->cols[col];
         *o++ = '{';
         for (uint32_t i = 0; i < n; i++) {
@@ -1132,6 +1150,8 @@ static void state_text_build(struct state_text *p, const struct state_dev *devs,
                 o += stored ? sprintf(o, "%d", d->lon_e7) : sprintf(o, "NULL");
             else if (col == 4)
                 o += stored ? sprintf(o, "%d", d->lat_e7) : sprintf(o, "NULL");
+            else if (col == 6)
+                o += sprintf(o, "%lld", (long long)d->owner);
             else {
                 o += sprintf(o, "\"\\\\x");
                 for (unsigned k = 0; k < d->fps_len; k++)
@@ -1142,16 +1162,17 @@ static void state_text_build(struct state_text *p, const struct state_dev *devs,
         *o++ = '}';
         *o = '\0';
         assert_true((size_t)(o - p->cols[col]) < sizeof p->cols[col]);
-        p->params[col] = p->cols[col];
+        p->params[col == 6 ? 8 : col] = p->cols[col];
     }
     snprintf(p->shard, sizeof p->shard, "%u", shard);
     p->params[6] = instance;
     p->params[7] = p->shard;
 }
 
-/* Commits one transaction of an empty COPY and the state statement with params. */
-static void state_commit(struct harness *h, const char *const *params, const int *lengths,
-                         const int *formats)
+/* Runs one transaction of an empty COPY and the state statement with params; expects outcome
+ * o with sqlstate. */
+static void state_submit(struct harness *h, const char *const *params, const int *lengths,
+                         const int *formats, enum pgsink_outcome o, const char *sqlstate)
 {
     uint8_t hdr[COPYENC_HEADER_BYTES], trl[COPYENC_TRAILER_BYTES];
     struct iovec iov[2] = {{hdr, (size_t)copyenc_header(hdr)}, {trl, (size_t)copyenc_trailer(trl)}};
@@ -1165,11 +1186,19 @@ static void state_commit(struct harness *h, const char *const *params, const int
     if (rc != 0)
         fail_msg("pgsink_submit: %d (%s)", rc, pgsink_last_error(h->sink, PGSINK_LINK_DATA));
     assert_true(pump(h, until_txns, before + 1, WAIT_MS));
-    expect_outcome(&h->txns[before], PGSINK_COMMITTED, "");
+    expect_outcome(&h->txns[before], o, sqlstate);
+}
+
+/* Commits one transaction of an empty COPY and the state statement with params. */
+static void state_commit(struct harness *h, const char *const *params, const int *lengths,
+                         const int *formats)
+{
+    state_submit(h, params, lengths, formats, PGSINK_COMMITTED, "");
 }
 
 /* Every column of the device's row (binary imei) against what was sent; the dedup also as
- * device_state_get returns it, the text the gateway parses when the device connects. */
+ * device_state_claim returns it to the holder of the row's token (the text the gateway parses
+ * when the device connects again), which claims nothing. */
 static void state_expect_row(PGconn *c, const struct state_dev *d, const char *instance,
                              uint32_t shard)
 {
@@ -1177,8 +1206,9 @@ static void state_expect_row(PGconn *c, const struct state_dev *d, const char *i
     snprintf(sql, sizeof sql,
              "SELECT telemetry.timestamptz_to_ms(last_ts), round(last_lon * 1e7)::int,"
              " round(last_lat * 1e7)::int, telemetry.timestamptz_to_ms(last_received_at),"
-             " instance, shard, dedup, (SELECT g.dedup FROM telemetry.device_state_get(imei) g),"
-             " length(dedup) FROM public.device_state WHERE imei = %llu",
+             " instance, shard, s.dedup, g.dedup, length(s.dedup), s.owner,"
+             " g.owner = s.owner AND NOT g.claimed FROM public.device_state s,"
+             " telemetry.device_state_claim(s.imei, s.owner, false) g WHERE s.imei = %llu",
              (unsigned long long)d->imei);
     PGresult *r = pgtest_query(c, sql);
     assert_int_equal(PQntuples(r), 1);
@@ -1200,6 +1230,8 @@ static void state_expect_row(PGconn *c, const struct state_dev *d, const char *i
     assert_string_equal(PQgetvalue(r, 0, 6), hex);
     assert_string_equal(PQgetvalue(r, 0, 7), hex);
     assert_int_equal(strtoll(PQgetvalue(r, 0, 8), NULL, 10), 8 * d->fps_len);
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 9), NULL, 10), d->owner);
+    assert_string_equal(PQgetvalue(r, 0, 10), "t");
     PQclear(r);
 }
 
@@ -1211,19 +1243,21 @@ static void state_expect_same_as_text(PGconn *c)
                              "SELECT count(*) FROM public.device_state b"
                              " JOIN public.device_state t ON t.imei = b.imei + %d"
                              " WHERE (b.last_ts, b.last_lon, b.last_lat, b.last_received_at,"
-                             " b.instance, b.shard, b.dedup) IS NOT DISTINCT FROM"
+                             " b.instance, b.shard, b.dedup, b.owner) IS NOT DISTINCT FROM"
                              " (t.last_ts, t.last_lon, t.last_lat, t.last_received_at,"
-                             " t.instance, t.shard, t.dedup)",
+                             " t.instance, t.shard, t.dedup, t.owner)",
                              TEXT_IMEI_OFFSET),
                      STATE_DEVS);
 }
 
 /* The state statement with binary parameters, as the gateway sends it, through the real
- * device_state_upsert: NULL elements (a device without a stored record), an empty dedup, a
- * full one of 64 fingerprints whose bytes are all >= 0x80 and differ in every position (any
- * byte order or sign slip shows), extreme positions and times. Every column is read back and
- * compared, and the same values sent as text arrays give the same rows; a second round
- * updates the rows (NULLs over stored values) the same way for both. */
+ * device_state_upsert_owned: NULL elements (a device without a stored record), an empty dedup,
+ * a full one of 64 fingerprints whose bytes are all >= 0x80 and differ in every position (any
+ * byte order or sign slip shows), extreme positions and times, owner tokens whose bytes differ
+ * (one above 2^32). Every column is read back and compared, and the same values sent as text
+ * arrays give the same rows; a second round updates the rows (NULLs over stored values) the
+ * same way for both; a third, with one device's token not its row's, is refused whole (23AV0,
+ * the gateway's "moved") and changes nothing. */
 static void test_binary_state_params(void **state)
 {
     (void)state;
@@ -1245,6 +1279,7 @@ static void test_binary_state_params(void **state)
                                  .received_ms = 1767225601456,
                                  .lon_e7 = -1800000000,
                                  .lat_e7 = 899999999,
+                                 .owner = 0x0102030405060708,
                                  .fps_len = STATE_FPS_MAX};
     for (unsigned k = 0; k < STATE_FPS_MAX; k++)
         devs[0].fps[k] = 0xF0E1D2C3B4A59687ull ^ (k * 0x0101010101010101ull);
@@ -1253,12 +1288,14 @@ static void test_binary_state_params(void **state)
                                  .last_ts_ms = -1,
                                  .received_ms = 1767225602000,
                                  .lon_e7 = 123,
-                                 .lat_e7 = 456};
+                                 .lat_e7 = 456,
+                                 .owner = INT64_MAX};
     devs[2] = (struct state_dev){.imei = 356307042441015,
                                  .last_ts_ms = 0,
                                  .received_ms = 1,
                                  .lon_e7 = 0,
                                  .lat_e7 = -1,
+                                 .owner = 1,
                                  .fps_len = 3,
                                  .fps = {1, UINT64_MAX, 0x0123456789abcdefull}};
     devs[3] = (struct state_dev){.imei = 999999999999999,
@@ -1266,6 +1303,7 @@ static void test_binary_state_params(void **state)
                                  .received_ms = -1,
                                  .lon_e7 = 1800000000,
                                  .lat_e7 = -900000000,
+                                 .owner = INT64_C(1) << 32,
                                  .fps_len = 1,
                                  .fps = {0x8000000000000000ull}};
     static struct state_bin bin;
@@ -1276,7 +1314,7 @@ static void test_binary_state_params(void **state)
     state_bin_build(&bin, devs, STATE_DEVS, instance, 7);
     struct pgsink_txn bad = {.state_params = bin.params, .state_formats = STATE_BIN_FORMATS};
     assert_int_equal(pgsink_submit(h.sink, &bad, NULL, tu_now_ms()), -EINVAL);
-    int bad_format[8] = {1, 1, 1, 1, 1, 1, 0, 2};
+    int bad_format[9] = {1, 1, 1, 1, 1, 1, 0, 1, 2};
     bad.state_lengths = bin.lengths;
     bad.state_formats = bad_format;
     assert_int_equal(pgsink_submit(h.sink, &bad, NULL, tu_now_ms()), -EINVAL);
@@ -1310,6 +1348,21 @@ static void test_binary_state_params(void **state)
                      1767225600123);
     for (int i = 1; i < STATE_DEVS; i++)
         state_expect_row(db.conn, &devs[i], instance, 2);
+
+    /* Round three: device 2 was taken over since (another token on its row): nothing of the
+     * transaction is written, for any device. */
+    char rows[512];
+    const char *snap = "SELECT string_agg(imei || ':' || xmin, ' ' ORDER BY imei) FROM "
+                       "public.device_state";
+    pgtest_scalar(db.conn, snap, rows, sizeof rows);
+    devs[0].fps_len = 5;
+    devs[2].owner = 2;
+    state_bin_build(&bin, devs, STATE_DEVS, instance, 3);
+    state_submit(&h, bin.params, bin.lengths, STATE_BIN_FORMATS, PGSINK_DATA_ERROR, "23AV0");
+    assert_contains(h.txns[h.txns_len - 1].message,
+                    "device 356307042441015 is owned by another connection now");
+    char after[512];
+    assert_string_equal(pgtest_scalar(db.conn, snap, after, sizeof after), rows);
     harness_stop(&h);
     pgtest_db_drop(&db);
 }

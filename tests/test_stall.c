@@ -13,7 +13,7 @@
  *                 the issue's 60 s / 5000 ms run by hand.
  *   group_commit  a SHARE lock on telemetry.positions stalls every COPY for 2 s while 100 devices
  *                 send: what arrived meanwhile commits in one transaction after the stalled one.
- *   load_refused  the state load fails (device_state_get replaced by one that raises 42501, as a
+ *   load_refused  the state load fails (device_state_claim replaced by one that raises 42501, as a
  *                 revoked EXECUTE does: the fixture's role is a superuser, which no REVOKE
  *                 stops): it is retried a few times a second, not in a tight loop, counted and
  *                 logged; the device waits, and is answered once the function is back.
@@ -416,19 +416,24 @@ static void test_group_commit(void **state)
 
 /* ---- load_refused -------------------------------------------------------------------------- */
 
-/* device_state_get replaced by one that counts its calls (a sequence: not rolled back) and
- * fails as a revoked EXECUTE would. */
+/* device_state_claim (007: the state load) replaced by one of the same signature and result
+ * that counts its calls (a sequence: not rolled back) and fails as a revoked EXECUTE would. */
 static const char REFUSE_SQL[] =
     "CREATE SEQUENCE public.stall_load_calls;"
-    "ALTER FUNCTION telemetry.device_state_get(bigint) RENAME TO device_state_get_saved;"
-    "CREATE FUNCTION telemetry.device_state_get(p_imei bigint)"
-    " RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean) LANGUAGE plpgsql AS $$"
+    "ALTER FUNCTION telemetry.device_state_claim(bigint, bigint, boolean)"
+    " RENAME TO device_state_claim_saved;"
+    "CREATE FUNCTION telemetry.device_state_claim(p_imei bigint, p_owner bigint,"
+    " p_known_only boolean)"
+    " RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean, owner bigint,"
+    " claimed boolean) LANGUAGE plpgsql AS $$"
     " BEGIN PERFORM nextval('public.stall_load_calls');"
-    " RAISE EXCEPTION 'permission denied for function device_state_get' USING ERRCODE = '42501';"
+    " RAISE EXCEPTION 'permission denied for function device_state_claim'"
+    " USING ERRCODE = '42501';"
     " END $$;";
 static const char RESTORE_SQL[] =
-    "DROP FUNCTION telemetry.device_state_get(bigint);"
-    "ALTER FUNCTION telemetry.device_state_get_saved(bigint) RENAME TO device_state_get;";
+    "DROP FUNCTION telemetry.device_state_claim(bigint, bigint, boolean);"
+    "ALTER FUNCTION telemetry.device_state_claim_saved(bigint, bigint, boolean)"
+    " RENAME TO device_state_claim;";
 
 static long long load_calls(void)
 {

@@ -20,15 +20,36 @@
 --           the records are stored once, by B. Either way once.
 --
 -- One transaction, idempotent, safe to re-apply while gateways run; the ADD COLUMN (catalog
--- only, nullable, no default) takes ACCESS EXCLUSIVE on public.device_state once per database.
+-- only, nullable, no default) takes ACCESS EXCLUSIVE on public.device_state once per database
+-- (below).
 
 BEGIN;
 SET LOCAL lock_timeout = '5s';
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(1635151975, 1); END $$;
 
-ALTER TABLE public.device_state ADD COLUMN IF NOT EXISTS owner bigint;
-COMMENT ON COLUMN public.device_state.owner IS 'avlgate: the token of the gateway shard that '
-    'may write this device''s rows now (telemetry.device_state_claim); do not edit';
+-- ADD COLUMN IF NOT EXISTS takes ACCESS EXCLUSIVE on device_state before it notices the column
+-- exists, and every state load and batch would queue behind it: so the catalog is read first
+-- (pg_attribute: no lock on the table) and ALTER runs only when the column is missing, once per
+-- database, waiting at most 2 s for its lock (then lock_not_available, nothing changed: apply
+-- the file again later), as 006 does.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = 'public.device_state'::regclass AND a.attname = 'owner'
+                 AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('lock_timeout', '2s', true);
+    BEGIN
+        ALTER TABLE public.device_state ADD COLUMN IF NOT EXISTS owner bigint;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION '007_device_owner: cannot add public.device_state.owner: %', SQLERRM
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'a transaction holds public.device_state; apply the file again later';
+    END;
+    COMMENT ON COLUMN public.device_state.owner IS 'avlgate: the token of the gateway shard that '
+        'may write this device''s rows now (telemetry.device_state_claim); do not edit';
+END $$;
 
 CREATE SEQUENCE IF NOT EXISTS telemetry.device_owner_seq AS bigint;
 

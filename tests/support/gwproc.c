@@ -357,7 +357,7 @@ long long gwproc_wait_backend_sleeping(const struct gwproc *g)
     while (pid == 0 && device_now_ms() < deadline) {
         pid = gwproc_sql_ll(g, "SELECT coalesce(max(pid), 0) FROM pg_stat_activity"
                                " WHERE datname = current_database() AND wait_event = 'PgSleep'"
-                               " AND query NOT LIKE '%%device_state_get%%'");
+                               " AND query NOT LIKE '%%device_state_claim%%'");
         if (pid == 0)
             device_sleep_ms(10); /* bounded polling of the server */
     }

@@ -356,7 +356,7 @@ static bool rotate(struct batches *r, uint64_t now_ns)
     return true;
 }
 
-const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei)
+const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei, uint64_t owner)
 {
     const struct batches *r = s->ring;
     const struct dedup *best = NULL;
@@ -365,7 +365,7 @@ const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei)
         if (b->state == BATCH_FREE)
             continue;
         const struct bdev *d = batch_find_dev(b, imei);
-        if (d)
+        if (d && (uint64_t)d->owner == owner)
             best = &d->dedup; /* later batches are newer */
     }
     return best;
@@ -487,11 +487,14 @@ static void count_deferred(struct shard *s, uint64_t imei, const char *why)
  * say they were. Take p's fingerprints out of every snapshot of the device taken after p — in
  * b and in later batches (their parameters are built at submit) — so neither a split
  * transaction nor a reconnecting device (batch_pending_dedup) counts them; the live session is
- * closed (session_close_owner). */
+ * closed (session_close_owner). Only snapshots under p's owner token: one under a newer token
+ * started from the database after a takeover, and the same records in it were taken again (and
+ * will be stored) by then. */
 static void forget_refused(struct shard *s, const struct batch *b, const struct pkt_ref *p)
 {
     struct batches *r = s->ring;
     uint64_t imei = b->devs[p->dev].imei;
+    int64_t owner = b->devs[p->dev].owner;
     uint32_t from = (uint32_t)(b - r->batches);
     /* k = 0 is b itself: a device that reconnects now takes its state from there. */
     for (uint32_t k = 0; k < r->nbatches; k++) {
@@ -499,7 +502,7 @@ static void forget_refused(struct shard *s, const struct batch *b, const struct 
         if (later->state == BATCH_FREE)
             continue;
         struct bdev *d = batch_find_dev(later, imei);
-        if (d)
+        if (d && d->owner == owner)
             dedup_remove(&d->dedup, b->fps + p->fp_off, p->fp_len);
     }
 }
@@ -558,7 +561,7 @@ static void abandon_all(struct shard *s)
             session_close(s, b->pkts[k].slot, b->pkts[k].gen);
         /* Also a replacing connection that took its state from this batch (pending snapshot). */
         for (uint32_t k = 0; k < b->devs_len; k++)
-            session_close_owner(s, b->devs[k].imei);
+            session_close_owner(s, b->devs[k].imei, (uint64_t)b->devs[k].owner);
         batch_reset(b);
     }
     r->oldest = r->fill;
@@ -598,7 +601,7 @@ static void drop_packet(struct shard *s, struct batch *b, struct pkt_ref *p)
     session_close(s, p->slot, p->gen);
     /* A replacing connection may hold this packet's records as sent (its state came from this
      * batch): it would take the re-send for a duplicate and ACK it. */
-    session_close_owner(s, b->devs[p->dev].imei);
+    session_close_owner(s, b->devs[p->dev].imei, (uint64_t)b->devs[p->dev].owner);
 }
 
 /* The database refused the one packet of a split transaction. */

@@ -172,8 +172,9 @@ uint64_t batch_tick(struct shard *s, uint64_t now_ns);
 /* The sink's answer for a transaction batch_tick submitted (cookie: the batch). */
 void batch_on_txn_done(struct shard *s, void *cookie, const struct pgsink_txn_result *res);
 
-/* The newest snapshot of imei's window held by an uncommitted batch, or NULL. */
-const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei);
+/* The newest snapshot of imei's window held by an uncommitted batch under owner token `owner`
+ * (a batch under another token will not commit: schema 007), or NULL. */
+const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei, uint64_t owner);
 /* The owner token the newest uncommitted batch holding imei carries for it; 0 when none holds
  * it. */
 uint64_t batch_pending_owner(const struct shard *s, uint64_t imei);

@@ -319,7 +319,8 @@ static void on_state_loaded(struct shard *s, uint64_t key, const PGresult *res)
         return;  /* the connection went away meanwhile */
     udp_wake(s); /* datagrams may wait for this device */
     bool has_commands = false;
-    if (!session_on_load(s, key, res, batch_pending_dedup(s, d->imei), &has_commands))
+    const struct dedup *pending = batch_pending_dedup(s, d->imei, d->owner);
+    if (!session_on_load(s, key, res, pending, &has_commands))
         return;
     uint32_t slot = engine_key_slot(key);
     registry_on_open(s, slot);

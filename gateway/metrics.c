@@ -115,6 +115,10 @@ static const struct stat_family ingest_families[] = {
      ST(devices_revoked), false},
     {"avlgate_state_loads_failed_total", "Device state loads that failed and were retried.",
      ST(state_load_failures), false},
+    {"avlgate_state_loads_busy_total",
+     "Device state loads whose device_state row stayed locked past 2 s (another session's "
+     "transaction of the device): the device was closed unanswered and reconnects.",
+     ST(state_load_busy), false},
     {"avlgate_command_responses_unexpected_total",
      "Codec 12 answers with no command in flight (ignored).", ST(cmd_responses_unexpected), false},
     {"avlgate_command_sweeps_total", "Rounds of the open-command sweep.", ST(cmd_sweeps), false},

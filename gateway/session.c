@@ -164,28 +164,38 @@ static void load_refused(struct shard *s, const struct dev *d, const PGresult *r
                 logfmt_q(q, sizeof q, PQresultErrorMessage(res)));
 }
 
-bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
-                     const struct dedup *pending, bool *has_commands)
+/* Whether the answer to d's load (slot, gen) can be used now; otherwise it was counted and the
+ * load is asked again, or the device closed. A takeover (claimed) sets d's owner token and drops
+ * *pending: the state was read after every transaction that held the row, and this shard's
+ * batches of the device under the old token will not commit, so the stored window is the whole
+ * truth. */
+static bool load_usable(struct shard *s, struct dev *d, uint32_t slot, uint32_t gen,
+                        const PGresult *res, const struct dedup **pending)
 {
-    uint32_t slot = engine_key_slot(key), gen = engine_key_gen(key);
-    struct dev *d = session_dev(s, slot);
-    if (!session_loading(s, key))
-        return false; /* the connection went away meanwhile */
-    bool reload = d->state == DEV_RELOADING;
     bool answered = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
-    if (answered && strcmp(PQgetvalue(res, 0, 5), "t") == 0) {
-        /* Taken over just now: the state was read after every transaction that held the row,
-         * and this shard's uncommitted batches of the device (under the old token) will not
-         * commit. The stored window is the whole truth. */
+    bool claimed = answered && strcmp(PQgetvalue(res, 0, 5), "t") == 0;
+    if (claimed) {
         d->owner = strtoull(PQgetvalue(res, 0, 4), NULL, 10);
         d->load_stale = false;
-        pending = NULL;
+        *pending = NULL;
     }
     if (d->load_stale) {
         /* The answer may predate a commit of this device's rows, whose batch is gone now:
          * neither it nor the pending snapshot knows those records. Ask again. */
         d->load_stale = false;
         queue_load(s, slot);
+        return false;
+    }
+    const char *st = res && !answered ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (st && strcmp(st, "55P03") == 0) {
+        /* Its row stayed locked past the claim's lock_timeout (another session's transaction
+         * of the device): this device only, closed unanswered; it reconnects and asks again.
+         * Not the shard-wide backoff: the other devices' loads are fine. */
+        stat_add(&s->st->state_load_busy, 1);
+        log_limited(&s->sess->log_load_busy, shard_now_ms(s), LOG_WARN,
+                    "state load: the device's row stayed locked; closing it to reconnect later",
+                    "shard=%u imei=%" PRIu64, s->id, d->imei);
+        session_close(s, slot, gen);
         return false;
     }
     if (!answered) {
@@ -195,6 +205,19 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
         queue_load(s, slot);
         return false;
     }
+    return true;
+}
+
+bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
+                     const struct dedup *pending, bool *has_commands)
+{
+    uint32_t slot = engine_key_slot(key), gen = engine_key_gen(key);
+    struct dev *d = session_dev(s, slot);
+    if (!session_loading(s, key))
+        return false; /* the connection went away meanwhile */
+    bool reload = d->state == DEV_RELOADING;
+    if (!load_usable(s, d, slot, gen, res, &pending))
+        return false;
     s->sess->load_backoff_ms = 0;
     bool udp = session_is_udp(s, slot);
     if (!reload && s->cfg->devices_known &&
@@ -207,6 +230,10 @@ bool session_on_load(struct shard *s, uint64_t key, const PGresult *res,
         stat_add(&s->st->handshake_rejected, 1);
         send_reply(s, slot, gen, 0x00);
         session_close(s, slot, gen);
+        return false;
+    }
+    if (PQgetisnull(res, 0, 4) || strtoull(PQgetvalue(res, 0, 4), NULL, 10) != d->owner) {
+        queue_load(s, slot); /* not this shard's token after all (a race with another claim) */
         return false;
     }
     load_window(s, d, res, pending);
@@ -364,10 +391,10 @@ enum session_handshake session_handshake(struct shard *s, uint32_t slot, uint32_
     return SESSION_OWNED;
 }
 
-void session_close_owner(struct shard *s, uint64_t imei)
+void session_close_owner(struct shard *s, uint64_t imei, uint64_t owner)
 {
     int64_t slot = imap_get(&s->sess->owned, imei);
-    if (slot >= 0)
+    if (slot >= 0 && session_dev(s, (uint32_t)slot)->owner == owner)
         session_close(s, (uint32_t)slot, session_dev(s, (uint32_t)slot)->gen);
 }
 

@@ -102,6 +102,7 @@ struct sessions {
     uint64_t load_retry_ms;
     uint32_t load_backoff_ms;
     struct ratelimit log_load_failed;
+    struct ratelimit log_load_busy; /* "device's row locked" */
     /* The allow-list walk: slots [allow_cursor, conns_max) still to check, one query of up to
      * SESSION_ALLOW_CHUNK IMEIs in flight. */
     unsigned allow_gen;
@@ -175,9 +176,11 @@ void session_reload(struct shard *s, uint32_t slot);
 /* A batch holding imei committed: a state load of it in flight may predate that COMMIT and is
  * asked again when it answers. */
 void session_mark_load_stale(struct shard *s, uint64_t imei);
-/* Closes the connection that owns imei now, if any (its window may count records that will never
- * be stored: it must reconnect and load its state). */
-void session_close_owner(struct shard *s, uint64_t imei);
+/* Closes the connection that owns imei now, if any and if it writes under owner token `owner` (its
+ * window may count records that will never be stored: it must reconnect and load its state). A
+ * connection under another token loaded its window from the database after a takeover, without
+ * this shard's older batches: it is left alone. */
+void session_close_owner(struct shard *s, uint64_t imei, uint64_t owner);
 /* The slot of the TCP connection this shard owns for imei; -1 when none (a device known over UDP
  * only has no connection: commands wait for one). */
 int64_t session_conn_of(const struct shard *s, uint64_t imei);

@@ -130,6 +130,7 @@ struct ingest_stats {
     uint64_t batches_data_error, backpressure_pauses, gprs_frames, pings;
     uint64_t invalid_by_reason[32]; /* by -avl_err, copyenc errors at 25 + -err */
     uint64_t state_load_failures, state_reloads, windows_released;
+    uint64_t state_load_busy; /* the device's row stayed locked past the claim's timeout */
     uint64_t devices_revoked; /* closed after SIGHUP: no longer enabled in public.devices */
     uint64_t devices_moved;   /* closed: the registry names a newer connection elsewhere */
     /* Commands: frames written (a resend counts again), outcomes, and what was refused. */

@@ -15,6 +15,13 @@
  *                    re-sends: B stores the records. A's upsert then finds another owner
  *                    (SQLSTATE 23AV0): A stores nothing, never acknowledges, counts the packet
  *                    as moved and closes its stale connection. Stored exactly once.
+ *   back_to_a        A -> B -> A while A's first batch still holds the packet (slow COPY): A's
+ *                    newer connection re-sends it under a third token and stores it; refusing
+ *                    the old batch's copy leaves the newer connection and its window alone
+ *                    (its ACK comes), and a further re-send is a duplicate. Stored once.
+ *   row_locked       another session holds the device's row: its state load gives up after the
+ *                    claim's 2 s lock timeout and the device is closed unanswered, another
+ *                    device is answered meanwhile, and once the row is free the device connects.
  * Every wait is bounded; each gateway's output goes to test_instances_<case>[_b].log in the
  * build directory, and a failing check prints A's tail. */
 #include <setjmp.h>
@@ -109,6 +116,32 @@ static void send_imei(struct device *d)
     CHECK(n > 0 && device_send(d, hs, (size_t)n, 0, 0) == 0, "send the IMEI");
 }
 
+/* The slow COPY trigger: a row with event SLOW_EVENT sleeps 2 s as it is inserted, before the
+ * transaction's upsert takes the device's row. */
+static void slow_copy_trigger(void)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "CREATE FUNCTION public.slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
+             "NEW.event_id = %d THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$; CREATE "
+             "TRIGGER slow_copy AFTER INSERT ON telemetry.positions FOR EACH ROW EXECUTE "
+             "FUNCTION public.slow_copy()",
+             SLOW_EVENT);
+    pgtest_exec(T.a.db.conn, q);
+}
+
+/* One slow record of tag `tag` as a packet in pkt; returns its length. */
+static size_t slow_packet(uint32_t tag, uint8_t *pkt, size_t cap)
+{
+    struct gwproc_rspec r = {.ts_ms = gwproc_recent_ts_ms(&T.a),
+                             .tag = tag,
+                             .satellites = 9,
+                             .event_id = SLOW_EVENT,
+                             .lon_e7 = 250000000,
+                             .lat_e7 = 546000000};
+    return gwproc_encode_tagged(AVL_CODEC_8E, &r, 1, pkt, cap);
+}
+
 static void test_a_commits_late(void **state)
 {
     (void)state;
@@ -157,24 +190,11 @@ static void test_b_claims_first(void **state)
 {
     (void)state;
     begin("b_claims_first", NULL);
-    char q[512];
-    snprintf(q, sizeof q,
-             "CREATE FUNCTION public.slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
-             "NEW.event_id = %d THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$; CREATE "
-             "TRIGGER slow_copy AFTER INSERT ON telemetry.positions FOR EACH ROW EXECUTE "
-             "FUNCTION public.slow_copy()",
-             SLOW_EVENT);
-    pgtest_exec(T.a.db.conn, q);
+    slow_copy_trigger();
     struct device on_a, on_b;
     gwproc_dev_open(&T.a, &on_a, IMEI);
-    struct gwproc_rspec r = {.ts_ms = gwproc_recent_ts_ms(&T.a),
-                             .tag = 500,
-                             .satellites = 9,
-                             .event_id = SLOW_EVENT,
-                             .lon_e7 = 250000000,
-                             .lat_e7 = 546000000};
     uint8_t pkt[512];
-    size_t n = gwproc_encode_tagged(AVL_CODEC_8E, &r, 1, pkt, sizeof pkt);
+    size_t n = slow_packet(500, pkt, sizeof pkt);
     CHECK(device_send(&on_a, pkt, n, 0, 0) == 0, "send the packet to A");
     gwproc_wait_backend_sleeping(&T.a); /* A's COPY, before its upsert */
 
@@ -192,11 +212,76 @@ static void test_b_claims_first(void **state)
     device_close(&on_b);
 }
 
+/* A -> B -> A while A still holds the first packet: A's old batch is fenced off, and refusing it
+ * must not touch the newer connection's window or connection on A, which stored the re-send. */
+static void test_back_to_a(void **state)
+{
+    (void)state;
+    begin("back_to_a", NULL);
+    slow_copy_trigger();
+    struct device first, on_b, again, last;
+    uint8_t pkt[512];
+    size_t n = slow_packet(700, pkt, sizeof pkt);
+    gwproc_dev_open(&T.a, &first, IMEI);
+    CHECK(device_send(&first, pkt, n, 0, 0) == 0, "send the packet to A");
+    gwproc_wait_backend_sleeping(&T.a);  /* A's first batch, in its COPY */
+    gwproc_dev_open(&T.b, &on_b, IMEI);  /* B takes the device over ... */
+    device_close(&on_b);                 /* ... and loses it at once */
+    gwproc_dev_open(&T.a, &again, IMEI); /* back on A: taken over again, a third token */
+    CHECK(device_send(&again, pkt, n, 0, 0) == 0, "re-send the packet to A");
+    uint32_t records = 0;
+    CHECK(device_wait_ack(&again, SLOW_WAIT_MS, &records) == 0 && records == 1,
+          "A's newer connection acknowledged %u records", records);
+    gwproc_wait_log(&T.a, "taken over by another connection", 1, WAIT_MS);
+    CHECK(stored(700, 1) == 1, "the record stored %lld times, want once", stored(700, 1));
+    device_close(&again); /* the ACK lost after all: the device re-sends once more */
+    gwproc_dev_open(&T.a, &last, IMEI);
+    gwproc_send_acked(&last, pkt, n, 1, 0, 0);
+    CHECK(stored(700, 1) == 1, "after another re-send: stored %lld times", stored(700, 1));
+    device_close(&first);
+    device_close(&last);
+}
+
+/* A device whose device_state row another session holds: its state load gives up after the
+ * claim's 2 s lock timeout and the device is closed unanswered, while another device of the same
+ * instance is answered meanwhile; once the row is free, the device connects. */
+static void test_row_locked(void **state)
+{
+    (void)state;
+    begin("row_locked", NULL);
+    struct device d, other;
+    gwproc_dev_open(&T.a, &d, IMEI); /* its row exists now */
+    device_close(&d);
+    T.locker = PQconnectdb(T.a.db.conninfo);
+    CHECK(PQstatus(T.locker) == CONNECTION_OK, "locker: %s", PQerrorMessage(T.locker));
+    sql(T.locker, "BEGIN");
+    char q[160];
+    snprintf(q, sizeof q, "SELECT 1 FROM public.device_state WHERE imei = %" PRIu64 " FOR UPDATE",
+             IMEI);
+    sql(T.locker, q);
+    device_init(&d, T.a.port, IMEI);
+    CHECK(device_connect(&d, WAIT_MS) == 0, "connect");
+    send_imei(&d);
+    uint64_t t0 = device_now_ms();
+    gwproc_dev_open(&T.a, &other, IMEI + 1); /* answered (behind the stuck load: 2 s at most) */
+    gwproc_expect_closed_silently(&d, WAIT_MS, "the device whose row is locked");
+    print_message("row_locked: closed after %" PRIu64 " ms; another device answered meanwhile\n",
+                  device_now_ms() - t0);
+    gwproc_wait_log(&T.a, "the device's row stayed locked", 1, WAIT_MS);
+    device_close(&d);
+    sql(T.locker, "ROLLBACK");
+    gwproc_dev_open(&T.a, &d, IMEI);
+    device_close(&d);
+    device_close(&other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_a_commits_late, teardown),
         cmocka_unit_test_teardown(test_b_claims_first, teardown),
+        cmocka_unit_test_teardown(test_back_to_a, teardown),
+        cmocka_unit_test_teardown(test_row_locked, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,6 +60,12 @@ CREATE SEQUENCE IF NOT EXISTS telemetry.device_owner_seq AS bigint;
 -- is that transaction's outcome). A device not enabled with p_known_only is neither claimed
 -- nor given a row. Returns one row: the state as committed now, enabled as public.devices says
 -- (NULL when it is not there), the owner token and whether it changed now.
+-- The wait for the row is bounded: lock_timeout 2 s, then SQLSTATE 55P03 (the caller answers
+-- that device later; the state load shares its link with every other device's). The claim
+-- commits without waiting for its WAL flush (synchronous_commit off): a batch written under
+-- the new token flushes the WAL past the claim before its own COMMIT returns, and a claim lost
+-- in a crash with no such batch lost nothing that was acknowledged (the old token's batches
+-- are then allowed again, and the new connection's next batch is fenced off and re-claims).
 CREATE OR REPLACE FUNCTION telemetry.device_state_claim(p_imei bigint, p_owner bigint,
                                                        p_known_only boolean)
 RETURNS TABLE (last_ts_ms bigint, dedup bytea, enabled boolean, owner bigint, claimed boolean)
@@ -69,6 +75,8 @@ DECLARE
     v_enabled boolean;
     v_claimed boolean := false;
 BEGIN
+    PERFORM pg_catalog.set_config('lock_timeout', '2s', true);
+    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
     SELECT d.enabled INTO v_enabled FROM public.devices d WHERE d.imei = p_imei;
     IF NOT (p_known_only AND v_enabled IS NOT TRUE) THEN
         LOOP
@@ -78,8 +86,13 @@ BEGIN
                 v_claimed := true;
                 EXIT;
             END IF;
+            -- Ours already? (A row committed after the UPDATE's snapshot, with another owner,
+            -- goes round again: the next UPDATE sees it.)
+            PERFORM 1 FROM public.device_state s
+            WHERE s.imei = p_imei AND s.owner IS NOT DISTINCT FROM p_owner;
+            EXIT WHEN FOUND;
             PERFORM 1 FROM public.device_state s WHERE s.imei = p_imei;
-            EXIT WHEN FOUND; -- ours already
+            CONTINUE WHEN FOUND;
             -- No row: make one. Another session inserting it concurrently makes this wait
             -- for its outcome and insert nothing; the UPDATE then sees its row.
             INSERT INTO public.device_state AS s (imei, owner)
@@ -101,7 +114,7 @@ $fn$;
 -- device_state_upsert (004) with the fence: p_owner[i] is the token batch carries for
 -- p_imei[i]. A row whose owner is another token is not written, and then nothing of the
 -- transaction may be: SQLSTATE 23AV0 names the first such device. A device without a row gets
--- one with p_owner[i].
+-- one with p_owner[i]. Token 0 (a shard that holds none) is never valid: 23AV0 too.
 CREATE OR REPLACE FUNCTION telemetry.device_state_upsert_owned(
     p_imei bigint[], p_last_ts_ms bigint[], p_received_ms bigint[], p_lon_e7 integer[],
     p_lat_e7 integer[], p_dedup bytea[], p_instance text, p_shard integer, p_owner bigint[])
@@ -138,11 +151,11 @@ BEGIN
         updated_at = EXCLUDED.updated_at
     WHERE s.owner IS NOT DISTINCT FROM EXCLUDED.owner;
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n <> cardinality(p_imei) THEN
+    IF n <> cardinality(p_imei) OR array_position(p_owner, 0) IS NOT NULL THEN
         SELECT s.imei INTO moved
         FROM unnest(p_imei, p_owner) AS u(imei, owner)
         JOIN public.device_state s ON s.imei = u.imei
-        WHERE s.owner IS DISTINCT FROM u.owner
+        WHERE s.owner IS DISTINCT FROM u.owner OR u.owner = 0
         ORDER BY s.imei LIMIT 1;
         RAISE EXCEPTION 'device % is owned by another connection now (it moved)', moved
             USING ERRCODE = '23AV0',

@@ -13,16 +13,18 @@
 #include "gateway/redislink.h"
 #include "gateway/session.h"
 
-/* KEYS[1] the registry key; ARGV instance, shard, epoch, ttl. A newer epoch stays. */
+/* KEYS[1] the registry key; ARGV instance, shard, epoch, ttl, conn. A newer epoch stays. */
 static const char REGISTER_LUA[] =
     "local e = redis.call('HGET', KEYS[1], 'epoch') "
     "if e and tonumber(e) > tonumber(ARGV[3]) then return 0 end "
-    "redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'shard', ARGV[2], 'epoch', ARGV[3]) "
+    "redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'shard', ARGV[2], 'epoch', ARGV[3], "
+    "'conn', ARGV[5]) "
     "redis.call('EXPIRE', KEYS[1], ARGV[4]) return 1";
 
-/* KEYS[1] the registry key; ARGV instance, epoch: delete it only if it is still this one. */
+/* KEYS[1] the registry key; ARGV instance, epoch, conn: deleted only if it is still this one. */
 static const char UNREGISTER_LUA[] = "if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] and "
-                                     "redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then "
+                                     "redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] and "
+                                     "redis.call('HGET', KEYS[1], 'conn') == ARGV[3] then "
                                      "return redis.call('DEL', KEYS[1]) end return 0";
 
 static bool registered(const struct registry *r, uint32_t slot)
@@ -72,14 +74,16 @@ static void registry_key(char *out, size_t cap, uint64_t imei)
 static void registry_write(struct shard *s, uint32_t slot)
 {
     const struct dev *d = session_dev(s, slot);
-    char key[48], shard[16], epoch[24], ttl[16];
+    char key[48], shard[16], epoch[24], ttl[16], conn[24];
     registry_key(key, sizeof key, d->imei);
     snprintf(shard, sizeof shard, "%u", s->id);
-    snprintf(epoch, sizeof epoch, "%" PRIu64, d->accepted_ms);
+    snprintf(epoch, sizeof epoch, "%" PRIu64, d->owner);
     snprintf(ttl, sizeof ttl, "%u", s->cfg->registry_ttl_s);
-    const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance, shard, epoch, ttl};
+    snprintf(conn, sizeof conn, "%" PRIu64, d->accepted_ms);
+    const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance,
+                          shard,  epoch,        ttl, conn};
     void *cookie = redis_cookie_with(R_REGISTER, engine_key(slot, d->gen));
-    if (send_with(s, 8, argv, NULL, cookie) == 0) {
+    if (send_with(s, 9, argv, NULL, cookie) == 0) {
         set_registered(s->reg, slot, true);
         stat_add(&s->st->registry_writes, 1);
         s->reg->in_flight++;
@@ -97,11 +101,12 @@ void registry_on_close(struct shard *s, uint32_t slot)
         return;
     set_registered(s->reg, slot, false);
     const struct dev *d = session_dev(s, slot);
-    char key[48], epoch[24];
+    char key[48], epoch[24], conn[24];
     registry_key(key, sizeof key, d->imei);
-    snprintf(epoch, sizeof epoch, "%" PRIu64, d->accepted_ms);
-    const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch};
-    if (registry_send(s, 6, argv, NULL, R_REGISTRY) == 0) {
+    snprintf(epoch, sizeof epoch, "%" PRIu64, d->owner);
+    snprintf(conn, sizeof conn, "%" PRIu64, d->accepted_ms);
+    const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch, conn};
+    if (registry_send(s, 7, argv, NULL, R_REGISTRY) == 0) {
         stat_add(&s->st->registry_writes, 1);
         s->reg->in_flight++;
     }
@@ -140,7 +145,7 @@ static void on_newer_elsewhere(struct shard *s, uint64_t key)
     stat_add(&s->st->devices_moved, 1);
     log_limited(&s->reg->log_moved, shard_now_ms(s), LOG_INFO,
                 "device connected to another instance; closing its older connection here",
-                "shard=%u imei=%" PRIu64 " epoch=%" PRIu64, s->id, d->imei, d->accepted_ms);
+                "shard=%u imei=%" PRIu64 " owner=%" PRIu64, s->id, d->imei, d->owner);
     set_registered(s->reg, slot, false); /* the entry is the newer connection's */
     session_close(s, slot, gen);
 }

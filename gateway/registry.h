@@ -1,15 +1,16 @@
 /* registry.h — the Redis side every gateway shard has: the registry of its connected devices and
  * the shard's registry link.
  *
- * The registry: avlgate:dev:{imei} = instance, shard, epoch (wall ms of the accepted
- * handshake), with a TTL refreshed every third of it by a walk over the shard's devices (at most
- * REGISTRY_IN_FLIGHT_MAX writes awaiting their reply, so the link's other traffic never queues
- * behind a whole round); written by a script that keeps a newer epoch (a device that moved to
- * another instance while its old connection here lingers), and deleted on close only if it still
- * names this connection. A write that finds a newer epoch closes its connection here: a device
- * that moved is let go within a third of the TTL (the epochs are wall clocks: the instances'
- * must agree to well within the time a device takes to reconnect; NTP does). A round starts at once
- * when the link comes (back) up: Redis may have restarted empty.
+ * The registry: avlgate:dev:{imei} = instance, shard, epoch (the device's owner token, schema
+ * 007: from a database sequence, larger for every takeover, so the newest connection's is the
+ * largest whatever the instances' clocks say), conn (wall ms of the accepted handshake: tells a
+ * shard's connections of one token apart), with a TTL refreshed every third of it by a walk over
+ * the shard's devices (at most REGISTRY_IN_FLIGHT_MAX writes awaiting their reply, so the link's
+ * other traffic never queues behind a whole round); written by a script that keeps a newer epoch (a
+ * device that moved to another instance while its old connection here lingers), and deleted on
+ * close only if it still names this connection (instance, epoch and conn). A write that finds a
+ * newer epoch closes its connection here: a device that moved is let go within a third of the TTL.
+ * A round starts at once when the link comes (back) up: Redis may have restarted empty.
  *
  * The registry link is the shard's one Redis connection for commands that answer at once: it
  * also carries delivery.c's replies (XADD avlgate:replies) and the XACKs of the instance's

@@ -233,7 +233,7 @@ static bool field_is(const redisReply *flat, const char *name, const char *want)
 struct reg {
     bool present;
     unsigned fields; /* fields in the hash */
-    char instance[64], shard[16], epoch[32];
+    char instance[64], shard[16], epoch[32], conn[32];
     long long ttl_s;
 };
 
@@ -251,10 +251,11 @@ static struct reg registry_get(uint64_t imei)
         const char *name;
         char *out;
         size_t cap;
-    } want[3] = {{"instance", g.instance, sizeof g.instance},
+    } want[4] = {{"instance", g.instance, sizeof g.instance},
                  {"shard", g.shard, sizeof g.shard},
-                 {"epoch", g.epoch, sizeof g.epoch}};
-    for (unsigned i = 0; i < 3; i++) {
+                 {"epoch", g.epoch, sizeof g.epoch},
+                 {"conn", g.conn, sizeof g.conn}};
+    for (unsigned i = 0; i < 4; i++) {
         const redisReply *v = field(r, want[i].name);
         if (v && v->type == REDIS_REPLY_STRING)
             snprintf(want[i].out, want[i].cap, "%.*s", (int)v->len, v->str);
@@ -264,20 +265,20 @@ static struct reg registry_get(uint64_t imei)
     return g;
 }
 
-/* Waits until the device's registry entry exists (with an epoch other than not_epoch, when
+/* Waits until the device's registry entry exists (naming a connection other than not_conn, when
  * given) and returns it. */
-static struct reg wait_registry(uint64_t imei, const char *not_epoch, int timeout_ms)
+static struct reg wait_registry(uint64_t imei, const char *not_conn, int timeout_ms)
 {
     uint64_t deadline = device_now_ms() + (uint64_t)timeout_ms;
     struct reg g = registry_get(imei);
-    while ((!g.present || (not_epoch && strcmp(g.epoch, not_epoch) == 0)) &&
+    while ((!g.present || (not_conn && strcmp(g.conn, not_conn) == 0)) &&
            device_now_ms() < deadline) {
         device_sleep_ms(20); /* bounded polling of Redis */
         g = registry_get(imei);
     }
     CHECK(g.present, "IMEI %" PRIu64 ": no registry entry within %d ms", imei, timeout_ms);
-    CHECK(!not_epoch || strcmp(g.epoch, not_epoch) != 0,
-          "IMEI %" PRIu64 ": the registry still names epoch %s after %d ms", imei, not_epoch,
+    CHECK(!not_conn || strcmp(g.conn, not_conn) != 0,
+          "IMEI %" PRIu64 ": the registry still names connection %s after %d ms", imei, not_conn,
           timeout_ms);
     return g;
 }
@@ -857,8 +858,9 @@ static void test_sweep_sql(void **state)
 }
 
 /* The device connects again while its old connection is open: the gateway closes the old one,
- * the registry names the new epoch (and the old connection's close does not delete it), and a
- * command goes to the new connection. A close deletes only an entry that is still its own. */
+ * the registry names the new connection (the same owner token: the same shard kept the device;
+ * and the old connection's close does not delete it), and a command goes to the new connection.
+ * A close deletes only an entry that is still its own. */
 static void test_reconnect_replaces(void **state)
 {
     (void)state;
@@ -868,15 +870,16 @@ static void test_reconnect_replaces(void **state)
     struct reg r1 = online(&a);
     gwproc_dev_open(&T.gw, &b, T.imei);
     gwproc_expect_closed_silently(&a, WAIT_MS, "the replaced connection");
-    struct reg r2 = wait_registry(T.imei, r1.epoch, WAIT_MS);
-    CHECK(strcmp(r2.instance, INSTANCE) == 0 && strcmp(r2.shard, r1.shard) == 0,
-          "new registry entry: instance %s shard %s (was shard %s)", r2.instance, r2.shard,
-          r1.shard);
+    struct reg r2 = wait_registry(T.imei, r1.conn, WAIT_MS);
+    CHECK(strcmp(r2.instance, INSTANCE) == 0 && strcmp(r2.shard, r1.shard) == 0 &&
+              strcmp(r2.epoch, r1.epoch) == 0,
+          "new registry entry: instance %s shard %s epoch %s (was shard %s epoch %s)", r2.instance,
+          r2.shard, r2.epoch, r1.shard, r1.epoch);
     device_sleep_ms(500);
     struct reg r3 = registry_get(T.imei);
-    CHECK(r3.present && strcmp(r3.epoch, r2.epoch) == 0,
-          "after the old connection closed the registry is %s (epoch %s), want epoch %s",
-          r3.present ? "there" : "gone", r3.epoch, r2.epoch);
+    CHECK(r3.present && strcmp(r3.conn, r2.conn) == 0,
+          "after the old connection closed the registry is %s (connection %s), want %s",
+          r3.present ? "there" : "gone", r3.conn, r2.conn);
 
     answered_via_cli(&b, "getinfo", "INI:2024/5/1 7:0 RTC:2024/5/1 7:5 RST:2 ERR:1");
     wait_intake_pending(0, WAIT_MS);
@@ -886,7 +889,7 @@ static void test_reconnect_replaces(void **state)
      * must leave it (the refresh is 30 s away with the default TTL of 90 s). */
     char key[64];
     snprintf(key, sizeof key, "avlgate:dev:{%s}", T.digits);
-    redisReply *r = redis_cmd("HSET %s instance gw-other shard 0 epoch 1", key);
+    redisReply *r = redis_cmd("HSET %s instance gw-other shard 0 epoch 1 conn 1", key);
     CHECK(r->type == REDIS_REPLY_INTEGER, "HSET failed");
     freeReplyObject(r);
     device_close(&b);
@@ -1204,11 +1207,17 @@ static void test_registry(void **state)
     struct reg g = online(&d);
     char shard[16];
     snprintf(shard, sizeof shard, "%u", router_owner(&T.router, T.imei));
-    CHECK(g.fields == 3, "the registry hash has %u fields, want instance, shard, epoch", g.fields);
+    CHECK(g.fields == 4, "the registry hash has %u fields, want instance, shard, epoch, conn",
+          g.fields);
     CHECK(strcmp(g.instance, INSTANCE) == 0, "instance '%s'", g.instance);
     CHECK(strcmp(g.shard, shard) == 0, "shard '%s', want the owner %s", g.shard, shard);
-    CHECK(g.epoch[0] && strspn(g.epoch, "0123456789") == strlen(g.epoch),
-          "epoch '%s' is not a decimal number", g.epoch);
+    CHECK(g.epoch[0] && strspn(g.epoch, "0123456789") == strlen(g.epoch) &&
+              strtoll(g.epoch, NULL, 10) ==
+                  gwproc_sql_ll(
+                      &T.gw, "SELECT owner FROM public.device_state WHERE imei = %" PRIu64, T.imei),
+          "epoch '%s' is not the device's owner token", g.epoch);
+    CHECK(g.conn[0] && strspn(g.conn, "0123456789") == strlen(g.conn),
+          "conn '%s' is not a decimal number", g.conn);
     CHECK(g.ttl_s >= 1 && g.ttl_s <= 3, "TTL %lld s, want 1..3", g.ttl_s);
 
     for (unsigned i = 0; i < 3; i++) { /* 4.5 s connected: longer than the TTL */

@@ -7,7 +7,7 @@
  * The Redis data model (the gateway's bridge follows the same one):
  *
  *   key                    type    fields                          written by
- *   avlgate:dev:{<imei>}   HASH    instance, shard, epoch          the owner shard, with a TTL
+ *   avlgate:dev:{<imei>}   HASH    instance, shard, epoch, conn    the owner shard, with a TTL
  *                                                                  it refreshes while the
  *                                                                  device is connected
  *   avlgate:cmd:<instance> STREAM  id (commands.id), imei, payload this CLI / Directus, XADD

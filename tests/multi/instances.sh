@@ -5,7 +5,8 @@
 #   1. a device moved: a tracker connects to A (straight, with a PROXY v1 header), then to B
 #      while its socket to A stays open (a NAT forgot it). A closes the old connection within
 #      --registry-ttl-s / 3 (+ slack; measured, printed) and counts it in
-#      avlgate_devices_moved_total; a command sent after the move (`avlgate command send`)
+#      avlgate_devices_moved_total (the registry's epoch is B's owner token: no clock decides
+#      which connection is newer); a command sent after the move (`avlgate command send`)
 #      reaches the tracker on B, and nothing reaches the old socket.
 #   2. commands to devices on both instances: 300 loadgen trackers through HAProxy, split
 #      between A and B; one command to a device the registry places on A, one on B, each with
@@ -73,6 +74,8 @@ echo "instances: A closed the moved device's old connection ${closed_ms} ms afte
 [ "$closed_ms" -le $((ttl * 1000 / 3 + 2000)) ] || die "closing took ${closed_ms} ms, more than ttl/3 + 2 s"
 [ "$(metric "$ma" avlgate_devices_moved_total)" = 1 ] || die "A did not count the move"
 [ "$(rcli HGET "avlgate:dev:{$imei}" instance)" = multi-b ] || die "the registry does not name B"
+[ "$(rcli HGET "avlgate:dev:{$imei}" epoch)" = "$(psql -c "SELECT owner FROM public.device_state WHERE imei = $imei")" ] ||
+  die "the registry's epoch is not B's owner token"
 said=$("$avlgate" command send --pg "$conninfo" --redis "$redis_hostport" "$imei" moved-getinfo) ||
   die "command send failed"
 case "$said" in *"routed to multi-b "*) ;; *) die "the command was not routed to B: $said" ;; esac

@@ -2,7 +2,7 @@
 // one is routed to the gateway instance that holds the device. The same data model as
 // `avlgate command send` (gateway/cli/command.c):
 //
-//   avlgate:dev:{<imei>}   HASH    instance, shard, epoch   the owner shard, with a TTL
+//   avlgate:dev:{<imei>}   HASH    instance, shard, epoch, conn   the owner shard, with a TTL
 //   avlgate:cmd:<instance> STREAM  id, imei, payload        XADD MAXLEN ~ 100000
 //
 // <imei> is the canonical 15-digit IMEI inside braces (a Redis Cluster hash tag). Redis being

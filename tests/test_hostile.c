@@ -374,19 +374,8 @@ static void test_imei_above_key_max(void **state)
 static void open_from(struct device *d, const char *src, uint64_t imei)
 {
     device_init(d, T.gw.port, imei);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0, "socket: %s", strerror(errno));
-    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
-    inet_pton(AF_INET, src, &from.sin_addr);
-    to.sin_port = htons(T.gw.port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    CHECK(bind(fd, (struct sockaddr *)&from, sizeof from) == 0, "bind %s: %s", src,
-          strerror(errno));
-    CHECK(connect(fd, (struct sockaddr *)&to, sizeof to) == 0, "connect from %s: %s", src,
-          strerror(errno));
-    d->fd = fd;
+    int rc = device_connect_from(d, src, WAIT_MS);
+    CHECK(rc == 0, "connect from %s: %s", src, strerror(-rc));
     int answer = device_handshake(d, WAIT_MS);
     CHECK(answer == 1, "IMEI %" PRIu64 " from %s: answer %d, want 0x01", imei, src, answer);
 }

@@ -99,6 +99,19 @@ static void sql(PGconn *c, const char *q)
     PQclear(r);
 }
 
+/* Another session (T.locker) takes the device's device_state row and holds it, in a transaction
+ * the case ends with sql(T.locker, "ROLLBACK"). */
+static void lock_row(void)
+{
+    T.locker = PQconnectdb(T.a.db.conninfo);
+    CHECK(PQstatus(T.locker) == CONNECTION_OK, "locker: %s", PQerrorMessage(T.locker));
+    sql(T.locker, "BEGIN");
+    char q[160];
+    snprintf(q, sizeof q, "SELECT 1 FROM public.device_state WHERE imei = %" PRIu64 " FOR UPDATE",
+             IMEI);
+    sql(T.locker, q);
+}
+
 /* Records of imei with tags [tag0, tag0 + n) stored, counted. */
 static long long stored(uint32_t tag0, unsigned n)
 {
@@ -154,13 +167,7 @@ static void test_a_commits_late(void **state)
     size_t n = gwproc_encode_series(AVL_CODEC_8E, ts, 1000, 1, 2, first, sizeof first);
     gwproc_send_acked(&on_a, first, n, 2, 0, 0);
 
-    T.locker = PQconnectdb(T.a.db.conninfo);
-    CHECK(PQstatus(T.locker) == CONNECTION_OK, "locker: %s", PQerrorMessage(T.locker));
-    sql(T.locker, "BEGIN");
-    char q[160];
-    snprintf(q, sizeof q, "SELECT 1 FROM public.device_state WHERE imei = %" PRIu64 " FOR UPDATE",
-             IMEI);
-    sql(T.locker, q);
+    lock_row();
     n = gwproc_encode_series(AVL_CODEC_8E, ts + 10000, 1000, 100, 3, pkt, sizeof pkt);
     CHECK(device_send(&on_a, pkt, n, 0, 0) == 0, "send the packet to A");
     wait_lock_waiters(1); /* A's transaction: its rows copied, its upsert waiting */
@@ -252,13 +259,7 @@ static void test_row_locked(void **state)
     struct device d, other;
     gwproc_dev_open(&T.a, &d, IMEI); /* its row exists now */
     device_close(&d);
-    T.locker = PQconnectdb(T.a.db.conninfo);
-    CHECK(PQstatus(T.locker) == CONNECTION_OK, "locker: %s", PQerrorMessage(T.locker));
-    sql(T.locker, "BEGIN");
-    char q[160];
-    snprintf(q, sizeof q, "SELECT 1 FROM public.device_state WHERE imei = %" PRIu64 " FOR UPDATE",
-             IMEI);
-    sql(T.locker, q);
+    lock_row();
     device_init(&d, T.a.port, IMEI);
     CHECK(device_connect(&d, WAIT_MS) == 0, "connect");
     send_imei(&d);

@@ -120,19 +120,8 @@ static void connect_with(struct device *d, const char *src, uint64_t imei, const
                          size_t len)
 {
     device_init(d, T.gw.port, imei);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0, "socket: %s", strerror(errno));
-    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
-    inet_pton(AF_INET, src, &from.sin_addr);
-    to.sin_port = htons(T.gw.port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    CHECK(bind(fd, (struct sockaddr *)&from, sizeof from) == 0, "bind %s: %s", src,
-          strerror(errno));
-    CHECK(connect(fd, (struct sockaddr *)&to, sizeof to) == 0, "connect from %s: %s", src,
-          strerror(errno));
-    d->fd = fd;
+    int rc = device_connect_from(d, src, WAIT_MS);
+    CHECK(rc == 0, "connect from %s: %s", src, strerror(-rc));
     if (len)
         CHECK(device_send(d, hdr, len, 0, 0) == 0, "send the header");
 }

@@ -57,13 +57,21 @@ uint16_t device_free_port(void)
 
 /* A non-blocking TCP socket with TCP_NODELAY, connect started. Returns the fd (connected or
  * in progress, *in_progress says which) or -errno. */
-static int start_connect(uint16_t port, bool *in_progress)
+/* A non-blocking connect to 127.0.0.1:port from src (an IPv4 address; NULL: the kernel's). */
+static int start_connect(uint16_t port, const char *src, bool *in_progress)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    if (src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
+                bind(fd, (struct sockaddr *)&from, sizeof from) != 0)) {
+        int err = errno ? -errno : -EINVAL;
+        close(fd);
+        return err;
+    }
     struct sockaddr_in a = loopback(port);
     *in_progress = false;
     if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
@@ -106,7 +114,7 @@ static int wait_fd(int fd, short events, uint64_t deadline_ms)
 bool device_port_open(uint16_t port)
 {
     bool in_progress;
-    int fd = start_connect(port, &in_progress);
+    int fd = start_connect(port, NULL, &in_progress);
     if (fd < 0)
         return false;
     bool ok = true;
@@ -132,9 +140,14 @@ void device_close(struct device *d)
 
 int device_connect(struct device *d, int timeout_ms)
 {
+    return device_connect_from(d, NULL, timeout_ms);
+}
+
+int device_connect_from(struct device *d, const char *src, int timeout_ms)
+{
     device_close(d);
     bool in_progress;
-    int fd = start_connect(d->port, &in_progress);
+    int fd = start_connect(d->port, src, &in_progress);
     if (fd < 0)
         return fd;
     if (in_progress) {
@@ -399,7 +412,7 @@ static void trk_handle(struct tracker *t, short revents, uint64_t now)
             return;
         {
             bool in_progress;
-            int fd = start_connect(t->dev.port, &in_progress);
+            int fd = start_connect(t->dev.port, NULL, &in_progress);
             if (fd < 0) {
                 trk_backoff(t, now);
                 return;

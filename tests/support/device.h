@@ -48,6 +48,8 @@ void device_init(struct device *d, uint16_t port, uint64_t imei);
 
 /* Connects to 127.0.0.1:port with TCP_NODELAY (closing an earlier socket first). */
 int device_connect(struct device *d, int timeout_ms);
+/* The same from source address src (an IPv4 loopback address such as "127.0.0.2"). */
+int device_connect_from(struct device *d, const char *src, int timeout_ms);
 
 /* Sends the IMEI handshake and waits for the one-byte answer. Returns the answer (0 or 1),
  * -ETIMEDOUT or -ECONNRESET. */

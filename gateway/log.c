@@ -1,7 +1,9 @@
 /* log.c — log_line and log_limited (log.h): one formatted line, one write. Any thread. */
 #include "gateway/log.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -46,4 +48,15 @@ void log_limited(struct ratelimit *rl, uint64_t now_ms, enum log_level level, co
     va_start(ap, fmt);
     emit(level, msg, (int64_t)held, fmt, ap);
     va_end(ap);
+}
+
+const char *logfmt_ip(char *buf, size_t cap, const struct sockaddr_storage *a)
+{
+    const void *ip = a->ss_family == AF_INET6
+                         ? (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr
+                         : (const void *)&((const struct sockaddr_in *)a)->sin_addr;
+    if ((a->ss_family != AF_INET && a->ss_family != AF_INET6) ||
+        !inet_ntop(a->ss_family, ip, buf, (socklen_t)cap))
+        snprintf(buf, cap, "unknown");
+    return buf;
 }

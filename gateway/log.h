@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "gateway/ratelimit.h"
 
@@ -50,6 +51,10 @@ static inline const char *logfmt_q(char *buf, size_t cap, const char *s)
     buf[o] = '\0';
     return buf;
 }
+
+/* The IP address of a (AF_INET or AF_INET6) in its text form, for a field: "unknown" when it has
+ * none. Returns buf (cap >= INET6_ADDRSTRLEN for any address). */
+const char *logfmt_ip(char *buf, size_t cap, const struct sockaddr_storage *a);
 
 #ifdef __cplusplus
 }

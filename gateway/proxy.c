@@ -2,7 +2,6 @@
  * only. */
 #include "gateway/proxy.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -68,19 +67,14 @@ static void addr_to(const struct peer_addr *a, struct sockaddr_storage *ss)
 static void refused(struct shard *s, uint32_t slot, uint32_t gen, unsigned reason)
 {
     stat_add(&s->st->proxy_refused[reason], 1);
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {.ss_family = AF_UNSPEC};
     socklen_t len = 0;
-    char ip[INET6_ADDRSTRLEN] = "unknown";
-    if (engine_peer_addr(s->e, slot, gen, &ss, &len) == 0) {
-        const void *bytes = ss.ss_family == AF_INET6
-                                ? (const void *)&((const struct sockaddr_in6 *)&ss)->sin6_addr
-                                : (const void *)&((const struct sockaddr_in *)&ss)->sin_addr;
-        if (!inet_ntop(ss.ss_family, bytes, ip, sizeof ip))
-            snprintf(ip, sizeof ip, "unknown");
-    }
+    (void)engine_peer_addr(s->e, slot, gen, &ss, &len); /* none: "unknown" */
+    char ip[INET6_ADDRSTRLEN];
     log_limited(&s->proxy->log_refused, shard_now_ms(s), LOG_WARN,
                 "connection refused before its handshake (--proxy-protocol)",
-                "shard=%u reason=%s peer=%s", s->id, proxy_refused_name(reason), ip);
+                "shard=%u reason=%s peer=%s", s->id, proxy_refused_name(reason),
+                logfmt_ip(ip, sizeof ip, &ss));
 }
 
 bool proxy_on_accept(struct shard *s, uint32_t slot, uint32_t gen)

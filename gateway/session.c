@@ -21,7 +21,6 @@
  * and is closed, not made dormant, when quiet. */
 #include "gateway/session.h"
 
-#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -313,16 +312,6 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
                   &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
 }
 
-static const char *ip_text(const struct sockaddr_storage *a, char *buf, size_t cap)
-{
-    const void *ip = a->ss_family == AF_INET6
-                         ? (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr
-                         : (const void *)&((const struct sockaddr_in *)a)->sin_addr;
-    if (!inet_ntop(a->ss_family, ip, buf, (socklen_t)cap))
-        snprintf(buf, cap, "unknown");
-    return buf;
-}
-
 /* The connection in slot replaces the older one in old, both of imei: counted by how their
  * peers' IP addresses compare. Another address is the operator's sign of a cloned or spoofed
  * IMEI: logged (rate-limited). */
@@ -339,7 +328,7 @@ static void count_replaced(struct shard *s, uint32_t old, uint32_t slot, uint64_
     log_limited(&s->sess->log_replaced, shard_now_ms(s), LOG_WARN,
                 "device connected again from another address; the older connection is closed",
                 "shard=%u imei=%" PRIu64 " old_address=%s new_address=%s", s->id, imei,
-                ip_text(&was, a, sizeof a), ip_text(&now, b, sizeof b));
+                logfmt_ip(a, sizeof a, &was), logfmt_ip(b, sizeof b, &now));
 }
 
 /* This shard owns imei: the connection in slot takes the device, replacing an older one (whose

@@ -71,17 +71,29 @@ static void registry_key(char *out, size_t cap, uint64_t imei)
     snprintf(out, cap, "avlgate:dev:{%015" PRIu64 "}", imei);
 }
 
+/* What names the device's connection in its entry: the key, the epoch (its owner token) and the
+ * conn (its handshake's wall ms), as text. */
+struct entry_names {
+    char key[48], epoch[24], conn[24];
+};
+
+static void entry_names(const struct dev *d, struct entry_names *n)
+{
+    registry_key(n->key, sizeof n->key, d->imei);
+    snprintf(n->epoch, sizeof n->epoch, "%" PRIu64, d->owner);
+    snprintf(n->conn, sizeof n->conn, "%" PRIu64, d->accepted_ms);
+}
+
 static void registry_write(struct shard *s, uint32_t slot)
 {
     const struct dev *d = session_dev(s, slot);
-    char key[48], shard[16], epoch[24], ttl[16], conn[24];
-    registry_key(key, sizeof key, d->imei);
+    struct entry_names n;
+    entry_names(d, &n);
+    char shard[16], ttl[16];
     snprintf(shard, sizeof shard, "%u", s->id);
-    snprintf(epoch, sizeof epoch, "%" PRIu64, d->owner);
     snprintf(ttl, sizeof ttl, "%u", s->cfg->registry_ttl_s);
-    snprintf(conn, sizeof conn, "%" PRIu64, d->accepted_ms);
-    const char *argv[] = {"EVAL", REGISTER_LUA, "1", key, s->cfg->instance,
-                          shard,  epoch,        ttl, conn};
+    const char *argv[] = {"EVAL", REGISTER_LUA, "1", n.key, s->cfg->instance,
+                          shard,  n.epoch,      ttl, n.conn};
     void *cookie = redis_cookie_with(R_REGISTER, engine_key(slot, d->gen));
     if (send_with(s, 9, argv, NULL, cookie) == 0) {
         set_registered(s->reg, slot, true);
@@ -100,12 +112,9 @@ void registry_on_close(struct shard *s, uint32_t slot)
     if (!registered(s->reg, slot))
         return;
     set_registered(s->reg, slot, false);
-    const struct dev *d = session_dev(s, slot);
-    char key[48], epoch[24], conn[24];
-    registry_key(key, sizeof key, d->imei);
-    snprintf(epoch, sizeof epoch, "%" PRIu64, d->owner);
-    snprintf(conn, sizeof conn, "%" PRIu64, d->accepted_ms);
-    const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", key, s->cfg->instance, epoch, conn};
+    struct entry_names n;
+    entry_names(session_dev(s, slot), &n);
+    const char *argv[] = {"EVAL", UNREGISTER_LUA, "1", n.key, s->cfg->instance, n.epoch, n.conn};
     if (registry_send(s, 7, argv, NULL, R_REGISTRY) == 0) {
         stat_add(&s->st->registry_writes, 1);
         s->reg->in_flight++;

@@ -356,32 +356,32 @@ static bool rotate(struct batches *r, uint64_t now_ns)
     return true;
 }
 
-const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei, uint64_t owner)
+/* imei's entry in the newest uncommitted batch that holds it (under token *owner only, when
+ * owner is not NULL), or NULL. */
+static const struct bdev *newest_pending(const struct shard *s, uint64_t imei,
+                                         const uint64_t *owner)
 {
     const struct batches *r = s->ring;
-    const struct dedup *best = NULL;
+    const struct bdev *best = NULL;
     for (uint32_t k = 0, i = r->oldest; k < r->nbatches; k++, i = (i + 1) % r->nbatches) {
         const struct batch *b = &r->batches[i];
-        if (b->state == BATCH_FREE)
-            continue;
-        const struct bdev *d = batch_find_dev(b, imei);
-        if (d && (uint64_t)d->owner == owner)
-            best = &d->dedup; /* later batches are newer */
+        const struct bdev *d = b->state == BATCH_FREE ? NULL : batch_find_dev(b, imei);
+        if (d && (!owner || (uint64_t)d->owner == *owner))
+            best = d; /* later batches are newer */
     }
     return best;
 }
 
+const struct dedup *batch_pending_dedup(const struct shard *s, uint64_t imei, uint64_t owner)
+{
+    const struct bdev *d = newest_pending(s, imei, &owner);
+    return d ? &d->dedup : NULL;
+}
+
 uint64_t batch_pending_owner(const struct shard *s, uint64_t imei)
 {
-    const struct batches *r = s->ring;
-    uint64_t owner = 0;
-    for (uint32_t k = 0, i = r->oldest; k < r->nbatches; k++, i = (i + 1) % r->nbatches) {
-        const struct batch *b = &r->batches[i];
-        const struct bdev *d = b->state == BATCH_FREE ? NULL : batch_find_dev(b, imei);
-        if (d)
-            owner = (uint64_t)d->owner; /* later batches are newer */
-    }
-    return owner;
+    const struct bdev *d = newest_pending(s, imei, NULL);
+    return d ? (uint64_t)d->owner : 0;
 }
 
 bool batch_holding(const struct shard *s)

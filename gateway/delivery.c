@@ -507,8 +507,7 @@ static void on_fetch(struct shard *s, uint64_t key, const PGresult *res)
     uint32_t slot = engine_key_slot(key);
     const struct dev *d = session_dev(s, slot);
     struct cmd_conn *cc = conn_of(s, slot);
-    bool ours = d->gen == engine_key_gen(key) && d->state != DEV_FREE &&
-                d->state != DEV_HANDSHAKE && d->state != DEV_PROXY;
+    bool ours = d->gen == engine_key_gen(key) && dev_owned(d); /* a connection's: never REFUSED */
     bool again = ours && cc->fetch == FETCH_AGAIN;
     if (ours)
         cc->fetch = FETCH_NONE;

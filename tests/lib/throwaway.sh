@@ -54,6 +54,15 @@
 #   tw_defer COMMAND
 #       Registers COMMAND (a string, eval'ed at exit: variables in single quotes are read then)
 #       as a clean-up step.
+#   tw_haproxy_start HAPROXY CFG LOG STATS_PORT BACKEND SERVERS
+#       Checks CFG (`haproxy -c`), runs `HAPROXY -db -f CFG` in the background, output to LOG,
+#       sets TW_HAPROXY (its pid) and waits up to 20 s until SERVERS servers of BACKEND are UP
+#       in `show stat` on its stats socket, 127.0.0.1:STATS_PORT (their health checks passed;
+#       no probe of a frontend, which HAProxy would pass on to a server). When the config is
+#       bad, HAProxy exits or they are not UP: LOG or the last `show stat` on stderr, returns 1.
+#       At exit: stopped.
+#   tw_haproxy_cmd STATS_PORT COMMAND
+#       One command to that runtime API; its answer on stdout.
 #   tw_find_psql
 #       When psql is not on PATH, appends the PostgreSQL server's bin directory to PATH (pgtmp.sh
 #       finds the server the same way).
@@ -61,7 +70,7 @@
 TW_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TW_PGTMP=$TW_TOP/tests/pg/pgtmp.sh
 TW_REDISTMP=$TW_TOP/tests/redis/redistmp.sh
-TW_TMP= TW_PG= TW_PGDIR= TW_REDIS= TW_REDISDIR= TW_GW=
+TW_TMP= TW_PG= TW_PGDIR= TW_REDIS= TW_REDISDIR= TW_GW= TW_HAPROXY=
 TW_AT_EXIT=() # the clean-up steps, run last first
 TW_TRAPPED=0 TW_GW_DEFERRED=0
 
@@ -190,4 +199,33 @@ tw_gateway_stop() {
   wait "$TW_GW" || rc=$?
   TW_GW=
   return "$rc"
+}
+
+tw_haproxy_cmd() (
+  exec 4<>"/dev/tcp/127.0.0.1/$1"
+  printf '%s\n' "$2" >&4
+  cat <&4
+)
+
+tw_haproxy_start() {
+  local haproxy=$1 cfg=$2 log=$3 sport=$4 backend=$5 servers=$6 up=0 i stats
+  "$haproxy" -c -q -f "$cfg" || { echo "throwaway: $cfg is not a valid HAProxy config" >&2; return 1; }
+  "$haproxy" -db -f "$cfg" >"$log" 2>&1 &
+  TW_HAPROXY=$!
+  tw_defer 'tw_stop_pid "$TW_HAPROXY" 5'
+  for ((i = 0; i < 100; i++)); do
+    if ! kill -0 "$TW_HAPROXY" 2>/dev/null; then
+      cat "$log" >&2
+      echo "throwaway: haproxy exited" >&2
+      return 1
+    fi
+    stats=$(tw_haproxy_cmd "$sport" "show stat" 2>/dev/null) || stats=
+    up=$(awk -F, -v b="$backend" '$1 == b && $2 != "BACKEND" && $2 != "FRONTEND" && $18 == "UP"' \
+      <<<"$stats" | wc -l)
+    [ "$up" -ge "$servers" ] && return 0
+    sleep 0.2
+  done
+  printf '%s\n' "$stats" >&2
+  echo "throwaway: $up of $servers servers of $backend UP in HAProxy after 20 s" >&2
+  return 1
 }

@@ -112,17 +112,8 @@ backend avlgate
     server multi-a 127.0.0.1:$pa check port $ma
     server multi-b 127.0.0.1:$pb check port $mb
 CFG
-"$haproxy" -c -q -f "$work/instances.haproxy.cfg" || die "haproxy config invalid"
-"$haproxy" -db -f "$work/instances.haproxy.cfg" >"$work/instances.haproxy.log" 2>&1 &
-hap=$!
-tw_defer "tw_stop_pid $hap 5"
-for _ in $(seq 50); do
-  up=$(echo "show stat" | timeout 2 bash -c "exec 5<>/dev/tcp/127.0.0.1/$sport; cat >&5; cat <&5" 2>/dev/null |
-    awk -F, '$1 == "avlgate" && $2 ~ /^multi-/ && $18 == "UP"' | wc -l) || up=0
-  [ "$up" = 2 ] && break
-  sleep 0.2
-done
-[ "$up" = 2 ] || die "the instances are not UP in HAProxy: A's /healthz: $(curl -s "http://127.0.0.1:$ma/healthz"), B's: $(curl -s "http://127.0.0.1:$mb/healthz")"
+tw_haproxy_start "$haproxy" "$work/instances.haproxy.cfg" "$work/instances.haproxy.log" "$sport" avlgate 2 ||
+  die "the instances are not UP in HAProxy: A's /healthz: $(curl -s "http://127.0.0.1:$ma/healthz"), B's: $(curl -s "http://127.0.0.1:$mb/healthz")"
 "$loadgen" --connect "127.0.0.1:$hport" --devices 300 --imei-base 356307042465000 \
   --period-s 1 --records 5 --duration-s 20 --ack-timeout-s 5 --reconnect-ms 200 \
   --verify --pg "$conninfo" >"$work/instances.loadgen.out" 2>&1 &
